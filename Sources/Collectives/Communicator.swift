@@ -1,0 +1,79 @@
+/// The operations a data-parallel trainer needs from a process group.
+///
+/// Implemented over MPI by `MPICommunicator` and, for code that runs in one process without MPI,
+/// by `SingleProcessCommunicator`. Knows nothing about tensors: it moves typed buffers.
+///
+/// Every method marked *Collective* must be called by every rank of the group, in the same order,
+/// with buffers of the same length; otherwise the job hangs or fails.
+public protocol Communicator: AnyObject {
+    /// This process's index in the group, `0 ..< size`.
+    var rank: Int { get }
+    /// The number of processes in the group.
+    var size: Int { get }
+
+    /// Collective: replaces every element with the reduction of that element over all ranks.
+    func allreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws
+
+    /// Collective: copies `root`'s bytes into every rank's buffer (same byte count everywhere).
+    func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws
+
+    /// Collective: `output` (size * input.count bytes) receives rank r's `input` at offset r * input.count.
+    func allgather(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws
+
+    /// Collective: returns once every rank has entered it.
+    func barrier() throws
+
+    /// Ends the whole job at once (every rank) with `code`. Used when one rank fails where the others
+    /// may already be waiting in a collective: the alternative is a hang.
+    func abort(code: Int32) -> Never
+}
+
+/// Element-wise reduction operators.
+public enum ReduceOp: Sendable, CustomStringConvertible {
+    case sum, max, min
+    public var description: String {
+        switch self { case .sum: "sum"; case .max: "max"; case .min: "min" }
+    }
+}
+
+/// Scalar kinds that collectives can reduce. The MPI layer maps each to an MPI datatype.
+public enum ScalarKind: Sendable { case float32, float64, int64 }
+
+/// A scalar type a communicator can reduce: `Float`, `Double`, `Int`.
+public protocol Reducible: Numeric, Comparable, Sendable {
+    static var scalarKind: ScalarKind { get }
+}
+extension Float: Reducible { public static var scalarKind: ScalarKind { .float32 } }
+extension Double: Reducible { public static var scalarKind: ScalarKind { .float64 } }
+extension Int: Reducible { public static var scalarKind: ScalarKind { .int64 } }
+
+extension Communicator {
+    /// Collective: reduces an array in place.
+    public func allreduce<T: Reducible>(_ array: inout [T], _ op: ReduceOp) throws {
+        try array.withUnsafeMutableBufferPointer { try allreduce($0, op) }
+    }
+
+    /// Collective: reduces one scalar and returns the result.
+    public func allreduce<T: Reducible>(_ value: T, _ op: ReduceOp) throws -> T {
+        var one = [value]
+        try allreduce(&one, op)
+        return one[0]
+    }
+
+    /// Collective: broadcasts an array of trivial values from `root` (same count on every rank).
+    public func broadcast<T: BitwiseCopyable>(_ array: inout [T], root: Int) throws {
+        try array.withUnsafeMutableBytes { try broadcast($0, root: root) }
+    }
+
+    /// Collective: gathers one value from every rank, indexed by rank.
+    public func allgather<T: BitwiseCopyable>(_ value: T) throws -> [T] {
+        var output = [T](repeating: value, count: size)
+        try withUnsafeBytes(of: value) { input in
+            try output.withUnsafeMutableBytes { try allgather(input, into: $0) }
+        }
+        return output
+    }
+
+    /// True on the rank that prints summaries and writes shared files.
+    public var isRoot: Bool { rank == 0 }
+}

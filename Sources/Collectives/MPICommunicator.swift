@@ -1,0 +1,87 @@
+import CMPI
+
+/// A communicator over Open MPI. Owns a duplicated communicator with `MPI_ERRORS_RETURN`, so every
+/// failed call becomes a thrown `MPIError` naming the function, MPI's text and this rank.
+///
+/// Not thread-safe: one thread drives it (the process asks for `MPI_THREAD_SERIALIZED`).
+public final class MPICommunicator: Communicator {
+    private let comm: MPI_Comm
+    public let rank: Int
+    public let size: Int
+
+    init(owning comm: MPI_Comm) throws {
+        self.comm = comm
+        var r: Int32 = 0, s: Int32 = 0
+        try check(MPI_Comm_rank(comm, &r), "MPI_Comm_rank", rank: -1)
+        try check(MPI_Comm_size(comm, &s), "MPI_Comm_size", rank: Int(r))
+        rank = Int(r)
+        size = Int(s)
+    }
+
+    deinit {
+        var finalized: Int32 = 0
+        MPI_Finalized(&finalized)
+        if finalized == 0 {
+            var c: MPI_Comm? = comm
+            MPI_Comm_free(&c)
+        }
+    }
+
+    public func allreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws {
+        guard buffer.count > 0, let base = buffer.baseAddress else { return try emptyAllreduce(T.self, op) }
+        try check(MPI_Allreduce(cmpi_in_place(), base, Int32(clamping: buffer.count), datatype(T.self),
+                                mpiOp(op), comm),
+                  "MPI_Allreduce(\(op), \(buffer.count) x \(T.self))", rank: rank)
+        precondition(buffer.count <= Int(Int32.max), "allreduce of more than 2^31-1 elements: split the buffer")
+    }
+
+    /// Ranks with nothing to reduce still take part (a zero-length call), so counts must agree.
+    private func emptyAllreduce<T: Reducible>(_ type: T.Type, _ op: ReduceOp) throws {
+        var dummy: [T] = [T.zero]
+        try dummy.withUnsafeMutableBufferPointer { one in
+            try check(MPI_Allreduce(cmpi_in_place(), one.baseAddress, 0, datatype(T.self), mpiOp(op), comm),
+                      "MPI_Allreduce(\(op), 0 x \(T.self))", rank: rank)
+        }
+    }
+
+    public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
+        precondition(root >= 0 && root < size, "broadcast root \(root) is not a rank of this group of \(size)")
+        guard buffer.count > 0 else { return }  // nothing to send: MPI needs no call
+        try check(MPI_Bcast(buffer.baseAddress, Int32(clamping: buffer.count), cmpi_byte(), Int32(root), comm),
+                  "MPI_Bcast(\(buffer.count) bytes from rank \(root))", rank: rank)
+    }
+
+    public func allgather(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws {
+        precondition(output.count == input.count * size,
+                     "allgather output holds \(output.count) bytes; \(size) ranks x \(input.count) bytes are needed")
+        guard input.count > 0 else { return try barrier() }
+        try check(MPI_Allgather(input.baseAddress, Int32(input.count), cmpi_byte(),
+                                output.baseAddress, Int32(input.count), cmpi_byte(), comm),
+                  "MPI_Allgather(\(input.count) bytes per rank)", rank: rank)
+    }
+
+    public func barrier() throws {
+        try check(MPI_Barrier(comm), "MPI_Barrier", rank: rank)
+    }
+
+    public func abort(code: Int32) -> Never {
+        MPI_Abort(comm, code)
+        fatalError("MPI_Abort returned")
+    }
+
+    private func datatype<T: Reducible>(_ type: T.Type) -> MPI_Datatype {
+        switch T.scalarKind {
+        case .float32: cmpi_float()
+        case .float64: cmpi_double()
+        case .int64: cmpi_int64()
+        }
+    }
+
+    private func mpiOp(_ op: ReduceOp) -> MPI_Op {
+        switch op {
+        case .sum: cmpi_sum()
+        case .max: cmpi_max()
+        case .min: cmpi_min()
+        }
+    }
+}

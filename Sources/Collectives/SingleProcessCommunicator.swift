@@ -1,0 +1,20 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A group of one process: every collective is the identity. For code and tests that run without MPI.
+public final class SingleProcessCommunicator: Communicator {
+    public init() {}
+    public var rank: Int { 0 }
+    public var size: Int { 1 }
+    public func allreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws {}
+    public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
+        precondition(root == 0, "broadcast root \(root) does not exist in a group of one process")
+    }
+    public func allgather(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws {
+        precondition(output.count == input.count, "allgather output must hold exactly one input in a group of one")
+        output.copyMemory(from: input)
+    }
+    public func barrier() throws {}
+    public func abort(code: Int32) -> Never { exit(code) }
+}

@@ -1,0 +1,54 @@
+// Exercises every collective of the MPI layer on real ranks. Launched by the tests under
+// `mpirun -np N`; exits 0 and prints "collectives-check: ok on N ranks" when every check holds.
+import Collectives
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func fail(_ message: String, _ comm: Communicator) -> Never {
+    writeAll(2, "collectives-check: rank \(comm.rank): \(message)\n")
+    comm.abort(code: 2)
+}
+
+do {
+    try MPIRuntime.initialize(threadLevel: .serialized)
+    let comm = try MPIRuntime.world()
+    let p = comm.size, r = comm.rank
+
+    // allreduce sum/max/min for every scalar kind
+    var f: [Float] = [Float(r + 1), -Float(r), 0.5]
+    try comm.allreduce(&f, .sum)
+    let sumRanks = Float(p * (p + 1) / 2)
+    if f != [sumRanks, -Float(p * (p - 1) / 2), 0.5 * Float(p)] { fail("Float sum gave \(f)", comm) }
+    var d: [Double] = [Double(r), Double(-r)]
+    try comm.allreduce(&d, .max)
+    if d != [Double(p - 1), 0] { fail("Double max gave \(d)", comm) }
+    var i: [Int] = [r * 1_000_000_007, Int.max - r]
+    try comm.allreduce(&i, .min)
+    if i != [0, Int.max - (p - 1)] { fail("Int min gave \(i)", comm) }
+    // a rank may reduce an empty buffer as long as every rank does
+    var empty: [Double] = []
+    try comm.allreduce(&empty, .sum)
+
+    // broadcast from the last rank
+    var b = [UInt8](repeating: UInt8(r), count: 5)
+    try comm.broadcast(&b, root: p - 1)
+    if b != [UInt8](repeating: UInt8(p - 1), count: 5) { fail("broadcast gave \(b)", comm) }
+
+    // allgather
+    let gathered = try comm.allgather(Int64(r * 10))
+    if gathered != (0..<p).map({ Int64($0 * 10) }) { fail("allgather gave \(gathered)", comm) }
+
+    try comm.barrier()
+
+    // an invalid call becomes a thrown error naming the function and the rank (no abort)
+    do {
+        try comm.broadcast(UnsafeMutableRawBufferPointer(start: nil, count: -1 + 1), root: 0)
+    } catch { fail("an empty broadcast threw \(error)", comm) }
+
+    if r == 0 { print("collectives-check: ok on \(p) ranks (\(MPIRuntime.libraryVersion))") }
+    MPIRuntime.finalize()
+} catch {
+    writeAll(2, "collectives-check: \(error)\n")
+    exit(1)
+}
