@@ -1,0 +1,219 @@
+import TensorCore
+
+/// What follows the last hidden block.
+public enum HeadKind: String, Sendable, CaseIterable {
+    /// Linear with bias: scale-variant, the usual classifier.
+    case linear
+    /// Linear without bias, then BN: the paper's VGG variant; the last BN's (gamma, beta) are SV.
+    case bn
+}
+
+/// A group of parameters updated and monitored together: one SI group (a weight feeding a BN, or
+/// the (gamma, beta) pair of a BN whose output reaches another BN), or one SV tensor.
+public struct ParameterGroup: Sendable, Equatable {
+    public let name: String
+    public let kind: ScaleKind
+    public let tensors: [TensorSpec]
+    /// Contiguous in the flat storage (a BN's gamma and beta are laid out together).
+    public var range: Range<Int> { tensors.first!.offset ..< tensors.last!.range.upperBound }
+    public var count: Int { range.count }
+}
+
+/// Batch-normalization settings shared by every BN layer of a network.
+public struct BatchNormSettings: Sendable {
+    public var epsilonMode: EpsilonMode
+    public var epsilon: Double
+    public var momentum: Double
+    public init(epsilonMode: EpsilonMode = .scaled, epsilon: Double = 1e-5, momentum: Double = 0.1) {
+        self.epsilonMode = epsilonMode
+        self.epsilon = epsilon
+        self.momentum = momentum
+    }
+}
+
+/// A multilayer perceptron with BN, built from widths `[in, h1, ..., hk, classes]`:
+/// ```
+/// hidden i:  Linear(no bias) -> BN -> ReLU
+/// head:      Linear(bias)                 (--head linear)
+///            Linear(no bias) -> BN        (--head bn)
+/// ```
+/// Names follow PyTorch's `nn.Sequential` numbering (`0.weight`, `1.weight`, `1.running_mean`, ...).
+/// SI/SV tagging follows paper.md §1: a weight feeding a BN is SI; a BN's (gamma, beta) are SI jointly
+/// when its output passes through ReLU and a bias-free Linear into another BN; the last BN's
+/// (gamma, beta) and a biased head are SV.
+public final class MLP {
+    public let widths: [Int]
+    public let head: HeadKind
+    public let parameters: ParameterStore
+    /// Running means and variances of every BN, one flat buffer (broadcast and checksummed like parameters).
+    public let buffers: FlatBuffer
+    public let bufferLayout: ParameterLayout
+    public let groups: [ParameterGroup]
+    public let maxBatch: Int
+
+    private let linears: [Linear]
+    private let norms: [BatchNorm]          // one per hidden layer, plus one for a BN head
+    private let linearOut: [ActivationBuffer]
+    private let normOut: [ActivationBuffer]  // BN output, ReLU applied in place for hidden layers
+    private let gradA: ActivationBuffer      // ping-pong gradient buffers of the widest layer
+    private let gradB: ActivationBuffer
+    private var inputRows = 0
+    private var lastInput: Matrix?
+
+    public var classes: Int { widths.last! }
+    public var inputFeatures: Int { widths[0] }
+
+    public init(widths: [Int], head: HeadKind, batchNorm: BatchNormSettings, maxBatch: Int) {
+        precondition(widths.count >= 2 && widths.allSatisfy { $0 > 0 }, "widths need an input and an output size, all positive")
+        self.widths = widths
+        self.head = head
+        self.maxBatch = maxBatch
+        var layout = ParameterLayout(), bufferLayout = ParameterLayout()
+        var linearSpecs: [(TensorSpec, TensorSpec?)] = []
+        var normSpecs: [(TensorSpec, TensorSpec, TensorSpec, TensorSpec)] = []
+        var groups: [ParameterGroup] = []
+        var index = 0
+        let layers = widths.count - 1
+        for i in 0..<layers {
+            let isHead = i == layers - 1
+            let hasNorm = !isHead || head == .bn
+            let w = layout.append("\(index).weight", shape: [widths[i + 1], widths[i]])
+            let b = hasNorm ? nil : layout.append("\(index).bias", shape: [widths[i + 1]])
+            linearSpecs.append((w, b))
+            if hasNorm {
+                groups.append(ParameterGroup(name: w.name, kind: .scaleInvariant, tensors: [w]))
+            } else {
+                groups.append(ParameterGroup(name: w.name, kind: .scaleVariant, tensors: [w]))
+                groups.append(ParameterGroup(name: b!.name, kind: .scaleVariant, tensors: [b!]))
+            }
+            index += 1
+            if hasNorm {
+                let g = layout.append("\(index).weight", shape: [widths[i + 1]])
+                let bt = layout.append("\(index).bias", shape: [widths[i + 1]])
+                let rm = bufferLayout.append("\(index).running_mean", shape: [widths[i + 1]])
+                let rv = bufferLayout.append("\(index).running_var", shape: [widths[i + 1]])
+                normSpecs.append((g, bt, rm, rv))
+                // This BN's output reaches another BN through ReLU and a bias-free Linear only if a
+                // later BN exists: every hidden BN with a BN head, every hidden BN but the last otherwise.
+                let feedsAnotherBN = (i < layers - 2) || (i == layers - 2 && head == .bn)
+                groups.append(ParameterGroup(name: "\(index).weight+bias",
+                                             kind: feedsAnotherBN ? .scaleInvariant : .scaleVariant, tensors: [g, bt]))
+                index += 2  // BN, then ReLU (a parameter-free index, as in nn.Sequential)
+            }
+        }
+        parameters = ParameterStore(layout: layout)
+        self.bufferLayout = bufferLayout
+        buffers = FlatBuffer(count: bufferLayout.count)
+        self.groups = groups
+        linears = (0..<layers).map { Linear(inFeatures: widths[$0], outFeatures: widths[$0 + 1],
+                                            weight: linearSpecs[$0].0, bias: linearSpecs[$0].1) }
+        norms = normSpecs.enumerated().map { k, s in
+            BatchNorm(channels: s.0.count, gamma: s.0, beta: s.1, runningMean: s.2, runningVar: s.3,
+                      epsilonMode: batchNorm.epsilonMode, epsilon: batchNorm.epsilon, momentum: batchNorm.momentum,
+                      incomingWeight: linearSpecs[k].0, maxBatch: maxBatch)
+        }
+        linearOut = (0..<layers).map { ActivationBuffer(maxRows: maxBatch, cols: widths[$0 + 1]) }
+        normOut = norms.map { ActivationBuffer(maxRows: maxBatch, cols: $0.channels) }
+        let widest = widths.max()!
+        gradA = ActivationBuffer(maxRows: maxBatch, cols: widest)
+        gradB = ActivationBuffer(maxRows: maxBatch, cols: widest)
+    }
+
+    /// Kaiming-uniform weights (as PyTorch's default), gamma = 1, beta = 0, running var = 1.
+    public func initialize(seed: UInt64) {
+        var rng = SplitMix64.derived(seed, 0x1417)
+        for (i, linear) in linears.enumerated() {
+            let bound = Float(1 / Double(widths[i]).squareRoot())
+            let w = parameters.value(linear.weight)
+            for k in 0..<w.count { w[k] = Float(rng.uniform() * 2 - 1) * bound }
+            if let bias = linear.bias {
+                let b = parameters.value(bias)
+                for k in 0..<b.count { b[k] = Float(rng.uniform() * 2 - 1) * bound }
+            }
+        }
+        for norm in norms {
+            parameters.value(norm.gamma).update(repeating: 1)
+            parameters.value(norm.beta).update(repeating: 0)
+            buffers.slice(norm.runningMean.range).update(repeating: 0)
+            buffers.slice(norm.runningVar.range).update(repeating: 1)
+        }
+    }
+
+    private func rows(_ buffer: ActivationBuffer, _ n: Int) -> Matrix { buffer.matrix(rows: n) }
+
+    /// Training forward of a local batch `x: [n, in]`; returns the logits `[n, classes]`.
+    /// Collective when `reducer` is synchronized: one small reduction per BN layer.
+    public func forward(_ x: Matrix, reducer: StatisticsReducer) throws -> Matrix {
+        precondition(x.cols == inputFeatures, "input has \(x.cols) features; the network expects \(inputFeatures)")
+        lastInput = x
+        inputRows = x.rows
+        var current = x
+        for (i, linear) in linears.enumerated() {
+            let z = rows(linearOut[i], x.rows)
+            linear.forward(current, z, parameters)
+            current = z
+            if i < norms.count {
+                let y = rows(normOut[i], x.rows)
+                try norms[i].forward(z, y, parameters, buffers: buffers, reducer: reducer)
+                if i < linears.count - 1 { reluForward(y.readOnly, y.buffer) }
+                current = y
+            }
+        }
+        return current
+    }
+
+    /// Inference forward with BN running statistics; no communication.
+    public func predict(_ x: Matrix) -> Matrix {
+        precondition(x.cols == inputFeatures, "input has \(x.cols) features; the network expects \(inputFeatures)")
+        var current = x
+        for (i, linear) in linears.enumerated() {
+            let z = rows(linearOut[i], x.rows)
+            linear.forward(current, z, parameters)
+            current = z
+            if i < norms.count {
+                let y = rows(normOut[i], x.rows)
+                norms[i].inference(z, y, parameters, buffers: buffers)
+                if i < linears.count - 1 { reluForward(y.readOnly, y.buffer) }
+                current = y
+            }
+        }
+        return current
+    }
+
+    /// Backward of the last `forward`, from `dlogits: [n, classes]`. Accumulates into
+    /// `parameters.gradients` (zero it first). Collective when synchronized: one reduction per BN.
+    public func backward(_ dlogits: Matrix, reducer: StatisticsReducer) throws {
+        let n = inputRows
+        var upstream = dlogits   // gradient with respect to the current layer's output
+        var useA = true
+        for i in stride(from: linears.count - 1, through: 0, by: -1) {
+            if i < norms.count {
+                // ReLU (hidden layers) then BN, both into the linear output's gradient
+                if i < linears.count - 1 {
+                    let y = rows(normOut[i], n)
+                    reluBackward(output: y.readOnly, upstream.readOnly, upstream.buffer)
+                }
+                let dz = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i + 1])
+                useA.toggle()
+                try norms[i].backward(upstream, dz, parameters, reducer: reducer)
+                upstream = dz
+            }
+            let input = i == 0 ? lastInput! : rows(normOut[i - 1], n)
+            var dx: Matrix? = nil
+            if i > 0 {
+                dx = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i])
+                useA.toggle()
+            }
+            linears[i].backward(input, upstream, dx, parameters)
+            if let dx { upstream = dx }
+        }
+    }
+
+    /// A one-line-per-group description of the SI/SV grouping, printed at startup.
+    public var groupingDescription: String {
+        groups.map { g in
+            let shape = g.tensors.map { $0.shape.map(String.init).joined(separator: "x") }.joined(separator: "+")
+            return "  \(g.kind.rawValue)  \(g.name)  [\(shape)]  \(g.count) values"
+        }.joined(separator: "\n")
+    }
+}

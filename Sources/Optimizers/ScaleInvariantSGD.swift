@@ -1,0 +1,135 @@
+import RealModule
+import Layers
+import TensorCore
+
+/// Update rule for one kind of group (SI or SV).
+public struct GroupRule: Sendable, Equatable {
+    public var learningRate: Double
+    public var schedule: Schedule
+    /// Heavy-ball momentum; 0 in the paper's algorithm.
+    public var momentum: Double
+    /// L2 weight decay added to the gradient; 0 in the paper's algorithm.
+    public var weightDecay: Double
+
+    public init(learningRate: Double, schedule: Schedule = .constant, momentum: Double = 0, weightDecay: Double = 0) {
+        self.learningRate = learningRate
+        self.schedule = schedule
+        self.momentum = momentum
+        self.weightDecay = weightDecay
+    }
+
+    /// True when this is plain (S)GD, the update the paper analyses.
+    public var isPlain: Bool { momentum == 0 && weightDecay == 0 }
+}
+
+/// What the monitors report for one group at one step, computed in Double on the (allreduced)
+/// gradient used for the update. See paper.md §2 facts 1, 3 and 4.
+public struct GroupMonitor: Sendable {
+    public let name: String
+    public let kind: ScaleKind
+    /// ||w_t||^2 before the update.
+    public let norm2: Double
+    /// ||g_t||^2.
+    public let gradNorm2: Double
+    /// eta_t / ||w_t||^2: the effective rate on the sphere.
+    public let effectiveRate: Double
+    /// cos(w_t, g_t); 0 for an SI group up to rounding (fact 1).
+    public let cosine: Double
+    /// (||w_{t+1}||^2 - ||w_t||^2 - eta_t^2 ||g_t||^2) / ||w_{t+1}||^2; 0 for an SI group under plain
+    /// GD/SGD up to rounding (fact 3); clearly non-zero with momentum or weight decay.
+    public let identityResidual: Double
+    /// Angle between w_t and w_{t+1} in radians.
+    public let angle: Double
+}
+
+/// The paper's update (Arora, Li & Lyu, ICLR 2019, §3): plain SGD with one learning rate for the
+/// scale-invariant groups and another for the scale-variant ones, each with its own schedule.
+/// ```
+/// w_i <- w_i - eta_w(t) * grad_{w_i} F     for every SI group
+/// g   <- g   - eta_g(t) * grad_g F         for the SV parameters
+/// ```
+/// Momentum and weight decay exist per kind for users who want them; with either on, this is no
+/// longer the paper's algorithm (`isPaperAlgorithm` is false and the trainer says so).
+public final class ScaleInvariantSGD {
+    public let groups: [ParameterGroup]
+    public let invariantRule: GroupRule
+    public let variantRule: GroupRule
+    private var velocity: FlatBuffer?
+    public private(set) var step = 0
+
+    public init(groups: [ParameterGroup], parameterCount: Int, invariant: GroupRule, variant: GroupRule) {
+        self.groups = groups
+        invariantRule = invariant
+        variantRule = variant
+        if invariant.momentum != 0 || variant.momentum != 0 { velocity = FlatBuffer(count: parameterCount) }
+    }
+
+    public var isPaperAlgorithm: Bool { invariantRule.isPlain && variantRule.isPlain }
+
+    public func rule(for kind: ScaleKind) -> GroupRule {
+        kind == .scaleInvariant ? invariantRule : variantRule
+    }
+
+    /// The learning rate a group of `kind` uses at the current step.
+    public func currentRate(_ kind: ScaleKind) -> Double {
+        let r = rule(for: kind)
+        return r.schedule.rate(base: r.learningRate, step: step)
+    }
+
+    /// Applies one update to `store.values` from `store.gradients` (already averaged over the global
+    /// batch) and advances the step counter. With `monitor`, returns per-group monitors (costs three
+    /// extra passes over the parameters; use on logging steps).
+    @discardableResult
+    public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor] {
+        var monitors: [GroupMonitor] = []
+        for group in groups {
+            let rule = rule(for: group.kind)
+            let eta = rule.schedule.rate(base: rule.learningRate, step: step)
+            let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
+            var before = (w2: 0.0, g2: 0.0, wg: 0.0)
+            if monitor {
+                before = (squaredNorm(UnsafeBufferPointer(w)), squaredNorm(UnsafeBufferPointer(g)),
+                          dot(UnsafeBufferPointer(w), UnsafeBufferPointer(g)))
+            }
+            update(w, g, rule: rule, eta: Float(eta), range: group.range)
+            if monitor {
+                let after = squaredNorm(UnsafeBufferPointer(w))
+                let residual = (after - before.w2 - eta * eta * before.g2) / after
+                let cosine = before.wg / Swift.max((before.w2 * before.g2).squareRoot(), .leastNormalMagnitude)
+                // <w_t, w_{t+1}> = ||w_t||^2 - eta <w_t, g_t> for the plain step
+                let cross = before.w2 - eta * before.wg
+                let cosAngle = Swift.min(Swift.max(cross / (before.w2 * after).squareRoot(), -1), 1)
+                monitors.append(GroupMonitor(
+                    name: group.name, kind: group.kind, norm2: before.w2, gradNorm2: before.g2,
+                    effectiveRate: eta / before.w2, cosine: cosine, identityResidual: residual,
+                    angle: rule.isPlain ? Double.acos(cosAngle) : .nan))
+            }
+        }
+        step += 1
+        return monitors
+    }
+
+    private func update(_ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
+                        rule: GroupRule, eta: Float, range: Range<Int>) {
+        let n = w.count
+        let wp = w.baseAddress!, gp = g.baseAddress!
+        if rule.isPlain {
+            for i in 0..<n { wp[i] -= eta * gp[i] }
+            return
+        }
+        let decay = Float(rule.weightDecay), mu = Float(rule.momentum)
+        if let velocity, mu != 0 {
+            let v = velocity.slice(range).baseAddress!
+            for i in 0..<n {
+                let d = gp[i] + decay * wp[i]
+                v[i] = mu * v[i] + d
+                wp[i] -= eta * v[i]
+            }
+        } else {
+            for i in 0..<n { wp[i] -= eta * (gp[i] + decay * wp[i]) }
+        }
+    }
+
+    /// Momentum buffers (nil when momentum is off), for checkpoints.
+    public var momentumBuffer: FlatBuffer? { velocity }
+}

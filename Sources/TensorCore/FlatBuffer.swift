@@ -1,0 +1,37 @@
+/// A fixed-size, manually allocated Float buffer with a stable address: safe to hand to BLAS and to
+/// in-flight MPI operations (a Swift Array could move under copy-on-write). Zero-initialized.
+public final class FlatBuffer: @unchecked Sendable {
+    // @unchecked Sendable: the buffer is written by one thread at a time (the training thread);
+    // the type is shared only to hand the same memory to the communicator.
+    public let storage: UnsafeMutableBufferPointer<Float>
+
+    public init(count: Int) {
+        precondition(count >= 0, "FlatBuffer count must be non-negative, got \(count)")
+        storage = .allocate(capacity: Swift.max(count, 1))
+        storage.initialize(repeating: 0)
+        self.count = count
+    }
+
+    public let count: Int
+
+    deinit { storage.deallocate() }
+
+    public var pointer: UnsafeMutablePointer<Float> { storage.baseAddress! }
+
+    /// The elements `range` as a buffer pointer into this storage.
+    public func slice(_ range: Range<Int>) -> UnsafeMutableBufferPointer<Float> {
+        precondition(range.lowerBound >= 0 && range.upperBound <= count,
+                     "slice \(range) is outside a buffer of \(count) elements")
+        return UnsafeMutableBufferPointer(start: pointer + range.lowerBound, count: range.count)
+    }
+
+    /// All elements.
+    public var all: UnsafeMutableBufferPointer<Float> { slice(0..<count) }
+
+    public func copy(from other: FlatBuffer) {
+        precondition(other.count == count, "copy between buffers of \(other.count) and \(count) elements")
+        pointer.update(from: other.pointer, count: count)
+    }
+
+    public var array: [Float] { Array(all) }
+}

@@ -1,0 +1,87 @@
+import RealModule
+
+// Element-wise and reduction loops. Index arithmetic uses wrapping operators (&+, &*) because
+// overflow checks block vectorization (platform-notes); sums of Floats go through `Relaxed` so the
+// compiler may reorder them into vector lanes, and are accumulated in Double where precision matters.
+
+/// `x *= s`.
+@inlinable
+public func scale(_ x: UnsafeMutableBufferPointer<Float>, by s: Float) {
+    guard let p = x.baseAddress else { return }
+    for i in 0..<x.count { p[i] *= s }
+}
+
+/// `y += a * x`.
+@inlinable
+public func axpy(_ a: Float, _ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBufferPointer<Float>) {
+    precondition(x.count == y.count, "axpy: x has \(x.count) elements, y has \(y.count)")
+    guard let xp = x.baseAddress, let yp = y.baseAddress else { return }
+    for i in 0..<x.count { yp[i] = Relaxed.multiplyAdd(a, xp[i], yp[i]) }
+}
+
+/// Sets every element to zero.
+@inlinable
+public func zero(_ x: UnsafeMutableBufferPointer<Float>) {
+    guard let p = x.baseAddress else { return }
+    p.update(repeating: 0, count: x.count)
+}
+
+/// Sum of `x[i] * y[i]` accumulated in Double: blocks of 256 products are summed in Float with
+/// relaxed ordering (vectorized), and the block sums are added in Double.
+@inlinable
+public func dot(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>) -> Double {
+    precondition(x.count == y.count, "dot: x has \(x.count) elements, y has \(y.count)")
+    guard let xp = x.baseAddress, let yp = y.baseAddress else { return 0 }
+    var total = 0.0
+    var start = 0
+    while start < x.count {
+        let end = Swift.min(start &+ 256, x.count)
+        var block: Float = 0
+        for i in start..<end { block = Relaxed.multiplyAdd(xp[i], yp[i], block) }
+        total += Double(block)
+        start = end
+    }
+    return total
+}
+
+/// Squared Euclidean norm accumulated in Double.
+@inlinable
+public func squaredNorm(_ x: UnsafeBufferPointer<Float>) -> Double { dot(x, x) }
+
+/// `y[i] = max(x[i], 0)`; `x` and `y` may be the same buffer.
+@inlinable
+public func reluForward(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBufferPointer<Float>) {
+    precondition(x.count == y.count, "relu: input has \(x.count) elements, output \(y.count)")
+    guard let xp = x.baseAddress, let yp = y.baseAddress else { return }
+    for i in 0..<x.count { yp[i] = Swift.max(xp[i], 0) }
+}
+
+/// `dx[i] = y[i] > 0 ? dy[i] : 0`, from the ReLU *output* `y`; `dy` and `dx` may be the same buffer.
+@inlinable
+public func reluBackward(output y: UnsafeBufferPointer<Float>, _ dy: UnsafeBufferPointer<Float>,
+                         _ dx: UnsafeMutableBufferPointer<Float>) {
+    precondition(y.count == dy.count && dy.count == dx.count, "relu backward: sizes differ")
+    guard let yp = y.baseAddress, let dyp = dy.baseAddress, let dxp = dx.baseAddress else { return }
+    for i in 0..<y.count { dxp[i] = yp[i] > 0 ? dyp[i] : 0 }
+}
+
+/// Adds `bias[c]` to every row of the row-major `x[rows, bias.count]`.
+@inlinable
+public func addRowVector(_ bias: UnsafeBufferPointer<Float>, to x: UnsafeMutablePointer<Float>, rows: Int) {
+    guard let b = bias.baseAddress else { return }
+    let cols = bias.count
+    for r in 0..<rows {
+        let row = x + r &* cols
+        for c in 0..<cols { row[c] += b[c] }
+    }
+}
+
+/// `sums[c] += sum over rows of x[r, c]`, accumulated in Double.
+@inlinable
+public func accumulateColumnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
+                                 into sums: UnsafeMutablePointer<Double>) {
+    for r in 0..<rows {
+        let row = x + r &* cols
+        for c in 0..<cols { sums[c] += Double(row[c]) }
+    }
+}
