@@ -27,7 +27,7 @@ let package = Package(
         ]),
         .target(name: "Layers", dependencies: ["TensorCore"]),
         .target(name: "Optimizers", dependencies: ["TensorCore", "Layers"]),
-        .target(name: "Data", dependencies: ["CZlib"]),
+        .target(name: "Data", dependencies: ["CZlib", "TensorCore"]),
         .target(name: "Training", dependencies: [
             "Collectives", "TensorCore", "Layers", "Optimizers", "Data",
         ]),
@@ -42,7 +42,7 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore"]),
         .testTarget(name: "OptimizersTests", dependencies: ["Optimizers", "Layers", "TensorCore"]),
-        .testTarget(name: "DataTests", dependencies: ["Data"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "TensorCore"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Layers", "Optimizers", "TensorCore", "Data"]),
         .testTarget(name: "EndToEndTests", dependencies: []),
     ]

@@ -1,0 +1,90 @@
+/// The MNIST IDX format (also Fashion-MNIST): four files in one directory, plain or `.gz`.
+/// ```
+/// images: magic 0x00000803, count, rows, cols (big-endian UInt32), then count*rows*cols bytes
+/// labels: magic 0x00000801, count, then count bytes in 0...9
+/// ```
+public enum MNIST {
+    public static let fileNames = (
+        trainImages: "train-images-idx3-ubyte", trainLabels: "train-labels-idx1-ubyte",
+        testImages: "t10k-images-idx3-ubyte", testLabels: "t10k-labels-idx1-ubyte"
+    )
+    public static let classes = 10
+
+    /// Loads both splits from `directory`, pixels scaled to [0, 1] (standardize afterwards).
+    /// - Throws: `DataError` naming the file and what is wrong with it.
+    public static func load(directory: String) throws -> DataSplits {
+        guard FileReader.isDirectory(directory) else {
+            throw DataError(path: directory, "is not a directory; --data mnist:DIR needs a directory holding \(fileNames.trainImages), \(fileNames.trainLabels), \(fileNames.testImages) and \(fileNames.testLabels) (optionally .gz)")
+        }
+        let train = try split(directory, fileNames.trainImages, fileNames.trainLabels, "mnist/train")
+        let test = try split(directory, fileNames.testImages, fileNames.testLabels, "mnist/test")
+        guard train.dimension == test.dimension else {
+            throw DataError(path: directory, "train images have \(train.dimension) pixels but test images \(test.dimension)")
+        }
+        return DataSplits(train: train, test: test)
+    }
+
+    static func split(_ directory: String, _ imagesName: String, _ labelsName: String, _ name: String) throws -> Dataset {
+        let imagesPath = try locate(directory, imagesName)
+        let labelsPath = try locate(directory, labelsName)
+        let (images, count, dimension) = try readImages(imagesPath)
+        let labels = try readLabels(labelsPath)
+        guard labels.count == count else {
+            throw DataError(path: labelsPath, "holds \(labels.count) labels but \(imagesPath) holds \(count) images; the counts must match")
+        }
+        return Dataset(name: name, features: images, labels: labels, dimension: dimension, classes: classes)
+    }
+
+    static func locate(_ directory: String, _ name: String) throws -> String {
+        for candidate in ["\(directory)/\(name)", "\(directory)/\(name).gz"] where FileReader.exists(candidate) {
+            return candidate
+        }
+        throw DataError(path: "\(directory)/\(name)", "is missing (looked for it and \(name).gz)")
+    }
+
+    static func readImages(_ path: String) throws -> ([Float], Int, Int) {
+        let bytes = try FileReader.read(path)
+        guard bytes.count >= 16 else { throw DataError(path: path, "has \(bytes.count) bytes; an IDX image file has a 16-byte header") }
+        let magic = bigEndian(bytes, 0)
+        guard magic == 0x0803 else {
+            throw DataError(path: path, "has magic number 0x\(String(magic, radix: 16)); IDX image files start with 0x00000803")
+        }
+        let count = Int(bigEndian(bytes, 4)), rows = Int(bigEndian(bytes, 8)), cols = Int(bigEndian(bytes, 12))
+        guard rows > 0 && cols > 0 && rows <= 4096 && cols <= 4096 else {
+            throw DataError(path: path, "declares images of \(rows)x\(cols) pixels; expected sizes between 1 and 4096")
+        }
+        let expected = 16 + count * rows * cols
+        guard bytes.count == expected else {
+            throw DataError(path: path, "has \(bytes.count) bytes but its header (\(count) images of \(rows)x\(cols)) needs \(expected); the file is truncated or corrupt")
+        }
+        var features = [Float](repeating: 0, count: count * rows * cols)
+        for i in 0..<features.count { features[i] = Float(bytes[16 + i]) / 255 }
+        return (features, count, rows * cols)
+    }
+
+    static func readLabels(_ path: String) throws -> [Int32] {
+        let bytes = try FileReader.read(path)
+        guard bytes.count >= 8 else { throw DataError(path: path, "has \(bytes.count) bytes; an IDX label file has an 8-byte header") }
+        let magic = bigEndian(bytes, 0)
+        guard magic == 0x0801 else {
+            throw DataError(path: path, "has magic number 0x\(String(magic, radix: 16)); IDX label files start with 0x00000801")
+        }
+        let count = Int(bigEndian(bytes, 4))
+        guard bytes.count == 8 + count else {
+            throw DataError(path: path, "has \(bytes.count) bytes but its header (\(count) labels) needs \(8 + count); the file is truncated or corrupt")
+        }
+        var labels = [Int32](repeating: 0, count: count)
+        for i in 0..<count {
+            let label = bytes[8 + i]
+            guard label < classes else {
+                throw DataError(path: path, "label \(label) at index \(i) is outside 0...\(classes - 1)")
+            }
+            labels[i] = Int32(label)
+        }
+        return labels
+    }
+
+    static func bigEndian(_ b: [UInt8], _ at: Int) -> UInt32 {
+        UInt32(b[at]) << 24 | UInt32(b[at + 1]) << 16 | UInt32(b[at + 2]) << 8 | UInt32(b[at + 3])
+    }
+}
