@@ -1,0 +1,104 @@
+import Collectives
+import Data
+import Layers
+import TensorCore
+
+/// Training throughput of one configuration, next to the GEMM-only bound measured in the same
+/// process: the time `cblas_sgemm` alone needs for the same matrix shapes (forward, weight
+/// gradient, input gradient of every Linear layer for this rank's share of the batch). The fraction
+/// `gemm time / step time` says how much of the step is spent outside the GEMMs.
+public struct BenchmarkResult: Sendable {
+    public let ranks: Int
+    public let globalBatch: Int
+    public let widths: [Int]
+    public let batchNormSync: String
+    public let threads: Int
+    public let stepSecondsMedian: Double
+    public let stepSecondsMin: Double
+    public let stepSecondsMax: Double
+    public let gemmSecondsMedian: Double
+    public let gemmGFlops: Double
+
+    public var samplesPerSecond: Double { Double(globalBatch) / stepSecondsMedian }
+    public var gemmBoundSamplesPerSecond: Double { Double(globalBatch) / gemmSecondsMedian }
+    public var fractionOfGemmBound: Double { gemmSecondsMedian / stepSecondsMedian }
+
+    public var json: String {
+        JSONValue.object([
+            ("ranks", .integer(ranks)), ("global_batch", .integer(globalBatch)),
+            ("widths", .string(widths.map(String.init).joined(separator: ","))), ("bn", .string(batchNormSync)),
+            ("threads", .integer(threads)), ("samples_per_s", .number(samplesPerSecond)),
+            ("step_ms_median", .number(stepSecondsMedian * 1e3)), ("step_ms_min", .number(stepSecondsMin * 1e3)),
+            ("step_ms_max", .number(stepSecondsMax * 1e3)), ("gemm_ms_median", .number(gemmSecondsMedian * 1e3)),
+            ("gemm_gflops", .number(gemmGFlops)), ("gemm_bound_samples_per_s", .number(gemmBoundSamplesPerSecond)),
+            ("fraction_of_gemm_bound", .number(fractionOfGemmBound)),
+        ]).encoded
+    }
+}
+
+public enum Benchmark {
+    /// Collective: times `steps` training steps after `warmup` untimed ones, then the GEMM-only bound.
+    /// The data is random (the synthetic generator at the network's input size): speed does not
+    /// depend on the values.
+    public static func run(_ configuration: TrainingConfiguration, widths: [Int], steps: Int, warmup: Int,
+                           threads: Int, communicator: Communicator, console: RankConsole) throws -> BenchmarkResult {
+        let samples = Swift.max(configuration.globalBatch * 4, 1024)
+        let splits = SyntheticDataset.make(trainCount: samples, testCount: 64, dimension: widths[0], classes: widths.last!, seed: 7)
+        var c = configuration
+        c.widths = widths
+        c.printProgress = false
+        let trainer = try Trainer(c, splits: splits, communicator: communicator, console: console)
+        for t in 0..<warmup { _ = try trainer.trainStep(t, monitor: false) }
+        var times: [Double] = []
+        for t in 0..<steps {
+            try communicator.barrier()
+            let clock = Stopwatch()
+            _ = try trainer.trainStep(warmup + t, monitor: false)
+            // the slowest rank sets the step time
+            times.append(try communicator.allreduce(clock.seconds, .max))
+        }
+        times.sort()
+        let local = ShardSampler.share(of: configuration.globalBatch, rank: communicator.rank, ranks: communicator.size).count
+        let (gemm, flops) = gemmBound(widths: widths, rows: local, repeats: Swift.max(steps, 5))
+        let gemmSlowest = try communicator.allreduce(gemm, .max)
+        return BenchmarkResult(ranks: communicator.size, globalBatch: configuration.globalBatch, widths: widths,
+                               batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
+                               stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
+                               stepSecondsMax: times.last!, gemmSecondsMedian: gemmSlowest,
+                               gemmGFlops: flops / gemm / 1e9)
+    }
+
+    /// Median time of the GEMMs of one training step on `rows` samples, and their flop count.
+    static func gemmBound(widths: [Int], rows: Int, repeats: Int) -> (seconds: Double, flops: Double) {
+        let widest = widths.max()!
+        let a = FlatBuffer(count: rows * widest), b = FlatBuffer(count: widest * widest)
+        let c = FlatBuffer(count: Swift.max(rows, widest) * widest)
+        for (i, v) in [a, b].enumerated() { for k in 0..<v.count { v.pointer[k] = Float((k * (7 + i)) % 13) * 0.01 } }
+        var flops = 0.0
+        func oneStep() {
+            for l in 0..<(widths.count - 1) {
+                let fanIn = widths[l], fanOut = widths[l + 1]
+                BLAS.gemm(.none, .transposed, m: rows, n: fanOut, k: fanIn, a: a.pointer, lda: fanIn,
+                          b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanOut)
+                BLAS.gemm(.transposed, .none, m: fanOut, n: fanIn, k: rows, a: a.pointer, lda: fanOut,
+                          b: b.pointer, ldb: fanIn, beta: 1, c: c.pointer, ldc: fanIn)
+                if l > 0 {
+                    BLAS.gemm(.none, .none, m: rows, n: fanIn, k: fanOut, a: a.pointer, lda: fanOut,
+                              b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)
+                }
+            }
+        }
+        for l in 0..<(widths.count - 1) {
+            flops += Double(2 * rows * widths[l] * widths[l + 1]) * (l > 0 ? 3 : 2)
+        }
+        oneStep()
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            let clock = Stopwatch()
+            oneStep()
+            times.append(clock.seconds)
+        }
+        times.sort()
+        return (times[times.count / 2], flops)
+    }
+}

@@ -1,0 +1,68 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A JSON Lines file written by rank 0: one object per logged step and a final record.
+/// Each line is flushed as written, so a killed run keeps every line it logged.
+final class MetricsLog {
+    private let file: UnsafeMutablePointer<FILE>
+    let path: String
+
+    init(path: String) throws {
+        guard let f = fopen(path, "w") else {
+            throw TrainingError.configuration("--metrics \(path): cannot be opened for writing: \(String(cString: strerror(errno)))")
+        }
+        file = f
+        self.path = path
+    }
+
+    deinit { fclose(file) }
+
+    func write(_ object: JSONValue) {
+        fputs(object.encoded + "\n", file)
+        fflush(file)
+    }
+}
+
+/// The small JSON subset the metrics need. Non-finite numbers become `null` (JSON has no NaN).
+indirect enum JSONValue {
+    case number(Double)
+    case integer(Int)
+    case string(String)
+    case bool(Bool)
+    case array([JSONValue])
+    case object([(String, JSONValue)])
+
+    var encoded: String {
+        switch self {
+        case let .number(x): x.isFinite ? "\(x)" : "null"
+        case let .integer(i): "\(i)"
+        case let .bool(b): b ? "true" : "false"
+        case let .string(s): Self.quote(s)
+        case let .array(items): "[" + items.map(\.encoded).joined(separator: ",") + "]"
+        case let .object(fields): "{" + fields.map { Self.quote($0.0) + ":" + $0.1.encoded }.joined(separator: ",") + "}"
+        }
+    }
+
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 { out += String(format4: scalar.value) } else { out.unicodeScalars.append(scalar) }
+            }
+        }
+        return out + "\""
+    }
+}
+
+private extension String {
+    init(format4 value: UInt32) {
+        let hex = String(value, radix: 16)
+        self = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+    }
+}

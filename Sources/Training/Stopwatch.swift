@@ -1,0 +1,24 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Monotonic wall-clock time since creation.
+public struct Stopwatch: Sendable {
+    private let start: Double
+    public init() { start = Stopwatch.now() }
+    public var seconds: Double { Stopwatch.now() - start }
+    public static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+}
+
+extension String {
+    /// printf-style formatting without Foundation (%d, %f, %e, %s with C semantics).
+    public init(cFormat format: String, _ args: CVarArg...) {
+        var buffer = [CChar](repeating: 0, count: 1024)
+        _ = withVaList(args) { vsnprintf(&buffer, buffer.count, format, $0) }
+        self = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

@@ -1,0 +1,248 @@
+import Collectives
+import Data
+import Layers
+import Optimizers
+import TensorCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One data-parallel training run: every rank builds the same network, takes its share of each
+/// global batch, and all ranks apply the same update.
+///
+/// `init` does no communication (so that a bad file can be reported and agreed on before any
+/// collective); `run` starts with the collectives that make the replicas identical.
+public final class Trainer {
+    public let configuration: TrainingConfiguration
+    public let communicator: Communicator
+    public let console: RankConsole
+    public let splits: DataSplits
+    public let model: MLP
+    public let optimizer: ScaleInvariantSGD
+    public let buckets: GradientBuckets
+    public let totalSteps: Int
+    private var sampler: ShardSampler
+    private let statistics: StatisticsReducer
+    private let input: FlatBuffer
+    private let dlogits: FlatBuffer
+    private var labels: [Int32]
+    private let metrics: MetricsLog?
+
+    /// Loads the data and builds the network and optimizer. No communication.
+    /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
+    ///   that do not fit the data (widths, batch size).
+    public convenience init(_ configuration: TrainingConfiguration, communicator: Communicator, console: RankConsole) throws {
+        try self.init(configuration, splits: configuration.data.load(seed: configuration.seed),
+                      communicator: communicator, console: console)
+    }
+
+    /// Builds a run on data already in memory (benchmarks, tests). No communication.
+    public init(_ configuration: TrainingConfiguration, splits: DataSplits, communicator: Communicator,
+                console: RankConsole) throws {
+        self.configuration = configuration
+        self.communicator = communicator
+        self.console = console
+        self.splits = splits
+        let train = splits.train
+        let widths = try configuration.resolvedWidths(dimension: train.dimension, classes: train.classes)
+        let p = communicator.size
+        guard configuration.globalBatch >= p else {
+            throw TrainingError.configuration("--global-batch \(configuration.globalBatch) is smaller than the \(p) ranks; every rank needs at least one sample per step")
+        }
+        guard configuration.globalBatch <= train.count else {
+            throw TrainingError.configuration("--global-batch \(configuration.globalBatch) exceeds the \(train.count) training samples of \(configuration.data)")
+        }
+        let maxLocal = (configuration.globalBatch + p - 1) / p
+        model = MLP(widths: widths, head: configuration.head, batchNorm: configuration.batchNorm, maxBatch: maxLocal)
+        model.initialize(seed: configuration.seed)
+        optimizer = ScaleInvariantSGD(groups: model.groups, parameterCount: model.parameters.layout.count,
+                                      invariant: configuration.invariant, variant: configuration.variant)
+        buckets = GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes)
+        sampler = ShardSampler(sampleCount: train.count, globalBatch: configuration.globalBatch, seed: configuration.seed)
+        totalSteps = configuration.steps ?? configuration.epochs * sampler.stepsPerEpoch
+        statistics = configuration.batchNormSync == .sync && p > 1
+            ? SynchronizedStatistics(communicator: communicator) : LocalStatistics()
+        input = FlatBuffer(count: maxLocal * train.dimension)
+        dlogits = FlatBuffer(count: maxLocal * train.classes)
+        labels = [Int32](repeating: 0, count: maxLocal)
+        metrics = try communicator.isRoot ? configuration.metricsPath.map { try MetricsLog(path: $0) } : nil
+    }
+
+    // MARK: the run
+
+    /// Collective: trains for `totalSteps`, logging every `logEvery` steps, then evaluates.
+    public func run() throws -> RunSummary {
+        try synchronizeReplicas()
+        describe()
+        let clock = Stopwatch()
+        var window = Window()
+        var lastLog = (time: 0.0, step: 0)
+        var lastLoss = Double.nan
+        for t in 0..<totalSteps {
+            let logging = (t + 1) % configuration.logEvery == 0 || t + 1 == totalSteps
+            let result = try trainStep(t, monitor: logging)
+            window.add(result)
+            if logging {
+                let global = try window.reduce(over: communicator)
+                window = Window()
+                guard global.loss.isFinite else { throw TrainingError.nonFinite(step: t, what: "the training loss") }
+                let now = clock.seconds
+                let rate = Double((t + 1 - lastLog.step) * configuration.globalBatch) / Swift.max(now - lastLog.time, 1e-9)
+                lastLog = (now, t + 1)
+                lastLoss = global.loss
+                report(step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
+                       elapsed: now, monitors: result.monitors)
+            }
+        }
+        let seconds = clock.seconds
+        try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after training")
+        let test = try evaluate(splits.test)
+        let summary = RunSummary(steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
+                                 testAccuracy: test.accuracy, samplesPerSecond: Double(totalSteps * configuration.globalBatch) / seconds)
+        metrics?.write(summary.json)
+        console.root(String(cFormat: "done: %d steps in %.1f s (%.0f samples/s); train loss %.4f; test loss %.4f, test accuracy %.2f%% on %d samples",
+                            summary.steps, summary.seconds, summary.samplesPerSecond, summary.trainLoss,
+                            summary.testLoss, 100 * summary.testAccuracy, splits.test.count))
+        return summary
+    }
+
+    /// One data-parallel step, top to bottom. Collective.
+    public func trainStep(_ t: Int, monitor: Bool) throws -> StepResult {
+        // 1. shard: this rank's slice of global batch t
+        let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
+        let x = gather(splits.train, mine)
+        // 2. forward; each BN sums (count, sum, sum of squares) over ranks when synchronized
+        let logits = try model.forward(x, reducer: statistics)
+        // 3. loss of this rank's samples, gradient divided by the *global* batch size
+        let dz = Matrix(dlogits.pointer, rows: x.rows, cols: model.classes)
+        let sums = labels.withUnsafeBufferPointer {
+            SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
+                                                normalizer: Double(configuration.globalBatch), dlogits: dz)
+        }
+        // 4. backward; each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
+        zero(model.parameters.gradients.all)
+        try model.backward(dz, reducer: statistics)
+        // 5. gradients summed over ranks, bucket by bucket, in reverse layer order
+        try buckets.allreduce(model.parameters.gradients, over: communicator)
+        // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g
+        let monitors = optimizer.apply(to: model.parameters, monitor: monitor)
+        return StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors)
+    }
+
+    /// Collective: loss and accuracy on `data` with BN running statistics; each rank takes a
+    /// contiguous share (a rank may have none), and the sums are added exactly.
+    public func evaluate(_ data: Dataset) throws -> (loss: Double, accuracy: Double) {
+        let share = ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
+        var totals = [0.0, 0.0, 0.0]  // loss sum, correct, count
+        var start = share.lowerBound
+        while start < share.upperBound {
+            let end = Swift.min(start + model.maxBatch, share.upperBound)
+            let x = gather(data, (start..<end).map { Int32($0) }[...])
+            let logits = model.predict(x)
+            let sums = labels.withUnsafeBufferPointer {
+                SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
+                                                    normalizer: 1, dlogits: nil)
+            }
+            totals[0] += sums.loss
+            totals[1] += Double(sums.correct)
+            totals[2] += Double(x.rows)
+            start = end
+        }
+        try communicator.allreduce(&totals, .sum)
+        return (totals[0] / totals[2], totals[1] / totals[2])
+    }
+
+    // MARK: helpers
+
+    /// Copies the rows `indices` of `data` into the input buffer and their labels into `labels`.
+    private func gather(_ data: Dataset, _ indices: ArraySlice<Int32>) -> Matrix {
+        let d = data.dimension
+        let x = Matrix(input.pointer, rows: indices.count, cols: d)
+        data.features.withUnsafeBufferPointer { f in
+            for (row, index) in indices.enumerated() {
+                x.row(row).update(from: f.baseAddress! + Int(index) * d, count: d)
+                labels[row] = data.labels[Int(index)]
+            }
+        }
+        return x
+    }
+
+    /// Collective: rank 0's parameters and BN buffers go to every rank; then a fingerprint check.
+    private func synchronizeReplicas() throws {
+        for buffer in [model.parameters.values, model.buffers] {
+            try communicator.broadcast(UnsafeMutableRawBufferPointer(buffer.all), root: 0)
+        }
+        try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after the initial broadcast")
+    }
+
+    private func describe() {
+        let c = configuration
+        console.root("autorate: \(communicator.size) rank(s), data \(c.data) (\(splits.train.count) train / \(splits.test.count) test samples), widths \(model.widths.map(String.init).joined(separator: ",")), head \(c.head.rawValue), BN \(c.batchNormSync.rawValue) eps \(c.batchNorm.epsilonMode.rawValue)")
+        console.root("parameter groups (SI: scale-invariant, lr-si \(c.invariant.learningRate) \(c.invariant.schedule); SV: scale-variant, lr-sv \(c.variant.learningRate) \(c.variant.schedule)):\n\(model.groupingDescription)")
+        if !optimizer.isPaperAlgorithm {
+            console.warning("momentum or weight decay is on: this is no longer the paper's plain SGD, and the norm identity of scale-invariant groups will not hold")
+        }
+        console.root("\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s)")
+    }
+
+    private func report(step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,
+                        monitors: [GroupMonitor]) {
+        let epoch = Double(step) / Double(sampler.stepsPerEpoch)
+        if configuration.printProgress {
+            let eta = elapsed / Double(step) * Double(totalSteps - step)
+            console.root(String(cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
+                                step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta))
+        }
+        metrics?.write(.object([
+            ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
+            ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
+            ("lr_si", .number(optimizer.currentRate(.scaleInvariant))), ("lr_sv", .number(optimizer.currentRate(.scaleVariant))),
+            ("groups", .array(monitors.map { m in .object([
+                ("name", .string(m.name)), ("kind", .string(m.kind.rawValue)), ("norm2", .number(m.norm2)),
+                ("grad_norm2", .number(m.gradNorm2)), ("eff_lr", .number(m.effectiveRate)), ("cos", .number(m.cosine)),
+                ("identity_residual", .number(m.identityResidual)), ("angle", .number(m.angle)),
+            ]) })),
+        ]))
+    }
+}
+
+/// What one rank measured in one step.
+public struct StepResult {
+    public let lossSum: Double
+    public let correct: Int
+    public let count: Int
+    public let monitors: [GroupMonitor]
+}
+
+/// The end of a run.
+public struct RunSummary: Sendable {
+    public let steps: Int
+    public let seconds: Double
+    /// Mean loss over the global batches of the last logging window.
+    public let trainLoss: Double
+    public let testLoss: Double
+    public let testAccuracy: Double
+    public let samplesPerSecond: Double
+
+    var json: JSONValue {
+        .object([("event", .string("final")), ("steps", .integer(steps)), ("seconds", .number(seconds)),
+                 ("train_loss", .number(trainLoss)), ("test_loss", .number(testLoss)),
+                 ("test_accuracy", .number(testAccuracy)), ("samples_per_s", .number(samplesPerSecond))])
+    }
+}
+
+/// Local sums between two logging steps; reduced over ranks only when logged.
+private struct Window {
+    var loss = 0.0, correct = 0.0, count = 0.0
+    mutating func add(_ r: StepResult) {
+        loss += r.lossSum
+        correct += Double(r.correct)
+        count += Double(r.count)
+    }
+    /// Collective: the global mean loss and accuracy over the window.
+    func reduce(over communicator: Communicator) throws -> (loss: Double, accuracy: Double) {
+        var sums = [loss, correct, count]
+        try communicator.allreduce(&sums, .sum)
+        return (sums[0] / sums[2], sums[1] / sums[2])
+    }
+}

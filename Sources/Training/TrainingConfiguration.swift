@@ -1,0 +1,44 @@
+import Data
+import Layers
+import Optimizers
+
+/// Everything that defines a training run. Built and validated by the CLI before MPI starts.
+public struct TrainingConfiguration: Sendable {
+    public var data: DataSource = .synthetic
+    /// `[in, hidden..., classes]`; nil: the data's input size, 256, 256, the data's classes.
+    public var widths: [Int]? = nil
+    public var head: HeadKind = .linear
+    public var globalBatch = 256
+    /// Total steps; nil: `epochs` full passes.
+    public var steps: Int? = nil
+    public var epochs = 10
+    public var invariant = GroupRule(learningRate: 1.0)
+    public var variant = GroupRule(learningRate: 0.1)
+    public var batchNormSync: BatchNormSync = .sync
+    public var batchNorm = BatchNormSettings()
+    public var seed: UInt64 = 0
+    public var logEvery = 10
+    public var metricsPath: String? = nil
+    public var bucketBytes = 25 << 20
+    /// Print progress lines (rank 0). Off for benchmarks and tests that read only the metrics file.
+    public var printProgress = true
+
+    public init() {}
+
+    public static let defaultHidden = [256, 256]
+
+    /// The widths this run uses for data of `dimension` inputs and `classes` classes.
+    /// - Throws: `TrainingError.configuration` when explicit widths do not match the data.
+    public func resolvedWidths(dimension: Int, classes: Int) throws -> [Int] {
+        guard let widths else { return [dimension] + Self.defaultHidden + [classes] }
+        if widths.first != dimension {
+            throw TrainingError.configuration(
+                "--widths \(widths.map(String.init).joined(separator: ",")) starts with \(widths[0]) inputs, but \(data) has \(dimension) features per sample; the first width must be \(dimension)")
+        }
+        if widths.last != classes {
+            throw TrainingError.configuration(
+                "--widths \(widths.map(String.init).joined(separator: ",")) ends with \(widths.last!) outputs, but \(data) has \(classes) classes; the last width must be \(classes)")
+        }
+        return widths
+    }
+}
