@@ -4,16 +4,16 @@ import TensorCore
 /// labels come from a fixed random teacher network `argmax(V relu(U x))`, so a BN-MLP can learn them
 /// well but a linear model cannot. The same seed gives the same data on every rank and machine.
 public enum SyntheticDataset {
-    public static let defaultTrainCount = 16384
+    public static let defaultTrainCount = 32768
     public static let defaultTestCount = 4096
-    public static let defaultDimension = 64
+    public static let defaultDimension = 32
     public static let defaultClasses = 10
 
     public static func make(trainCount: Int = defaultTrainCount, testCount: Int = defaultTestCount,
                             dimension: Int = defaultDimension, classes: Int = defaultClasses,
                             seed: UInt64 = 1) -> DataSplits {
         var rng = SplitMix64(seed: seed ^ 0xDA7A)
-        let hidden = 32
+        let hidden = 16
         let u = (0..<(hidden * dimension)).map { _ in rng.normal() / Double(dimension).squareRoot() }
         let v = (0..<(classes * hidden)).map { _ in rng.normal() / Double(hidden).squareRoot() }
         func sample(_ count: Int, _ name: String) -> Dataset {
