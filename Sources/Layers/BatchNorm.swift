@@ -4,7 +4,10 @@ import TensorCore
 public enum EpsilonMode: String, Sendable, CaseIterable {
     /// `eps_c = 0`: exactly scale-invariant; a channel with zero variance outputs beta.
     case zero
-    /// `eps_c = eps * ||w_c||^2`, `w_c` the channel's incoming weight row: exactly scale-invariant and smooth.
+    /// `eps_c = eps * ||w_c||^2 * q`: `w_c` is the channel's incoming weight row, and q is the mean of
+    /// gamma^2 + beta^2 of the BN whose ReLU output feeds that weight (1 for the first layer). eps_c
+    /// then scales exactly like the variance when either the weight or the previous BN's
+    /// (gamma, beta) is multiplied by c > 0, so both kinds of SI group stay exactly scale-invariant.
     case scaled
     /// `eps_c = eps`: the usual BN; breaks exact scale invariance when ||w|| is small.
     case standard
@@ -46,17 +49,22 @@ public final class BatchNorm {
     /// The `[channels, in]` weight feeding this BN; its row norms set `eps_c` in `.scaled` mode, and
     /// receives the gradient through `eps_c`.
     public let incomingWeight: TensorSpec?
+    /// (gamma, beta) of the BN whose ReLU output is this layer's input (`.scaled` mode), if any.
+    public let previousAffine: (gamma: TensorSpec, beta: TensorSpec)?
 
     // Cache of the last training forward, read by backward.
     private let xhat: ActivationBuffer
     private var invStd: [Float]
     private var denominator: [Double]   // s_c^2 = var + eps_c
+    private var rowNorms: [Double]      // ||w_c||^2 (.scaled)
+    private var inputScale = 1.0        // q (.scaled)
     private var globalCount = 0.0
     private var rows = 0
 
     public init(channels: Int, gamma: TensorSpec, beta: TensorSpec, runningMean: TensorSpec, runningVar: TensorSpec,
                 epsilonMode: EpsilonMode, epsilon: Double, momentum: Double = 0.1,
-                incomingWeight: TensorSpec?, maxBatch: Int) {
+                incomingWeight: TensorSpec?, previousAffine: (gamma: TensorSpec, beta: TensorSpec)? = nil,
+                maxBatch: Int) {
         precondition(epsilonMode != .scaled || incomingWeight?.shape.first == channels,
                      "scaled epsilon needs the [\(channels), in] weight feeding the BN")
         self.channels = channels
@@ -68,6 +76,8 @@ public final class BatchNorm {
         self.epsilon = epsilon
         self.momentum = momentum
         self.incomingWeight = incomingWeight
+        self.previousAffine = previousAffine
+        rowNorms = [Double](repeating: 0, count: channels)
         xhat = ActivationBuffer(maxRows: maxBatch, cols: channels)
         invStd = [Float](repeating: 1, count: channels)
         denominator = [Double](repeating: 1, count: channels)
@@ -114,7 +124,7 @@ public final class BatchNorm {
         let n = m[0]
         precondition(n > 0, "BatchNorm in training mode needs at least one sample in the global batch")
         let shift = buffers.slice(runningMean.range), runVar = buffers.slice(runningVar.range)
-        let eps = channelEpsilons(p)
+        let eps = channelEpsilons(p, saving: true)
         var mean = [Float](repeating: 0, count: channels)
         for j in 0..<channels {
             let meanShifted = m[1 + j] / n
@@ -172,17 +182,27 @@ public final class BatchNorm {
         }
     }
 
-    /// eps_c per channel for the current weights.
-    private func channelEpsilons(_ p: ParameterStore) -> [Double] {
+    /// eps_c per channel for the current weights; `saving` keeps ||w_c||^2 and q for backward.
+    private func channelEpsilons(_ p: ParameterStore, saving: Bool = false) -> [Double] {
         switch epsilonMode {
         case .zero: return [Double](repeating: 0, count: channels)
         case .standard: return [Double](repeating: epsilon, count: channels)
         case .scaled:
             let w = p.value(incomingWeight!)
             let fanIn = incomingWeight!.shape[1]
-            return (0..<channels).map { j in
-                epsilon * squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]))
+            let norms = (0..<channels).map { j in
+                squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]))
             }
+            var q = 1.0
+            if let previousAffine {
+                q = (squaredNorm(UnsafeBufferPointer(p.value(previousAffine.gamma)))
+                     + squaredNorm(UnsafeBufferPointer(p.value(previousAffine.beta)))) / Double(previousAffine.gamma.count)
+            }
+            if saving {
+                rowNorms = norms
+                inputScale = q
+            }
+            return norms.map { epsilon * $0 * q }
         }
     }
 
@@ -218,7 +238,12 @@ public final class BatchNorm {
     /// ```
     /// dx = gamma / s * (dy - sum(dy)/N - xhat * sum(dy*xhat)/N)      (global sums)
     /// d gamma += sum(dy*xhat), d beta += sum(dy)                       (local sums)
-    /// d w_c += -gamma_c * eps * sum(dy*xhat) / s_c^2 * w_c               (.scaled: eps_c = eps*||w_c||^2)
+    /// ```
+    /// In `.scaled` mode eps_c = eps * ||w_c||^2 * q depends on parameters too; with
+    /// dL/d eps_c = -gamma_c * sum(dy*xhat) / (2 s_c^2) (local sums):
+    /// ```
+    /// d w_c += 2 w_c * eps * q * dL/d eps_c
+    /// d (gamma_p, beta_p) += 2 (gamma_p, beta_p) / C_p * sum_c eps * ||w_c||^2 * dL/d eps_c
     /// ```
     public func finishBackward(_ dy: Matrix, _ dx: Matrix, globalSums: [Double], localSums: [Double], _ p: ParameterStore) {
         precondition(dx.rows == rows && dx.cols == channels, "BatchNorm backward dx shape mismatch")
@@ -247,10 +272,18 @@ public final class BatchNorm {
         if epsilonMode == .scaled, let incomingWeight {
             let fanIn = incomingWeight.shape[1]
             let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)
+            var dq = 0.0
             for j in 0..<c where denominator[j] > 0 {
-                let factor = Float(-Double(g[j]) * epsilon * localSums[c + j] / denominator[j])
-                axpy(factor, UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
+                let dEps = -Double(g[j]) * localSums[c + j] / (2 * denominator[j])
+                dq += dEps * epsilon * rowNorms[j]
+                axpy(Float(2 * epsilon * inputScale * dEps), UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
                      UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+            }
+            if let previousAffine {
+                let factor = Float(2 * dq / Double(previousAffine.gamma.count))
+                for spec in [previousAffine.gamma, previousAffine.beta] {
+                    axpy(factor, UnsafeBufferPointer(p.value(spec)), p.gradient(spec))
+                }
             }
         }
     }
