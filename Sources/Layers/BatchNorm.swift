@@ -4,7 +4,9 @@ import TensorCore
 public enum EpsilonMode: String, Sendable, CaseIterable {
     /// `eps_c = 0`: exactly scale-invariant; a channel with zero variance outputs beta.
     case zero
-    /// `eps_c = eps * ||w_c||^2`, `w_c` the channel's incoming weight row: exactly scale-invariant and smooth.
+    /// `eps_c = eps * ||w_c||^2 * q`, `w_c` the channel's incoming weight row, and `q` the mean of
+    /// `gamma_k^2 + beta_k^2` of the BN that feeds the weight through a ReLU (1 when there is none):
+    /// exactly scale-invariant in `w` and in that BN's (gamma, beta), and smooth.
     case scaled
     /// `eps_c = eps`: the usual BN; breaks exact scale invariance when ||w|| is small.
     case standard
@@ -46,6 +48,10 @@ public final class BatchNorm {
     /// The `[channels, in]` weight feeding this BN; its row norms set `eps_c` in `.scaled` mode, and
     /// receives the gradient through `eps_c`.
     public let incomingWeight: TensorSpec?
+    /// In `.scaled` mode: the (gamma, beta) of the BN whose output reaches this BN through a ReLU and
+    /// `incomingWeight`. Its scale enters eps_c, so that this pair stays exactly scale-invariant
+    /// (paper.md §1: it is an SI group); receives the gradient through eps_c.
+    public let previousAffine: (gamma: TensorSpec, beta: TensorSpec)?
 
     // Cache of the last training forward, read by backward.
     private let xhat: ActivationBuffer
@@ -56,7 +62,8 @@ public final class BatchNorm {
 
     public init(channels: Int, gamma: TensorSpec, beta: TensorSpec, runningMean: TensorSpec, runningVar: TensorSpec,
                 epsilonMode: EpsilonMode, epsilon: Double, momentum: Double = 0.1,
-                incomingWeight: TensorSpec?, maxBatch: Int) {
+                incomingWeight: TensorSpec?, previousAffine: (gamma: TensorSpec, beta: TensorSpec)? = nil,
+                maxBatch: Int) {
         precondition(epsilonMode != .scaled || incomingWeight?.shape.first == channels,
                      "scaled epsilon needs the [\(channels), in] weight feeding the BN")
         self.channels = channels
@@ -68,6 +75,7 @@ public final class BatchNorm {
         self.epsilon = epsilon
         self.momentum = momentum
         self.incomingWeight = incomingWeight
+        self.previousAffine = previousAffine
         xhat = ActivationBuffer(maxRows: maxBatch, cols: channels)
         invStd = [Float](repeating: 1, count: channels)
         denominator = [Double](repeating: 1, count: channels)
@@ -180,10 +188,18 @@ public final class BatchNorm {
         case .scaled:
             let w = p.value(incomingWeight!)
             let fanIn = incomingWeight!.shape[1]
+            let q = previousScale(p)
             return (0..<channels).map { j in
-                epsilon * squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]))
+                epsilon * q * squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]))
             }
         }
+    }
+
+    /// q = mean of gamma_k^2 + beta_k^2 of the previous BN (1 without one).
+    private func previousScale(_ p: ParameterStore) -> Double {
+        guard let previousAffine else { return 1 }
+        return (squaredNorm(UnsafeBufferPointer(p.value(previousAffine.gamma)))
+            + squaredNorm(UnsafeBufferPointer(p.value(previousAffine.beta)))) / Double(previousAffine.gamma.count)
     }
 
     // MARK: backward
@@ -218,7 +234,9 @@ public final class BatchNorm {
     /// ```
     /// dx = gamma / s * (dy - sum(dy)/N - xhat * sum(dy*xhat)/N)      (global sums)
     /// d gamma += sum(dy*xhat), d beta += sum(dy)                       (local sums)
-    /// d w_c += -gamma_c * eps * sum(dy*xhat) / s_c^2 * w_c               (.scaled: eps_c = eps*||w_c||^2)
+    /// d w_c += -gamma_c * eps * q * sum(dy*xhat) / s_c^2 * w_c           (.scaled: eps_c = eps*q*||w_c||^2)
+    /// d (gamma', beta')_k += sum_c (-gamma_c sum(dy*xhat)_c / s_c^2) eps ||w_c||^2 (gamma', beta')_k / C'
+    ///                                                                    (.scaled, q = mean of gamma'^2 + beta'^2)
     /// ```
     public func finishBackward(_ dy: Matrix, _ dx: Matrix, globalSums: [Double], localSums: [Double], _ p: ParameterStore) {
         precondition(dx.rows == rows && dx.cols == channels, "BatchNorm backward dx shape mismatch")
@@ -247,10 +265,20 @@ public final class BatchNorm {
         if epsilonMode == .scaled, let incomingWeight {
             let fanIn = incomingWeight.shape[1]
             let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)
+            let q = previousScale(p)
+            var previousCoefficient = 0.0
             for j in 0..<c where denominator[j] > 0 {
-                let factor = Float(-Double(g[j]) * epsilon * localSums[c + j] / denominator[j])
-                axpy(factor, UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
-                     UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+                // dL/d(s_c^2) = -gamma_c * sum(dy*xhat)_c / (2 s_c^2), times d eps_c / d w_c = 2 eps q w_c
+                let dEps = -Double(g[j]) * localSums[c + j] / denominator[j]
+                let row = UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn])
+                axpy(Float(dEps * epsilon * q), row, UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+                if previousAffine != nil { previousCoefficient += dEps * epsilon * squaredNorm(row) }
+            }
+            if let previousAffine {
+                let factor = Float(previousCoefficient / Double(previousAffine.gamma.count))
+                for spec in [previousAffine.gamma, previousAffine.beta] {
+                    axpy(factor, UnsafeBufferPointer(p.value(spec)), p.gradient(spec))
+                }
             }
         }
     }

@@ -110,7 +110,9 @@ public final class MLP {
         norms = normSpecs.enumerated().map { k, s in
             BatchNorm(channels: s.0.count, gamma: s.0, beta: s.1, runningMean: s.2, runningVar: s.3,
                       epsilonMode: batchNorm.epsilonMode, epsilon: batchNorm.epsilon, momentum: batchNorm.momentum,
-                      incomingWeight: linearSpecs[k].0, maxBatch: maxBatch)
+                      incomingWeight: linearSpecs[k].0,
+                      previousAffine: k > 0 ? (gamma: normSpecs[k - 1].0, beta: normSpecs[k - 1].1) : nil,
+                      maxBatch: maxBatch)
         }
         linearOut = (0..<layers).map { ActivationBuffer(maxRows: maxBatch, cols: widths[$0 + 1]) }
         normOut = norms.map { ActivationBuffer(maxRows: maxBatch, cols: $0.channels) }
