@@ -14,7 +14,11 @@ public enum BLAS {
     ) {
         guard m > 0 && n > 0 else { return }
         if k == 0 {
-            for i in 0..<m { scale(UnsafeMutableBufferPointer(start: c + i &* ldc, count: n), by: beta) }
+            // beta = 0 means C is output only (BLAS convention): set it, don't scale possible NaN garbage.
+            for i in 0..<m {
+                let row = UnsafeMutableBufferPointer(start: c + i &* ldc, count: n)
+                if beta == 0 { zero(row) } else { scale(row, by: beta) }
+            }
             return
         }
         cblas_sgemm(CblasRowMajor, transA == .none ? CblasNoTrans : CblasTrans,

@@ -1,0 +1,148 @@
+import XCTest
+import Data
+import TensorCore
+
+final class DataSourceTests: XCTestCase {
+    func testParsing() {
+        XCTAssertEqual(DataSource(argument: "synthetic"), .synthetic)
+        XCTAssertEqual(DataSource(argument: "mnist:/data/mnist"), .mnist(directory: "/data/mnist"))
+        XCTAssertEqual(DataSource(argument: "mnist:rel/dir:x"), .mnist(directory: "rel/dir:x"))
+        XCTAssertNil(DataSource(argument: "mnist:"))
+        XCTAssertNil(DataSource(argument: "mnist"))
+        XCTAssertNil(DataSource(argument: "Synthetic"))
+        XCTAssertNil(DataSource(argument: ""))
+        XCTAssertNil(DataSource(argument: "cifar:/x"))
+        for s in ["synthetic", "mnist:/a/b"] { XCTAssertEqual(DataSource(argument: s)?.description, s) }
+    }
+}
+
+final class StandardizationTests: XCTestCase {
+    private func moments(_ f: [Float], d: Int, feature j: Int) -> (Double, Double) {
+        let n = f.count / d
+        let col = (0..<n).map { Double(f[$0 * d + j]) }
+        let m = col.reduce(0, +) / Double(n)
+        let v = col.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(n)
+        return (m, v.squareRoot())
+    }
+
+    /// Per feature: every training feature has mean 0 and std 1 (fp32 values: 1e-4 absolute); a
+    /// constant feature is only centred; the test split uses the training statistics.
+    func testPerFeature() {
+        var rng = SplitMix64(seed: 81)
+        let d = 4, n = 500
+        var train = [Float](repeating: 0, count: n * d)
+        for i in 0..<n {
+            train[i * d + 0] = Float(rng.normal() * 3 + 10)
+            train[i * d + 1] = Float(rng.normal() * 0.01 - 2)
+            train[i * d + 2] = 5        // constant
+            train[i * d + 3] = Float(rng.uniform() * 100)
+        }
+        let test: [Float] = [10, -2, 5, 50]
+        var splits = DataSplits(train: Dataset(name: "t", features: train, labels: [Int32](repeating: 0, count: n), dimension: d, classes: 2),
+                                test: Dataset(name: "s", features: test, labels: [0], dimension: d, classes: 2))
+        let raw = moments(train, d: d, feature: 0)
+        Standardization.perFeature.apply(to: &splits)
+        for j in [0, 1, 3] {
+            let (m, s) = moments(splits.train.features, d: d, feature: j)
+            XCTAssertEqual(m, 0, accuracy: 1e-4, "feature \(j) mean")
+            XCTAssertEqual(s, 1, accuracy: 1e-4, "feature \(j) std")
+        }
+        XCTAssertTrue(splits.train.features.enumerated().filter { $0.offset % d == 2 }.allSatisfy { $0.element == 0 })
+        XCTAssertEqual(Double(splits.test.features[0]), (10 - raw.0) / raw.1, accuracy: 1e-4)
+    }
+
+    func testGlobalOnSynthetic() {
+        var splits = SyntheticDataset.make(trainCount: 300, testCount: 50, dimension: 8, classes: 4, seed: 3)
+        for k in 0..<splits.train.features.count { splits.train.features[k] = splits.train.features[k] * 7 + 2 }
+        Standardization.global.apply(to: &splits)
+        let v = splits.train.features.map(Double.init)
+        let m = v.reduce(0, +) / Double(v.count)
+        let s = (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count)).squareRoot()
+        XCTAssertEqual(m, 0, accuracy: 1e-4)
+        XCTAssertEqual(s, 1, accuracy: 1e-4)
+    }
+
+    /// The synthetic set: deterministic, labels in range and using every class (a teacher network,
+    /// not a constant), and the default load standardizes per feature.
+    func testSyntheticDataset() throws {
+        let a = SyntheticDataset.make(trainCount: 400, testCount: 100, dimension: 16, classes: 5, seed: 9)
+        let b = SyntheticDataset.make(trainCount: 400, testCount: 100, dimension: 16, classes: 5, seed: 9)
+        let c = SyntheticDataset.make(trainCount: 400, testCount: 100, dimension: 16, classes: 5, seed: 10)
+        XCTAssertEqual(a.train.features, b.train.features)
+        XCTAssertEqual(a.train.labels, b.train.labels)
+        XCTAssertNotEqual(a.train.features, c.train.features)
+        XCTAssertTrue(a.train.labels.allSatisfy { $0 >= 0 && $0 < 5 })
+        XCTAssertGreaterThanOrEqual(Set(a.train.labels).count, 3, "labels come from a teacher, not a constant")
+        let loaded = try DataSource.synthetic.load(seed: 1)
+        XCTAssertEqual(loaded.train.count, SyntheticDataset.defaultTrainCount)
+        XCTAssertEqual(loaded.train.dimension, SyntheticDataset.defaultDimension)
+        // The default set is a 10-class problem: every class occurs (it is imbalanced, from 0.6% to 28%).
+        var counts = [Int](repeating: 0, count: SyntheticDataset.defaultClasses)
+        for l in loaded.train.labels { counts[Int(l)] += 1 }
+        XCTAssertTrue(counts.allSatisfy { $0 > 0 }, "class counts \(counts)")
+        for j in [0, 17, 63] {
+            let col = (0..<loaded.train.count).map { Double(loaded.train.features[$0 * loaded.train.dimension + j]) }
+            let m = col.reduce(0, +) / Double(col.count)
+            let s = (col.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(col.count)).squareRoot()
+            XCTAssertEqual(m, 0, accuracy: 1e-4)
+            XCTAssertEqual(s, 1, accuracy: 1e-4)
+        }
+    }
+}
+
+final class ShardSamplerTests: XCTestCase {
+    /// Shares of B positions over P ranks: disjoint, in order, covering 0..<B exactly once, sizes differing
+    /// by at most one; including B < P (some ranks get nothing).
+    func testSharesCoverBatchExactlyOnce() {
+        for b in [1, 2, 7, 37, 64, 100] {
+            for p in 1...8 {
+                var next = 0
+                var sizes: [Int] = []
+                for r in 0..<p {
+                    let s = ShardSampler.share(of: b, rank: r, ranks: p)
+                    XCTAssertEqual(s.lowerBound, next, "B \(b) P \(p) rank \(r) not contiguous")
+                    next = s.upperBound
+                    sizes.append(s.count)
+                }
+                XCTAssertEqual(next, b, "B \(b) P \(p) does not end at B")
+                XCTAssertLessThanOrEqual(sizes.max()! - sizes.min()!, 1, "B \(b) P \(p) sizes \(sizes)")
+            }
+        }
+    }
+
+    func testPermutationIsPermutationAndDependsOnSeedAndEpoch() {
+        for n in [1, 2, 10, 1000] {
+            let p = ShardSampler.permutation(count: n, seed: 5, epoch: 0)
+            XCTAssertEqual(p.sorted(), (0..<n).map { Int32($0) })
+        }
+        let base = ShardSampler.permutation(count: 1000, seed: 5, epoch: 0)
+        XCTAssertEqual(base, ShardSampler.permutation(count: 1000, seed: 5, epoch: 0), "deterministic")
+        XCTAssertNotEqual(base, ShardSampler.permutation(count: 1000, seed: 6, epoch: 0), "seed")
+        XCTAssertNotEqual(base, ShardSampler.permutation(count: 1000, seed: 5, epoch: 1), "epoch")
+        XCTAssertNotEqual(base, (0..<1000).map { Int32($0) }, "shuffled")
+    }
+
+    /// P ranks together see exactly what one process sees, at every step including across an epoch
+    /// boundary; an epoch uses each sample at most once (the tail is dropped).
+    func testRanksTogetherSeeTheGlobalBatch() {
+        let n = 103, batch = 20
+        var single = ShardSampler(sampleCount: n, globalBatch: batch, seed: 9)
+        XCTAssertEqual(single.stepsPerEpoch, 5)
+        var seenInEpoch = Set<Int32>()
+        for step in 0..<12 {
+            let whole = Array(single.indices(step: step, rank: 0, ranks: 1))
+            XCTAssertEqual(whole.count, batch)
+            if step % 5 == 0 { seenInEpoch = [] }
+            XCTAssertTrue(seenInEpoch.isDisjoint(with: whole), "sample reused within an epoch at step \(step)")
+            seenInEpoch.formUnion(whole)
+            for p in [2, 3, 8] {
+                var samplers = (0..<p).map { _ in ShardSampler(sampleCount: n, globalBatch: batch, seed: 9) }
+                var joined: [Int32] = []
+                for r in 0..<p { joined += samplers[r].indices(step: step, rank: r, ranks: p) }
+                XCTAssertEqual(joined, whole, "step \(step) P \(p)")
+            }
+        }
+        let e0 = Array(single.indices(step: 0, rank: 0, ranks: 1)), e1 = Array(single.indices(step: 5, rank: 0, ranks: 1))
+        XCTAssertNotEqual(e0, e1, "a new epoch reshuffles")
+    }
+}

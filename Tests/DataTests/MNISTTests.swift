@@ -1,0 +1,170 @@
+import XCTest
+import Foundation
+import Data
+
+/// Writes IDX files into a fresh temporary directory.
+final class IDXDirectory {
+    let path: String
+    init() throws {
+        path = NSTemporaryDirectory() + "idx-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    static func header(_ words: [UInt32]) -> [UInt8] {
+        words.flatMap { w in [UInt8(w >> 24), UInt8((w >> 16) & 0xFF), UInt8((w >> 8) & 0xFF), UInt8(w & 0xFF)] }
+    }
+    static func images(_ pixels: [[UInt8]], rows: Int, cols: Int, magic: UInt32 = 0x0803) -> [UInt8] {
+        header([magic, UInt32(pixels.count), UInt32(rows), UInt32(cols)]) + pixels.flatMap { $0 }
+    }
+    static func labels(_ values: [UInt8], magic: UInt32 = 0x0801) -> [UInt8] {
+        header([magic, UInt32(values.count)]) + values
+    }
+    func write(_ name: String, _ bytes: [UInt8]) throws {
+        try Foundation.Data(bytes).write(to: URL(fileURLWithPath: path + "/" + name))
+    }
+    /// A valid set: 3 train and 2 test images of 2x3 pixels.
+    func writeValid(gzipTrainImages: Bool = false) throws {
+        let train: [[UInt8]] = [[0, 51, 102, 153, 204, 255], [255, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]]
+        try write(MNIST.fileNames.trainImages, Self.images(train, rows: 2, cols: 3))
+        try write(MNIST.fileNames.trainLabels, Self.labels([7, 0, 9]))
+        try write(MNIST.fileNames.testImages, Self.images([[10, 20, 30, 40, 50, 60], [0, 0, 0, 0, 0, 255]], rows: 2, cols: 3))
+        try write(MNIST.fileNames.testLabels, Self.labels([3, 4]))
+        if gzipTrainImages { try gzip(MNIST.fileNames.trainImages) }
+    }
+    /// Replaces `name` by `name.gz` using the system gzip.
+    func gzip(_ name: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["gzip", "-f", path + "/" + name]
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, "gzip failed")
+    }
+}
+
+final class MNISTTests: XCTestCase {
+    /// Exact known answers: pixels are byte / 255 (computed in Float), labels as written.
+    func testLoadsPlainFiles() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        let splits = try MNIST.load(directory: dir.path)
+        XCTAssertEqual(splits.train.count, 3)
+        XCTAssertEqual(splits.test.count, 2)
+        XCTAssertEqual(splits.train.dimension, 6)
+        XCTAssertEqual(splits.train.classes, 10)
+        XCTAssertEqual(splits.train.labels, [7, 0, 9])
+        XCTAssertEqual(splits.test.labels, [3, 4])
+        XCTAssertEqual(Array(splits.train.features[0..<6]), [0, 51, 102, 153, 204, 255].map { Float($0) / 255 })
+        XCTAssertEqual(splits.test.features[11], 1)
+    }
+
+    func testLoadsGzipFileSameAsPlain() throws {
+        let plain = try IDXDirectory(), gz = try IDXDirectory()
+        try plain.writeValid()
+        try gz.writeValid(gzipTrainImages: true)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: gz.path + "/" + MNIST.fileNames.trainImages))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: gz.path + "/" + MNIST.fileNames.trainImages + ".gz"))
+        let a = try MNIST.load(directory: plain.path), b = try MNIST.load(directory: gz.path)
+        XCTAssertEqual(a.train.features, b.train.features)
+        XCTAssertEqual(a.train.labels, b.train.labels)
+    }
+
+    /// Runs `load` and returns the DataError; fails if it succeeds or throws something else.
+    private func loadError(_ dir: String, file: StaticString = #filePath, line: UInt = #line) -> DataError? {
+        do {
+            _ = try MNIST.load(directory: dir)
+            XCTFail("load succeeded on bad input", file: file, line: line)
+        } catch let e as DataError {
+            return e
+        } catch {
+            XCTFail("unexpected error \(error)", file: file, line: line)
+        }
+        return nil
+    }
+
+    /// Each bad input: the description names the offending path and the problem.
+    func testMissingDirectory() throws {
+        let missing = NSTemporaryDirectory() + "no-such-dir-" + UUID().uuidString
+        let e = try XCTUnwrap(loadError(missing))
+        XCTAssertTrue(e.description.contains(missing))
+        XCTAssertTrue(e.description.contains("not a directory"))
+    }
+
+    func testMissingFile() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        try FileManager.default.removeItem(atPath: dir.path + "/" + MNIST.fileNames.testLabels)
+        let e = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e.description.contains(MNIST.fileNames.testLabels))
+        XCTAssertTrue(e.description.contains("missing"))
+    }
+
+    func testWrongMagic() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        try dir.write(MNIST.fileNames.trainImages, IDXDirectory.images([[1, 2, 3, 4, 5, 6]], rows: 2, cols: 3, magic: 0x0801))
+        let e = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e.description.contains(MNIST.fileNames.trainImages))
+        XCTAssertTrue(e.description.contains("magic"))
+        XCTAssertTrue(e.description.contains("0x801"))
+    }
+
+    func testTruncatedFile() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        let full = IDXDirectory.images([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], rows: 2, cols: 3)
+        try dir.write(MNIST.fileNames.testImages, Array(full.dropLast(4)))
+        let e = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e.description.contains(MNIST.fileNames.testImages))
+        XCTAssertTrue(e.description.contains("truncated"))
+        // A file shorter than the header.
+        try dir.write(MNIST.fileNames.testImages, [0, 0, 8])
+        let e2 = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e2.description.contains(MNIST.fileNames.testImages))
+        XCTAssertTrue(e2.description.contains("16-byte header"))
+    }
+
+    func testTruncatedGzip() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid(gzipTrainImages: true)
+        let gzPath = dir.path + "/" + MNIST.fileNames.trainImages + ".gz"
+        let bytes = try [UInt8](Foundation.Data(contentsOf: URL(fileURLWithPath: gzPath)))
+        try dir.write(MNIST.fileNames.trainImages + ".gz", Array(bytes.prefix(bytes.count / 2)))
+        let e = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e.description.contains(gzPath))
+        XCTAssertTrue(e.description.contains("truncated"))
+    }
+
+    func testLabelOutOfRange() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        try dir.write(MNIST.fileNames.trainLabels, IDXDirectory.labels([7, 11, 9]))
+        let e = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e.description.contains(MNIST.fileNames.trainLabels))
+        XCTAssertTrue(e.description.contains("label 11"))
+        XCTAssertTrue(e.description.contains("index 1"))
+    }
+
+    func testImageLabelCountMismatch() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        try dir.write(MNIST.fileNames.trainLabels, IDXDirectory.labels([7, 0]))
+        let e = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e.description.contains(MNIST.fileNames.trainLabels))
+        XCTAssertTrue(e.description.contains("2 labels"))
+        XCTAssertTrue(e.description.contains("3 images"))
+    }
+
+    func testDataSourceLoadsAndStandardizesMNIST() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        let splits = try XCTUnwrap(DataSource(argument: "mnist:" + dir.path)).load(seed: 1)
+        // Global standardization: mean 0 and std 1 over all training values (fp32 data: 1e-5).
+        let v = splits.train.features.map(Double.init)
+        let mean = v.reduce(0, +) / Double(v.count)
+        let std = (v.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(v.count)).squareRoot()
+        XCTAssertEqual(mean, 0, accuracy: 1e-5)
+        XCTAssertEqual(std, 1, accuracy: 1e-5)
+    }
+}

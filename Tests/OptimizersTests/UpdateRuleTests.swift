@@ -1,0 +1,100 @@
+import XCTest
+import Layers
+import Optimizers
+import TensorCore
+
+/// A two-group store from the smallest BN network, widths [3, 2] with a BN head: "0.weight" (6 values,
+/// SI) and "1.weight+bias" (4 values, SV); values and gradients random. Kept alive with the store.
+private func makeStore(seed: UInt64) -> (ParameterStore, [ParameterGroup]) {
+    let mlp = MLP(widths: [3, 2], head: .bn, batchNorm: BatchNormSettings(), maxBatch: 1)
+    precondition(mlp.groups.map(\.count) == [6, 4] && mlp.groups[0].kind == .scaleInvariant && mlp.groups[1].kind == .scaleVariant)
+    let store = mlp.parameters
+    var rng = SplitMix64(seed: seed)
+    for i in 0..<store.layout.count {
+        store.values.pointer[i] = Float(rng.normal())
+        store.gradients.pointer[i] = Float(rng.normal())
+    }
+    return (store, mlp.groups)
+}
+
+final class UpdateRuleTests: XCTestCase {
+    /// Plain step: w - eta * g with each group's own rate. One fp32 multiply and subtract per element,
+    /// so the result equals the same fp32 expression exactly.
+    func testPlainUpdateIsWMinusEtaG() {
+        let (store, groups) = makeStore(seed: 1)
+        let w0 = store.values.array, g = store.gradients.array
+        let opt = ScaleInvariantSGD(groups: groups, parameterCount: store.layout.count,
+                                    invariant: GroupRule(learningRate: 0.3), variant: GroupRule(learningRate: 0.05))
+        XCTAssertTrue(opt.isPaperAlgorithm)
+        XCTAssertNil(opt.momentumBuffer)
+        opt.apply(to: store, monitor: false)
+        let w1 = store.values.array
+        for i in 0..<6 { XCTAssertEqual(w1[i], w0[i] - Float(0.3) * g[i]) }
+        for i in 6..<10 { XCTAssertEqual(w1[i], w0[i] - Float(0.05) * g[i]) }
+        XCTAssertEqual(store.gradients.array, g, "the gradient is not modified")
+        XCTAssertEqual(opt.step, 1)
+    }
+
+    /// Momentum (heavy ball, v = mu v + g + lambda w, w -= eta v) over two steps, and weight decay
+    /// without momentum, against the same formulas evaluated in Double (rel. 1e-6: a few fp32 ops).
+    func testMomentumAndWeightDecayFormulas() {
+        let (store, groups) = makeStore(seed: 2)
+        let eta = 0.1, mu = 0.9, lambda = 0.01
+        let opt = ScaleInvariantSGD(groups: groups, parameterCount: store.layout.count,
+                                    invariant: GroupRule(learningRate: eta, momentum: mu, weightDecay: lambda),
+                                    variant: GroupRule(learningRate: eta, weightDecay: lambda))
+        XCTAssertFalse(opt.isPaperAlgorithm)
+        var w = store.values.array.map(Double.init)
+        let g = store.gradients.array.map(Double.init)
+        var v = [Double](repeating: 0, count: 10)
+        for _ in 0..<2 {
+            opt.apply(to: store, monitor: false)
+            for i in 0..<6 {
+                v[i] = mu * v[i] + g[i] + lambda * w[i]
+                w[i] -= eta * v[i]
+            }
+            for i in 6..<10 { w[i] -= eta * (g[i] + lambda * w[i]) }
+            for i in 0..<10 { XCTAssertEqual(Double(store.values.pointer[i]), w[i], accuracy: 1e-6 * max(1, abs(w[i]))) }
+        }
+    }
+
+    /// Exact known answers for the two schedules.
+    func testSchedules() {
+        XCTAssertEqual(Schedule.constant.rate(base: 0.3, step: 0), 0.3)
+        XCTAssertEqual(Schedule.constant.rate(base: 0.3, step: 99), 0.3)
+        XCTAssertEqual(Schedule.inverseSquareRoot.rate(base: 0.3, step: 0), 0.3)
+        XCTAssertEqual(Schedule.inverseSquareRoot.rate(base: 0.3, step: 3), 0.15)
+        XCTAssertEqual(Schedule.inverseSquareRoot.rate(base: 1, step: 99), 0.1, accuracy: 1e-15)
+        XCTAssertEqual(Schedule(name: "const"), .constant)
+        XCTAssertEqual(Schedule(name: "constant"), .constant)
+        XCTAssertEqual(Schedule(name: "invsqrt"), .inverseSquareRoot)
+        XCTAssertNil(Schedule(name: "cosine"))
+        for name in Schedule.names { XCTAssertEqual(Schedule(name: name)?.description, name) }
+    }
+
+    /// The optimizer applies the schedule at its own step counter: at step 3 an invsqrt rule uses eta/2.
+    func testOptimizerUsesScheduleAtCurrentStep() {
+        let (store, groups) = makeStore(seed: 3)
+        let opt = ScaleInvariantSGD(groups: groups, parameterCount: store.layout.count,
+                                    invariant: GroupRule(learningRate: 0.8, schedule: .inverseSquareRoot),
+                                    variant: GroupRule(learningRate: 0.2))
+        for _ in 0..<3 { opt.apply(to: store, monitor: false) }
+        XCTAssertEqual(opt.currentRate(.scaleInvariant), 0.4)
+        XCTAssertEqual(opt.currentRate(.scaleVariant), 0.2)
+        let w0 = store.values.array, g = store.gradients.array
+        let m = opt.apply(to: store, monitor: true)
+        for i in 0..<6 { XCTAssertEqual(store.values.pointer[i], w0[i] - Float(0.4) * g[i]) }
+        // Monitor fields against Double recomputation (Double accumulation of fp32 data: rel 1e-6).
+        var w2 = 0.0, g2 = 0.0, wg = 0.0
+        for i in 0..<6 { w2 += Double(w0[i]) * Double(w0[i]); g2 += Double(g[i]) * Double(g[i]); wg += Double(w0[i]) * Double(g[i]) }
+        XCTAssertEqual(m[0].name, "0.weight")
+        XCTAssertEqual(m[0].norm2, w2, accuracy: 1e-6 * w2)
+        XCTAssertEqual(m[0].gradNorm2, g2, accuracy: 1e-6 * g2)
+        XCTAssertEqual(m[0].effectiveRate, 0.4 / w2, accuracy: 1e-6 * 0.4 / w2)
+        XCTAssertEqual(m[0].cosine, wg / (w2 * g2).squareRoot(), accuracy: 1e-6)
+        // Random w and g are not orthogonal, so the identity residual is -2 eta <w,g> / ||w'||^2.
+        var after = 0.0
+        for i in 0..<6 { after += Double(store.values.pointer[i]) * Double(store.values.pointer[i]) }
+        XCTAssertEqual(m[0].identityResidual, -2 * 0.4 * wg / after, accuracy: 1e-5)
+    }
+}
