@@ -95,6 +95,7 @@ public final class Trainer {
             }
         }
         let seconds = clock.seconds
+        try averageLocalStatistics()
         try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after training")
         let test = try evaluate(splits.test)
         let summary = RunSummary(steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
@@ -173,6 +174,14 @@ public final class Trainer {
             try communicator.broadcast(UnsafeMutableRawBufferPointer(buffer.all), root: 0)
         }
         try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after the initial broadcast")
+    }
+
+    /// Collective: with per-rank BN statistics (`--bn local`) each rank's running mean and variance
+    /// differ; average them so that evaluation and the saved model do not depend on the rank.
+    private func averageLocalStatistics() throws {
+        guard configuration.batchNormSync == .local && communicator.size > 1 else { return }
+        try communicator.allreduce(model.buffers.all, .sum)
+        scale(model.buffers.all, by: 1 / Float(communicator.size))
     }
 
     private func describe() {

@@ -80,7 +80,7 @@ final class StandardizationTests: XCTestCase {
         var counts = [Int](repeating: 0, count: SyntheticDataset.defaultClasses)
         for l in loaded.train.labels { counts[Int(l)] += 1 }
         XCTAssertTrue(counts.allSatisfy { $0 > 0 }, "class counts \(counts)")
-        for j in [0, 17, 63] {
+        for j in [0, 17, loaded.train.dimension - 1] {
             let col = (0..<loaded.train.count).map { Double(loaded.train.features[$0 * loaded.train.dimension + j]) }
             let m = col.reduce(0, +) / Double(col.count)
             let s = (col.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(col.count)).squareRoot()

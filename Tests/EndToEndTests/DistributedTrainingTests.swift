@@ -1,0 +1,113 @@
+import Foundation
+import XCTest
+
+/// Real mpirun runs of the built `autorate`: N ranks against one process on the same global batch.
+final class DistributedTrainingTests: XCTestCase {
+    var directory: URL!
+
+    override func setUpWithError() throws { directory = try Launcher.temporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    /// Trains under mpirun and returns the per-step loss trajectory.
+    func trajectory(np: Int, _ extra: [String], steps: Int = 50) throws -> [Double] {
+        let metrics = directory.appendingPathComponent("np\(np)-\(UUID().uuidString).jsonl").path
+        let result = try Launcher.mpirun(np, "autorate", ["train", "--steps", "\(steps)", "--log-every", "1",
+                                                          "--quiet", "--metrics", metrics, "--seed", "3"] + extra)
+        XCTAssertEqual(result.status, 0, result.output)
+        let losses = try Launcher.losses(metrics)
+        XCTAssertEqual(losses.count, steps, "one metrics record per step")
+        return losses
+    }
+
+    static func maxRelativeDifference(_ a: [Double], _ b: [Double]) -> Double {
+        zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .infinity
+    }
+
+    func testCollectivesOnOneTwoAndFourRanks() throws {
+        for np in [1, 2, 4] {
+            let result = try Launcher.mpirun(np, "collectives-check", [])
+            XCTAssertEqual(result.status, 0, result.output)
+            XCTAssertTrue(result.output.contains("collectives-check: ok on \(np) ranks"), result.output)
+        }
+    }
+
+    /// Synchronized BN + global-count averaging: 2 and 4 ranks follow the 1-process trajectory.
+    /// Tolerance 1e-4 relative: only the order of floating-point sums differs between runs.
+    func testSynchronizedBNMatchesOneProcessOnTwoAndFourRanks() throws {
+        let one = try trajectory(np: 1, [])
+        for np in [2, 4] {
+            let many = try trajectory(np: np, [])
+            let difference = Self.maxRelativeDifference(many, one)
+            XCTAssertLessThan(difference, 1e-4, "np=\(np) drifted from np=1 by \(difference)")
+        }
+        XCTAssertLessThan(one.last!, one.first!, "the loss went down")
+    }
+
+    /// Negative control: with per-rank BN statistics, 2 ranks are not the 1-process run.
+    func testLocalBNDiffersFromOneProcess() throws {
+        let one = try trajectory(np: 1, ["--bn", "local"], steps: 20)
+        let two = try trajectory(np: 2, ["--bn", "local"], steps: 20)
+        XCTAssertGreaterThan(Self.maxRelativeDifference(two, one), 1e-3)
+    }
+
+    /// 250 is not divisible by 4: shares of 62 and 63 samples still give the 1-process update.
+    func testGlobalBatchNotDivisibleByRanks() throws {
+        let one = try trajectory(np: 1, ["--global-batch", "250"], steps: 30)
+        let four = try trajectory(np: 4, ["--global-batch", "250"], steps: 30)
+        XCTAssertLessThan(Self.maxRelativeDifference(four, one), 1e-4)
+    }
+
+    /// paper.md E2 under mpirun -np 2: every SI group satisfies the norm identity and orthogonality on
+    /// the allreduced gradient at every step, and its norm never decreases; E12: with momentum the
+    /// same monitor reports a clear violation.
+    func testNormIdentityOnTwoRanksAndMomentumViolatesIt() throws {
+        for lr in ["0.01", "1", "100"] {
+            let metrics = directory.appendingPathComponent("e2-\(lr).jsonl").path
+            let result = try Launcher.mpirun(2, "autorate", ["train", "--steps", "30", "--log-every", "1", "--quiet",
+                                                             "--head", "bn", "--lr-si", lr, "--metrics", metrics])
+            XCTAssertEqual(result.status, 0, result.output)
+            var lastNorm: [String: Double] = [:]
+            for record in try Launcher.metrics(metrics) where record["event"] == nil {
+                for group in record["groups"] as! [[String: Any]] where group["kind"] as! String == "SI" {
+                    let name = group["name"] as! String
+                    let residual = group["identity_residual"] as! Double
+                    let cosine = group["cos"] as! Double
+                    let norm2 = group["norm2"] as! Double
+                    XCTAssertLessThan(abs(residual), 1e-4, "lr-si \(lr), group \(name)")
+                    XCTAssertLessThan(abs(cosine), 1e-3, "lr-si \(lr), group \(name)")
+                    XCTAssertGreaterThanOrEqual(norm2, (lastNorm[name] ?? 0) * (1 - 1e-6), "norm of \(name) decreased")
+                    lastNorm[name] = norm2
+                }
+            }
+            XCTAssertEqual(lastNorm.count, 5, "five SI groups in a 3-layer MLP with a BN head")
+        }
+        let metrics = directory.appendingPathComponent("e12.jsonl").path
+        let result = try Launcher.mpirun(2, "autorate", ["train", "--steps", "10", "--log-every", "1", "--quiet",
+                                                         "--head", "bn", "--momentum", "0.9", "--metrics", metrics])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("no longer the paper's"), "the run says it is not the paper's algorithm")
+        let worst = try Launcher.metrics(metrics).filter { $0["event"] == nil }.flatMap { $0["groups"] as! [[String: Any]] }
+            .filter { $0["kind"] as! String == "SI" }.map { abs($0["identity_residual"] as! Double) }.max()!
+        XCTAssertGreaterThan(worst, 1e-3, "momentum must show up as a norm-identity violation")
+    }
+
+    /// The default job, as launch/train runs it (shortened): progress, summary, metrics records.
+    func testDefaultRunPrintsProgressAndWritesMetrics() throws {
+        let metrics = directory.appendingPathComponent("default.jsonl").path
+        let result = try Launcher.mpirun(2, "autorate", ["train", "--epochs", "1", "--log-every", "16", "--metrics", metrics])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("step 16/"), result.output)
+        XCTAssertTrue(result.output.contains("ETA"), result.output)
+        XCTAssertTrue(result.output.contains("test accuracy"), result.output)
+        XCTAssertTrue(result.output.contains("SI  0.weight"), "the SI/SV grouping is printed")
+        let records = try Launcher.metrics(metrics)
+        let step = try XCTUnwrap(records.first)
+        for key in ["step", "epoch", "loss", "accuracy", "samples_per_s", "groups"] { XCTAssertNotNil(step[key], key) }
+        let group = try XCTUnwrap((step["groups"] as? [[String: Any]])?.first)
+        for key in ["name", "kind", "norm2", "eff_lr", "cos", "identity_residual"] { XCTAssertNotNil(group[key], key) }
+        let final = try XCTUnwrap(records.last)
+        XCTAssertEqual(final["event"] as? String, "final")
+        for key in ["test_accuracy", "test_loss", "train_loss", "steps", "seconds"] { XCTAssertNotNil(final[key], key) }
+        XCTAssertGreaterThan(final["test_accuracy"] as! Double, 0.5, "one epoch learns the synthetic task well above chance (0.1)")
+    }
+}
