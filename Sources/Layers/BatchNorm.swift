@@ -58,6 +58,7 @@ public final class BatchNorm {
     private var denominator: [Double]   // s_c^2 = var + eps_c
     private var rowNorms: [Double]      // ||w_c||^2 (.scaled)
     private var inputScale = 1.0        // q (.scaled)
+    private var epsilonGradient: [Double]  // dL/d eps_c from the last backward (.scaled)
     private var globalCount = 0.0
     private var rows = 0
 
@@ -78,6 +79,7 @@ public final class BatchNorm {
         self.incomingWeight = incomingWeight
         self.previousAffine = previousAffine
         rowNorms = [Double](repeating: 0, count: channels)
+        epsilonGradient = [Double](repeating: 0, count: channels)
         xhat = ActivationBuffer(maxRows: maxBatch, cols: channels)
         invStd = [Float](repeating: 1, count: channels)
         denominator = [Double](repeating: 1, count: channels)
@@ -210,12 +212,13 @@ public final class BatchNorm {
 
     /// Backward of the last training forward: reduces (sum dy, sum dy*xhat), writes `dx`, accumulates
     /// d gamma, d beta (and the incoming weight's gradient through eps_c in `.scaled` mode).
-    public func backward(_ dy: Matrix, _ dx: Matrix, _ p: ParameterStore, reducer: StatisticsReducer) throws {
+    public func backward(_ dy: Matrix, _ dx: Matrix, _ p: ParameterStore, reducer: StatisticsReducer,
+                         deferEpsilonGradient: Bool = false) throws {
         var local = [Double](repeating: 0, count: backwardSumsCount)
         local.withUnsafeMutableBufferPointer { accumulateBackwardSums(dy, into: $0) }
         var global = local
         try global.withUnsafeMutableBufferPointer { try reducer.sumAcrossRanks($0) }
-        finishBackward(dy, dx, globalSums: global, localSums: local, p)
+        finishBackward(dy, dx, globalSums: global, localSums: local, p, deferEpsilonGradient: deferEpsilonGradient)
     }
 
     /// Phase 1 of backward: adds this rank's (sum dy, sum dy * xhat) per channel to `s`.
@@ -245,7 +248,12 @@ public final class BatchNorm {
     /// d w_c += 2 w_c * eps * q * dL/d eps_c
     /// d (gamma_p, beta_p) += 2 (gamma_p, beta_p) / C_p * sum_c eps * ||w_c||^2 * dL/d eps_c
     /// ```
-    public func finishBackward(_ dy: Matrix, _ dx: Matrix, globalSums: [Double], localSums: [Double], _ p: ParameterStore) {
+    ///
+    /// With `deferEpsilonGradient` the `.scaled`-mode terms are kept and added later by
+    /// `applyEpsilonGradient`, so the caller can let the weight-gradient GEMM overwrite (not
+    /// accumulate into) the gradient buffer, saving a pass that zeroes it.
+    public func finishBackward(_ dy: Matrix, _ dx: Matrix, globalSums: [Double], localSums: [Double], _ p: ParameterStore,
+                               deferEpsilonGradient: Bool = false) {
         precondition(dx.rows == rows && dx.cols == channels, "BatchNorm backward dx shape mismatch")
         let c = channels
         let g = p.value(gamma), dg = p.gradient(gamma), db = p.gradient(beta)
@@ -269,21 +277,30 @@ public final class BatchNorm {
                 }
             }
         }
-        if epsilonMode == .scaled, let incomingWeight {
-            let fanIn = incomingWeight.shape[1]
-            let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)
-            var dq = 0.0
-            for j in 0..<c where denominator[j] > 0 {
-                let dEps = -Double(g[j]) * localSums[c + j] / (2 * denominator[j])
-                dq += dEps * epsilon * rowNorms[j]
-                axpy(Float(2 * epsilon * inputScale * dEps), UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
-                     UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+        if epsilonMode == .scaled {
+            for j in 0..<c {
+                epsilonGradient[j] = denominator[j] > 0 ? -Double(g[j]) * localSums[c + j] / (2 * denominator[j]) : 0
             }
-            if let previousAffine {
-                let factor = Float(2 * dq / Double(previousAffine.gamma.count))
-                for spec in [previousAffine.gamma, previousAffine.beta] {
-                    axpy(factor, UnsafeBufferPointer(p.value(spec)), p.gradient(spec))
-                }
+            if !deferEpsilonGradient { applyEpsilonGradient(p) }
+        }
+    }
+
+    /// Adds the `.scaled`-mode gradient through eps_c (kept by the last `finishBackward`) to the
+    /// incoming weight and to the previous BN's (gamma, beta). No-op in the other modes.
+    public func applyEpsilonGradient(_ p: ParameterStore) {
+        guard epsilonMode == .scaled, let incomingWeight else { return }
+        let fanIn = incomingWeight.shape[1]
+        let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)
+        var dq = 0.0
+        for j in 0..<channels where epsilonGradient[j] != 0 {
+            dq += epsilonGradient[j] * epsilon * rowNorms[j]
+            axpy(Float(2 * epsilon * inputScale * epsilonGradient[j]), UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
+                 UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+        }
+        if let previousAffine {
+            let factor = Float(2 * dq / Double(previousAffine.gamma.count))
+            for spec in [previousAffine.gamma, previousAffine.beta] {
+                axpy(factor, UnsafeBufferPointer(p.value(spec)), p.gradient(spec))
             }
         }
     }

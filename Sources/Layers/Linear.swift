@@ -25,12 +25,13 @@ public struct Linear: Sendable {
         if let bias { addRowVector(UnsafeBufferPointer(p.value(bias)), to: y.base, rows: y.rows) }
     }
 
-    /// `dW += dy^T x`, `db += sum_rows dy`, and `dx = dy W` when `dx` is given (not for the first layer).
-    public func backward(_ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore) {
+    /// `dW += dy^T x` (`dW = dy^T x` when not `accumulating`), `db += sum_rows dy`, and `dx = dy W`
+    /// when `dx` is given (not for the first layer).
+    public func backward(_ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool = true) {
         precondition(x.rows == dy.rows && dy.cols == outFeatures, "Linear backward shape mismatch")
         BLAS.gemm(.transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
                   a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
-                  beta: 1, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
+                  beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
         if let bias {
             var sums = [Double](repeating: 0, count: outFeatures)
             sums.withUnsafeMutableBufferPointer {

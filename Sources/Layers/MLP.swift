@@ -181,9 +181,16 @@ public final class MLP {
         return current
     }
 
-    /// Backward of the last `forward`, from `dlogits: [n, classes]`. Accumulates into
-    /// `parameters.gradients` (zero it first). Collective when synchronized: one reduction per BN.
+    /// Backward of the last `forward`, from `dlogits: [n, classes]`, into `parameters.gradients`:
+    /// Linear weight gradients are overwritten by their GEMM (no pass to zero 4 bytes per
+    /// parameter); the small tensors (BN gamma and beta, biases) are zeroed here and accumulated.
+    /// Collective when synchronized: one reduction per BN.
     public func backward(_ dlogits: Matrix, reducer: StatisticsReducer) throws {
+        for linear in linears { if let bias = linear.bias { zero(parameters.gradient(bias)) } }
+        for norm in norms {
+            zero(parameters.gradient(norm.gamma))
+            zero(parameters.gradient(norm.beta))
+        }
         let n = inputRows
         var upstream = dlogits   // gradient with respect to the current layer's output
         var useA = true
@@ -196,7 +203,7 @@ public final class MLP {
                 }
                 let dz = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i + 1])
                 useA.toggle()
-                try norms[i].backward(upstream, dz, parameters, reducer: reducer)
+                try norms[i].backward(upstream, dz, parameters, reducer: reducer, deferEpsilonGradient: true)
                 upstream = dz
             }
             let input = i == 0 ? lastInput! : rows(normOut[i - 1], n)
@@ -205,7 +212,8 @@ public final class MLP {
                 dx = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i])
                 useA.toggle()
             }
-            linears[i].backward(input, upstream, dx, parameters)
+            linears[i].backward(input, upstream, dx, parameters, accumulating: false)
+            if i < norms.count { norms[i].applyEpsilonGradient(parameters) }
             if let dx { upstream = dx }
         }
     }

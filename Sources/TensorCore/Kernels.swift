@@ -62,7 +62,11 @@ public func reluBackward(output y: UnsafeBufferPointer<Float>, _ dy: UnsafeBuffe
                          _ dx: UnsafeMutableBufferPointer<Float>) {
     precondition(y.count == dy.count && dy.count == dx.count, "relu backward: sizes differ")
     guard let yp = y.baseAddress, let dyp = dy.baseAddress, let dxp = dx.baseAddress else { return }
-    for i in 0..<y.count { dxp[i] = yp[i] > 0 ? dyp[i] : 0 }
+    // load unconditionally so the select vectorizes
+    for i in 0..<y.count {
+        let d = dyp[i]
+        dxp[i] = yp[i] > 0 ? d : 0
+    }
 }
 
 /// Adds `bias[c]` to every row of the row-major `x[rows, bias.count]`.

@@ -120,8 +120,7 @@ public final class Trainer {
             SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
                                                 normalizer: Double(configuration.globalBatch), dlogits: dz)
         }
-        // 4. backward; each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
-        zero(model.parameters.gradients.all)
+        // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
         try model.backward(dz, reducer: statistics)
         // 5. gradients summed over ranks, bucket by bucket, in reverse layer order
         try buckets.allreduce(model.parameters.gradients, over: communicator)
