@@ -35,6 +35,13 @@ public enum BLAS {
     /// The number of threads OpenBLAS will use.
     public static var threads: Int { Int(openblas_get_num_threads()) }
 
+    /// The kernel family OpenBLAS chose for this CPU, e.g. "SkylakeX" or "Prescott" (the slow
+    /// fallback when it does not recognise the CPU; see launch/common.sh).
+    public static var coreName: String {
+        guard let c = openblas_get_corename() else { return "unknown" }
+        return String(cString: c)
+    }
+
     /// OpenBLAS's build configuration, e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ... Haswell MAX_THREADS=64".
     public static var configuration: String {
         guard let c = openblas_get_config() else { return "unknown" }

@@ -18,6 +18,14 @@ public struct BenchmarkResult: Sendable {
     public let stepSecondsMax: Double
     public let gemmSecondsMedian: Double
     public let gemmGFlops: Double
+    /// Median time of the gradient allreduce alone (every bucket), and its bytes.
+    public let allreduceSecondsMedian: Double
+    public let gradientBytes: Int
+
+    /// Allreduce bus bandwidth, `2 (p - 1) / p * bytes / time` (NCCL's convention), in GB/s.
+    public var busBandwidth: Double {
+        ranks > 1 ? 2 * Double(ranks - 1) / Double(ranks) * Double(gradientBytes) / allreduceSecondsMedian / 1e9 : 0
+    }
 
     public var samplesPerSecond: Double { Double(globalBatch) / stepSecondsMedian }
     public var gemmBoundSamplesPerSecond: Double { Double(globalBatch) / gemmSecondsMedian }
@@ -32,6 +40,8 @@ public struct BenchmarkResult: Sendable {
             ("step_ms_max", .number(stepSecondsMax * 1e3)), ("gemm_ms_median", .number(gemmSecondsMedian * 1e3)),
             ("gemm_gflops", .number(gemmGFlops)), ("gemm_bound_samples_per_s", .number(gemmBoundSamplesPerSecond)),
             ("fraction_of_gemm_bound", .number(fractionOfGemmBound)),
+            ("allreduce_ms_median", .number(allreduceSecondsMedian * 1e3)), ("gradient_bytes", .integer(gradientBytes)),
+            ("allreduce_bus_gb_per_s", .number(busBandwidth)),
         ]).encoded
     }
 }
@@ -61,14 +71,24 @@ public enum Benchmark {
         let local = ShardSampler.share(of: configuration.globalBatch, rank: communicator.rank, ranks: communicator.size).count
         let (gemm, flops) = gemmBound(widths: widths, rows: local, repeats: Swift.max(steps, 5))
         let gemmSlowest = try communicator.allreduce(gemm, .max)
+        var reduceTimes: [Double] = []
+        for _ in 0..<Swift.max(steps / 2, 3) {
+            try communicator.barrier()
+            let clock = Stopwatch()
+            try trainer.buckets.allreduce(trainer.model.parameters.gradients, over: communicator)
+            reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
+        }
+        reduceTimes.sort()
         return BenchmarkResult(ranks: communicator.size, globalBatch: configuration.globalBatch, widths: widths,
                                batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
                                stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
                                stepSecondsMax: times.last!, gemmSecondsMedian: gemmSlowest,
-                               gemmGFlops: flops / gemm / 1e9)
+                               gemmGFlops: flops / gemm / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
+                               gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride)
     }
 
-    /// Median time of the GEMMs of one training step on `rows` samples, and their flop count.
+    /// Median time of the GEMMs of one training step on `rows` samples, and their flop count: the
+    /// same shapes, transposes and beta as `Linear` uses in training.
     static func gemmBound(widths: [Int], rows: Int, repeats: Int) -> (seconds: Double, flops: Double) {
         let widest = widths.max()!
         let a = FlatBuffer(count: rows * widest), b = FlatBuffer(count: widest * widest)
@@ -81,7 +101,7 @@ public enum Benchmark {
                 BLAS.gemm(.none, .transposed, m: rows, n: fanOut, k: fanIn, a: a.pointer, lda: fanIn,
                           b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanOut)
                 BLAS.gemm(.transposed, .none, m: fanOut, n: fanIn, k: rows, a: a.pointer, lda: fanOut,
-                          b: b.pointer, ldb: fanIn, beta: 1, c: c.pointer, ldc: fanIn)
+                          b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)
                 if l > 0 {
                     BLAS.gemm(.none, .none, m: rows, n: fanIn, k: fanOut, a: a.pointer, lda: fanOut,
                               b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)

@@ -190,7 +190,7 @@ public final class Trainer {
         if !optimizer.isPaperAlgorithm {
             console.warning("momentum or weight decay is on: this is no longer the paper's plain SGD, and the norm identity of scale-invariant groups will not hold")
         }
-        console.root("\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s)")
+        console.root("\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank")
     }
 
     private func report(step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Collectives
 import Layers
+import TensorCore
 import Training
 #if canImport(Glibc)
 import Glibc
@@ -43,11 +44,11 @@ struct Bench: ParsableCommand {
         try withMPI(threads: threads) { communicator, console in
             let result = try Benchmark.run(c, widths: widths.values, steps: steps, warmup: warmup, threads: threads,
                                            communicator: communicator, console: console)
-            console.root("bench: np=\(result.ranks) bn=\(bn.rawValue) widths=\(widths.values.map(String.init).joined(separator: ",")) " + String(cFormat: "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f",
+            console.root("bench: np=\(result.ranks) bn=\(bn.rawValue) widths=\(widths.values.map(String.init).joined(separator: ",")) " + String(cFormat: "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
                                 globalBatch,
                                 result.samplesPerSecond, result.stepSecondsMedian * 1e3, result.stepSecondsMin * 1e3,
                                 result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,
-                                result.fractionOfGemmBound))
+                                result.fractionOfGemmBound, result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
             if communicator.isRoot, let json {
                 guard let f = fopen(json, "a") else {
                     throw ValidationError("--json \(json): cannot be opened for appending")
