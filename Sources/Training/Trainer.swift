@@ -21,6 +21,8 @@ public final class Trainer {
     public let optimizer: ScaleInvariantSGD
     public let buckets: GradientBuckets
     public let totalSteps: Int
+    /// Steps between progress lines and metrics records.
+    public let logEvery: Int
     private var sampler: ShardSampler
     private let statistics: StatisticsReducer
     private let input: FlatBuffer
@@ -60,6 +62,7 @@ public final class Trainer {
         buckets = GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes)
         sampler = ShardSampler(sampleCount: train.count, globalBatch: configuration.globalBatch, seed: configuration.seed)
         totalSteps = configuration.steps ?? configuration.epochs * sampler.stepsPerEpoch
+        logEvery = configuration.logEvery ?? Swift.max(1, totalSteps / 20)
         statistics = configuration.batchNormSync == .sync && p > 1
             ? SynchronizedStatistics(communicator: communicator) : LocalStatistics()
         input = FlatBuffer(count: maxLocal * train.dimension)
@@ -79,7 +82,7 @@ public final class Trainer {
         var lastLog = (time: 0.0, step: 0)
         var lastLoss = Double.nan
         for t in 0..<totalSteps {
-            let logging = (t + 1) % configuration.logEvery == 0 || t + 1 == totalSteps
+            let logging = (t + 1) % logEvery == 0 || t + 1 == totalSteps
             let result = try trainStep(t, monitor: logging)
             window.add(result)
             if logging {

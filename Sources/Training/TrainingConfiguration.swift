@@ -17,7 +17,8 @@ public struct TrainingConfiguration: Sendable {
     public var batchNormSync: BatchNormSync = .sync
     public var batchNorm = BatchNormSettings()
     public var seed: UInt64 = 0
-    public var logEvery = 10
+    /// Steps between logged steps; nil: about 20 lines per run.
+    public var logEvery: Int? = nil
     public var metricsPath: String? = nil
     public var bucketBytes = 25 << 20
     /// Print progress lines (rank 0). Off for benchmarks and tests that read only the metrics file.

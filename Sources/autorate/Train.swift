@@ -46,8 +46,8 @@ struct Train: ParsableCommand {
     var seed: UInt64 = 0
     @Option(help: "OpenBLAS threads per rank (1 when each rank has one core).")
     var threads = 1
-    @Option(name: .customLong("log-every"), help: "Steps between progress lines and metrics records.")
-    var logEvery = 10
+    @Option(name: .customLong("log-every"), help: "Steps between progress lines and metrics records (default: about 20 per run).")
+    var logEvery: Int?
     @Option(help: "Write JSON Lines metrics to this file (rank 0).")
     var metrics: String?
     @Option(name: .customLong("bucket-mb"), help: "Largest gradient allreduce bucket in MiB.")
@@ -66,7 +66,7 @@ struct Train: ParsableCommand {
         try require(weightDecaySV >= 0 && weightDecaySV.isFinite, "--weight-decay-sv", weightDecaySV, "a finite value >= 0")
         try require(bnEps >= 0 && bnEps.isFinite, "--bn-eps", bnEps, "a finite value >= 0")
         try require(threads >= 1 && threads <= 256, "--threads", threads, "1 to 256 threads")
-        try require(logEvery >= 1, "--log-every", logEvery, "a positive number of steps")
+        if let logEvery { try require(logEvery >= 1, "--log-every", logEvery, "a positive number of steps") }
         try require(bucketMB > 0 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB between 0 and 2048")
         if bnEpsMode == .standard && bnEps == 0 {
             throw ValidationError("--bn-eps 0 with --bn-eps-mode standard divides by zero on constant channels; use --bn-eps-mode zero for eps = 0.")
