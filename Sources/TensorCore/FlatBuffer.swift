@@ -1,5 +1,12 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A fixed-size, manually allocated Float buffer with a stable address: safe to hand to BLAS and to
-/// in-flight MPI operations (a Swift Array could move under copy-on-write). Zero-initialized.
+/// in-flight MPI operations (a Swift Array could move under copy-on-write). Zero-initialized,
+/// 64-byte aligned (one cache line, one AVX-512 vector); buffers of 2 MiB or more are 2 MiB aligned
+/// and marked for transparent huge pages (the system's default here is `madvise`), to spare the
+/// per-parameter passes, which are bound by memory, most TLB misses.
 public final class FlatBuffer: @unchecked Sendable {
     // @unchecked Sendable: the buffer is written by one thread at a time (the training thread);
     // the type is shared only to hand the same memory to the communicator.
@@ -7,14 +14,23 @@ public final class FlatBuffer: @unchecked Sendable {
 
     public init(count: Int) {
         precondition(count >= 0, "FlatBuffer count must be non-negative, got \(count)")
-        storage = .allocate(capacity: Swift.max(count, 1))
+        let bytes = Swift.max(count, 1) * MemoryLayout<Float>.stride
+        let huge = 2 << 20
+        let alignment = bytes >= huge ? huge : 64
+        var raw: UnsafeMutableRawPointer? = nil
+        guard posix_memalign(&raw, alignment, bytes) == 0, let raw else {
+            fatalError("out of memory allocating \(bytes) bytes")
+        }
+        if bytes >= huge { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
+        storage = UnsafeMutableBufferPointer(start: raw.bindMemory(to: Float.self, capacity: Swift.max(count, 1)),
+                                             count: Swift.max(count, 1))
         storage.initialize(repeating: 0)
         self.count = count
     }
 
     public let count: Int
 
-    deinit { storage.deallocate() }
+    deinit { free(storage.baseAddress) }
 
     public var pointer: UnsafeMutablePointer<Float> { storage.baseAddress! }
 

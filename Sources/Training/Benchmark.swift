@@ -59,18 +59,28 @@ public enum Benchmark {
         c.printProgress = false
         let trainer = try Trainer(c, splits: splits, communicator: communicator, console: console)
         for t in 0..<warmup { _ = try trainer.trainStep(t, monitor: false) }
-        var times: [Double] = []
+        // Blocks of 5 training steps and 5 GEMM-only steps alternate, so that both see the same
+        // machine (on a shared VM the speed drifts by tens of percent within a minute) while most
+        // steps still start with warm caches, as in training; the medians are reported.
+        let local = ShardSampler.share(of: configuration.globalBatch, rank: communicator.rank, ranks: communicator.size).count
+        let gemm = GemmOnlyStep(widths: widths, rows: local)
+        var times: [Double] = [], gemmTimes: [Double] = []
         for t in 0..<steps {
             try communicator.barrier()
             let clock = Stopwatch()
             _ = try trainer.trainStep(warmup + t, monitor: false)
             // the slowest rank sets the step time
             times.append(try communicator.allreduce(clock.seconds, .max))
+            if t % 5 == 4 || t == steps - 1 {
+                for _ in 0..<5 {
+                    try communicator.barrier()
+                    gemmTimes.append(try communicator.allreduce(gemm.time(), .max))
+                }
+            }
         }
         times.sort()
-        let local = ShardSampler.share(of: configuration.globalBatch, rank: communicator.rank, ranks: communicator.size).count
-        let (gemm, flops) = gemmBound(widths: widths, rows: local, repeats: Swift.max(steps, 5))
-        let gemmSlowest = try communicator.allreduce(gemm, .max)
+        gemmTimes.sort()
+        let gemmMedian = gemmTimes[gemmTimes.count / 2]
         var reduceTimes: [Double] = []
         for _ in 0..<Swift.max(steps / 2, 3) {
             try communicator.barrier()
@@ -82,43 +92,50 @@ public enum Benchmark {
         return BenchmarkResult(ranks: communicator.size, globalBatch: configuration.globalBatch, widths: widths,
                                batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
                                stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
-                               stepSecondsMax: times.last!, gemmSecondsMedian: gemmSlowest,
-                               gemmGFlops: flops / gemm / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
+                               stepSecondsMax: times.last!, gemmSecondsMedian: gemmMedian,
+                               gemmGFlops: gemm.flops / gemmMedian / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
                                gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride)
     }
 
-    /// Median time of the GEMMs of one training step on `rows` samples, and their flop count: the
-    /// same shapes, transposes and beta as `Linear` uses in training.
-    static func gemmBound(widths: [Int], rows: Int, repeats: Int) -> (seconds: Double, flops: Double) {
+}
+
+/// The GEMMs of one training step alone, on `rows` samples: the same shapes, transposes and beta
+/// as `Linear` uses in training (forward, weight gradient, and input gradient but for the first layer).
+struct GemmOnlyStep {
+    let widths: [Int]
+    let rows: Int
+    let flops: Double
+    private let a: FlatBuffer, b: FlatBuffer, c: FlatBuffer
+
+    init(widths: [Int], rows: Int) {
+        self.widths = widths
+        self.rows = rows
         let widest = widths.max()!
-        let a = FlatBuffer(count: rows * widest), b = FlatBuffer(count: widest * widest)
-        let c = FlatBuffer(count: Swift.max(rows, widest) * widest)
+        a = FlatBuffer(count: Swift.max(rows, 1) * widest)
+        b = FlatBuffer(count: widest * widest)
+        c = FlatBuffer(count: Swift.max(rows, widest) * widest)
         for (i, v) in [a, b].enumerated() { for k in 0..<v.count { v.pointer[k] = Float((k * (7 + i)) % 13) * 0.01 } }
-        var flops = 0.0
-        func oneStep() {
-            for l in 0..<(widths.count - 1) {
-                let fanIn = widths[l], fanOut = widths[l + 1]
-                BLAS.gemm(.none, .transposed, m: rows, n: fanOut, k: fanIn, a: a.pointer, lda: fanIn,
-                          b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanOut)
-                BLAS.gemm(.transposed, .none, m: fanOut, n: fanIn, k: rows, a: a.pointer, lda: fanOut,
+        var total = 0.0
+        for l in 0..<(widths.count - 1) {
+            total += Double(2 * rows * widths[l] * widths[l + 1]) * (l > 0 ? 3 : 2)
+        }
+        flops = total
+    }
+
+    /// Seconds for one step's GEMMs.
+    func time() -> Double {
+        let clock = Stopwatch()
+        for l in 0..<(widths.count - 1) {
+            let fanIn = widths[l], fanOut = widths[l + 1]
+            BLAS.gemm(.none, .transposed, m: rows, n: fanOut, k: fanIn, a: a.pointer, lda: fanIn,
+                      b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanOut)
+            BLAS.gemm(.transposed, .none, m: fanOut, n: fanIn, k: rows, a: a.pointer, lda: fanOut,
+                      b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)
+            if l > 0 {
+                BLAS.gemm(.none, .none, m: rows, n: fanIn, k: fanOut, a: a.pointer, lda: fanOut,
                           b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)
-                if l > 0 {
-                    BLAS.gemm(.none, .none, m: rows, n: fanIn, k: fanOut, a: a.pointer, lda: fanOut,
-                              b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)
-                }
             }
         }
-        for l in 0..<(widths.count - 1) {
-            flops += Double(2 * rows * widths[l] * widths[l + 1]) * (l > 0 ? 3 : 2)
-        }
-        oneStep()
-        var times: [Double] = []
-        for _ in 0..<repeats {
-            let clock = Stopwatch()
-            oneStep()
-            times.append(clock.seconds)
-        }
-        times.sort()
-        return (times[times.count / 2], flops)
+        return clock.seconds
     }
 }
