@@ -58,7 +58,8 @@ public final class BatchNorm {
     private var denominator: [Double]   // s_c^2 = var + eps_c
     private var rowNorms: [Double]      // ||w_c||^2 (.scaled)
     private var inputScale = 1.0        // q (.scaled)
-    private var epsilonGradient: [Double]  // dL/d eps_c from the last backward (.scaled)
+    private var epsilonGradient: [Double]        // dL/d eps_c from local sums (.scaled)
+    private var globalEpsilonGradient: [Double]  // dL/d eps_c from global sums (.scaled)
     private var globalCount = 0.0
     private var rows = 0
 
@@ -80,6 +81,7 @@ public final class BatchNorm {
         self.previousAffine = previousAffine
         rowNorms = [Double](repeating: 0, count: channels)
         epsilonGradient = [Double](repeating: 0, count: channels)
+        globalEpsilonGradient = [Double](repeating: 0, count: channels)
         xhat = ActivationBuffer(maxRows: maxBatch, cols: channels)
         invStd = [Float](repeating: 1, count: channels)
         denominator = [Double](repeating: 1, count: channels)
@@ -278,8 +280,9 @@ public final class BatchNorm {
             }
         }
         if epsilonMode == .scaled {
-            for j in 0..<c {
-                epsilonGradient[j] = denominator[j] > 0 ? -Double(g[j]) * localSums[c + j] / (2 * denominator[j]) : 0
+            for j in 0..<c where denominator[j] > 0 {
+                epsilonGradient[j] = -Double(g[j]) * localSums[c + j] / (2 * denominator[j])
+                globalEpsilonGradient[j] = -Double(g[j]) * globalSums[c + j] / (2 * denominator[j])
             }
             if !deferEpsilonGradient { applyEpsilonGradient(p) }
         }
@@ -287,15 +290,24 @@ public final class BatchNorm {
 
     /// Adds the `.scaled`-mode gradient through eps_c (kept by the last `finishBackward`) to the
     /// incoming weight and to the previous BN's (gamma, beta). No-op in the other modes.
-    public func applyEpsilonGradient(_ p: ParameterStore) {
+    ///
+    /// - Parameter radialToUpdate: leave the incoming weight's term (radial, row by row) in
+    ///   `p.pendingRadial` for the update to apply, computed from the *global* sums. Valid only when
+    ///   every rank normalizes with the same statistics (synchronized BN, or one rank).
+    public func applyEpsilonGradient(_ p: ParameterStore, radialToUpdate: Bool = false) {
         guard epsilonMode == .scaled, let incomingWeight else { return }
         let fanIn = incomingWeight.shape[1]
-        let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)
         var dq = 0.0
-        for j in 0..<channels where epsilonGradient[j] != 0 {
-            dq += epsilonGradient[j] * epsilon * rowNorms[j]
-            axpy(Float(2 * epsilon * inputScale * epsilonGradient[j]), UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
-                 UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+        for j in 0..<channels { dq += epsilonGradient[j] * epsilon * rowNorms[j] }
+        if radialToUpdate {
+            let coefficients = globalEpsilonGradient.map { Float(2 * epsilon * inputScale * $0) }
+            p.pendingRadial.append(RadialGradient(tensor: incomingWeight, coefficients: coefficients))
+        } else {
+            let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)
+            for j in 0..<channels where epsilonGradient[j] != 0 {
+                axpy(Float(2 * epsilon * inputScale * epsilonGradient[j]), UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
+                     UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+            }
         }
         if let previousAffine {
             let factor = Float(2 * dq / Double(previousAffine.gamma.count))

@@ -185,7 +185,12 @@ public final class MLP {
     /// Linear weight gradients are overwritten by their GEMM (no pass to zero 4 bytes per
     /// parameter); the small tensors (BN gamma and beta, biases) are zeroed here and accumulated.
     /// Collective when synchronized: one reduction per BN.
-    public func backward(_ dlogits: Matrix, reducer: StatisticsReducer) throws {
+    ///
+    /// - Parameter radialToUpdate: leave the `.scaled`-epsilon weight terms in
+    ///   `parameters.pendingRadial` for the optimizer's update pass (one pass over the weights saved).
+    ///   Only when every rank normalizes with the same statistics (synchronized BN, or one rank).
+    public func backward(_ dlogits: Matrix, reducer: StatisticsReducer, radialToUpdate: Bool = false) throws {
+        parameters.pendingRadial.removeAll()
         for linear in linears { if let bias = linear.bias { zero(parameters.gradient(bias)) } }
         for norm in norms {
             zero(parameters.gradient(norm.gamma))
@@ -213,7 +218,7 @@ public final class MLP {
                 useA.toggle()
             }
             linears[i].backward(input, upstream, dx, parameters, accumulating: false)
-            if i < norms.count { norms[i].applyEpsilonGradient(parameters) }
+            if i < norms.count { norms[i].applyEpsilonGradient(parameters, radialToUpdate: radialToUpdate) }
             if let dx { upstream = dx }
         }
     }

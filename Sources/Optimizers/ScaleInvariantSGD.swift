@@ -79,12 +79,25 @@ public final class ScaleInvariantSGD {
     /// Applies one update to `store.values` from `store.gradients` (already averaged over the global
     /// batch) and advances the step counter. With `monitor`, returns per-group monitors (costs three
     /// extra passes over the parameters; use on logging steps).
+    ///
+    /// Pending radial gradient terms (`store.pendingRadial`) are part of the gradient: the plain
+    /// update applies them in its own pass; monitors, momentum and weight decay first add them in.
     @discardableResult
     public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor] {
+        if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
+        var radial: [Int: RadialGradient] = [:]   // by tensor offset
+        for term in store.pendingRadial { radial[term.tensor.offset] = term }
+        store.pendingRadial.removeAll()
         var monitors: [GroupMonitor] = []
         for group in groups {
             let rule = rule(for: group.kind)
             let eta = rule.schedule.rate(base: rule.learningRate, step: step)
+            if !monitor && rule.isPlain && group.tensors.contains(where: { radial[$0.offset] != nil }) {
+                for tensor in group.tensors {
+                    updatePlain(store.value(tensor), store.gradient(tensor), eta: Float(eta), radial: radial[tensor.offset])
+                }
+                continue
+            }
             let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
             var before = (w2: 0.0, g2: 0.0, wg: 0.0)
             if monitor {
@@ -107,6 +120,22 @@ public final class ScaleInvariantSGD {
         }
         step += 1
         return monitors
+    }
+
+    /// `w -= eta * (g + a_r * w)` row by row: the plain step with the radial term fused in.
+    private func updatePlain(_ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
+                             eta: Float, radial: RadialGradient?) {
+        let wp = w.baseAddress!, gp = g.baseAddress!
+        guard let radial else {
+            for i in 0..<w.count { wp[i] -= eta * gp[i] }
+            return
+        }
+        let rowLength = w.count / radial.coefficients.count
+        for (r, a) in radial.coefficients.enumerated() {
+            let keep = 1 - eta * a
+            let row = wp + r &* rowLength, grad = gp + r &* rowLength
+            for i in 0..<rowLength { row[i] = keep * row[i] - eta * grad[i] }
+        }
     }
 
     private func update(_ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,

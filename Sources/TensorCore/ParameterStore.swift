@@ -43,6 +43,11 @@ public final class ParameterStore: @unchecked Sendable {
     public let values: FlatBuffer
     public let gradients: FlatBuffer
 
+    /// Gradient terms of the form `coefficients[r] * value[r, :]` that belong to `gradients` but are
+    /// kept as per-row coefficients, so that the update can apply them in its own pass over the
+    /// tensor instead of a separate read-modify-write pass (see `RadialGradient`).
+    public var pendingRadial: [RadialGradient] = []
+
     public init(layout: ParameterLayout) {
         self.layout = layout
         values = FlatBuffer(count: layout.count)
@@ -51,4 +56,32 @@ public final class ParameterStore: @unchecked Sendable {
 
     public func value(_ spec: TensorSpec) -> UnsafeMutableBufferPointer<Float> { values.slice(spec.range) }
     public func gradient(_ spec: TensorSpec) -> UnsafeMutableBufferPointer<Float> { gradients.slice(spec.range) }
+
+    /// Adds every pending radial term into `gradients` and forgets them.
+    public func materializePendingRadial() {
+        for term in pendingRadial {
+            let rowLength = term.tensor.count / term.coefficients.count
+            let w = value(term.tensor), g = gradient(term.tensor)
+            for (r, a) in term.coefficients.enumerated() where a != 0 {
+                let rows = r * rowLength ..< (r + 1) * rowLength
+                axpy(a, UnsafeBufferPointer(rebasing: w[rows]), UnsafeMutableBufferPointer(rebasing: g[rows]))
+            }
+        }
+        pendingRadial.removeAll()
+    }
+}
+
+/// A gradient term `coefficients[r] * w[r, :]` for each row r of `tensor`: in `.scaled` BN epsilon
+/// mode, the gradient through eps_c = eps * ||w_c||^2 * q is radial, row by row. It must be the same
+/// on every rank (computed from globally reduced sums), because it is added after the gradient
+/// allreduce.
+public struct RadialGradient: Sendable {
+    public let tensor: TensorSpec
+    public let coefficients: [Float]
+    public init(tensor: TensorSpec, coefficients: [Float]) {
+        precondition(coefficients.count > 0 && tensor.count % coefficients.count == 0,
+                     "\(coefficients.count) row coefficients do not divide tensor \(tensor.name) of \(tensor.count) values")
+        self.tensor = tensor
+        self.coefficients = coefficients
+    }
 }

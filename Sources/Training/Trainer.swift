@@ -25,6 +25,8 @@ public final class Trainer {
     public let logEvery: Int
     private var sampler: ShardSampler
     private let statistics: StatisticsReducer
+    /// Every rank normalizes with the same BN statistics (synchronized, or a single rank).
+    private var sharedStatistics: Bool { configuration.batchNormSync == .sync || communicator.size == 1 }
     private let input: FlatBuffer
     private let dlogits: FlatBuffer
     private var labels: [Int32]
@@ -124,10 +126,11 @@ public final class Trainer {
                                                 normalizer: Double(configuration.globalBatch), dlogits: dz)
         }
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
-        try model.backward(dz, reducer: statistics)
+        try model.backward(dz, reducer: statistics, radialToUpdate: sharedStatistics)
         // 5. gradients summed over ranks, bucket by bucket, in reverse layer order
         try buckets.allreduce(model.parameters.gradients, over: communicator)
-        // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g
+        // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
+        //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass)
         let monitors = optimizer.apply(to: model.parameters, monitor: monitor)
         return StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors)
     }
