@@ -21,6 +21,16 @@ public protocol StatisticsReducer {
     func sumAcrossRanks(_ values: UnsafeMutableBufferPointer<Double>) throws
 }
 
+/// Where the `.scaled`-epsilon radial weight gradient goes (see `BatchNorm.applyEpsilonGradient`).
+public enum RadialDeferral: Sendable {
+    /// Added to the gradient buffer at once.
+    case none
+    /// Kept as per-row coefficients from the global sums, identical on every rank.
+    case global
+    /// Kept as per-row coefficients from this rank's sums; to be summed over ranks.
+    case local
+}
+
 /// Statistics of this process only (plain DDP's BN, and every single-process run).
 public struct LocalStatistics: StatisticsReducer {
     public init() {}
@@ -291,16 +301,19 @@ public final class BatchNorm {
     /// Adds the `.scaled`-mode gradient through eps_c (kept by the last `finishBackward`) to the
     /// incoming weight and to the previous BN's (gamma, beta). No-op in the other modes.
     ///
-    /// - Parameter radialToUpdate: leave the incoming weight's term (radial, row by row) in
-    ///   `p.pendingRadial` for the update to apply, computed from the *global* sums. Valid only when
-    ///   every rank normalizes with the same statistics (synchronized BN, or one rank).
-    public func applyEpsilonGradient(_ p: ParameterStore, radialToUpdate: Bool = false) {
+    /// - Parameter radial: `.none` adds every term to the gradients now. `.global` leaves the
+    ///   incoming weight's term (radial, row by row) in `p.pendingRadial` for the update to apply,
+    ///   computed from the global sums: valid when every rank normalizes with the same statistics
+    ///   (synchronized BN, or one rank). `.local` leaves this rank's share of it, which the caller
+    ///   must sum over ranks (per-rank statistics).
+    public func applyEpsilonGradient(_ p: ParameterStore, radial: RadialDeferral = .none) {
         guard epsilonMode == .scaled, let incomingWeight else { return }
         let fanIn = incomingWeight.shape[1]
         var dq = 0.0
         for j in 0..<channels { dq += epsilonGradient[j] * epsilon * rowNorms[j] }
-        if radialToUpdate {
-            let coefficients = globalEpsilonGradient.map { Float(2 * epsilon * inputScale * $0) }
+        if radial != .none {
+            let source = radial == .global ? globalEpsilonGradient : epsilonGradient
+            let coefficients = source.map { Float(2 * epsilon * inputScale * $0) }
             p.pendingRadial.append(RadialGradient(tensor: incomingWeight, coefficients: coefficients))
         } else {
             let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)

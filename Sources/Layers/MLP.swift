@@ -186,10 +186,10 @@ public final class MLP {
     /// parameter); the small tensors (BN gamma and beta, biases) are zeroed here and accumulated.
     /// Collective when synchronized: one reduction per BN.
     ///
-    /// - Parameter radialToUpdate: leave the `.scaled`-epsilon weight terms in
-    ///   `parameters.pendingRadial` for the optimizer's update pass (one pass over the weights saved).
-    ///   Only when every rank normalizes with the same statistics (synchronized BN, or one rank).
-    public func backward(_ dlogits: Matrix, reducer: StatisticsReducer, radialToUpdate: Bool = false) throws {
+    /// - Parameter radial: where the `.scaled`-epsilon weight terms go; `.global` or `.local` leave
+    ///   them in `parameters.pendingRadial` for the optimizer's update pass (one pass over the
+    ///   weights saved). See `RadialDeferral`.
+    public func backward(_ dlogits: Matrix, reducer: StatisticsReducer, radial: RadialDeferral = .none) throws {
         parameters.pendingRadial.removeAll()
         for linear in linears { if let bias = linear.bias { zero(parameters.gradient(bias)) } }
         for norm in norms {
@@ -218,7 +218,7 @@ public final class MLP {
                 useA.toggle()
             }
             linears[i].backward(input, upstream, dx, parameters, accumulating: false)
-            if i < norms.count { norms[i].applyEpsilonGradient(parameters, radialToUpdate: radialToUpdate) }
+            if i < norms.count { norms[i].applyEpsilonGradient(parameters, radial: radial) }
             if let dx { upstream = dx }
         }
     }

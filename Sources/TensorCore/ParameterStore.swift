@@ -73,11 +73,11 @@ public final class ParameterStore: @unchecked Sendable {
 
 /// A gradient term `coefficients[r] * w[r, :]` for each row r of `tensor`: in `.scaled` BN epsilon
 /// mode, the gradient through eps_c = eps * ||w_c||^2 * q is radial, row by row. It must be the same
-/// on every rank (computed from globally reduced sums), because it is added after the gradient
-/// allreduce.
+/// on every rank when it is applied, because it is added after the gradient allreduce: computed
+/// from globally reduced sums, or summed over ranks by the caller.
 public struct RadialGradient: Sendable {
     public let tensor: TensorSpec
-    public let coefficients: [Float]
+    public var coefficients: [Float]
     public init(tensor: TensorSpec, coefficients: [Float]) {
         precondition(coefficients.count > 0 && tensor.count % coefficients.count == 0,
                      "\(coefficients.count) row coefficients do not divide tensor \(tensor.name) of \(tensor.count) values")

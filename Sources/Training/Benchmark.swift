@@ -21,6 +21,8 @@ public struct BenchmarkResult: Sendable {
     /// Median time of the gradient allreduce alone (every bucket), and its bytes.
     public let allreduceSecondsMedian: Double
     public let gradientBytes: Int
+    /// With `compareLocalBN`: the median step of a `--bn local` twin run interleaved with this one.
+    public let localStepSecondsMedian: Double?
 
     /// Allreduce bus bandwidth, `2 (p - 1) / p * bytes / time` (NCCL's convention), in GB/s.
     public var busBandwidth: Double {
@@ -42,6 +44,7 @@ public struct BenchmarkResult: Sendable {
             ("fraction_of_gemm_bound", .number(fractionOfGemmBound)),
             ("allreduce_ms_median", .number(allreduceSecondsMedian * 1e3)), ("gradient_bytes", .integer(gradientBytes)),
             ("allreduce_bus_gb_per_s", .number(busBandwidth)),
+            ("local_bn_step_ms_median", .number((localStepSecondsMedian ?? .nan) * 1e3)),
         ]).encoded
     }
 }
@@ -50,21 +53,35 @@ public enum Benchmark {
     /// Collective: times `steps` training steps after `warmup` untimed ones, then the GEMM-only bound.
     /// The data is random (the synthetic generator at the network's input size): speed does not
     /// depend on the values.
+    ///
+    /// With `compareLocalBN`, a second trainer with per-rank BN statistics runs in the same process,
+    /// its blocks interleaved with the others, so that the cost of synchronized BN is measured on
+    /// the same machine state (separate runs on a shared VM differ by more than that cost).
     public static func run(_ configuration: TrainingConfiguration, widths: [Int], steps: Int, warmup: Int,
-                           threads: Int, communicator: Communicator, console: RankConsole) throws -> BenchmarkResult {
+                           threads: Int, compareLocalBN: Bool = false,
+                           communicator: Communicator, console: RankConsole) throws -> BenchmarkResult {
         let samples = Swift.max(configuration.globalBatch * 4, 1024)
         let splits = SyntheticDataset.make(trainCount: samples, testCount: 64, dimension: widths[0], classes: widths.last!, seed: 7)
         var c = configuration
         c.widths = widths
         c.printProgress = false
         let trainer = try Trainer(c, splits: splits, communicator: communicator, console: console)
-        for t in 0..<warmup { _ = try trainer.trainStep(t, monitor: false) }
-        // Blocks of 5 training steps and 5 GEMM-only steps alternate, so that both see the same
+        var twin: Trainer? = nil
+        if compareLocalBN {
+            var l = c
+            l.batchNormSync = .local
+            twin = try Trainer(l, splits: splits, communicator: communicator, console: console)
+        }
+        for t in 0..<warmup {
+            _ = try trainer.trainStep(t, monitor: false)
+            _ = try twin?.trainStep(t, monitor: false)
+        }
+        // Blocks of 5 training steps, 5 GEMM-only steps (and 5 steps of the twin) alternate, so that all see the same
         // machine (on a shared VM the speed drifts by tens of percent within a minute) while most
         // steps still start with warm caches, as in training; the medians are reported.
         let local = ShardSampler.share(of: configuration.globalBatch, rank: communicator.rank, ranks: communicator.size).count
         let gemm = GemmOnlyStep(widths: widths, rows: local)
-        var times: [Double] = [], gemmTimes: [Double] = []
+        var times: [Double] = [], gemmTimes: [Double] = [], twinTimes: [Double] = []
         for t in 0..<steps {
             try communicator.barrier()
             let clock = Stopwatch()
@@ -76,10 +93,19 @@ public enum Benchmark {
                     try communicator.barrier()
                     gemmTimes.append(try communicator.allreduce(gemm.time(), .max))
                 }
+                if let twin {
+                    for k in 0..<5 {
+                        try communicator.barrier()
+                        let clock = Stopwatch()
+                        _ = try twin.trainStep(warmup + t - 4 + k, monitor: false)
+                        twinTimes.append(try communicator.allreduce(clock.seconds, .max))
+                    }
+                }
             }
         }
         times.sort()
         gemmTimes.sort()
+        twinTimes.sort()
         let gemmMedian = gemmTimes[gemmTimes.count / 2]
         var reduceTimes: [Double] = []
         for _ in 0..<Swift.max(steps / 2, 3) {
@@ -94,7 +120,8 @@ public enum Benchmark {
                                stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
                                stepSecondsMax: times.last!, gemmSecondsMedian: gemmMedian,
                                gemmGFlops: gemm.flops / gemmMedian / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
-                               gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride)
+                               gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
+                               localStepSecondsMedian: twinTimes.isEmpty ? nil : twinTimes[twinTimes.count / 2])
     }
 
 }

@@ -126,9 +126,11 @@ public final class Trainer {
                                                 normalizer: Double(configuration.globalBatch), dlogits: dz)
         }
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
-        try model.backward(dz, reducer: statistics, radialToUpdate: sharedStatistics)
-        // 5. gradients summed over ranks, bucket by bucket, in reverse layer order
+        try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
+        // 5. gradients summed over ranks, bucket by bucket, in reverse layer order (and, with
+        //    per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
         try buckets.allreduce(model.parameters.gradients, over: communicator)
+        if !sharedStatistics { try sumRadialCoefficients() }
         // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
         //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass)
         let monitors = optimizer.apply(to: model.parameters, monitor: monitor)
@@ -171,6 +173,20 @@ public final class Trainer {
             }
         }
         return x
+    }
+
+    /// Collective: sums the pending radial coefficients of every layer over ranks, in one allreduce.
+    private func sumRadialCoefficients() throws {
+        let store = model.parameters
+        guard !store.pendingRadial.isEmpty else { return }
+        var all = store.pendingRadial.flatMap(\.coefficients)
+        try communicator.allreduce(&all, .sum)
+        var offset = 0
+        for k in store.pendingRadial.indices {
+            let n = store.pendingRadial[k].coefficients.count
+            store.pendingRadial[k].coefficients = Array(all[offset ..< offset + n])
+            offset += n
+        }
     }
 
     /// Collective: rank 0's parameters and BN buffers go to every rank; then a fingerprint check.

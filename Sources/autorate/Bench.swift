@@ -26,6 +26,8 @@ struct Bench: ParsableCommand {
     var head: HeadKind = .linear
     @Option(help: "OpenBLAS threads per rank.")
     var threads = 1
+    @Flag(name: .customLong("compare-local-bn"), help: "Also time a --bn local twin, interleaved in the same process.")
+    var compareLocalBN = false
     @Option(help: "Append the result as one JSON line to this file (rank 0).")
     var json: String?
 
@@ -43,12 +45,16 @@ struct Bench: ParsableCommand {
         c.head = head
         try withMPI(threads: threads) { communicator, console in
             let result = try Benchmark.run(c, widths: widths.values, steps: steps, warmup: warmup, threads: threads,
-                                           communicator: communicator, console: console)
+                                           compareLocalBN: compareLocalBN, communicator: communicator, console: console)
             console.root("bench: np=\(result.ranks) bn=\(bn.rawValue) widths=\(widths.values.map(String.init).joined(separator: ",")) " + String(cFormat: "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
                                 globalBatch,
                                 result.samplesPerSecond, result.stepSecondsMedian * 1e3, result.stepSecondsMin * 1e3,
                                 result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,
                                 result.fractionOfGemmBound, result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
+            if let local = result.localStepSecondsMedian {
+                console.root(String(cFormat: "bench: interleaved --bn local twin: step median %.2f ms; synchronized BN costs %.3fx",
+                                    local * 1e3, result.stepSecondsMedian / local))
+            }
             if communicator.isRoot, let json {
                 guard let f = fopen(json, "a") else {
                     throw ValidationError("--json \(json): cannot be opened for appending")

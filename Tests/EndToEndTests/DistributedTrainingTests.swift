@@ -66,10 +66,11 @@ final class DistributedTrainingTests: XCTestCase {
     /// the allreduced gradient at every step, and its norm never decreases; E12: with momentum the
     /// same monitor reports a clear violation.
     func testNormIdentityOnTwoRanksAndMomentumViolatesIt() throws {
-        for lr in ["0.01", "1", "100"] {
-            let metrics = directory.appendingPathComponent("e2-\(lr).jsonl").path
+        // the last run: per-rank BN statistics, where the scaled-epsilon radial terms are summed over ranks
+        for (lr, bn) in [("0.01", "sync"), ("1", "sync"), ("100", "sync"), ("10", "local")] {
+            let metrics = directory.appendingPathComponent("e2-\(lr)-\(bn).jsonl").path
             let result = try Launcher.mpirun(2, "autorate", ["train", "--steps", "30", "--log-every", "1", "--quiet",
-                                                             "--head", "bn", "--lr-si", lr, "--metrics", metrics])
+                                                             "--head", "bn", "--lr-si", lr, "--bn", bn, "--metrics", metrics])
             XCTAssertEqual(result.status, 0, result.output)
             var lastNorm: [String: Double] = [:]
             for record in try Launcher.metrics(metrics) where record["event"] == nil {

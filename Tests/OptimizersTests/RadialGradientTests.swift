@@ -7,7 +7,7 @@ import TensorCore
 /// update pass (what the trainer does with synchronized BN); it must give the update of the
 /// materialized gradient, with and without monitors.
 final class RadialGradientTests: XCTestCase {
-    func trainedParameters(radialToUpdate: Bool, monitor: Bool, steps: Int = 5) -> [Float] {
+    func trainedParameters(radial: RadialDeferral, monitor: Bool, steps: Int = 5) -> [Float] {
         let widths = [10, 16, 12, 6], batch = 32
         let mlp = MLP(widths: widths, head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled, epsilon: 0.05),
                       maxBatch: batch)
@@ -24,8 +24,8 @@ final class RadialGradientTests: XCTestCase {
             _ = labels.withUnsafeBufferPointer {
                 SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: $0, normalizer: Double(batch), dlogits: dl)
             }
-            try! mlp.backward(dl, reducer: LocalStatistics(), radialToUpdate: radialToUpdate)
-            XCTAssertEqual(mlp.parameters.pendingRadial.isEmpty, !radialToUpdate, "three SI weights leave radial terms")
+            try! mlp.backward(dl, reducer: LocalStatistics(), radial: radial)
+            XCTAssertEqual(mlp.parameters.pendingRadial.isEmpty, radial == .none, "three SI weights leave radial terms")
             opt.apply(to: mlp.parameters, monitor: monitor)
             XCTAssertTrue(mlp.parameters.pendingRadial.isEmpty, "the update consumes the radial terms")
         }
@@ -36,12 +36,15 @@ final class RadialGradientTests: XCTestCase {
     /// steps that stays below 1e-5 relative to the largest parameter. A large eps (0.05) makes the
     /// radial term large enough that dropping it would fail this test by orders of magnitude.
     func testFusedRadialUpdateEqualsMaterializedGradient() {
-        let reference = trainedParameters(radialToUpdate: false, monitor: false)
+        let reference = trainedParameters(radial: .none, monitor: false)
         let scale = reference.map { abs($0) }.max()!
-        for monitor in [false, true] {
-            let fused = trainedParameters(radialToUpdate: true, monitor: monitor)
-            let worst = zip(fused, reference).map { abs($0 - $1) }.max()! / scale
-            XCTAssertLessThan(worst, 1e-5, "monitor \(monitor)")
+        // one process: local and global sums are the same, so both deferrals must match
+        for radial in [RadialDeferral.global, .local] {
+            for monitor in [false, true] {
+                let fused = trainedParameters(radial: radial, monitor: monitor)
+                let worst = zip(fused, reference).map { abs($0 - $1) }.max()! / scale
+                XCTAssertLessThan(worst, 1e-5, "\(radial), monitor \(monitor)")
+            }
         }
     }
 }
