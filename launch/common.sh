@@ -1,7 +1,7 @@
 # Shared by the launch scripts (sourced, not run): system packages, build, mpirun flags.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SYSTEM_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev zlib1g-dev pkg-config)
+SYSTEM_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev zlib1g-dev pkgconf python3)
 
 # Installs the system packages that are missing when running as root; otherwise prints the exact
 # command and stops.
@@ -10,6 +10,7 @@ ensure_system_packages() {
   for p in "${SYSTEM_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  command -v swift >/dev/null || { echo "launch: swift is not on PATH; install a Swift 6 toolchain (swift.org) first" >&2; exit 1; }
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ]; then
     echo "launch: installing missing system packages: ${missing[*]}" >&2
@@ -20,13 +21,14 @@ ensure_system_packages() {
     echo "launch: install them with:  sudo apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
-  command -v swift >/dev/null || { echo "launch: swift is not on PATH (Swift 6 toolchain needed)" >&2; exit 1; }
 }
 
-# Builds the release binaries (autorate and the collectives check).
+# Builds the release binaries (autorate and the collectives check); stops when the build fails,
+# so that an older binary is never run in its place.
 build_release() {
-  (cd "$ROOT" && swift build -c release 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\]' ) || true
-  [ -x "$ROOT/.build/release/autorate" ] || { echo "launch: the release build failed (run: swift build -c release)" >&2; exit 1; }
+  local rc
+  (cd "$ROOT" && swift build -c release 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\]'; exit "${PIPESTATUS[0]}") && rc=0 || rc=$?
+  if [ "$rc" -ne 0 ]; then echo "launch: the release build failed (exit $rc); see the errors above" >&2; exit "$rc"; fi
 }
 
 # OpenBLAS 0.3.21 does not recognise some current Xeons (e.g. those reporting the model name

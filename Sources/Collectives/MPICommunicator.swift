@@ -27,12 +27,18 @@ public final class MPICommunicator: Communicator {
         }
     }
 
+    /// MPI counts are 32-bit: larger buffers go in chunks of at most this many elements or bytes.
+    static let maxCount = Int(Int32.max)
+
     public func allreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws {
         guard buffer.count > 0, let base = buffer.baseAddress else { return try emptyAllreduce(T.self, op) }
-        try check(MPI_Allreduce(cmpi_in_place(), base, Int32(clamping: buffer.count), datatype(T.self),
-                                mpiOp(op), comm),
-                  "MPI_Allreduce(\(op), \(buffer.count) x \(T.self))", rank: rank)
-        precondition(buffer.count <= Int(Int32.max), "allreduce of more than 2^31-1 elements: split the buffer")
+        var start = 0
+        while start < buffer.count {
+            let n = Swift.min(buffer.count - start, Self.maxCount)
+            try check(MPI_Allreduce(cmpi_in_place(), base + start, Int32(n), datatype(T.self), mpiOp(op), comm),
+                      "MPI_Allreduce(\(op), \(n) x \(T.self))", rank: rank)
+            start += n
+        }
     }
 
     /// Ranks with nothing to reduce still take part (a zero-length call), so counts must agree.
@@ -44,17 +50,22 @@ public final class MPICommunicator: Communicator {
         }
     }
 
+    /// An invalid `root` is reported by MPI itself, as a thrown `MPIError`.
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
-        precondition(root >= 0 && root < size, "broadcast root \(root) is not a rank of this group of \(size)")
-        guard buffer.count > 0 else { return }  // nothing to send: MPI needs no call
-        try check(MPI_Bcast(buffer.baseAddress, Int32(clamping: buffer.count), cmpi_byte(), Int32(root), comm),
-                  "MPI_Bcast(\(buffer.count) bytes from rank \(root))", rank: rank)
+        var start = 0
+        repeat {  // at least one call, so that MPI checks the arguments even for an empty buffer
+            let n = Swift.min(buffer.count - start, Self.maxCount)
+            try check(MPI_Bcast(buffer.baseAddress.map { $0 + start }, Int32(n), cmpi_byte(), Int32(clamping: root), comm),
+                      "MPI_Bcast(\(n) bytes from rank \(root))", rank: rank)
+            start += n
+        } while start < buffer.count
     }
 
     public func allgather(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws {
         precondition(output.count == input.count * size,
                      "allgather output holds \(output.count) bytes; \(size) ranks x \(input.count) bytes are needed")
         guard input.count > 0 else { return try barrier() }
+        precondition(input.count <= Self.maxCount, "allgather of more than 2^31-1 bytes per rank")
         try check(MPI_Allgather(input.baseAddress, Int32(input.count), cmpi_byte(),
                                 output.baseAddress, Int32(input.count), cmpi_byte(), comm),
                   "MPI_Allgather(\(input.count) bytes per rank)", rank: rank)

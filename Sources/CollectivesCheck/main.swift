@@ -41,10 +41,19 @@ do {
 
     try comm.barrier()
 
-    // an invalid call becomes a thrown error naming the function and the rank (no abort)
+    // an invalid call (a root that is not a rank) becomes a thrown MPIError naming the MPI
+    // function, MPI's own text and the rank; the job goes on
     do {
-        try comm.broadcast(UnsafeMutableRawBufferPointer(start: nil, count: -1 + 1), root: 0)
-    } catch { fail("an empty broadcast threw \(error)", comm) }
+        try comm.broadcast(&b, root: p)
+        fail("a broadcast from the non-existent rank \(p) did not fail", comm)
+    } catch let error as MPIError {
+        let text = "\(error)"
+        guard text.contains("MPI_Bcast"), text.contains("rank \(r)"), text.lowercased().contains("root") else {
+            fail("the error does not name the function, rank and problem: \(text)", comm)
+        }
+        if r == 0 { print("collectives-check: invalid root reported as: \(text)") }
+    }
+    try comm.barrier()
 
     if r == 0 { print("collectives-check: ok on \(p) ranks (\(MPIRuntime.libraryVersion))") }
     MPIRuntime.finalize()

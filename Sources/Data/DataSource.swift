@@ -26,11 +26,11 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Loads and standardizes both splits. Every rank loads the same files and gets the same arrays.
-    public func load(seed: UInt64) throws -> DataSplits {
+    public func load() throws -> DataSplits {
         var splits: DataSplits
         switch self {
         case .synthetic:
-            splits = SyntheticDataset.make(seed: 1)  // the dataset is fixed; --seed varies the training
+            splits = SyntheticDataset.make(seed: 1)  // a fixed dataset: --seed varies only the training
             Standardization.perFeature.apply(to: &splits)
         case let .mnist(directory):
             splits = try MNIST.load(directory: directory)

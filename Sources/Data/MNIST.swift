@@ -50,6 +50,7 @@ public enum MNIST {
             throw DataError(path: path, "has magic number 0x\(String(magic, radix: 16)); IDX image files start with 0x00000803")
         }
         let count = Int(bigEndian(bytes, 4)), rows = Int(bigEndian(bytes, 8)), cols = Int(bigEndian(bytes, 12))
+        guard count > 0 else { throw DataError(path: path, "holds no images; a split needs at least one sample") }
         guard rows > 0 && cols > 0 && rows <= 4096 && cols <= 4096 else {
             throw DataError(path: path, "declares images of \(rows)x\(cols) pixels; expected sizes between 1 and 4096")
         }

@@ -290,9 +290,10 @@ public final class BatchNorm {
             }
         }
         if epsilonMode == .scaled {
-            for j in 0..<c where denominator[j] > 0 {
-                epsilonGradient[j] = -Double(g[j]) * localSums[c + j] / (2 * denominator[j])
-                globalEpsilonGradient[j] = -Double(g[j]) * globalSums[c + j] / (2 * denominator[j])
+            for j in 0..<c {
+                let positive = denominator[j] > 0
+                epsilonGradient[j] = positive ? -Double(g[j]) * localSums[c + j] / (2 * denominator[j]) : 0
+                globalEpsilonGradient[j] = positive ? -Double(g[j]) * globalSums[c + j] / (2 * denominator[j]) : 0
             }
             if !deferEpsilonGradient { applyEpsilonGradient(p) }
         }

@@ -1,7 +1,8 @@
 import TensorCore
 
 /// `y = x W^T (+ b)`, with `W: [out, in]` (PyTorch's layout) and `x: [batch, in]`.
-/// Gradients are *accumulated* into the gradient store (the caller zeroes it once per step).
+/// The weight gradient is accumulated into the gradient store or, with `accumulating: false`,
+/// overwritten by its GEMM; the bias gradient is accumulated.
 public struct Linear: Sendable {
     public let inFeatures: Int
     public let outFeatures: Int

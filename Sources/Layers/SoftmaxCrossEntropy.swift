@@ -23,18 +23,21 @@ public enum SoftmaxCrossEntropy {
             var best = 0
             var maxValue = z[0]
             for j in 1..<k where z[j] > maxValue { maxValue = z[j]; best = j }
-            var total = 0.0
-            for j in 0..<k { total += Double.exp(Double(z[j] - maxValue)) }
             let label = Int(labels[r])
             precondition(label >= 0 && label < k, "label \(label) outside 0..<\(k)")
-            sums.loss += Double.log(total) - Double(z[label] - maxValue)
+            let labelLogit = z[label]   // read before dlogits is written (they may share memory)
+            var total = 0.0
+            for j in 0..<k {
+                let e = Double.exp(Double(z[j] - maxValue))
+                if let dlogits { dlogits.row(r)[j] = Float(e) }  // unnormalized; scaled below
+                total += e
+            }
+            sums.loss += Double.log(total) - Double(labelLogit - maxValue)
             if best == label { sums.correct += 1 }
             if let dlogits {
                 let d = dlogits.row(r)
-                for j in 0..<k {
-                    let softmax = Double.exp(Double(z[j] - maxValue)) / total
-                    d[j] = Float(softmax) * scale
-                }
+                let factor = Float(1 / total) * scale
+                for j in 0..<k { d[j] *= factor }
                 d[label] -= scale
             }
         }

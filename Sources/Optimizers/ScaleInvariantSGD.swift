@@ -87,6 +87,8 @@ public final class ScaleInvariantSGD {
         if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
         var radial: [Int: RadialGradient] = [:]   // by tensor offset
         for term in store.pendingRadial { radial[term.tensor.offset] = term }
+        let fusedTensors = Set(groups.flatMap { $0.tensors.map(\.offset) })
+        precondition(radial.keys.allSatisfy(fusedTensors.contains), "a pending radial gradient belongs to no parameter group")
         store.pendingRadial.removeAll()
         var monitors: [GroupMonitor] = []
         for group in groups {

@@ -26,8 +26,10 @@ public func zero(_ x: UnsafeMutableBufferPointer<Float>) {
     p.update(repeating: 0, count: x.count)
 }
 
-/// Sum of `x[i] * y[i]` accumulated in Double: blocks of 256 products are summed in Float with
-/// relaxed ordering (vectorized), and the block sums are added in Double.
+/// Sum of `x[i] * y[i]`: blocks of 256 products are summed in Float with relaxed ordering
+/// (vectorized; relative error about 256 * 2^-24 ~ 1.5e-5 per block at worst, far below the
+/// monitors' thresholds), and the block sums are added in Double, so the error does not grow with
+/// the length.
 @inlinable
 public func dot(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>) -> Double {
     precondition(x.count == y.count, "dot: x has \(x.count) elements, y has \(y.count)")

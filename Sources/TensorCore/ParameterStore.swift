@@ -46,6 +46,10 @@ public final class ParameterStore: @unchecked Sendable {
     /// Gradient terms of the form `coefficients[r] * value[r, :]` that belong to `gradients` but are
     /// kept as per-row coefficients, so that the update can apply them in its own pass over the
     /// tensor instead of a separate read-modify-write pass (see `RadialGradient`).
+    ///
+    /// While this is not empty, `gradients` is incomplete: anything that reads the gradient between
+    /// backward and the update (monitors, clipping, a checkpoint) calls `materializePendingRadial()`
+    /// first. The optimizer's `apply` consumes every entry.
     public var pendingRadial: [RadialGradient] = []
 
     public init(layout: ParameterLayout) {

@@ -139,7 +139,7 @@ struct GemmOnlyStep {
         self.rows = rows
         let widest = widths.max()!
         a = FlatBuffer(count: Swift.max(rows, 1) * widest)
-        b = FlatBuffer(count: widest * widest)
+        b = FlatBuffer(count: Swift.max(rows, widest) * widest)
         c = FlatBuffer(count: Swift.max(rows, widest) * widest)
         for (i, v) in [a, b].enumerated() { for k in 0..<v.count { v.pointer[k] = Float((k * (7 + i)) % 13) * 0.01 } }
         var total = 0.0

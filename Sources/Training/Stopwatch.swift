@@ -15,7 +15,8 @@ public struct Stopwatch: Sendable {
 }
 
 extension String {
-    /// printf-style formatting without Foundation (%d, %f, %e, %s with C semantics).
+    /// printf-style formatting of numbers without Foundation (%d, %f, %e with C semantics; pass
+    /// strings by interpolation, they are not `CVarArg` here).
     public init(cFormat format: String, _ args: CVarArg...) {
         var buffer = [CChar](repeating: 0, count: 1024)
         _ = withVaList(args) { vsnprintf(&buffer, buffer.count, format, $0) }

@@ -36,7 +36,7 @@ public final class Trainer {
     /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
     ///   that do not fit the data (widths, batch size).
     public convenience init(_ configuration: TrainingConfiguration, communicator: Communicator, console: RankConsole) throws {
-        try self.init(configuration, splits: configuration.data.load(seed: configuration.seed),
+        try self.init(configuration, splits: configuration.data.load(),
                       communicator: communicator, console: console)
     }
 
@@ -56,8 +56,9 @@ public final class Trainer {
         guard configuration.globalBatch <= train.count else {
             throw TrainingError.configuration("--global-batch \(configuration.globalBatch) exceeds the \(train.count) training samples of \(configuration.data)")
         }
-        let maxLocal = (configuration.globalBatch + p - 1) / p
-        model = MLP(widths: widths, head: configuration.head, batchNorm: configuration.batchNorm, maxBatch: maxLocal)
+        // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
+        let rows = Swift.max((configuration.globalBatch + p - 1) / p, 256)
+        model = MLP(widths: widths, head: configuration.head, batchNorm: configuration.batchNorm, maxBatch: rows)
         model.initialize(seed: configuration.seed)
         optimizer = ScaleInvariantSGD(groups: model.groups, parameterCount: model.parameters.layout.count,
                                       invariant: configuration.invariant, variant: configuration.variant)
@@ -67,9 +68,9 @@ public final class Trainer {
         logEvery = configuration.logEvery ?? Swift.max(1, totalSteps / 20)
         statistics = configuration.batchNormSync == .sync && p > 1
             ? SynchronizedStatistics(communicator: communicator) : LocalStatistics()
-        input = FlatBuffer(count: maxLocal * train.dimension)
-        dlogits = FlatBuffer(count: maxLocal * train.classes)
-        labels = [Int32](repeating: 0, count: maxLocal)
+        input = FlatBuffer(count: rows * train.dimension)
+        dlogits = FlatBuffer(count: rows * train.classes)
+        labels = [Int32](repeating: 0, count: rows)
         metrics = try communicator.isRoot ? configuration.metricsPath.map { try MetricsLog(path: $0) } : nil
     }
 

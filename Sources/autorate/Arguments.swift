@@ -4,9 +4,6 @@ import Layers
 import Optimizers
 import Training
 
-extension DataSource: ExpressibleByArgument {
-    public var defaultValueDescription: String { description }
-}
 
 extension HeadKind: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
@@ -18,15 +15,21 @@ extension Schedule: ExpressibleByArgument {
     public var defaultValueDescription: String { description }
 }
 
-/// Comma-separated layer widths, e.g. `784,512,512,10`.
-struct Widths: ExpressibleByArgument {
-    let values: [Int]
-    init?(argument: String) {
-        let parts = argument.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: " ")) }
-        guard parts.count >= 2, parts.allSatisfy({ ($0 ?? 0) > 0 }) else { return nil }
-        values = parts.map { $0! }
+/// Parses `--data`, naming what is accepted when it fails.
+func parseData(_ text: String) throws -> DataSource {
+    guard let source = DataSource(argument: text) else {
+        throw ValidationError("--data \(text) is not accepted: use \(DataSource.accepted).")
     }
-    var defaultValueDescription: String { values.map(String.init).joined(separator: ",") }
+    return source
+}
+
+/// Parses comma-separated layer widths such as `784,512,512,10`, naming what is accepted when it fails.
+func parseWidths(_ text: String, flag: String = "--widths") throws -> [Int] {
+    let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: " ")) }
+    guard parts.count >= 2, parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
+        throw ValidationError("\(flag) \(text) is not accepted: use at least two comma-separated positive integers, 'inputs,hidden...,classes' (e.g. 784,512,512,10).")
+    }
+    return parts.map { $0! }
 }
 
 private extension Substring {

@@ -13,7 +13,7 @@ struct Bench: ParsableCommand {
         discussion: "Run under mpirun -np 1 and -np 2 (launch/bench does both) and compare samples/s.")
 
     @Option(help: "Layer widths 'in,hidden...,classes'.")
-    var widths = Widths(argument: "784,1024,1024,1024,10")!
+    var widths = "784,1024,1024,1024,10"
     @Option(name: .customLong("global-batch"), help: "Samples per step summed over all ranks.")
     var globalBatch = 256
     @Option(help: "Timed steps (the median is reported).")
@@ -32,6 +32,7 @@ struct Bench: ParsableCommand {
     var json: String?
 
     func validate() throws {
+        _ = try parseWidths(widths)
         try require(globalBatch > 0, "--global-batch", globalBatch, "a positive number of samples")
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
@@ -44,9 +45,10 @@ struct Bench: ParsableCommand {
         c.batchNormSync = bn
         c.head = head
         try withMPI(threads: threads) { communicator, console in
-            let result = try Benchmark.run(c, widths: widths.values, steps: steps, warmup: warmup, threads: threads,
+            let layerWidths = try parseWidths(widths)
+            let result = try Benchmark.run(c, widths: layerWidths, steps: steps, warmup: warmup, threads: threads,
                                            compareLocalBN: compareLocalBN, communicator: communicator, console: console)
-            console.root("bench: np=\(result.ranks) bn=\(bn.rawValue) widths=\(widths.values.map(String.init).joined(separator: ",")) " + String(cFormat: "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
+            console.root("bench: np=\(result.ranks) bn=\(bn.rawValue) widths=\(widths) " + String(cFormat: "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
                                 globalBatch,
                                 result.samplesPerSecond, result.stepSecondsMedian * 1e3, result.stepSecondsMin * 1e3,
                                 result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,

@@ -16,15 +16,14 @@ func withMPI(threads: Int, _ body: (Communicator, RankConsole) throws -> Void) t
         try MPIRuntime.initialize(threadLevel: .serialized)
         communicator = try MPIRuntime.world()
     } catch {
-        RankConsole(program: "autorate", rank: 0, size: 1).error("MPI could not start: \(error)")
+        writeAll(2, "autorate: error: MPI could not start: \(error)\n")
         throw ExitCode(1)
     }
     BLAS.setThreads(threads)
     let console = RankConsole(program: "autorate", rank: communicator.rank, size: communicator.size)
     do {
         try body(communicator, console)
-    } catch let error as AgreedFailure {
-        _ = error
+    } catch is AgreedFailure {
         MPIRuntime.finalize()
         throw ExitCode(1)
     } catch let error as TrainingError {

@@ -11,9 +11,9 @@ struct Train: ParsableCommand {
         abstract: "Train an MLP with batch normalization, data-parallel over the MPI ranks.")
 
     @Option(help: "Training data: \(DataSource.accepted).")
-    var data: DataSource = .synthetic
+    var data = "synthetic"
     @Option(help: "Layer widths 'in,hidden...,classes' (default: the data's input size,256,256,its classes).")
-    var widths: Widths?
+    var widths: String?
     @Option(help: "Classifier head: 'linear' (Linear with bias, SV) or 'bn' (Linear then BN, as in the paper).")
     var head: HeadKind = .linear
     @Option(name: .customLong("global-batch"), help: "Samples per step summed over all ranks (need not divide by the rank count).")
@@ -56,6 +56,8 @@ struct Train: ParsableCommand {
     var quiet = false
 
     func validate() throws {
+        _ = try parseData(data)
+        if let widths { _ = try parseWidths(widths) }
         try require(globalBatch > 0, "--global-batch", globalBatch, "a positive number of samples")
         try require(epochs > 0, "--epochs", epochs, "a positive number of passes")
         if let steps { try require(steps > 0, "--steps", steps, "a positive number of steps") }
@@ -67,16 +69,17 @@ struct Train: ParsableCommand {
         try require(bnEps >= 0 && bnEps.isFinite, "--bn-eps", bnEps, "a finite value >= 0")
         try require(threads >= 1 && threads <= 256, "--threads", threads, "1 to 256 threads")
         if let logEvery { try require(logEvery >= 1, "--log-every", logEvery, "a positive number of steps") }
-        try require(bucketMB > 0 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB between 0 and 2048")
+        try require(bucketMB >= 0.0625 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB from 0.0625 (64 KiB) to 2048")
         if bnEpsMode == .standard && bnEps == 0 {
             throw ValidationError("--bn-eps 0 with --bn-eps-mode standard divides by zero on constant channels; use --bn-eps-mode zero for eps = 0.")
         }
     }
 
+    /// Called after `validate()`, so the parses cannot fail here.
     var trainingConfiguration: TrainingConfiguration {
         var c = TrainingConfiguration()
-        c.data = data
-        c.widths = widths?.values
+        c.data = try! parseData(data)
+        c.widths = widths.map { try! parseWidths($0) }
         c.head = head
         c.globalBatch = globalBatch
         c.epochs = epochs

@@ -73,7 +73,7 @@ final class StandardizationTests: XCTestCase {
         XCTAssertNotEqual(a.train.features, c.train.features)
         XCTAssertTrue(a.train.labels.allSatisfy { $0 >= 0 && $0 < 5 })
         XCTAssertGreaterThanOrEqual(Set(a.train.labels).count, 3, "labels come from a teacher, not a constant")
-        let loaded = try DataSource.synthetic.load(seed: 1)
+        let loaded = try DataSource.synthetic.load()
         XCTAssertEqual(loaded.train.count, SyntheticDataset.defaultTrainCount)
         XCTAssertEqual(loaded.train.dimension, SyntheticDataset.defaultDimension)
         // The default set is a 10-class problem: every class occurs (it is imbalanced, from 0.6% to 28%).

@@ -159,7 +159,7 @@ final class MNISTTests: XCTestCase {
     func testDataSourceLoadsAndStandardizesMNIST() throws {
         let dir = try IDXDirectory()
         try dir.writeValid()
-        let splits = try XCTUnwrap(DataSource(argument: "mnist:" + dir.path)).load(seed: 1)
+        let splits = try XCTUnwrap(DataSource(argument: "mnist:" + dir.path)).load()
         // Global standardization: mean 0 and std 1 over all training values (fp32 data: 1e-5).
         let v = splits.train.features.map(Double.init)
         let mean = v.reduce(0, +) / Double(v.count)

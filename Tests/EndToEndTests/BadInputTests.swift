@@ -69,7 +69,8 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["--head", "softmax"], mentions: ["--head", "softmax", "linear", "bn"])
         try expectFailure(["--bn-eps-mode", "tiny"], mentions: ["--bn-eps-mode", "tiny", "scaled"])
         try expectFailure(["--lr-si", "0"], mentions: ["--lr-si 0.0", "> 0"])
-        try expectFailure(["--data", "cifar:/x"], mentions: ["--data", "cifar:/x"])
+        try expectFailure(["--data", "cifar:/x"], mentions: ["--data cifar:/x", "synthetic", "mnist:DIR"])
+        try expectFailure(["--widths", "784,,10"], mentions: ["--widths 784,,10", "positive integers"])
     }
 
     /// A valid MNIST-format directory trains (the real loader path, small files written here).
