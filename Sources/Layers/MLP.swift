@@ -145,26 +145,20 @@ public final class MLP {
     /// Training forward of a local batch `x: [n, in]`; returns the logits `[n, classes]`.
     /// Collective when `reducer` is synchronized: one small reduction per BN layer.
     public func forward(_ x: Matrix, reducer: StatisticsReducer) throws -> Matrix {
-        precondition(x.cols == inputFeatures, "input has \(x.cols) features; the network expects \(inputFeatures)")
         lastInput = x
         inputRows = x.rows
-        var current = x
-        for (i, linear) in linears.enumerated() {
-            let z = rows(linearOut[i], x.rows)
-            linear.forward(current, z, parameters)
-            current = z
-            if i < norms.count {
-                let y = rows(normOut[i], x.rows)
-                try norms[i].forward(z, y, parameters, buffers: buffers, reducer: reducer)
-                if i < linears.count - 1 { reluForward(y.readOnly, y.buffer) }
-                current = y
-            }
+        return try run(x) { norm, z, y in
+            try norm.forward(z, y, parameters, buffers: buffers, reducer: reducer)
         }
-        return current
     }
 
     /// Inference forward with BN running statistics; no communication.
     public func predict(_ x: Matrix) -> Matrix {
+        try! run(x) { norm, z, y in norm.inference(z, y, parameters, buffers: buffers) }
+    }
+
+    /// Linear -> BN (`normalize`) -> ReLU per hidden layer, then the head.
+    private func run(_ x: Matrix, normalize: (BatchNorm, Matrix, Matrix) throws -> Void) rethrows -> Matrix {
         precondition(x.cols == inputFeatures, "input has \(x.cols) features; the network expects \(inputFeatures)")
         var current = x
         for (i, linear) in linears.enumerated() {
@@ -173,7 +167,7 @@ public final class MLP {
             current = z
             if i < norms.count {
                 let y = rows(normOut[i], x.rows)
-                norms[i].inference(z, y, parameters, buffers: buffers)
+                try normalize(norms[i], z, y)
                 if i < linears.count - 1 { reluForward(y.readOnly, y.buffer) }
                 current = y
             }

@@ -136,6 +136,17 @@ final class MNISTTests: XCTestCase {
         XCTAssertTrue(e.description.contains("truncated"))
     }
 
+    /// A split with no samples would make every mean 0/0: refused when loading.
+    func testEmptySplit() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        try dir.write(MNIST.fileNames.testImages, IDXDirectory.images([], rows: 2, cols: 3))
+        try dir.write(MNIST.fileNames.testLabels, IDXDirectory.labels([]))
+        let e = try XCTUnwrap(loadError(dir.path))
+        XCTAssertTrue(e.description.contains(MNIST.fileNames.testImages))
+        XCTAssertTrue(e.description.contains("no images"))
+    }
+
     func testLabelOutOfRange() throws {
         let dir = try IDXDirectory()
         try dir.writeValid()
