@@ -127,40 +127,48 @@ public enum Benchmark {
 }
 
 /// The GEMMs of one training step alone, on `rows` samples: the same shapes, transposes and beta
-/// as `Linear` uses in training (forward, weight gradient, and input gradient but for the first layer).
+/// as `Linear` uses in training (forward, weight gradient, and input gradient but for the first
+/// layer), each layer with its own weight, gradient and activation buffers, so that the bound has
+/// the memory footprint of the network and not one hot buffer reused by every layer.
 struct GemmOnlyStep {
     let widths: [Int]
     let rows: Int
     let flops: Double
-    private let a: FlatBuffer, b: FlatBuffer, c: FlatBuffer
+    private let weights: [FlatBuffer], weightGradients: [FlatBuffer]
+    private let inputs: [FlatBuffer], outputs: [FlatBuffer], inputGradients: [FlatBuffer]
 
     init(widths: [Int], rows: Int) {
         self.widths = widths
         self.rows = rows
-        let widest = widths.max()!
-        a = FlatBuffer(count: Swift.max(rows, 1) * widest)
-        b = FlatBuffer(count: Swift.max(rows, widest) * widest)
-        c = FlatBuffer(count: Swift.max(rows, widest) * widest)
-        for (i, v) in [a, b].enumerated() { for k in 0..<v.count { v.pointer[k] = Float((k * (7 + i)) % 13) * 0.01 } }
-        var total = 0.0
-        for l in 0..<(widths.count - 1) {
-            total += Double(2 * rows * widths[l] * widths[l + 1]) * (l > 0 ? 3 : 2)
+        let layers = 0..<(widths.count - 1)
+        weights = layers.map { FlatBuffer(count: widths[$0 + 1] * widths[$0]) }
+        weightGradients = layers.map { FlatBuffer(count: widths[$0 + 1] * widths[$0]) }
+        inputs = layers.map { FlatBuffer(count: rows * widths[$0]) }
+        outputs = layers.map { FlatBuffer(count: rows * widths[$0 + 1]) }
+        inputGradients = layers.map { FlatBuffer(count: rows * widths[$0]) }
+        for buffer in weights + inputs + outputs {
+            for k in 0..<buffer.count { buffer.pointer[k] = Float((k * 7) % 13) * 0.01 - 0.06 }
         }
-        flops = total
+        flops = layers.reduce(0.0) { $0 + Double(2 * rows * widths[$1] * widths[$1 + 1]) * ($1 > 0 ? 3 : 2) }
     }
 
-    /// Seconds for one step's GEMMs.
+    /// Seconds for one step's GEMMs, in training's order: forward by layer, then backward in reverse.
     func time() -> Double {
         let clock = Stopwatch()
-        for l in 0..<(widths.count - 1) {
+        let layers = 0..<(widths.count - 1)
+        for l in layers {
             let fanIn = widths[l], fanOut = widths[l + 1]
-            BLAS.gemm(.none, .transposed, m: rows, n: fanOut, k: fanIn, a: a.pointer, lda: fanIn,
-                      b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanOut)
-            BLAS.gemm(.transposed, .none, m: fanOut, n: fanIn, k: rows, a: a.pointer, lda: fanOut,
-                      b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)
+            BLAS.gemm(.none, .transposed, m: rows, n: fanOut, k: fanIn, a: inputs[l].pointer, lda: fanIn,
+                      b: weights[l].pointer, ldb: fanIn, beta: 0, c: outputs[l].pointer, ldc: fanOut)
+        }
+        for l in layers.reversed() {
+            let fanIn = widths[l], fanOut = widths[l + 1]
+            // the output buffer stands in for the upstream gradient: same shape, same memory traffic
+            BLAS.gemm(.transposed, .none, m: fanOut, n: fanIn, k: rows, a: outputs[l].pointer, lda: fanOut,
+                      b: inputs[l].pointer, ldb: fanIn, beta: 0, c: weightGradients[l].pointer, ldc: fanIn)
             if l > 0 {
-                BLAS.gemm(.none, .none, m: rows, n: fanIn, k: fanOut, a: a.pointer, lda: fanOut,
-                          b: b.pointer, ldb: fanIn, beta: 0, c: c.pointer, ldc: fanIn)
+                BLAS.gemm(.none, .none, m: rows, n: fanIn, k: fanOut, a: outputs[l].pointer, lda: fanOut,
+                          b: weights[l].pointer, ldb: fanIn, beta: 0, c: inputGradients[l].pointer, ldc: fanIn)
             }
         }
         return clock.seconds

@@ -24,6 +24,8 @@ struct Bench: ParsableCommand {
     var bn: BatchNormSync = .sync
     @Option(help: "Classifier head: 'linear' or 'bn'.")
     var head: HeadKind = .linear
+    @Option(name: .customLong("bn-eps-mode"), help: "BN epsilon: 'zero', 'scaled' or 'standard'.")
+    var bnEpsMode: EpsilonMode = .scaled
     @Option(help: "OpenBLAS threads per rank.")
     var threads = 1
     @Flag(name: .customLong("compare-local-bn"), help: "Also time a --bn local twin, interleaved in the same process.")
@@ -44,6 +46,7 @@ struct Bench: ParsableCommand {
         c.globalBatch = globalBatch
         c.batchNormSync = bn
         c.head = head
+        c.batchNorm = BatchNormSettings(epsilonMode: bnEpsMode)
         try withMPI(threads: threads) { communicator, console in
             let layerWidths = try parseWidths(widths)
             let result = try Benchmark.run(c, widths: layerWidths, steps: steps, warmup: warmup, threads: threads,
