@@ -121,7 +121,15 @@ public final class BatchNorm {
         let shift = buffers.slice(runningMean.range).baseAddress!
         let s1 = m.baseAddress! + 1, s2 = m.baseAddress! + 1 + channels
         m[0] += Double(x.rows)
-        accumulateColumnMoments(x.base, nil, shift: shift, rows: x.rows, cols: channels, s1: s1, s2: s2)
+        let c = channels
+        for r in 0..<x.rows {
+            let row = x.row(r)
+            for j in 0..<c {
+                let d = Double(row[j] - shift[j])
+                s1[j] += d
+                s2[j] += d * d
+            }
+        }
     }
 
     /// Phase 2: normalizes with the global moments, caches xhat, updates the running statistics.
@@ -230,8 +238,15 @@ public final class BatchNorm {
         precondition(dy.rows == rows && dy.cols == channels && s.count == backwardSumsCount,
                      "BatchNorm backward shape mismatch (was forward run on this batch?)")
         let xh = xhat.matrix(rows: rows)
-        accumulateColumnMoments(dy.base, xh.base, shift: nil, rows: rows, cols: channels,
-                                s1: s.baseAddress!, s2: s.baseAddress! + channels)
+        let sdy = s.baseAddress!, sdyx = s.baseAddress! + channels
+        let c = channels
+        for r in 0..<rows {
+            let d = dy.row(r), h = xh.row(r)
+            for j in 0..<c {
+                sdy[j] += Double(d[j])
+                sdyx[j] += Double(d[j] * h[j])
+            }
+        }
     }
 
     /// Phase 2 of backward:
