@@ -10,7 +10,7 @@ let package = Package(
     name: "autorate",
     platforms: [.macOS(.v13)],
     products: [
-        .executable(name: "autorate", targets: ["autorate"]),
+        .executable(name: "autorate", targets: ["autorate"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,28 +22,36 @@ let package = Package(
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         .target(name: "Collectives", dependencies: ["CMPI"]),
-        .target(name: "TensorCore", dependencies: [
-            "COpenBLAS", .product(name: "RealModule", package: "swift-numerics"),
-        ]),
+        .target(
+            name: "TensorCore",
+            dependencies: [
+                "COpenBLAS", .product(name: "RealModule", package: "swift-numerics"),
+            ]),
         .target(name: "Layers", dependencies: ["TensorCore"]),
         .target(name: "Optimizers", dependencies: ["TensorCore", "Layers"]),
         .target(name: "Data", dependencies: ["CZlib", "TensorCore"]),
-        .target(name: "Training", dependencies: [
-            "Collectives", "TensorCore", "Layers", "Optimizers", "Data",
-        ]),
-        .executableTarget(name: "autorate", dependencies: [
-            "Training", "Collectives", "Data", "Layers", "Optimizers", "TensorCore",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        .target(
+            name: "Training",
+            dependencies: [
+                "Collectives", "TensorCore", "Layers", "Optimizers", "Data",
+            ]),
+        .executableTarget(
+            name: "autorate",
+            dependencies: [
+                "Training", "Collectives", "Data", "Layers", "Optimizers", "TensorCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         // Launched under mpirun by the tests: exercises every collective on real ranks.
-        .executableTarget(name: "collectives-check", dependencies: ["Collectives"],
-                          path: "Sources/CollectivesCheck"),
+        .executableTarget(
+            name: "collectives-check", dependencies: ["Collectives"],
+            path: "Sources/CollectivesCheck"),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore"]),
         .testTarget(name: "OptimizersTests", dependencies: ["Optimizers", "Layers", "TensorCore"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "TensorCore"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Layers", "Optimizers", "TensorCore", "Data"]),
+        .testTarget(
+            name: "TrainingTests", dependencies: ["Training", "Collectives", "Layers", "Optimizers", "TensorCore", "Data"]),
         .testTarget(name: "EndToEndTests", dependencies: []),
     ]
 )

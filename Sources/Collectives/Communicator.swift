@@ -32,7 +32,11 @@ public protocol Communicator: AnyObject {
 public enum ReduceOp: Sendable, CustomStringConvertible {
     case sum, max, min
     public var description: String {
-        switch self { case .sum: "sum"; case .max: "max"; case .min: "min" }
+        switch self {
+        case .sum: "sum";
+        case .max: "max";
+        case .min: "min"
+        }
     }
 }
 

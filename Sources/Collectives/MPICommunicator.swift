@@ -35,8 +35,9 @@ public final class MPICommunicator: Communicator {
         var start = 0
         while start < buffer.count {
             let n = Swift.min(buffer.count - start, Self.maxCount)
-            try check(MPI_Allreduce(cmpi_in_place(), base + start, Int32(n), datatype(T.self), mpiOp(op), comm),
-                      "MPI_Allreduce(\(op), \(n) x \(T.self))", rank: rank)
+            try check(
+                MPI_Allreduce(cmpi_in_place(), base + start, Int32(n), datatype(T.self), mpiOp(op), comm),
+                "MPI_Allreduce(\(op), \(n) x \(T.self))", rank: rank)
             start += n
         }
     }
@@ -45,8 +46,9 @@ public final class MPICommunicator: Communicator {
     private func emptyAllreduce<T: Reducible>(_ type: T.Type, _ op: ReduceOp) throws {
         var dummy: [T] = [T.zero]
         try dummy.withUnsafeMutableBufferPointer { one in
-            try check(MPI_Allreduce(cmpi_in_place(), one.baseAddress, 0, datatype(T.self), mpiOp(op), comm),
-                      "MPI_Allreduce(\(op), 0 x \(T.self))", rank: rank)
+            try check(
+                MPI_Allreduce(cmpi_in_place(), one.baseAddress, 0, datatype(T.self), mpiOp(op), comm),
+                "MPI_Allreduce(\(op), 0 x \(T.self))", rank: rank)
         }
     }
 
@@ -55,20 +57,24 @@ public final class MPICommunicator: Communicator {
         var start = 0
         repeat {  // at least one call, so that MPI checks the arguments even for an empty buffer
             let n = Swift.min(buffer.count - start, Self.maxCount)
-            try check(MPI_Bcast(buffer.baseAddress.map { $0 + start }, Int32(n), cmpi_byte(), Int32(clamping: root), comm),
-                      "MPI_Bcast(\(n) bytes from rank \(root))", rank: rank)
+            try check(
+                MPI_Bcast(buffer.baseAddress.map { $0 + start }, Int32(n), cmpi_byte(), Int32(clamping: root), comm),
+                "MPI_Bcast(\(n) bytes from rank \(root))", rank: rank)
             start += n
         } while start < buffer.count
     }
 
     public func allgather(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws {
-        precondition(output.count == input.count * size,
-                     "allgather output holds \(output.count) bytes; \(size) ranks x \(input.count) bytes are needed")
+        precondition(
+            output.count == input.count * size,
+            "allgather output holds \(output.count) bytes; \(size) ranks x \(input.count) bytes are needed")
         guard input.count > 0 else { return try barrier() }
         precondition(input.count <= Self.maxCount, "allgather of more than 2^31-1 bytes per rank")
-        try check(MPI_Allgather(input.baseAddress, Int32(input.count), cmpi_byte(),
-                                output.baseAddress, Int32(input.count), cmpi_byte(), comm),
-                  "MPI_Allgather(\(input.count) bytes per rank)", rank: rank)
+        try check(
+            MPI_Allgather(
+                input.baseAddress, Int32(input.count), cmpi_byte(),
+                output.baseAddress, Int32(input.count), cmpi_byte(), comm),
+            "MPI_Allgather(\(input.count) bytes per rank)", rank: rank)
     }
 
     public func barrier() throws {

@@ -27,7 +27,8 @@ public enum MPIRuntimeError: Error, CustomStringConvertible, Sendable {
 
 /// MPI thread support levels, weakest first.
 public enum ThreadLevel: Int, Comparable, Sendable, CustomStringConvertible {
-    case single = 0, funneled, serialized, multiple
+    case single = 0
+    case funneled, serialized, multiple
     public static func < (a: ThreadLevel, b: ThreadLevel) -> Bool { a.rawValue < b.rawValue }
     public var description: String {
         switch self {

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The one place a multi-rank program prints: progress from rank 0 only, errors from every rank,

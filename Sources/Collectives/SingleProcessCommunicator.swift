@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A group of one process: every collective is the identity. For code and tests that run without MPI.

@@ -2,7 +2,7 @@
 // `mpirun -np N`; exits 0 and prints "collectives-check: ok on N ranks" when every check holds.
 import Collectives
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 func fail(_ message: String, _ comm: Communicator) -> Never {

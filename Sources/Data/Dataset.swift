@@ -7,7 +7,9 @@ public struct Dataset: Sendable {
     public let name: String
 
     public init(name: String, features: [Float], labels: [Int32], dimension: Int, classes: Int) {
-        precondition(features.count == labels.count * dimension, "\(name): \(features.count) feature values for \(labels.count) samples of dimension \(dimension)")
+        precondition(
+            features.count == labels.count * dimension,
+            "\(name): \(features.count) feature values for \(labels.count) samples of dimension \(dimension)")
         self.name = name
         self.features = features
         self.labels = labels
@@ -23,8 +25,9 @@ public struct DataSplits: Sendable {
     public var train: Dataset
     public var test: Dataset
     public init(train: Dataset, test: Dataset) {
-        precondition(train.dimension == test.dimension && train.classes == test.classes,
-                     "train and test splits differ in dimension or classes")
+        precondition(
+            train.dimension == test.dimension && train.classes == test.classes,
+            "train and test splits differ in dimension or classes")
         self.train = train
         self.test = test
     }
@@ -63,7 +66,11 @@ public enum Standardization: Sendable {
             shift = [Float](repeating: Float(m), count: d)
             scale = [Float](repeating: v > 1e-12 ? Float(1 / v.squareRoot()) : 1, count: d)
         }
-        for k in 0..<splits.train.features.count { splits.train.features[k] = (splits.train.features[k] - shift[k % d]) * scale[k % d] }
-        for k in 0..<splits.test.features.count { splits.test.features[k] = (splits.test.features[k] - shift[k % d]) * scale[k % d] }
+        for k in 0..<splits.train.features.count {
+            splits.train.features[k] = (splits.train.features[k] - shift[k % d]) * scale[k % d]
+        }
+        for k in 0..<splits.test.features.count {
+            splits.test.features[k] = (splits.test.features[k] - shift[k % d]) * scale[k % d]
+        }
     }
 }

@@ -1,6 +1,6 @@
 import CZlib
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads a whole file into memory, inflating it when it is gzip-compressed (by magic bytes).

@@ -14,7 +14,10 @@ public enum MNIST {
     /// - Throws: `DataError` naming the file and what is wrong with it.
     public static func load(directory: String) throws -> DataSplits {
         guard FileReader.isDirectory(directory) else {
-            throw DataError(path: directory, "is not a directory; --data mnist:DIR needs a directory holding \(fileNames.trainImages), \(fileNames.trainLabels), \(fileNames.testImages) and \(fileNames.testLabels) (optionally .gz)")
+            throw DataError(
+                path: directory,
+                "is not a directory; --data mnist:DIR needs a directory holding \(fileNames.trainImages), \(fileNames.trainLabels), \(fileNames.testImages) and \(fileNames.testLabels) (optionally .gz)"
+            )
         }
         let train = try split(directory, fileNames.trainImages, fileNames.trainLabels, "mnist/train")
         let test = try split(directory, fileNames.testImages, fileNames.testLabels, "mnist/test")
@@ -30,7 +33,8 @@ public enum MNIST {
         let (images, count, dimension) = try readImages(imagesPath)
         let labels = try readLabels(labelsPath)
         guard labels.count == count else {
-            throw DataError(path: labelsPath, "holds \(labels.count) labels but \(imagesPath) holds \(count) images; the counts must match")
+            throw DataError(
+                path: labelsPath, "holds \(labels.count) labels but \(imagesPath) holds \(count) images; the counts must match")
         }
         return Dataset(name: name, features: images, labels: labels, dimension: dimension, classes: classes)
     }
@@ -44,7 +48,9 @@ public enum MNIST {
 
     static func readImages(_ path: String) throws -> ([Float], Int, Int) {
         let bytes = try FileReader.read(path)
-        guard bytes.count >= 16 else { throw DataError(path: path, "has \(bytes.count) bytes; an IDX image file has a 16-byte header") }
+        guard bytes.count >= 16 else {
+            throw DataError(path: path, "has \(bytes.count) bytes; an IDX image file has a 16-byte header")
+        }
         let magic = bigEndian(bytes, 0)
         guard magic == 0x0803 else {
             throw DataError(path: path, "has magic number 0x\(String(magic, radix: 16)); IDX image files start with 0x00000803")
@@ -56,7 +62,10 @@ public enum MNIST {
         }
         let expected = 16 + count * rows * cols
         guard bytes.count == expected else {
-            throw DataError(path: path, "has \(bytes.count) bytes but its header (\(count) images of \(rows)x\(cols)) needs \(expected); the file is truncated or corrupt")
+            throw DataError(
+                path: path,
+                "has \(bytes.count) bytes but its header (\(count) images of \(rows)x\(cols)) needs \(expected); the file is truncated or corrupt"
+            )
         }
         var features = [Float](repeating: 0, count: count * rows * cols)
         for i in 0..<features.count { features[i] = Float(bytes[16 + i]) / 255 }
@@ -65,14 +74,18 @@ public enum MNIST {
 
     static func readLabels(_ path: String) throws -> [Int32] {
         let bytes = try FileReader.read(path)
-        guard bytes.count >= 8 else { throw DataError(path: path, "has \(bytes.count) bytes; an IDX label file has an 8-byte header") }
+        guard bytes.count >= 8 else {
+            throw DataError(path: path, "has \(bytes.count) bytes; an IDX label file has an 8-byte header")
+        }
         let magic = bigEndian(bytes, 0)
         guard magic == 0x0801 else {
             throw DataError(path: path, "has magic number 0x\(String(magic, radix: 16)); IDX label files start with 0x00000801")
         }
         let count = Int(bigEndian(bytes, 4))
         guard bytes.count == 8 + count else {
-            throw DataError(path: path, "has \(bytes.count) bytes but its header (\(count) labels) needs \(8 + count); the file is truncated or corrupt")
+            throw DataError(
+                path: path,
+                "has \(bytes.count) bytes but its header (\(count) labels) needs \(8 + count); the file is truncated or corrupt")
         }
         var labels = [Int32](repeating: 0, count: count)
         for i in 0..<count {

@@ -15,8 +15,9 @@ public struct ShardSampler: Sendable {
     private var permutation: [Int32] = []
 
     public init(sampleCount: Int, globalBatch: Int, seed: UInt64) {
-        precondition(globalBatch > 0 && globalBatch <= sampleCount,
-                     "global batch \(globalBatch) must be between 1 and the \(sampleCount) training samples")
+        precondition(
+            globalBatch > 0 && globalBatch <= sampleCount,
+            "global batch \(globalBatch) must be between 1 and the \(sampleCount) training samples")
         self.sampleCount = sampleCount
         self.globalBatch = globalBatch
         self.seed = seed
@@ -26,7 +27,7 @@ public struct ShardSampler: Sendable {
 
     /// The half-open range of global-batch positions that `rank` of `ranks` takes.
     public static func share(of total: Int, rank: Int, ranks: Int) -> Range<Int> {
-        (rank * total / ranks) ..< ((rank + 1) * total / ranks)
+        (rank * total / ranks)..<((rank + 1) * total / ranks)
     }
 
     /// The sample indices rank `rank` of `ranks` uses at global step `step` (counting across epochs).
@@ -38,7 +39,7 @@ public struct ShardSampler: Sendable {
         }
         let mine = Self.share(of: globalBatch, rank: rank, ranks: ranks)
         let start = inEpoch * globalBatch
-        return permutation[(start + mine.lowerBound) ..< (start + mine.upperBound)]
+        return permutation[(start + mine.lowerBound)..<(start + mine.upperBound)]
     }
 
     /// Fisher-Yates shuffle of 0..<count from (seed, epoch).

@@ -9,9 +9,11 @@ public enum SyntheticDataset {
     public static let defaultDimension = 32
     public static let defaultClasses = 10
 
-    public static func make(trainCount: Int = defaultTrainCount, testCount: Int = defaultTestCount,
-                            dimension: Int = defaultDimension, classes: Int = defaultClasses,
-                            seed: UInt64 = 1) -> DataSplits {
+    public static func make(
+        trainCount: Int = defaultTrainCount, testCount: Int = defaultTestCount,
+        dimension: Int = defaultDimension, classes: Int = defaultClasses,
+        seed: UInt64 = 1
+    ) -> DataSplits {
         var rng = SplitMix64(seed: seed ^ 0xDA7A)
         let hidden = 16
         let u = (0..<(hidden * dimension)).map { _ in rng.normal() / Double(dimension).squareRoot() }

@@ -65,20 +65,23 @@ public final class BatchNorm {
     // Cache of the last training forward, read by backward.
     private let xhat: ActivationBuffer
     private var invStd: [Float]
-    private var denominator: [Double]   // s_c^2 = var + eps_c
-    private var rowNorms: [Double]      // ||w_c||^2 (.scaled)
-    private var inputScale = 1.0        // q (.scaled)
-    private var epsilonGradient: [Double]        // dL/d eps_c from local sums (.scaled)
+    private var denominator: [Double]  // s_c^2 = var + eps_c
+    private var rowNorms: [Double]  // ||w_c||^2 (.scaled)
+    private var inputScale = 1.0  // q (.scaled)
+    private var epsilonGradient: [Double]  // dL/d eps_c from local sums (.scaled)
     private var globalEpsilonGradient: [Double]  // dL/d eps_c from global sums (.scaled)
     private var globalCount = 0.0
     private var rows = 0
 
-    public init(channels: Int, gamma: TensorSpec, beta: TensorSpec, runningMean: TensorSpec, runningVar: TensorSpec,
-                epsilonMode: EpsilonMode, epsilon: Double, momentum: Double = 0.1,
-                incomingWeight: TensorSpec?, previousAffine: (gamma: TensorSpec, beta: TensorSpec)? = nil,
-                maxBatch: Int) {
-        precondition(epsilonMode != .scaled || incomingWeight?.shape.first == channels,
-                     "scaled epsilon needs the [\(channels), in] weight feeding the BN")
+    public init(
+        channels: Int, gamma: TensorSpec, beta: TensorSpec, runningMean: TensorSpec, runningVar: TensorSpec,
+        epsilonMode: EpsilonMode, epsilon: Double, momentum: Double = 0.1,
+        incomingWeight: TensorSpec?, previousAffine: (gamma: TensorSpec, beta: TensorSpec)? = nil,
+        maxBatch: Int
+    ) {
+        precondition(
+            epsilonMode != .scaled || incomingWeight?.shape.first == channels,
+            "scaled epsilon needs the [\(channels), in] weight feeding the BN")
         self.channels = channels
         self.gamma = gamma
         self.beta = beta
@@ -105,8 +108,10 @@ public final class BatchNorm {
     // MARK: training forward
 
     /// Training forward: local moments, reduction across ranks, normalization, running-stat update.
-    public func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, buffers: FlatBuffer,
-                        reducer: StatisticsReducer) throws {
+    public func forward(
+        _ x: Matrix, _ y: Matrix, _ p: ParameterStore, buffers: FlatBuffer,
+        reducer: StatisticsReducer
+    ) throws {
         var moments = [Double](repeating: 0, count: momentsCount)
         try moments.withUnsafeMutableBufferPointer { m in
             accumulateMoments(x, into: m, buffers: buffers)
@@ -133,8 +138,10 @@ public final class BatchNorm {
     }
 
     /// Phase 2: normalizes with the global moments, caches xhat, updates the running statistics.
-    public func normalize(_ x: Matrix, _ y: Matrix, moments m: UnsafeBufferPointer<Double>,
-                          _ p: ParameterStore, buffers: FlatBuffer) {
+    public func normalize(
+        _ x: Matrix, _ y: Matrix, moments m: UnsafeBufferPointer<Double>,
+        _ p: ParameterStore, buffers: FlatBuffer
+    ) {
         let n = m[0]
         precondition(n > 0, "BatchNorm in training mode needs at least one sample in the global batch")
         let shift = buffers.slice(runningMean.range), runVar = buffers.slice(runningVar.range)
@@ -205,12 +212,13 @@ public final class BatchNorm {
             let w = p.value(incomingWeight!)
             let fanIn = incomingWeight!.shape[1]
             let norms = (0..<channels).map { j in
-                squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]))
+                squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn..<(j + 1) * fanIn]))
             }
             var q = 1.0
             if let previousAffine {
-                q = (squaredNorm(UnsafeBufferPointer(p.value(previousAffine.gamma)))
-                     + squaredNorm(UnsafeBufferPointer(p.value(previousAffine.beta)))) / Double(previousAffine.gamma.count)
+                q =
+                    (squaredNorm(UnsafeBufferPointer(p.value(previousAffine.gamma)))
+                        + squaredNorm(UnsafeBufferPointer(p.value(previousAffine.beta)))) / Double(previousAffine.gamma.count)
             }
             if saving {
                 rowNorms = norms
@@ -224,8 +232,10 @@ public final class BatchNorm {
 
     /// Backward of the last training forward: reduces (sum dy, sum dy*xhat), writes `dx`, accumulates
     /// d gamma, d beta (and the incoming weight's gradient through eps_c in `.scaled` mode).
-    public func backward(_ dy: Matrix, _ dx: Matrix, _ p: ParameterStore, reducer: StatisticsReducer,
-                         deferEpsilonGradient: Bool = false) throws {
+    public func backward(
+        _ dy: Matrix, _ dx: Matrix, _ p: ParameterStore, reducer: StatisticsReducer,
+        deferEpsilonGradient: Bool = false
+    ) throws {
         var local = [Double](repeating: 0, count: backwardSumsCount)
         local.withUnsafeMutableBufferPointer { accumulateBackwardSums(dy, into: $0) }
         var global = local
@@ -235,8 +245,9 @@ public final class BatchNorm {
 
     /// Phase 1 of backward: adds this rank's (sum dy, sum dy * xhat) per channel to `s`.
     public func accumulateBackwardSums(_ dy: Matrix, into s: UnsafeMutableBufferPointer<Double>) {
-        precondition(dy.rows == rows && dy.cols == channels && s.count == backwardSumsCount,
-                     "BatchNorm backward shape mismatch (was forward run on this batch?)")
+        precondition(
+            dy.rows == rows && dy.cols == channels && s.count == backwardSumsCount,
+            "BatchNorm backward shape mismatch (was forward run on this batch?)")
         let xh = xhat.matrix(rows: rows)
         let sdy = s.baseAddress!, sdyx = s.baseAddress! + channels
         let c = channels
@@ -264,8 +275,10 @@ public final class BatchNorm {
     /// With `deferEpsilonGradient` the `.scaled`-mode terms are kept and added later by
     /// `applyEpsilonGradient`, so the caller can let the weight-gradient GEMM overwrite (not
     /// accumulate into) the gradient buffer, saving a pass that zeroes it.
-    public func finishBackward(_ dy: Matrix, _ dx: Matrix, globalSums: [Double], localSums: [Double], _ p: ParameterStore,
-                               deferEpsilonGradient: Bool = false) {
+    public func finishBackward(
+        _ dy: Matrix, _ dx: Matrix, globalSums: [Double], localSums: [Double], _ p: ParameterStore,
+        deferEpsilonGradient: Bool = false
+    ) {
         precondition(dx.rows == rows && dx.cols == channels, "BatchNorm backward dx shape mismatch")
         let c = channels
         let g = p.value(gamma), dg = p.gradient(gamma), db = p.gradient(beta)
@@ -319,8 +332,10 @@ public final class BatchNorm {
         } else {
             let w = p.value(incomingWeight), dw = p.gradient(incomingWeight)
             for j in 0..<channels where epsilonGradient[j] != 0 {
-                axpy(Float(2 * epsilon * inputScale * epsilonGradient[j]), UnsafeBufferPointer(rebasing: w[j * fanIn ..< (j + 1) * fanIn]),
-                     UnsafeMutableBufferPointer(rebasing: dw[j * fanIn ..< (j + 1) * fanIn]))
+                axpy(
+                    Float(2 * epsilon * inputScale * epsilonGradient[j]),
+                    UnsafeBufferPointer(rebasing: w[j * fanIn..<(j + 1) * fanIn]),
+                    UnsafeMutableBufferPointer(rebasing: dw[j * fanIn..<(j + 1) * fanIn]))
             }
         }
         if let previousAffine {

@@ -20,9 +20,10 @@ public struct Linear: Sendable {
     /// One GEMM of `2 * batch * in * out` flops.
     public func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore) {
         precondition(x.cols == inFeatures && y.cols == outFeatures && x.rows == y.rows, "Linear forward shape mismatch")
-        BLAS.gemm(.none, .transposed, m: x.rows, n: outFeatures, k: inFeatures,
-                  a: x.base, lda: inFeatures, b: p.value(weight).baseAddress!, ldb: inFeatures,
-                  beta: 0, c: y.base, ldc: outFeatures)
+        BLAS.gemm(
+            .none, .transposed, m: x.rows, n: outFeatures, k: inFeatures,
+            a: x.base, lda: inFeatures, b: p.value(weight).baseAddress!, ldb: inFeatures,
+            beta: 0, c: y.base, ldc: outFeatures)
         if let bias { addRowVector(UnsafeBufferPointer(p.value(bias)), to: y.base, rows: y.rows) }
     }
 
@@ -30,9 +31,10 @@ public struct Linear: Sendable {
     /// when `dx` is given (not for the first layer).
     public func backward(_ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool = true) {
         precondition(x.rows == dy.rows && dy.cols == outFeatures, "Linear backward shape mismatch")
-        BLAS.gemm(.transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
-                  a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
-                  beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
+        BLAS.gemm(
+            .transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
+            a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
+            beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
         if let bias {
             var sums = [Double](repeating: 0, count: outFeatures)
             sums.withUnsafeMutableBufferPointer {
@@ -43,9 +45,10 @@ public struct Linear: Sendable {
         }
         if let dx {
             precondition(dx.rows == x.rows && dx.cols == inFeatures, "Linear backward dx shape mismatch")
-            BLAS.gemm(.none, .none, m: dy.rows, n: inFeatures, k: outFeatures,
-                      a: dy.base, lda: outFeatures, b: p.value(weight).baseAddress!, ldb: inFeatures,
-                      beta: 0, c: dx.base, ldc: inFeatures)
+            BLAS.gemm(
+                .none, .none, m: dy.rows, n: inFeatures, k: outFeatures,
+                a: dy.base, lda: outFeatures, b: p.value(weight).baseAddress!, ldb: inFeatures,
+                beta: 0, c: dx.base, ldc: inFeatures)
         }
     }
 }

@@ -15,7 +15,7 @@ public struct ParameterGroup: Sendable, Equatable {
     public let kind: ScaleKind
     public let tensors: [TensorSpec]
     /// Contiguous in the flat storage (a BN's gamma and beta are laid out together).
-    public var range: Range<Int> { tensors.first!.offset ..< tensors.last!.range.upperBound }
+    public var range: Range<Int> { tensors.first!.offset..<tensors.last!.range.upperBound }
     public var count: Int { range.count }
 }
 
@@ -52,10 +52,10 @@ public final class MLP {
     public let maxBatch: Int
 
     private let linears: [Linear]
-    private let norms: [BatchNorm]          // one per hidden layer, plus one for a BN head
+    private let norms: [BatchNorm]  // one per hidden layer, plus one for a BN head
     private let linearOut: [ActivationBuffer]
     private let normOut: [ActivationBuffer]  // BN output, ReLU applied in place for hidden layers
-    private let gradA: ActivationBuffer      // ping-pong gradient buffers of the widest layer
+    private let gradA: ActivationBuffer  // ping-pong gradient buffers of the widest layer
     private let gradB: ActivationBuffer
     private var inputRows = 0
     private var lastInput: Matrix?
@@ -96,8 +96,10 @@ public final class MLP {
                 // This BN's output reaches another BN through ReLU and a bias-free Linear only if a
                 // later BN exists: every hidden BN with a BN head, every hidden BN but the last otherwise.
                 let feedsAnotherBN = (i < layers - 2) || (i == layers - 2 && head == .bn)
-                groups.append(ParameterGroup(name: "\(index).weight+bias",
-                                             kind: feedsAnotherBN ? .scaleInvariant : .scaleVariant, tensors: [g, bt]))
+                groups.append(
+                    ParameterGroup(
+                        name: "\(index).weight+bias",
+                        kind: feedsAnotherBN ? .scaleInvariant : .scaleVariant, tensors: [g, bt]))
                 index += 2  // BN, then ReLU (a parameter-free index, as in nn.Sequential)
             }
         }
@@ -105,13 +107,17 @@ public final class MLP {
         self.bufferLayout = bufferLayout
         buffers = FlatBuffer(count: bufferLayout.count)
         self.groups = groups
-        linears = (0..<layers).map { Linear(inFeatures: widths[$0], outFeatures: widths[$0 + 1],
-                                            weight: linearSpecs[$0].0, bias: linearSpecs[$0].1) }
+        linears = (0..<layers).map {
+            Linear(
+                inFeatures: widths[$0], outFeatures: widths[$0 + 1],
+                weight: linearSpecs[$0].0, bias: linearSpecs[$0].1)
+        }
         norms = normSpecs.enumerated().map { k, s in
-            BatchNorm(channels: s.0.count, gamma: s.0, beta: s.1, runningMean: s.2, runningVar: s.3,
-                      epsilonMode: batchNorm.epsilonMode, epsilon: batchNorm.epsilon, momentum: batchNorm.momentum,
-                      incomingWeight: linearSpecs[k].0,
-                      previousAffine: k > 0 ? (normSpecs[k - 1].0, normSpecs[k - 1].1) : nil, maxBatch: maxBatch)
+            BatchNorm(
+                channels: s.0.count, gamma: s.0, beta: s.1, runningMean: s.2, runningVar: s.3,
+                epsilonMode: batchNorm.epsilonMode, epsilon: batchNorm.epsilon, momentum: batchNorm.momentum,
+                incomingWeight: linearSpecs[k].0,
+                previousAffine: k > 0 ? (normSpecs[k - 1].0, normSpecs[k - 1].1) : nil, maxBatch: maxBatch)
         }
         linearOut = (0..<layers).map { ActivationBuffer(maxRows: maxBatch, cols: widths[$0 + 1]) }
         normOut = norms.map { ActivationBuffer(maxRows: maxBatch, cols: $0.channels) }
@@ -191,7 +197,7 @@ public final class MLP {
             zero(parameters.gradient(norm.beta))
         }
         let n = inputRows
-        var upstream = dlogits   // gradient with respect to the current layer's output
+        var upstream = dlogits  // gradient with respect to the current layer's output
         var useA = true
         for i in stride(from: linears.count - 1, through: 0, by: -1) {
             if i < norms.count {

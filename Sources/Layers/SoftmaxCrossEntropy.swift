@@ -12,8 +12,10 @@ public enum SoftmaxCrossEntropy {
     /// Writes `dlogits = (softmax - onehot) / normalizer` and returns the summed loss and the number
     /// of correct argmax predictions. `normalizer` is the *global* sample count of the step, so that
     /// summing gradients over ranks gives the gradient of the mean loss over the global batch.
-    public static func forwardBackward(logits: Matrix, labels: UnsafeBufferPointer<Int32>,
-                                       normalizer: Double, dlogits: Matrix?) -> Sums {
+    public static func forwardBackward(
+        logits: Matrix, labels: UnsafeBufferPointer<Int32>,
+        normalizer: Double, dlogits: Matrix?
+    ) -> Sums {
         precondition(labels.count == logits.rows, "\(labels.count) labels for \(logits.rows) rows of logits")
         var sums = Sums()
         let k = logits.cols
@@ -25,7 +27,7 @@ public enum SoftmaxCrossEntropy {
             for j in 1..<k where z[j] > maxValue { maxValue = z[j]; best = j }
             let label = Int(labels[r])
             precondition(label >= 0 && label < k, "label \(label) outside 0..<\(k)")
-            let labelLogit = z[label]   // read before dlogits is written (they may share memory)
+            let labelLogit = z[label]  // read before dlogits is written (they may share memory)
             var total = 0.0
             for j in 0..<k {
                 let e = Double.exp(Double(z[j] - maxValue))

@@ -85,7 +85,7 @@ public final class ScaleInvariantSGD {
     @discardableResult
     public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor] {
         if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
-        var radial: [Int: RadialGradient] = [:]   // by tensor offset
+        var radial: [Int: RadialGradient] = [:]  // by tensor offset
         for term in store.pendingRadial { radial[term.tensor.offset] = term }
         let fusedTensors = Set(groups.flatMap { $0.tensors.map(\.offset) })
         precondition(radial.keys.allSatisfy(fusedTensors.contains), "a pending radial gradient belongs to no parameter group")
@@ -103,8 +103,10 @@ public final class ScaleInvariantSGD {
             let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
             var before = (w2: 0.0, g2: 0.0, wg: 0.0)
             if monitor {
-                before = (squaredNorm(UnsafeBufferPointer(w)), squaredNorm(UnsafeBufferPointer(g)),
-                          dot(UnsafeBufferPointer(w), UnsafeBufferPointer(g)))
+                before = (
+                    squaredNorm(UnsafeBufferPointer(w)), squaredNorm(UnsafeBufferPointer(g)),
+                    dot(UnsafeBufferPointer(w), UnsafeBufferPointer(g))
+                )
             }
             update(w, g, rule: rule, eta: Float(eta), range: group.range)
             if monitor {
@@ -114,10 +116,11 @@ public final class ScaleInvariantSGD {
                 // <w_t, w_{t+1}> = ||w_t||^2 - eta <w_t, g_t> for the plain step
                 let cross = before.w2 - eta * before.wg
                 let cosAngle = Swift.min(Swift.max(cross / (before.w2 * after).squareRoot(), -1), 1)
-                monitors.append(GroupMonitor(
-                    name: group.name, kind: group.kind, norm2: before.w2, gradNorm2: before.g2,
-                    effectiveRate: eta / before.w2, cosine: cosine, identityResidual: residual,
-                    angle: rule.isPlain ? Double.acos(cosAngle) : .nan))
+                monitors.append(
+                    GroupMonitor(
+                        name: group.name, kind: group.kind, norm2: before.w2, gradNorm2: before.g2,
+                        effectiveRate: eta / before.w2, cosine: cosine, identityResidual: residual,
+                        angle: rule.isPlain ? Double.acos(cosAngle) : .nan))
             }
         }
         step += 1
@@ -125,8 +128,10 @@ public final class ScaleInvariantSGD {
     }
 
     /// `w -= eta * (g + a_r * w)` row by row: the plain step with the radial term fused in.
-    private func updatePlain(_ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
-                             eta: Float, radial: RadialGradient?) {
+    private func updatePlain(
+        _ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
+        eta: Float, radial: RadialGradient?
+    ) {
         let wp = w.baseAddress!, gp = g.baseAddress!
         guard let radial else {
             for i in 0..<w.count { wp[i] -= eta * gp[i] }
@@ -140,8 +145,10 @@ public final class ScaleInvariantSGD {
         }
     }
 
-    private func update(_ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
-                        rule: GroupRule, eta: Float, range: Range<Int>) {
+    private func update(
+        _ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
+        rule: GroupRule, eta: Float, range: Range<Int>
+    ) {
         let n = w.count
         let wp = w.baseAddress!, gp = g.baseAddress!
         if rule.isPlain {

@@ -25,6 +25,9 @@ public enum Schedule: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        switch self { case .constant: "const"; case .inverseSquareRoot: "invsqrt" }
+        switch self {
+        case .constant: "const";
+        case .inverseSquareRoot: "invsqrt"
+        }
     }
 }

@@ -21,9 +21,10 @@ public enum BLAS {
             }
             return
         }
-        cblas_sgemm(CblasRowMajor, transA == .none ? CblasNoTrans : CblasTrans,
-                    transB == .none ? CblasNoTrans : CblasTrans,
-                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        cblas_sgemm(
+            CblasRowMajor, transA == .none ? CblasNoTrans : CblasTrans,
+            transB == .none ? CblasNoTrans : CblasTrans,
+            Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
     /// Sets the number of threads OpenBLAS uses in this process. Under `mpirun` each rank should

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fixed-size, manually allocated Float buffer with a stable address: safe to hand to BLAS and to
@@ -22,8 +22,9 @@ public final class FlatBuffer: @unchecked Sendable {
             fatalError("out of memory allocating \(bytes) bytes")
         }
         if bytes >= huge { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
-        storage = UnsafeMutableBufferPointer(start: raw.bindMemory(to: Float.self, capacity: Swift.max(count, 1)),
-                                             count: Swift.max(count, 1))
+        storage = UnsafeMutableBufferPointer(
+            start: raw.bindMemory(to: Float.self, capacity: Swift.max(count, 1)),
+            count: Swift.max(count, 1))
         storage.initialize(repeating: 0)
         self.count = count
     }
@@ -36,8 +37,9 @@ public final class FlatBuffer: @unchecked Sendable {
 
     /// The elements `range` as a buffer pointer into this storage.
     public func slice(_ range: Range<Int>) -> UnsafeMutableBufferPointer<Float> {
-        precondition(range.lowerBound >= 0 && range.upperBound <= count,
-                     "slice \(range) is outside a buffer of \(count) elements")
+        precondition(
+            range.lowerBound >= 0 && range.upperBound <= count,
+            "slice \(range) is outside a buffer of \(count) elements")
         return UnsafeMutableBufferPointer(start: pointer + range.lowerBound, count: range.count)
     }
 

@@ -60,8 +60,10 @@ public func reluForward(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBuffe
 
 /// `dx[i] = y[i] > 0 ? dy[i] : 0`, from the ReLU *output* `y`; `dy` and `dx` may be the same buffer.
 @inlinable
-public func reluBackward(output y: UnsafeBufferPointer<Float>, _ dy: UnsafeBufferPointer<Float>,
-                         _ dx: UnsafeMutableBufferPointer<Float>) {
+public func reluBackward(
+    output y: UnsafeBufferPointer<Float>, _ dy: UnsafeBufferPointer<Float>,
+    _ dx: UnsafeMutableBufferPointer<Float>
+) {
     precondition(y.count == dy.count && dy.count == dx.count, "relu backward: sizes differ")
     guard let yp = y.baseAddress, let dyp = dy.baseAddress, let dxp = dx.baseAddress else { return }
     // load unconditionally so the select vectorizes
@@ -84,8 +86,10 @@ public func addRowVector(_ bias: UnsafeBufferPointer<Float>, to x: UnsafeMutable
 
 /// `sums[c] += sum over rows of x[r, c]`, accumulated in Double.
 @inlinable
-public func accumulateColumnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
-                                 into sums: UnsafeMutablePointer<Double>) {
+public func accumulateColumnSums(
+    _ x: UnsafePointer<Float>, rows: Int, cols: Int,
+    into sums: UnsafeMutablePointer<Double>
+) {
     for r in 0..<rows {
         let row = x + r &* cols
         for c in 0..<cols { sums[c] += Double(row[c]) }

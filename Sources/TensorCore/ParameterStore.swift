@@ -11,7 +11,7 @@ public struct TensorSpec: Sendable, Equatable {
     public let shape: [Int]
     public let offset: Int
     public var count: Int { shape.reduce(1, *) }
-    public var range: Range<Int> { offset ..< offset + count }
+    public var range: Range<Int> { offset..<offset + count }
 }
 
 /// The layout of all parameters in one flat allocation, in forward order. Gradients use a second
@@ -67,7 +67,7 @@ public final class ParameterStore: @unchecked Sendable {
             let rowLength = term.tensor.count / term.coefficients.count
             let w = value(term.tensor), g = gradient(term.tensor)
             for (r, a) in term.coefficients.enumerated() where a != 0 {
-                let rows = r * rowLength ..< (r + 1) * rowLength
+                let rows = r * rowLength..<(r + 1) * rowLength
                 axpy(a, UnsafeBufferPointer(rebasing: w[rows]), UnsafeMutableBufferPointer(rebasing: g[rows]))
             }
         }
@@ -83,8 +83,9 @@ public struct RadialGradient: Sendable {
     public let tensor: TensorSpec
     public var coefficients: [Float]
     public init(tensor: TensorSpec, coefficients: [Float]) {
-        precondition(coefficients.count > 0 && tensor.count % coefficients.count == 0,
-                     "\(coefficients.count) row coefficients do not divide tensor \(tensor.name) of \(tensor.count) values")
+        precondition(
+            coefficients.count > 0 && tensor.count % coefficients.count == 0,
+            "\(coefficients.count) row coefficients do not divide tensor \(tensor.name) of \(tensor.count) values")
         self.tensor = tensor
         self.coefficients = coefficients
     }

@@ -57,11 +57,14 @@ public enum Benchmark {
     /// With `compareLocalBN`, a second trainer with per-rank BN statistics runs in the same process,
     /// its blocks interleaved with the others, so that the cost of synchronized BN is measured on
     /// the same machine state (separate runs on a shared VM differ by more than that cost).
-    public static func run(_ configuration: TrainingConfiguration, widths: [Int], steps: Int, warmup: Int,
-                           threads: Int, compareLocalBN: Bool = false,
-                           communicator: Communicator, console: RankConsole) throws -> BenchmarkResult {
+    public static func run(
+        _ configuration: TrainingConfiguration, widths: [Int], steps: Int, warmup: Int,
+        threads: Int, compareLocalBN: Bool = false,
+        communicator: Communicator, console: RankConsole
+    ) throws -> BenchmarkResult {
         let samples = Swift.max(configuration.globalBatch * 4, 1024)
-        let splits = SyntheticDataset.make(trainCount: samples, testCount: 64, dimension: widths[0], classes: widths.last!, seed: 7)
+        let splits = SyntheticDataset.make(
+            trainCount: samples, testCount: 64, dimension: widths[0], classes: widths.last!, seed: 7)
         var c = configuration
         c.widths = widths
         c.printProgress = false
@@ -115,13 +118,14 @@ public enum Benchmark {
             reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
         }
         reduceTimes.sort()
-        return BenchmarkResult(ranks: communicator.size, globalBatch: configuration.globalBatch, widths: widths,
-                               batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
-                               stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
-                               stepSecondsMax: times.last!, gemmSecondsMedian: gemmMedian,
-                               gemmGFlops: gemm.flops / gemmMedian / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
-                               gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
-                               localStepSecondsMedian: twinTimes.isEmpty ? nil : twinTimes[twinTimes.count / 2])
+        return BenchmarkResult(
+            ranks: communicator.size, globalBatch: configuration.globalBatch, widths: widths,
+            batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
+            stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
+            stepSecondsMax: times.last!, gemmSecondsMedian: gemmMedian,
+            gemmGFlops: gemm.flops / gemmMedian / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
+            gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
+            localStepSecondsMedian: twinTimes.isEmpty ? nil : twinTimes[twinTimes.count / 2])
     }
 
 }
@@ -158,17 +162,20 @@ struct GemmOnlyStep {
         let layers = 0..<(widths.count - 1)
         for l in layers {
             let fanIn = widths[l], fanOut = widths[l + 1]
-            BLAS.gemm(.none, .transposed, m: rows, n: fanOut, k: fanIn, a: inputs[l].pointer, lda: fanIn,
-                      b: weights[l].pointer, ldb: fanIn, beta: 0, c: outputs[l].pointer, ldc: fanOut)
+            BLAS.gemm(
+                .none, .transposed, m: rows, n: fanOut, k: fanIn, a: inputs[l].pointer, lda: fanIn,
+                b: weights[l].pointer, ldb: fanIn, beta: 0, c: outputs[l].pointer, ldc: fanOut)
         }
         for l in layers.reversed() {
             let fanIn = widths[l], fanOut = widths[l + 1]
             // the output buffer stands in for the upstream gradient: same shape, same memory traffic
-            BLAS.gemm(.transposed, .none, m: fanOut, n: fanIn, k: rows, a: outputs[l].pointer, lda: fanOut,
-                      b: inputs[l].pointer, ldb: fanIn, beta: 0, c: weightGradients[l].pointer, ldc: fanIn)
+            BLAS.gemm(
+                .transposed, .none, m: fanOut, n: fanIn, k: rows, a: outputs[l].pointer, lda: fanOut,
+                b: inputs[l].pointer, ldb: fanIn, beta: 0, c: weightGradients[l].pointer, ldc: fanIn)
             if l > 0 {
-                BLAS.gemm(.none, .none, m: rows, n: fanIn, k: fanOut, a: outputs[l].pointer, lda: fanOut,
-                          b: weights[l].pointer, ldb: fanIn, beta: 0, c: inputGradients[l].pointer, ldc: fanIn)
+                BLAS.gemm(
+                    .none, .none, m: rows, n: fanIn, k: fanOut, a: outputs[l].pointer, lda: fanOut,
+                    b: weights[l].pointer, ldb: fanIn, beta: 0, c: inputGradients[l].pointer, ldc: fanIn)
             }
         }
         return clock.seconds

@@ -26,16 +26,16 @@ public struct GradientBuckets: Sendable {
                 start = tensor.offset
                 continue
             }
-            if start < end { ranges.append(start ..< end) }
+            if start < end { ranges.append(start..<end) }
             end = start
             // a tensor larger than the cap becomes several buckets, back to front
             while end - tensor.offset > capElements {
-                ranges.append((end - capElements) ..< end)
+                ranges.append((end - capElements)..<end)
                 end -= capElements
             }
             start = tensor.offset
         }
-        if start < end { ranges.append(start ..< end) }
+        if start < end { ranges.append(start..<end) }
         self.ranges = ranges
     }
 

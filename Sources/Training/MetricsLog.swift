@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A JSON Lines file written by rank 0: one object per logged step and a final record.
@@ -10,7 +10,8 @@ final class MetricsLog {
 
     init(path: String) throws {
         guard let f = fopen(path, "w") else {
-            throw TrainingError.configuration("--metrics \(path): cannot be opened for writing: \(String(cString: strerror(errno)))")
+            throw TrainingError.configuration(
+                "--metrics \(path): cannot be opened for writing: \(String(cString: strerror(errno)))")
         }
         file = f
         self.path = path
@@ -60,8 +61,8 @@ indirect enum JSONValue {
     }
 }
 
-private extension String {
-    init(format4 value: UInt32) {
+extension String {
+    fileprivate init(format4 value: UInt32) {
         let hex = String(value, radix: 16)
         self = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
     }

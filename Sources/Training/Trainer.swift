@@ -4,7 +4,7 @@ import Layers
 import Optimizers
 import TensorCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One data-parallel training run: every rank builds the same network, takes its share of each
@@ -36,13 +36,16 @@ public final class Trainer {
     /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
     ///   that do not fit the data (widths, batch size).
     public convenience init(_ configuration: TrainingConfiguration, communicator: Communicator, console: RankConsole) throws {
-        try self.init(configuration, splits: configuration.data.load(),
-                      communicator: communicator, console: console)
+        try self.init(
+            configuration, splits: configuration.data.load(),
+            communicator: communicator, console: console)
     }
 
     /// Builds a run on data already in memory (benchmarks, tests). No communication.
-    public init(_ configuration: TrainingConfiguration, splits: DataSplits, communicator: Communicator,
-                console: RankConsole) throws {
+    public init(
+        _ configuration: TrainingConfiguration, splits: DataSplits, communicator: Communicator,
+        console: RankConsole
+    ) throws {
         self.configuration = configuration
         self.communicator = communicator
         self.console = console
@@ -51,22 +54,28 @@ public final class Trainer {
         let widths = try configuration.resolvedWidths(dimension: train.dimension, classes: train.classes)
         let p = communicator.size
         guard configuration.globalBatch >= p else {
-            throw TrainingError.configuration("--global-batch \(configuration.globalBatch) is smaller than the \(p) ranks; every rank needs at least one sample per step")
+            throw TrainingError.configuration(
+                "--global-batch \(configuration.globalBatch) is smaller than the \(p) ranks; every rank needs at least one sample per step"
+            )
         }
         guard configuration.globalBatch <= train.count else {
-            throw TrainingError.configuration("--global-batch \(configuration.globalBatch) exceeds the \(train.count) training samples of \(configuration.data)")
+            throw TrainingError.configuration(
+                "--global-batch \(configuration.globalBatch) exceeds the \(train.count) training samples of \(configuration.data)"
+            )
         }
         // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
         let rows = Swift.max((configuration.globalBatch + p - 1) / p, 256)
         model = MLP(widths: widths, head: configuration.head, batchNorm: configuration.batchNorm, maxBatch: rows)
         model.initialize(seed: configuration.seed)
-        optimizer = ScaleInvariantSGD(groups: model.groups, parameterCount: model.parameters.layout.count,
-                                      invariant: configuration.invariant, variant: configuration.variant)
+        optimizer = ScaleInvariantSGD(
+            groups: model.groups, parameterCount: model.parameters.layout.count,
+            invariant: configuration.invariant, variant: configuration.variant)
         buckets = GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes)
         sampler = ShardSampler(sampleCount: train.count, globalBatch: configuration.globalBatch, seed: configuration.seed)
         totalSteps = configuration.steps ?? configuration.epochs * sampler.stepsPerEpoch
         logEvery = configuration.logEvery ?? Swift.max(1, totalSteps / 20)
-        statistics = configuration.batchNormSync == .sync && p > 1
+        statistics =
+            configuration.batchNormSync == .sync && p > 1
             ? SynchronizedStatistics(communicator: communicator) : LocalStatistics()
         input = FlatBuffer(count: rows * train.dimension)
         dlogits = FlatBuffer(count: rows * train.classes)
@@ -96,20 +105,25 @@ public final class Trainer {
                 let rate = Double((t + 1 - lastLog.step) * configuration.globalBatch) / Swift.max(now - lastLog.time, 1e-9)
                 lastLog = (now, t + 1)
                 lastLoss = global.loss
-                report(step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
-                       elapsed: now, monitors: result.monitors)
+                report(
+                    step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
+                    elapsed: now, monitors: result.monitors)
             }
         }
         let seconds = clock.seconds
         try averageLocalStatistics()
         try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after training")
         let test = try evaluate(splits.test)
-        let summary = RunSummary(steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
-                                 testAccuracy: test.accuracy, samplesPerSecond: Double(totalSteps * configuration.globalBatch) / seconds)
+        let summary = RunSummary(
+            steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
+            testAccuracy: test.accuracy, samplesPerSecond: Double(totalSteps * configuration.globalBatch) / seconds)
         metrics?.write(summary.json)
-        console.root(String(cFormat: "done: %d steps in %.1f s (%.0f samples/s); train loss %.4f; test loss %.4f, test accuracy %.2f%% on %d samples",
-                            summary.steps, summary.seconds, summary.samplesPerSecond, summary.trainLoss,
-                            summary.testLoss, 100 * summary.testAccuracy, splits.test.count))
+        console.root(
+            String(
+                cFormat:
+                    "done: %d steps in %.1f s (%.0f samples/s); train loss %.4f; test loss %.4f, test accuracy %.2f%% on %d samples",
+                summary.steps, summary.seconds, summary.samplesPerSecond, summary.trainLoss,
+                summary.testLoss, 100 * summary.testAccuracy, splits.test.count))
         return summary
     }
 
@@ -123,8 +137,9 @@ public final class Trainer {
         // 3. loss of this rank's samples, gradient divided by the *global* batch size
         let dz = Matrix(dlogits.pointer, rows: x.rows, cols: model.classes)
         let sums = labels.withUnsafeBufferPointer {
-            SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
-                                                normalizer: Double(configuration.globalBatch), dlogits: dz)
+            SoftmaxCrossEntropy.forwardBackward(
+                logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
+                normalizer: Double(configuration.globalBatch), dlogits: dz)
         }
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
@@ -149,8 +164,9 @@ public final class Trainer {
             let x = gather(data, (start..<end).map { Int32($0) }[...])
             let logits = model.predict(x)
             let sums = labels.withUnsafeBufferPointer {
-                SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
-                                                    normalizer: 1, dlogits: nil)
+                SoftmaxCrossEntropy.forwardBackward(
+                    logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
+                    normalizer: 1, dlogits: nil)
             }
             totals[0] += sums.loss
             totals[1] += Double(sums.correct)
@@ -185,7 +201,7 @@ public final class Trainer {
         var offset = 0
         for k in store.pendingRadial.indices {
             let n = store.pendingRadial[k].coefficients.count
-            store.pendingRadial[k].coefficients = Array(all[offset ..< offset + n])
+            store.pendingRadial[k].coefficients = Array(all[offset..<offset + n])
             offset += n
         }
     }
@@ -195,7 +211,8 @@ public final class Trainer {
         for buffer in [model.parameters.values, model.buffers] {
             try communicator.broadcast(UnsafeMutableRawBufferPointer(buffer.all), root: 0)
         }
-        try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after the initial broadcast")
+        try ReplicaCheck.verify(
+            [model.parameters.values, model.buffers], over: communicator, when: "after the initial broadcast")
     }
 
     /// Collective: with per-rank BN statistics (`--bn local`) each rank's running mean and variance
@@ -208,32 +225,53 @@ public final class Trainer {
 
     private func describe() {
         let c = configuration
-        console.root("autorate: \(communicator.size) rank(s), data \(c.data) (\(splits.train.count) train / \(splits.test.count) test samples), widths \(model.widths.map(String.init).joined(separator: ",")), head \(c.head.rawValue), BN \(c.batchNormSync.rawValue) eps \(c.batchNorm.epsilonMode.rawValue)")
-        console.root("parameter groups (SI: scale-invariant, lr-si \(c.invariant.learningRate) \(c.invariant.schedule); SV: scale-variant, lr-sv \(c.variant.learningRate) \(c.variant.schedule)):\n\(model.groupingDescription)")
+        console.root(
+            "autorate: \(communicator.size) rank(s), data \(c.data) (\(splits.train.count) train / \(splits.test.count) test samples), widths \(model.widths.map(String.init).joined(separator: ",")), head \(c.head.rawValue), BN \(c.batchNormSync.rawValue) eps \(c.batchNorm.epsilonMode.rawValue)"
+        )
+        console.root(
+            "parameter groups (SI: scale-invariant, lr-si \(c.invariant.learningRate) \(c.invariant.schedule); SV: scale-variant, lr-sv \(c.variant.learningRate) \(c.variant.schedule)):\n\(model.groupingDescription)"
+        )
         if !optimizer.isPaperAlgorithm {
-            console.warning("momentum or weight decay is on: this is no longer the paper's plain SGD, and the norm identity of scale-invariant groups will not hold")
+            console.warning(
+                "momentum or weight decay is on: this is no longer the paper's plain SGD, and the norm identity of scale-invariant groups will not hold"
+            )
         }
-        console.root("\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank")
+        console.root(
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+        )
     }
 
-    private func report(step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,
-                        monitors: [GroupMonitor]) {
+    private func report(
+        step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,
+        monitors: [GroupMonitor]
+    ) {
         let epoch = Double(step) / Double(sampler.stepsPerEpoch)
         if configuration.printProgress {
             let eta = elapsed / Double(step) * Double(totalSteps - step)
-            console.root(String(cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
-                                step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta))
+            console.root(
+                String(
+                    cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
+                    step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta))
         }
-        metrics?.write(.object([
-            ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
-            ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
-            ("lr_si", .number(optimizer.currentRate(.scaleInvariant))), ("lr_sv", .number(optimizer.currentRate(.scaleVariant))),
-            ("groups", .array(monitors.map { m in .object([
-                ("name", .string(m.name)), ("kind", .string(m.kind.rawValue)), ("norm2", .number(m.norm2)),
-                ("grad_norm2", .number(m.gradNorm2)), ("eff_lr", .number(m.effectiveRate)), ("cos", .number(m.cosine)),
-                ("identity_residual", .number(m.identityResidual)), ("angle", .number(m.angle)),
-            ]) })),
-        ]))
+        metrics?.write(
+            .object([
+                ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
+                ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
+                ("lr_si", .number(optimizer.currentRate(.scaleInvariant))),
+                ("lr_sv", .number(optimizer.currentRate(.scaleVariant))),
+                (
+                    "groups",
+                    .array(
+                        monitors.map { m in
+                            .object([
+                                ("name", .string(m.name)), ("kind", .string(m.kind.rawValue)), ("norm2", .number(m.norm2)),
+                                ("grad_norm2", .number(m.gradNorm2)), ("eff_lr", .number(m.effectiveRate)),
+                                ("cos", .number(m.cosine)),
+                                ("identity_residual", .number(m.identityResidual)), ("angle", .number(m.angle)),
+                            ])
+                        })
+                ),
+            ]))
     }
 }
 
@@ -256,9 +294,11 @@ public struct RunSummary: Sendable {
     public let samplesPerSecond: Double
 
     var json: JSONValue {
-        .object([("event", .string("final")), ("steps", .integer(steps)), ("seconds", .number(seconds)),
-                 ("train_loss", .number(trainLoss)), ("test_loss", .number(testLoss)),
-                 ("test_accuracy", .number(testAccuracy)), ("samples_per_s", .number(samplesPerSecond))])
+        .object([
+            ("event", .string("final")), ("steps", .integer(steps)), ("seconds", .number(seconds)),
+            ("train_loss", .number(trainLoss)), ("test_loss", .number(testLoss)),
+            ("test_accuracy", .number(testAccuracy)), ("samples_per_s", .number(samplesPerSecond)),
+        ])
     }
 }
 

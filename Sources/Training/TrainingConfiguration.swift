@@ -34,11 +34,13 @@ public struct TrainingConfiguration: Sendable {
         guard let widths else { return [dimension] + Self.defaultHidden + [classes] }
         if widths.first != dimension {
             throw TrainingError.configuration(
-                "--widths \(widths.map(String.init).joined(separator: ",")) starts with \(widths[0]) inputs, but \(data) has \(dimension) features per sample; the first width must be \(dimension)")
+                "--widths \(widths.map(String.init).joined(separator: ",")) starts with \(widths[0]) inputs, but \(data) has \(dimension) features per sample; the first width must be \(dimension)"
+            )
         }
         if widths.last != classes {
             throw TrainingError.configuration(
-                "--widths \(widths.map(String.init).joined(separator: ",")) ends with \(widths.last!) outputs, but \(data) has \(classes) classes; the last width must be \(classes)")
+                "--widths \(widths.map(String.init).joined(separator: ",")) ends with \(widths.last!) outputs, but \(data) has \(classes) classes; the last width must be \(classes)"
+            )
         }
         return widths
     }

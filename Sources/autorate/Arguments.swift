@@ -4,7 +4,6 @@ import Layers
 import Optimizers
 import Training
 
-
 extension HeadKind: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
 extension BatchNormSync: ExpressibleByArgument {}
@@ -27,13 +26,15 @@ func parseData(_ text: String) throws -> DataSource {
 func parseWidths(_ text: String, flag: String = "--widths") throws -> [Int] {
     let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: " ")) }
     guard parts.count >= 2, parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
-        throw ValidationError("\(flag) \(text) is not accepted: use at least two comma-separated positive integers, 'inputs,hidden...,classes' (e.g. 784,512,512,10).")
+        throw ValidationError(
+            "\(flag) \(text) is not accepted: use at least two comma-separated positive integers, 'inputs,hidden...,classes' (e.g. 784,512,512,10)."
+        )
     }
     return parts.map { $0! }
 }
 
-private extension Substring {
-    func trimmingCharacters(in set: String) -> Substring {
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> Substring {
         var s = self
         while let f = s.first, set.contains(f) { s = s.dropFirst() }
         while let l = s.last, set.contains(l) { s = s.dropLast() }

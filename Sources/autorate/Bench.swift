@@ -4,7 +4,7 @@ import Layers
 import TensorCore
 import Training
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct Bench: ParsableCommand {
@@ -49,16 +49,23 @@ struct Bench: ParsableCommand {
         c.batchNorm = BatchNormSettings(epsilonMode: bnEpsMode)
         try withMPI(threads: threads) { communicator, console in
             let layerWidths = try parseWidths(widths)
-            let result = try Benchmark.run(c, widths: layerWidths, steps: steps, warmup: warmup, threads: threads,
-                                           compareLocalBN: compareLocalBN, communicator: communicator, console: console)
-            console.root("bench: np=\(result.ranks) bn=\(bn.rawValue) widths=\(widths) " + String(cFormat: "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
-                                globalBatch,
-                                result.samplesPerSecond, result.stepSecondsMedian * 1e3, result.stepSecondsMin * 1e3,
-                                result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,
-                                result.fractionOfGemmBound, result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
+            let result = try Benchmark.run(
+                c, widths: layerWidths, steps: steps, warmup: warmup, threads: threads,
+                compareLocalBN: compareLocalBN, communicator: communicator, console: console)
+            console.root(
+                "bench: np=\(result.ranks) bn=\(bn.rawValue) widths=\(widths) "
+                    + String(
+                        cFormat:
+                            "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
+                        globalBatch,
+                        result.samplesPerSecond, result.stepSecondsMedian * 1e3, result.stepSecondsMin * 1e3,
+                        result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,
+                        result.fractionOfGemmBound, result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
             if let local = result.localStepSecondsMedian {
-                console.root(String(cFormat: "bench: interleaved --bn local twin: step median %.2f ms; synchronized BN costs %.3fx",
-                                    local * 1e3, result.stepSecondsMedian / local))
+                console.root(
+                    String(
+                        cFormat: "bench: interleaved --bn local twin: step median %.2f ms; synchronized BN costs %.3fx",
+                        local * 1e3, result.stepSecondsMedian / local))
             }
             if communicator.isRoot, let json {
                 guard let f = fopen(json, "a") else {

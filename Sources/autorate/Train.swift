@@ -16,7 +16,8 @@ struct Train: ParsableCommand {
     var widths: String?
     @Option(help: "Classifier head: 'linear' (Linear with bias, SV) or 'bn' (Linear then BN, as in the paper).")
     var head: HeadKind = .linear
-    @Option(name: .customLong("global-batch"), help: "Samples per step summed over all ranks (need not divide by the rank count).")
+    @Option(
+        name: .customLong("global-batch"), help: "Samples per step summed over all ranks (need not divide by the rank count).")
     var globalBatch = 256
     @Option(help: "Full passes over the training set (ignored when --steps is given).")
     var epochs = 10
@@ -38,7 +39,9 @@ struct Train: ParsableCommand {
     var weightDecaySV = 0.0
     @Option(help: "BN statistics: 'sync' (over the global batch) or 'local' (per rank, as plain DDP).")
     var bn: BatchNormSync = .sync
-    @Option(name: .customLong("bn-eps-mode"), help: "BN epsilon: 'zero', 'scaled' (eps*||w_c||^2, exactly scale-invariant) or 'standard'.")
+    @Option(
+        name: .customLong("bn-eps-mode"),
+        help: "BN epsilon: 'zero', 'scaled' (eps*||w_c||^2, exactly scale-invariant) or 'standard'.")
     var bnEpsMode: EpsilonMode = .scaled
     @Option(name: .customLong("bn-eps"), help: "BN epsilon value for the 'scaled' and 'standard' modes.")
     var bnEps = 1e-5
@@ -71,7 +74,9 @@ struct Train: ParsableCommand {
         if let logEvery { try require(logEvery >= 1, "--log-every", logEvery, "a positive number of steps") }
         try require(bucketMB >= 0.0625 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB from 0.0625 (64 KiB) to 2048")
         if bnEpsMode == .standard && bnEps == 0 {
-            throw ValidationError("--bn-eps 0 with --bn-eps-mode standard divides by zero on constant channels; use --bn-eps-mode zero for eps = 0.")
+            throw ValidationError(
+                "--bn-eps 0 with --bn-eps-mode standard divides by zero on constant channels; use --bn-eps-mode zero for eps = 0."
+            )
         }
     }
 

@@ -34,12 +34,13 @@ final class StandardizationTests: XCTestCase {
         for i in 0..<n {
             train[i * d + 0] = Float(rng.normal() * 3 + 10)
             train[i * d + 1] = Float(rng.normal() * 0.01 - 2)
-            train[i * d + 2] = 5        // constant
+            train[i * d + 2] = 5  // constant
             train[i * d + 3] = Float(rng.uniform() * 100)
         }
         let test: [Float] = [10, -2, 5, 50]
-        var splits = DataSplits(train: Dataset(name: "t", features: train, labels: [Int32](repeating: 0, count: n), dimension: d, classes: 2),
-                                test: Dataset(name: "s", features: test, labels: [0], dimension: d, classes: 2))
+        var splits = DataSplits(
+            train: Dataset(name: "t", features: train, labels: [Int32](repeating: 0, count: n), dimension: d, classes: 2),
+            test: Dataset(name: "s", features: test, labels: [0], dimension: d, classes: 2))
         let raw = moments(train, d: d, feature: 0)
         Standardization.perFeature.apply(to: &splits)
         for j in [0, 1, 3] {

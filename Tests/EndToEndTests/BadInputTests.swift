@@ -9,32 +9,40 @@ final class BadInputTests: XCTestCase {
     override func setUpWithError() throws { directory = try Launcher.temporaryDirectory() }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
 
-    func expectFailure(_ args: [String], mentions fragments: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+    func expectFailure(_ args: [String], mentions fragments: [String], file: StaticString = #filePath, line: UInt = #line) throws
+    {
         let result = try Launcher.mpirun(2, "autorate", ["train", "--steps", "2"] + args, timeout: 60)
         XCTAssertNotEqual(result.status, 0, "should fail: \(args)\n\(result.output)", file: file, line: line)
         XCTAssertLessThan(result.seconds, 30, "mpirun took \(result.seconds) s to return", file: file, line: line)
         for fragment in fragments {
-            XCTAssertTrue(result.output.contains(fragment), "output lacks '\(fragment)':\n\(result.output)", file: file, line: line)
+            XCTAssertTrue(
+                result.output.contains(fragment), "output lacks '\(fragment)':\n\(result.output)", file: file, line: line)
         }
     }
 
     /// Writes a small MNIST-format directory; `mutate` may damage it.
-    func writeMNIST(images: Int = 20, labels: Int? = nil, labelValue: UInt8 = 3, imageMagic: UInt32 = 0x803,
-                    truncateImages: Bool = false) throws -> String {
-        func header(_ values: [UInt32]) -> Data { Data(values.flatMap { v in (0..<4).map { UInt8((v >> (24 - 8 * $0)) & 0xFF) } }) }
+    func writeMNIST(
+        images: Int = 20, labels: Int? = nil, labelValue: UInt8 = 3, imageMagic: UInt32 = 0x803,
+        truncateImages: Bool = false
+    ) throws -> String {
+        func header(_ values: [UInt32]) -> Data {
+            Data(values.flatMap { v in (0..<4).map { UInt8((v >> (24 - 8 * $0)) & 0xFF) } })
+        }
         for (prefix, n) in [("train", images), ("t10k", images / 2)] {
             var img = header([imageMagic, UInt32(n), 28, 28]) + Data(repeating: 7, count: n * 784)
             if truncateImages && prefix == "train" { img = img.prefix(img.count - 100) }
             try img.write(to: directory.appendingPathComponent("\(prefix)-images-idx3-ubyte"))
             let count = prefix == "train" ? (labels ?? n) : n
-            let lab = header([0x801, UInt32(count)]) + Data((0..<count).map { UInt8($0 % 10) == 0 ? labelValue : UInt8($0 % 10) })
+            let lab =
+                header([0x801, UInt32(count)]) + Data((0..<count).map { UInt8($0 % 10) == 0 ? labelValue : UInt8($0 % 10) })
             try lab.write(to: directory.appendingPathComponent("\(prefix)-labels-idx1-ubyte"))
         }
         return directory.path
     }
 
     func testMissingDataDirectory() throws {
-        try expectFailure(["--data", "mnist:/nonexistent/mnist"], mentions: ["/nonexistent/mnist", "is not a directory", "rank"])
+        try expectFailure(
+            ["--data", "mnist:/nonexistent/mnist"], mentions: ["/nonexistent/mnist", "is not a directory", "rank"])
     }
 
     func testWrongMagicNumber() throws {
@@ -76,8 +84,12 @@ final class BadInputTests: XCTestCase {
     /// A valid MNIST-format directory trains (the real loader path, small files written here).
     func testSmallMNISTDirectoryTrains() throws {
         let dir = try writeMNIST(images: 64)
-        let result = try Launcher.mpirun(2, "autorate", ["train", "--data", "mnist:\(dir)", "--global-batch", "16",
-                                                         "--epochs", "1", "--widths", "784,32,10"])
+        let result = try Launcher.mpirun(
+            2, "autorate",
+            [
+                "train", "--data", "mnist:\(dir)", "--global-batch", "16",
+                "--epochs", "1", "--widths", "784,32,10",
+            ])
         XCTAssertEqual(result.status, 0, result.output)
         XCTAssertTrue(result.output.contains("test accuracy"), result.output)
     }

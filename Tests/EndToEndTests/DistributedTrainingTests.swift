@@ -12,8 +12,12 @@ final class DistributedTrainingTests: XCTestCase {
     /// Trains under mpirun and returns the logged losses followed by the final test loss.
     func trajectory(np: Int, _ extra: [String], steps: Int = 50, logEvery: Int = 1) throws -> [Double] {
         let metrics = directory.appendingPathComponent("np\(np)-\(UUID().uuidString).jsonl").path
-        let result = try Launcher.mpirun(np, "autorate", ["train", "--steps", "\(steps)", "--log-every", "\(logEvery)",
-                                                          "--quiet", "--metrics", metrics] + extra)
+        let result = try Launcher.mpirun(
+            np, "autorate",
+            [
+                "train", "--steps", "\(steps)", "--log-every", "\(logEvery)",
+                "--quiet", "--metrics", metrics,
+            ] + extra)
         XCTAssertEqual(result.status, 0, result.output)
         let losses = try Launcher.losses(metrics)
         XCTAssertEqual(losses.count, (steps + logEvery - 1) / logEvery, "one metrics record per logged step")
@@ -78,8 +82,12 @@ final class DistributedTrainingTests: XCTestCase {
         // the last run: per-rank BN statistics, where the scaled-epsilon radial terms are summed over ranks
         for (lr, bn) in [("0.01", "sync"), ("1", "sync"), ("100", "sync"), ("10", "local")] {
             let metrics = directory.appendingPathComponent("e2-\(lr)-\(bn).jsonl").path
-            let result = try Launcher.mpirun(2, "autorate", ["train", "--steps", "30", "--log-every", "1", "--quiet",
-                                                             "--head", "bn", "--lr-si", lr, "--bn", bn, "--metrics", metrics])
+            let result = try Launcher.mpirun(
+                2, "autorate",
+                [
+                    "train", "--steps", "30", "--log-every", "1", "--quiet",
+                    "--head", "bn", "--lr-si", lr, "--bn", bn, "--metrics", metrics,
+                ])
             XCTAssertEqual(result.status, 0, result.output)
             var lastNorm: [String: Double] = [:]
             for record in try Launcher.metrics(metrics) where record["event"] == nil {
@@ -97,8 +105,12 @@ final class DistributedTrainingTests: XCTestCase {
             XCTAssertEqual(lastNorm.count, 5, "five SI groups in a 3-layer MLP with a BN head")
         }
         let metrics = directory.appendingPathComponent("e12.jsonl").path
-        let result = try Launcher.mpirun(2, "autorate", ["train", "--steps", "10", "--log-every", "1", "--quiet",
-                                                         "--head", "bn", "--momentum", "0.9", "--metrics", metrics])
+        let result = try Launcher.mpirun(
+            2, "autorate",
+            [
+                "train", "--steps", "10", "--log-every", "1", "--quiet",
+                "--head", "bn", "--momentum", "0.9", "--metrics", metrics,
+            ])
         XCTAssertEqual(result.status, 0, result.output)
         XCTAssertTrue(result.output.contains("no longer the paper's"), "the run says it is not the paper's algorithm")
         let worst = try Launcher.metrics(metrics).filter { $0["event"] == nil }.flatMap { $0["groups"] as! [[String: Any]] }
@@ -123,6 +135,7 @@ final class DistributedTrainingTests: XCTestCase {
         let final = try XCTUnwrap(records.last)
         XCTAssertEqual(final["event"] as? String, "final")
         for key in ["test_accuracy", "test_loss", "train_loss", "steps", "seconds"] { XCTAssertNotNil(final[key], key) }
-        XCTAssertGreaterThan(final["test_accuracy"] as! Double, 0.5, "one epoch learns the synthetic task well above chance (0.1)")
+        XCTAssertGreaterThan(
+            final["test_accuracy"] as! Double, 0.5, "one epoch learns the synthetic task well above chance (0.1)")
     }
 }

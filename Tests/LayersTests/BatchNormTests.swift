@@ -16,8 +16,9 @@ final class LinearBN {
         let g = layout.append("1.weight", shape: [channels]), b = layout.append("1.bias", shape: [channels])
         let rm = bl.append("1.running_mean", shape: [channels]), rv = bl.append("1.running_var", shape: [channels])
         linear = Linear(inFeatures: inF, outFeatures: channels, weight: w, bias: nil)
-        bn = BatchNorm(channels: channels, gamma: g, beta: b, runningMean: rm, runningVar: rv, epsilonMode: mode,
-                       epsilon: epsilon, incomingWeight: w, maxBatch: maxBatch)
+        bn = BatchNorm(
+            channels: channels, gamma: g, beta: b, runningMean: rm, runningVar: rv, epsilonMode: mode,
+            epsilon: epsilon, incomingWeight: w, maxBatch: maxBatch)
         p = ParameterStore(layout: layout)
         bufferLayout = bl
         buffers = FlatBuffer(count: bl.count)
@@ -96,8 +97,8 @@ final class BatchNormTests: XCTestCase {
         net.linear.backward(a.matrix, dz.matrix, nil, net.p)
         let w = net.p.value(net.w), g = net.p.gradient(net.w)
         for j in 0..<c {
-            let wr = UnsafeBufferPointer(rebasing: w[j * inF ..< (j + 1) * inF])
-            let gr = UnsafeBufferPointer(rebasing: g[j * inF ..< (j + 1) * inF])
+            let wr = UnsafeBufferPointer(rebasing: w[j * inF..<(j + 1) * inF])
+            let gr = UnsafeBufferPointer(rebasing: g[j * inF..<(j + 1) * inF])
             let cosine = dot(wr, gr) / (squaredNorm(wr) * squaredNorm(gr)).squareRoot()
             // fp32 rounding of a 16-row batch: |cos| ~ 1e-7; 1e-4 leaves a wide margin, while
             // dropping the eps term gives |cos| of order eps_c / s_c^2 ~ 0.1 here.
@@ -134,8 +135,10 @@ final class BatchNormTests: XCTestCase {
         // Inference with running statistics = affine map with (rm, rv): check one element.
         let yi = OwnedMatrix(rows: batch, cols: c)
         net.bn.inference(z.matrix, yi.matrix, net.p, buffers: net.buffers)
-        let rm = Double(net.buffers.slice(net.bn.runningMean.range)[1]), rv = Double(net.buffers.slice(net.bn.runningVar.range)[1])
-        let want = Double(net.p.value(net.bn.gamma)[1]) * (Double(z[5 * c + 1]) - rm) / (rv + 1e-3).squareRoot()
+        let rm = Double(net.buffers.slice(net.bn.runningMean.range)[1]),
+            rv = Double(net.buffers.slice(net.bn.runningVar.range)[1])
+        let want =
+            Double(net.p.value(net.bn.gamma)[1]) * (Double(z[5 * c + 1]) - rm) / (rv + 1e-3).squareRoot()
             + Double(net.p.value(net.bn.beta)[1])
         XCTAssertEqual(Double(yi[5 * c + 1]), want, accuracy: 1e-5 * max(1, abs(want)))
     }

@@ -31,8 +31,9 @@ final class MLPHarness {
         restoreBuffers()
         let logits = try! mlp.forward(x.matrix, reducer: LocalStatistics())
         let sums = labels.withUnsafeBufferPointer {
-            SoftmaxCrossEntropy.forwardBackward(logits: logits, labels: $0, normalizer: Double(x.rows),
-                                                dlogits: gradients ? dlogits.matrix : nil)
+            SoftmaxCrossEntropy.forwardBackward(
+                logits: logits, labels: $0, normalizer: Double(x.rows),
+                dlogits: gradients ? dlogits.matrix : nil)
         }
         if gradients {
             zero(mlp.parameters.gradients.all)
@@ -73,8 +74,9 @@ final class MLPTests: XCTestCase {
                         accepted += 1
                         let an = grads[spec.offset + i]
                         // 1% of the coordinate plus 0.1% of the tensor's largest gradient (fp32 FD noise)
-                        XCTAssertLessThanOrEqual(abs(an - fd1), 1e-2 * abs(fd1) + 1e-3 * tensorScale,
-                                                 "\(head) \(mode) \(spec.name)[\(i)]: analytic \(an) FD \(fd1) (FD at h/2 \(fd2))")
+                        XCTAssertLessThanOrEqual(
+                            abs(an - fd1), 1e-2 * abs(fd1) + 1e-3 * tensorScale,
+                            "\(head) \(mode) \(spec.name)[\(i)]: analytic \(an) FD \(fd1) (FD at h/2 \(fd2))")
                     }
                     XCTAssertEqual(accepted, 4, "\(head) \(mode) \(spec.name): too few kink-free coordinates (\(tries) tries)")
                 }
@@ -86,10 +88,15 @@ final class MLPTests: XCTestCase {
     func testScaleTagging() {
         let lin = MLP(widths: [6, 8, 7, 5], head: .linear, batchNorm: BatchNormSettings(), maxBatch: 4)
         XCTAssertEqual(lin.groups.map(\.name), ["0.weight", "1.weight+bias", "3.weight", "4.weight+bias", "6.weight", "6.bias"])
-        XCTAssertEqual(lin.groups.map(\.kind), [.scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleVariant, .scaleVariant, .scaleVariant])
+        XCTAssertEqual(
+            lin.groups.map(\.kind),
+            [.scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleVariant, .scaleVariant, .scaleVariant])
         let bn = MLP(widths: [6, 8, 7, 5], head: .bn, batchNorm: BatchNormSettings(), maxBatch: 4)
-        XCTAssertEqual(bn.groups.map(\.name), ["0.weight", "1.weight+bias", "3.weight", "4.weight+bias", "6.weight", "7.weight+bias"])
-        XCTAssertEqual(bn.groups.map(\.kind), [.scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleVariant])
+        XCTAssertEqual(
+            bn.groups.map(\.name), ["0.weight", "1.weight+bias", "3.weight", "4.weight+bias", "6.weight", "7.weight+bias"])
+        XCTAssertEqual(
+            bn.groups.map(\.kind),
+            [.scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleInvariant, .scaleVariant])
         // No bias right before a BN; every parameter belongs to exactly one group.
         for m in [lin, bn] {
             XCTAssertEqual(m.groups.map(\.count).reduce(0, +), m.parameters.layout.count)

@@ -7,7 +7,7 @@ import TensorCore
 /// shared moments buffer (what the allreduce would produce), then normalizes its own rows.
 final class SynchronizedBatchNormTests: XCTestCase {
     func testShardedEqualsWholeBatchWithEmptyShard() throws {
-        let shards = [11, 0, 19, 7]   // 37 rows, unequal, one rank with no rows
+        let shards = [11, 0, 19, 7]  // 37 rows, unequal, one rank with no rows
         let total = shards.reduce(0, +)
         let inF = 4, c = 5
         for mode in EpsilonMode.allCases {
@@ -28,14 +28,18 @@ final class SynchronizedBatchNormTests: XCTestCase {
             var s = 0
             for n in shards { starts.append(s); s += n }
             let ys = OwnedMatrix(rows: total, cols: c), dzs = OwnedMatrix(rows: total, cols: c)
-            func view(_ m: OwnedMatrix, _ k: Int) -> Matrix { Matrix(m.storage.pointer + starts[k] * c, rows: shards[k], cols: c) }
+            func view(_ m: OwnedMatrix, _ k: Int) -> Matrix {
+                Matrix(m.storage.pointer + starts[k] * c, rows: shards[k], cols: c)
+            }
 
             var moments = [Double](repeating: 0, count: whole.bn.momentsCount)
             moments.withUnsafeMutableBufferPointer { m in
                 for k in 0..<shards.count { ranks[k].bn.accumulateMoments(view(z, k), into: m, buffers: ranks[k].buffers) }
             }
             for k in 0..<shards.count {
-                moments.withUnsafeBufferPointer { ranks[k].bn.normalize(view(z, k), view(ys, k), moments: $0, ranks[k].p, buffers: ranks[k].buffers) }
+                moments.withUnsafeBufferPointer {
+                    ranks[k].bn.normalize(view(z, k), view(ys, k), moments: $0, ranks[k].p, buffers: ranks[k].buffers)
+                }
             }
             var global = [Double](repeating: 0, count: whole.bn.backwardSumsCount)
             var locals: [[Double]] = []
@@ -63,7 +67,9 @@ final class SynchronizedBatchNormTests: XCTestCase {
             }
             // Running statistics identical on every rank (the same global moments), and equal to the
             // whole-batch run up to fp32 rounding.
-            for k in 1..<shards.count { XCTAssertEqual(ranks[k].buffers.array, ranks[0].buffers.array, "\(mode) rank \(k) buffers") }
+            for k in 1..<shards.count {
+                XCTAssertEqual(ranks[k].buffers.array, ranks[0].buffers.array, "\(mode) rank \(k) buffers")
+            }
             XCTAssertLessThan(relativeDifference(ranks[0].buffers.array, whole.buffers.array), 1e-6)
             // The comparison is not vacuous: the outputs are normalized, not a copy of the input.
             XCTAssertGreaterThan(relativeDifference(y.values, z.values), 0.5)

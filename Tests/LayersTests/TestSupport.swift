@@ -52,15 +52,18 @@ func centralDifference(at p: UnsafeMutablePointer<Float>, h: Float, _ loss: () -
 /// the largest |gradient| of the tensor, so that coordinates near zero (where fp32 finite differences
 /// carry only absolute error) are judged on the tensor's scale.
 /// Also requires the analytic gradient not to be all zeros (a backward writing nothing would pass otherwise).
-func assertGradientsMatch(analytic: [Double], numeric: [Double], rel: Double = 1e-2, floor: Double = 1e-3, _ what: String,
-                          file: StaticString = #filePath, line: UInt = #line) {
+func assertGradientsMatch(
+    analytic: [Double], numeric: [Double], rel: Double = 1e-2, floor: Double = 1e-3, _ what: String,
+    file: StaticString = #filePath, line: UInt = #line
+) {
     XCTAssertEqual(analytic.count, numeric.count, file: file, line: line)
     let scale = max(analytic.map(abs).max() ?? 0, numeric.map(abs).max() ?? 0)
     XCTAssertGreaterThan(analytic.map(abs).max() ?? 0, 1e-6, "\(what): analytic gradient is all zeros", file: file, line: line)
     for i in 0..<analytic.count {
         let err = abs(analytic[i] - numeric[i])
-        XCTAssertLessThanOrEqual(err, rel * abs(numeric[i]) + floor * scale, "\(what)[\(i)]: analytic \(analytic[i]) vs FD \(numeric[i])",
-                                 file: file, line: line)
+        XCTAssertLessThanOrEqual(
+            err, rel * abs(numeric[i]) + floor * scale, "\(what)[\(i)]: analytic \(analytic[i]) vs FD \(numeric[i])",
+            file: file, line: line)
     }
 }
 

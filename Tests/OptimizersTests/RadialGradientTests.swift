@@ -9,15 +9,17 @@ import TensorCore
 final class RadialGradientTests: XCTestCase {
     func trainedParameters(radial: RadialDeferral, monitor: Bool, steps: Int = 5) -> [Float] {
         let widths = [10, 16, 12, 6], batch = 32
-        let mlp = MLP(widths: widths, head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled, epsilon: 0.05),
-                      maxBatch: batch)
+        let mlp = MLP(
+            widths: widths, head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled, epsilon: 0.05),
+            maxBatch: batch)
         mlp.initialize(seed: 8)
         var rng = SplitMix64(seed: 9)
         let x = FlatBuffer(count: batch * widths[0]), dlogits = FlatBuffer(count: batch * widths.last!)
         for i in 0..<x.count { x.pointer[i] = Float(rng.normal()) }
         let labels = (0..<batch).map { Int32($0 % widths.last!) }
-        let opt = ScaleInvariantSGD(groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
-                                    invariant: GroupRule(learningRate: 3), variant: GroupRule(learningRate: 0.1))
+        let opt = ScaleInvariantSGD(
+            groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
+            invariant: GroupRule(learningRate: 3), variant: GroupRule(learningRate: 0.1))
         for _ in 0..<steps {
             let logits = try! mlp.forward(Matrix(x.pointer, rows: batch, cols: widths[0]), reducer: LocalStatistics())
             let dl = Matrix(dlogits.pointer, rows: batch, cols: widths.last!)

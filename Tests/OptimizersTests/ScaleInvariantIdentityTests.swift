@@ -4,8 +4,10 @@ import Optimizers
 import TensorCore
 
 /// Trains a BN-headed MLP (eps scaled) for a few steps and returns the monitors of every step.
-private func trainMonitors(etaW: Double, steps: Int, stochastic: Bool, momentum: Double = 0, weightDecay: Double = 0,
-                 seed: UInt64 = 61) -> [[GroupMonitor]] {
+private func trainMonitors(
+    etaW: Double, steps: Int, stochastic: Bool, momentum: Double = 0, weightDecay: Double = 0,
+    seed: UInt64 = 61
+) -> [[GroupMonitor]] {
     let widths = [10, 16, 12, 6], batch = 32, pool = 256
     let mlp = MLP(widths: widths, head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled), maxBatch: batch)
     mlp.initialize(seed: seed)
@@ -14,9 +16,10 @@ private func trainMonitors(etaW: Double, steps: Int, stochastic: Bool, momentum:
     let labels = (0..<pool).map { _ in Int32(rng.next() % UInt64(widths.last!)) }
     let x = FlatBuffer(count: batch * widths[0]), dlogits = FlatBuffer(count: batch * widths.last!)
     var y = [Int32](repeating: 0, count: batch)
-    let opt = ScaleInvariantSGD(groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
-                                invariant: GroupRule(learningRate: etaW, momentum: momentum, weightDecay: weightDecay),
-                                variant: GroupRule(learningRate: 0.1))
+    let opt = ScaleInvariantSGD(
+        groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
+        invariant: GroupRule(learningRate: etaW, momentum: momentum, weightDecay: weightDecay),
+        variant: GroupRule(learningRate: 0.1))
     var all: [[GroupMonitor]] = []
     for step in 0..<steps {
         // GD: the same first `batch` samples every step; SGD: a fresh random mini-batch.
@@ -51,11 +54,15 @@ final class ScaleInvariantIdentityTests: XCTestCase {
                 for k in si {
                     for t in 0..<monitors.count {
                         let m = monitors[t][k]
-                        XCTAssertLessThan(abs(m.identityResidual), 1e-4, "E2 \(stochastic ? "SGD" : "GD") eta \(etaW) \(m.name) step \(t) residual")
+                        XCTAssertLessThan(
+                            abs(m.identityResidual), 1e-4,
+                            "E2 \(stochastic ? "SGD" : "GD") eta \(etaW) \(m.name) step \(t) residual")
                         XCTAssertLessThan(abs(m.cosine), 1e-3, "E2 eta \(etaW) \(m.name) step \(t) cos")
                         XCTAssertGreaterThan(m.gradNorm2, 0)
                         if t > 0 {
-                            XCTAssertGreaterThanOrEqual(m.norm2, monitors[t - 1][k].norm2 * (1 - 1e-6), "E2 eta \(etaW) \(m.name) norm decreased at step \(t)")
+                            XCTAssertGreaterThanOrEqual(
+                                m.norm2, monitors[t - 1][k].norm2 * (1 - 1e-6),
+                                "E2 eta \(etaW) \(m.name) norm decreased at step \(t)")
                         }
                     }
                 }
@@ -108,7 +115,8 @@ final class ScaleInvariantIdentityTests: XCTestCase {
                     let wg: Double = m.cosine * (m.norm2 * m.gradNorm2).squareRoot()
                     let numerator: Double = shrink * m.norm2 - 2 * eta * (1 - eta * lambda) * wg
                     let predicted: Double = numerator / next.norm2
-                    XCTAssertEqual(m.identityResidual, predicted, accuracy: 1e-2 * abs(predicted), "lambda \(lambda) \(m.name) step \(t)")
+                    XCTAssertEqual(
+                        m.identityResidual, predicted, accuracy: 1e-2 * abs(predicted), "lambda \(lambda) \(m.name) step \(t)")
                     worst = max(worst, abs(m.identityResidual))
                 }
             }

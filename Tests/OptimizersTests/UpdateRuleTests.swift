@@ -7,7 +7,8 @@ import TensorCore
 /// SI) and "1.weight+bias" (4 values, SV); values and gradients random. Kept alive with the store.
 private func makeStore(seed: UInt64) -> (ParameterStore, [ParameterGroup]) {
     let mlp = MLP(widths: [3, 2], head: .bn, batchNorm: BatchNormSettings(), maxBatch: 1)
-    precondition(mlp.groups.map(\.count) == [6, 4] && mlp.groups[0].kind == .scaleInvariant && mlp.groups[1].kind == .scaleVariant)
+    precondition(
+        mlp.groups.map(\.count) == [6, 4] && mlp.groups[0].kind == .scaleInvariant && mlp.groups[1].kind == .scaleVariant)
     let store = mlp.parameters
     var rng = SplitMix64(seed: seed)
     for i in 0..<store.layout.count {
@@ -23,8 +24,9 @@ final class UpdateRuleTests: XCTestCase {
     func testPlainUpdateIsWMinusEtaG() {
         let (store, groups) = makeStore(seed: 1)
         let w0 = store.values.array, g = store.gradients.array
-        let opt = ScaleInvariantSGD(groups: groups, parameterCount: store.layout.count,
-                                    invariant: GroupRule(learningRate: 0.3), variant: GroupRule(learningRate: 0.05))
+        let opt = ScaleInvariantSGD(
+            groups: groups, parameterCount: store.layout.count,
+            invariant: GroupRule(learningRate: 0.3), variant: GroupRule(learningRate: 0.05))
         XCTAssertTrue(opt.isPaperAlgorithm)
         XCTAssertNil(opt.momentumBuffer)
         opt.apply(to: store, monitor: false)
@@ -40,9 +42,10 @@ final class UpdateRuleTests: XCTestCase {
     func testMomentumAndWeightDecayFormulas() {
         let (store, groups) = makeStore(seed: 2)
         let eta = 0.1, mu = 0.9, lambda = 0.01
-        let opt = ScaleInvariantSGD(groups: groups, parameterCount: store.layout.count,
-                                    invariant: GroupRule(learningRate: eta, momentum: mu, weightDecay: lambda),
-                                    variant: GroupRule(learningRate: eta, weightDecay: lambda))
+        let opt = ScaleInvariantSGD(
+            groups: groups, parameterCount: store.layout.count,
+            invariant: GroupRule(learningRate: eta, momentum: mu, weightDecay: lambda),
+            variant: GroupRule(learningRate: eta, weightDecay: lambda))
         XCTAssertFalse(opt.isPaperAlgorithm)
         var w = store.values.array.map(Double.init)
         let g = store.gradients.array.map(Double.init)
@@ -75,9 +78,10 @@ final class UpdateRuleTests: XCTestCase {
     /// The optimizer applies the schedule at its own step counter: at step 3 an invsqrt rule uses eta/2.
     func testOptimizerUsesScheduleAtCurrentStep() {
         let (store, groups) = makeStore(seed: 3)
-        let opt = ScaleInvariantSGD(groups: groups, parameterCount: store.layout.count,
-                                    invariant: GroupRule(learningRate: 0.8, schedule: .inverseSquareRoot),
-                                    variant: GroupRule(learningRate: 0.2))
+        let opt = ScaleInvariantSGD(
+            groups: groups, parameterCount: store.layout.count,
+            invariant: GroupRule(learningRate: 0.8, schedule: .inverseSquareRoot),
+            variant: GroupRule(learningRate: 0.2))
         for _ in 0..<3 { opt.apply(to: store, monitor: false) }
         XCTAssertEqual(opt.currentRate(.scaleInvariant), 0.4)
         XCTAssertEqual(opt.currentRate(.scaleVariant), 0.2)
@@ -86,7 +90,9 @@ final class UpdateRuleTests: XCTestCase {
         for i in 0..<6 { XCTAssertEqual(store.values.pointer[i], w0[i] - Float(0.4) * g[i]) }
         // Monitor fields against Double recomputation (Double accumulation of fp32 data: rel 1e-6).
         var w2 = 0.0, g2 = 0.0, wg = 0.0
-        for i in 0..<6 { w2 += Double(w0[i]) * Double(w0[i]); g2 += Double(g[i]) * Double(g[i]); wg += Double(w0[i]) * Double(g[i]) }
+        for i in 0..<6 {
+            w2 += Double(w0[i]) * Double(w0[i]); g2 += Double(g[i]) * Double(g[i]); wg += Double(w0[i]) * Double(g[i])
+        }
         XCTAssertEqual(m[0].name, "0.weight")
         XCTAssertEqual(m[0].norm2, w2, accuracy: 1e-6 * w2)
         XCTAssertEqual(m[0].gradNorm2, g2, accuracy: 1e-6 * g2)

@@ -4,8 +4,10 @@ import TensorCore
 /// `BLAS.gemm` against a Double triple loop for every transpose combination and both betas.
 final class GemmTests: XCTestCase {
     /// Reference `C = alpha * op(A) op(B) + beta * C` in Double, row-major with leading dimensions.
-    private func reference(_ ta: BLAS.Transpose, _ tb: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Double,
-                           a: [Float], lda: Int, b: [Float], ldb: Int, beta: Double, c: [Float], ldc: Int) -> [Double] {
+    private func reference(
+        _ ta: BLAS.Transpose, _ tb: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Double,
+        a: [Float], lda: Int, b: [Float], ldb: Int, beta: Double, c: [Float], ldc: Int
+    ) -> [Double] {
         var out = c.map(Double.init)
         for i in 0..<m {
             for j in 0..<n {
@@ -43,13 +45,15 @@ final class GemmTests: XCTestCase {
                         a.withUnsafeBufferPointer { ap in
                             b.withUnsafeBufferPointer { bp in
                                 c.withUnsafeMutableBufferPointer { cp in
-                                    BLAS.gemm(ta, tb, m: m, n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda,
-                                              b: bp.baseAddress!, ldb: ldb, beta: beta, c: cp.baseAddress!, ldc: ldc)
+                                    BLAS.gemm(
+                                        ta, tb, m: m, n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda,
+                                        b: bp.baseAddress!, ldb: ldb, beta: beta, c: cp.baseAddress!, ldc: ldc)
                                 }
                             }
                         }
-                        let want = reference(ta, tb, m: m, n: n, k: k, alpha: Double(alpha), a: a, lda: lda,
-                                             b: b, ldb: ldb, beta: Double(beta), c: c0, ldc: ldc)
+                        let want = reference(
+                            ta, tb, m: m, n: n, k: k, alpha: Double(alpha), a: a, lda: lda,
+                            b: b, ldb: ldb, beta: Double(beta), c: c0, ldc: ldc)
                         // fp32 GEMM: error grows like k * 2^-24 times the sum of |terms|; compare
                         // relative to that scale (plus |beta*c|), tolerance 1e-5.
                         for i in 0..<m {
@@ -61,7 +65,8 @@ final class GemmTests: XCTestCase {
                                     mag += abs(Double(alpha) * Double(av) * Double(bv))
                                 }
                                 let err = abs(Double(c[i * ldc + j]) - want[i * ldc + j])
-                                XCTAssertLessThanOrEqual(err, 1e-5 * max(mag, 1e-30),
+                                XCTAssertLessThanOrEqual(
+                                    err, 1e-5 * max(mag, 1e-30),
                                     "gemm \(ta) \(tb) beta \(beta) m\(m) n\(n) k\(k) at (\(i),\(j))")
                             }
                             // Padding columns of C must be untouched.
@@ -76,8 +81,8 @@ final class GemmTests: XCTestCase {
     /// beta = 0 means C is output only (BLAS convention): NaN garbage in C must not leak into the result.
     /// Exact answer: product of small integers, exactly representable.
     func testBetaZeroIgnoresGarbageInC() {
-        let a: [Float] = [1, 2, 3, 4]          // [2, 2]
-        let b: [Float] = [5, 6, 7, 8]          // [2, 2]
+        let a: [Float] = [1, 2, 3, 4]  // [2, 2]
+        let b: [Float] = [5, 6, 7, 8]  // [2, 2]
         var c = [Float](repeating: .nan, count: 4)
         BLAS.gemm(.none, .none, m: 2, n: 2, k: 2, a: a, lda: 2, b: b, ldb: 2, beta: 0, c: &c, ldc: 2)
         XCTAssertEqual(c, [19, 22, 43, 50])

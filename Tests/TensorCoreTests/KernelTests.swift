@@ -77,8 +77,11 @@ final class KernelTests: XCTestCase {
             var y = [Float](repeating: .nan, count: n)
             x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { reluForward(xp, $0) } }
             var dx = [Float](repeating: .nan, count: n)
-            y.withUnsafeBufferPointer { yp in dy.withUnsafeBufferPointer { dyp in
-                dx.withUnsafeMutableBufferPointer { reluBackward(output: yp, dyp, $0) } } }
+            y.withUnsafeBufferPointer { yp in
+                dy.withUnsafeBufferPointer { dyp in
+                    dx.withUnsafeMutableBufferPointer { reluBackward(output: yp, dyp, $0) }
+                }
+            }
             // Exact: max and select are exact operations.
             for i in 0..<n {
                 XCTAssertEqual(y[i], x[i] > 0 ? x[i] : 0)
@@ -89,7 +92,9 @@ final class KernelTests: XCTestCase {
             inPlace.withUnsafeMutableBufferPointer { reluForward(UnsafeBufferPointer($0), $0) }
             XCTAssertEqual(inPlace, y)
             var g = dy
-            y.withUnsafeBufferPointer { yp in g.withUnsafeMutableBufferPointer { reluBackward(output: yp, UnsafeBufferPointer($0), $0) } }
+            y.withUnsafeBufferPointer { yp in
+                g.withUnsafeMutableBufferPointer { reluBackward(output: yp, UnsafeBufferPointer($0), $0) }
+            }
             XCTAssertEqual(g, dx)
         }
     }
@@ -98,18 +103,24 @@ final class KernelTests: XCTestCase {
         for (rows, cols) in [(1, 1), (3, 7), (37, 1000), (5, 257)] {
             let x0 = random(rows * cols, seed: UInt64(rows * 31 + cols)), bias = random(cols, seed: 9)
             var x = x0
-            bias.withUnsafeBufferPointer { bp in x.withUnsafeMutableBufferPointer { addRowVector(bp, to: $0.baseAddress!, rows: rows) } }
+            bias.withUnsafeBufferPointer { bp in
+                x.withUnsafeMutableBufferPointer { addRowVector(bp, to: $0.baseAddress!, rows: rows) }
+            }
             // One fp32 add per element: half an ulp of the result's magnitude bound.
             for r in 0..<rows {
                 for c in 0..<cols {
                     let want = Double(x0[r * cols + c]) + Double(bias[c])
-                    XCTAssertEqual(Double(x[r * cols + c]), want, accuracy: 1.2e-7 * (abs(Double(x0[r * cols + c])) + abs(Double(bias[c]))))
+                    XCTAssertEqual(
+                        Double(x[r * cols + c]), want, accuracy: 1.2e-7 * (abs(Double(x0[r * cols + c])) + abs(Double(bias[c]))))
                 }
             }
             // Column sums accumulate (+=) in Double: exact for these few terms up to Double rounding.
             var sums = [Double](repeating: 0.5, count: cols)
-            x0.withUnsafeBufferPointer { xp in sums.withUnsafeMutableBufferPointer {
-                accumulateColumnSums(xp.baseAddress!, rows: rows, cols: cols, into: $0.baseAddress!) } }
+            x0.withUnsafeBufferPointer { xp in
+                sums.withUnsafeMutableBufferPointer {
+                    accumulateColumnSums(xp.baseAddress!, rows: rows, cols: cols, into: $0.baseAddress!)
+                }
+            }
             for c in 0..<cols {
                 var want = 0.5
                 for r in 0..<rows { want += Double(x0[r * cols + c]) }

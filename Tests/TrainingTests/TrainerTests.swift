@@ -26,7 +26,8 @@ final class TrainerTests: XCTestCase {
     }
 
     func testTrainingLowersLossAndBeatsChance() throws {
-        let trainer = try Trainer(configuration(), splits: smallData(), communicator: SingleProcessCommunicator(), console: console)
+        let trainer = try Trainer(
+            configuration(), splits: smallData(), communicator: SingleProcessCommunicator(), console: console)
         let before = try trainer.evaluate(trainer.splits.train)
         let summary = try trainer.run()
         XCTAssertLessThan(summary.trainLoss, 0.6 * before.loss, "80 steps cut the loss well below its start (\(before.loss))")
@@ -37,8 +38,11 @@ final class TrainerTests: XCTestCase {
     /// paper.md §3: any fixed SI rate trains (no NaN, loss falls) when the SV rate is sane.
     func testAnyScaleInvariantRateTrains() throws {
         for lr in [0.01, 1.0, 100.0, 1000.0] {
-            let trainer = try Trainer(configuration { $0.invariant.learningRate = lr; $0.head = .bn },
-                                      splits: smallData(), communicator: SingleProcessCommunicator(), console: console)
+            let trainer = try Trainer(
+                configuration {
+                    $0.invariant.learningRate = lr; $0.head = .bn
+                },
+                splits: smallData(), communicator: SingleProcessCommunicator(), console: console)
             let start = try trainer.evaluate(trainer.splits.train).loss
             let summary = try trainer.run()
             XCTAssertTrue(summary.trainLoss.isFinite, "lr-si \(lr)")
@@ -47,20 +51,29 @@ final class TrainerTests: XCTestCase {
     }
 
     func testWidthsMustMatchTheData() {
-        XCTAssertThrowsError(try Trainer(configuration { $0.widths = [15, 8, 4] }, splits: smallData(),
-                                         communicator: SingleProcessCommunicator(), console: console)) { error in
+        XCTAssertThrowsError(
+            try Trainer(
+                configuration { $0.widths = [15, 8, 4] }, splits: smallData(),
+                communicator: SingleProcessCommunicator(), console: console)
+        ) { error in
             XCTAssertTrue("\(error)".contains("--widths 15,8,4"), "\(error)")
             XCTAssertTrue("\(error)".contains("16 features"), "\(error)")
         }
-        XCTAssertThrowsError(try Trainer(configuration { $0.widths = [16, 8, 3] }, splits: smallData(),
-                                         communicator: SingleProcessCommunicator(), console: console)) { error in
+        XCTAssertThrowsError(
+            try Trainer(
+                configuration { $0.widths = [16, 8, 3] }, splits: smallData(),
+                communicator: SingleProcessCommunicator(), console: console)
+        ) { error in
             XCTAssertTrue("\(error)".contains("4 classes"), "\(error)")
         }
     }
 
     func testGlobalBatchLargerThanTheDataIsRejected() {
-        XCTAssertThrowsError(try Trainer(configuration { $0.globalBatch = 5000 }, splits: smallData(),
-                                         communicator: SingleProcessCommunicator(), console: console)) { error in
+        XCTAssertThrowsError(
+            try Trainer(
+                configuration { $0.globalBatch = 5000 }, splits: smallData(),
+                communicator: SingleProcessCommunicator(), console: console)
+        ) { error in
             XCTAssertTrue("\(error)".contains("--global-batch 5000"), "\(error)")
         }
     }
@@ -68,8 +81,12 @@ final class TrainerTests: XCTestCase {
     /// The same seed gives the same run; another seed another run.
     func testRunsAreReproducible() throws {
         func finalLoss(_ seed: UInt64) throws -> Double {
-            try Trainer(configuration { $0.seed = seed; $0.steps = 20; $0.logEvery = 20 }, splits: smallData(),
-                        communicator: SingleProcessCommunicator(), console: console).run().trainLoss
+            try Trainer(
+                configuration {
+                    $0.seed = seed; $0.steps = 20; $0.logEvery = 20
+                }, splits: smallData(),
+                communicator: SingleProcessCommunicator(), console: console
+            ).run().trainLoss
         }
         XCTAssertEqual(try finalLoss(1), try finalLoss(1))
         XCTAssertNotEqual(try finalLoss(1), try finalLoss(2))
