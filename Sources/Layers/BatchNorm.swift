@@ -108,15 +108,16 @@ public final class BatchNorm {
     // MARK: training forward
 
     /// Training forward: local moments, reduction across ranks, normalization, running-stat update.
+    /// - Parameter relu: apply ReLU to the output in the same pass (y = max(BN(x), 0)).
     public func forward(
         _ x: Matrix, _ y: Matrix, _ p: ParameterStore, buffers: FlatBuffer,
-        reducer: StatisticsReducer
+        reducer: StatisticsReducer, relu: Bool = false
     ) throws {
         var moments = [Double](repeating: 0, count: momentsCount)
         try moments.withUnsafeMutableBufferPointer { m in
             accumulateMoments(x, into: m, buffers: buffers)
             try reducer.sumAcrossRanks(m)
-            normalize(x, y, moments: UnsafeBufferPointer(m), p, buffers: buffers)
+            normalize(x, y, moments: UnsafeBufferPointer(m), p, buffers: buffers, relu: relu)
         }
     }
 
@@ -140,7 +141,7 @@ public final class BatchNorm {
     /// Phase 2: normalizes with the global moments, caches xhat, updates the running statistics.
     public func normalize(
         _ x: Matrix, _ y: Matrix, moments m: UnsafeBufferPointer<Double>,
-        _ p: ParameterStore, buffers: FlatBuffer
+        _ p: ParameterStore, buffers: FlatBuffer, relu: Bool = false
     ) {
         let n = m[0]
         precondition(n > 0, "BatchNorm in training mode needs at least one sample in the global batch")
@@ -163,13 +164,13 @@ public final class BatchNorm {
         globalCount = n
         rows = x.rows
         let xh = xhat.matrix(rows: x.rows)
-        affine(x, y, xhat: xh, mean: mean, invStd: invStd, p)
+        affine(x, y, xhat: xh, mean: mean, invStd: invStd, p, relu: relu)
     }
 
     // MARK: inference forward
 
     /// Inference forward with the running statistics; no cache, no communication.
-    public func inference(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, buffers: FlatBuffer) {
+    public func inference(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, buffers: FlatBuffer, relu: Bool = false) {
         let eps = channelEpsilons(p)
         let rm = buffers.slice(runningMean.range), rv = buffers.slice(runningVar.range)
         let mean = Array(rm)
@@ -177,13 +178,16 @@ public final class BatchNorm {
             let s2 = Double(rv[j]) + eps[j]
             return s2 > 0 ? Float(1 / s2.squareRoot()) : 0
         }
-        affine(x, y, xhat: nil, mean: mean, invStd: inv, p)
+        affine(x, y, xhat: nil, mean: mean, invStd: inv, p, relu: relu)
     }
 
-    private func affine(_ x: Matrix, _ y: Matrix, xhat: Matrix?, mean: [Float], invStd inv: [Float], _ p: ParameterStore) {
+    private func affine(
+        _ x: Matrix, _ y: Matrix, xhat: Matrix?, mean: [Float], invStd inv: [Float], _ p: ParameterStore, relu: Bool
+    ) {
         precondition(x.cols == channels && y.cols == channels && x.rows == y.rows, "BatchNorm forward shape mismatch")
         let g = p.value(gamma).baseAddress!, b = p.value(beta).baseAddress!
         let c = channels
+        let floor: Float = relu ? 0 : -.infinity  // max(v, -inf) = v: one loop for both
         mean.withUnsafeBufferPointer { mu in
             inv.withUnsafeBufferPointer { s in
                 for r in 0..<x.rows {
@@ -193,10 +197,10 @@ public final class BatchNorm {
                         for j in 0..<c {
                             let h = (xr[j] - mu[j]) * s[j]
                             hr[j] = h
-                            yr[j] = g[j] * h + b[j]
+                            yr[j] = Swift.max(g[j] * h + b[j], floor)
                         }
                     } else {
-                        for j in 0..<c { yr[j] = g[j] * ((xr[j] - mu[j]) * s[j]) + b[j] }
+                        for j in 0..<c { yr[j] = Swift.max(g[j] * ((xr[j] - mu[j]) * s[j]) + b[j], floor) }
                     }
                 }
             }

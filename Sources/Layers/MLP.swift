@@ -153,18 +153,18 @@ public final class MLP {
     public func forward(_ x: Matrix, reducer: StatisticsReducer) throws -> Matrix {
         lastInput = x
         inputRows = x.rows
-        return try run(x) { norm, z, y in
-            try norm.forward(z, y, parameters, buffers: buffers, reducer: reducer)
+        return try run(x) { norm, z, y, relu in
+            try norm.forward(z, y, parameters, buffers: buffers, reducer: reducer, relu: relu)
         }
     }
 
     /// Inference forward with BN running statistics; no communication.
     public func predict(_ x: Matrix) -> Matrix {
-        try! run(x) { norm, z, y in norm.inference(z, y, parameters, buffers: buffers) }
+        try! run(x) { norm, z, y, relu in norm.inference(z, y, parameters, buffers: buffers, relu: relu) }
     }
 
-    /// Linear -> BN (`normalize`) -> ReLU per hidden layer, then the head.
-    private func run(_ x: Matrix, normalize: (BatchNorm, Matrix, Matrix) throws -> Void) rethrows -> Matrix {
+    /// Linear -> BN and ReLU (`normalize`, fused in one pass) per hidden layer, then the head.
+    private func run(_ x: Matrix, normalize: (BatchNorm, Matrix, Matrix, Bool) throws -> Void) rethrows -> Matrix {
         precondition(x.cols == inputFeatures, "input has \(x.cols) features; the network expects \(inputFeatures)")
         var current = x
         for (i, linear) in linears.enumerated() {
@@ -173,8 +173,7 @@ public final class MLP {
             current = z
             if i < norms.count {
                 let y = rows(normOut[i], x.rows)
-                try normalize(norms[i], z, y)
-                if i < linears.count - 1 { reluForward(y.readOnly, y.buffer) }
+                try normalize(norms[i], z, y, i < linears.count - 1)
                 current = y
             }
         }
