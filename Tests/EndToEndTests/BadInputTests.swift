@@ -23,12 +23,12 @@ final class BadInputTests: XCTestCase {
     /// Writes a small MNIST-format directory; `mutate` may damage it.
     func writeMNIST(
         images: Int = 20, labels: Int? = nil, labelValue: UInt8 = 3, imageMagic: UInt32 = 0x803,
-        truncateImages: Bool = false
+        truncateImages: Bool = false, testImages: Int? = nil
     ) throws -> String {
         func header(_ values: [UInt32]) -> Data {
             Data(values.flatMap { v in (0..<4).map { UInt8((v >> (24 - 8 * $0)) & 0xFF) } })
         }
-        for (prefix, n) in [("train", images), ("t10k", images / 2)] {
+        for (prefix, n) in [("train", images), ("t10k", testImages ?? images / 2)] {
             var img = header([imageMagic, UInt32(n), 28, 28]) + Data(repeating: 7, count: n * 784)
             if truncateImages && prefix == "train" { img = img.prefix(img.count - 100) }
             try img.write(to: directory.appendingPathComponent("\(prefix)-images-idx3-ubyte"))
@@ -79,6 +79,19 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["--lr-si", "0"], mentions: ["--lr-si 0.0", "> 0"])
         try expectFailure(["--data", "cifar:/x"], mentions: ["--data cifar:/x", "synthetic", "mnist:DIR"])
         try expectFailure(["--widths", "784,,10"], mentions: ["--widths 784,,10", "positive integers"])
+    }
+
+    /// One test sample on two ranks: rank 0's evaluation share is empty; it still takes part in the
+    /// sums, and the result counts the one sample exactly once (no padding, no duplicate).
+    func testEvaluationWithAnEmptyShare() throws {
+        let dir = try writeMNIST(images: 64, testImages: 1)
+        let result = try Launcher.mpirun(
+            2, "autorate",
+            ["train", "--data", "mnist:\(dir)", "--global-batch", "16", "--steps", "3", "--widths", "784,16,10", "--quiet"])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("on 1 samples"), result.output)
+        XCTAssertTrue(
+            result.output.contains("test accuracy 0.00%") || result.output.contains("test accuracy 100.00%"), result.output)
     }
 
     /// A valid MNIST-format directory trains (the real loader path, small files written here).
