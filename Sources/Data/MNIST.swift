@@ -47,46 +47,22 @@ public enum MNIST {
     }
 
     static func readImages(_ path: String) throws -> ([Float], Int, Int) {
-        let bytes = try FileReader.read(path)
-        guard bytes.count >= 16 else {
-            throw DataError(path: path, "has \(bytes.count) bytes; an IDX image file has a 16-byte header")
-        }
-        let magic = bigEndian(bytes, 0)
-        guard magic == 0x0803 else {
-            throw DataError(path: path, "has magic number 0x\(String(magic, radix: 16)); IDX image files start with 0x00000803")
-        }
-        let count = Int(bigEndian(bytes, 4)), rows = Int(bigEndian(bytes, 8)), cols = Int(bigEndian(bytes, 12))
+        let (bytes, sizes) = try readIDX(path, magic: 0x0803, dimensions: 3, kind: "image")
+        let count = sizes[0], rows = sizes[1], cols = sizes[2]
         guard count > 0 else { throw DataError(path: path, "holds no images; a split needs at least one sample") }
         guard rows > 0 && cols > 0 && rows <= 4096 && cols <= 4096 else {
             throw DataError(path: path, "declares images of \(rows)x\(cols) pixels; expected sizes between 1 and 4096")
         }
-        let expected = 16 + count * rows * cols
-        guard bytes.count == expected else {
-            throw DataError(
-                path: path,
-                "has \(bytes.count) bytes but its header (\(count) images of \(rows)x\(cols)) needs \(expected); the file is truncated or corrupt"
-            )
-        }
+        try checkLength(bytes, path, header: 16, payload: count * rows * cols, declared: "\(count) images of \(rows)x\(cols)")
         var features = [Float](repeating: 0, count: count * rows * cols)
         for i in 0..<features.count { features[i] = Float(bytes[16 + i]) / 255 }
         return (features, count, rows * cols)
     }
 
     static func readLabels(_ path: String) throws -> [Int32] {
-        let bytes = try FileReader.read(path)
-        guard bytes.count >= 8 else {
-            throw DataError(path: path, "has \(bytes.count) bytes; an IDX label file has an 8-byte header")
-        }
-        let magic = bigEndian(bytes, 0)
-        guard magic == 0x0801 else {
-            throw DataError(path: path, "has magic number 0x\(String(magic, radix: 16)); IDX label files start with 0x00000801")
-        }
-        let count = Int(bigEndian(bytes, 4))
-        guard bytes.count == 8 + count else {
-            throw DataError(
-                path: path,
-                "has \(bytes.count) bytes but its header (\(count) labels) needs \(8 + count); the file is truncated or corrupt")
-        }
+        let (bytes, sizes) = try readIDX(path, magic: 0x0801, dimensions: 1, kind: "label")
+        let count = sizes[0]
+        try checkLength(bytes, path, header: 8, payload: count, declared: "\(count) labels")
         var labels = [Int32](repeating: 0, count: count)
         for i in 0..<count {
             let label = bytes[8 + i]
@@ -96,6 +72,35 @@ public enum MNIST {
             labels[i] = Int32(label)
         }
         return labels
+    }
+
+    /// Reads an IDX file and checks its magic number; returns the bytes and the `dimensions` sizes
+    /// that follow it.
+    static func readIDX(_ path: String, magic: UInt32, dimensions: Int, kind: String) throws -> ([UInt8], [Int]) {
+        let bytes = try FileReader.read(path)
+        let header = 4 + 4 * dimensions
+        guard bytes.count >= header else {
+            throw DataError(path: path, "has \(bytes.count) bytes; an IDX \(kind) file has a \(header)-byte header")
+        }
+        let found = bigEndian(bytes, 0)
+        guard found == magic else {
+            let expected = String(magic, radix: 16)
+            throw DataError(
+                path: path,
+                "has magic number 0x\(String(found, radix: 16)); IDX \(kind) files start with 0x\(String(repeating: "0", count: 8 - expected.count))\(expected)"
+            )
+        }
+        return (bytes, (0..<dimensions).map { Int(bigEndian(bytes, 4 + 4 * $0)) })
+    }
+
+    /// Checks that the file is exactly its header plus the payload its header declares.
+    static func checkLength(_ bytes: [UInt8], _ path: String, header: Int, payload: Int, declared: String) throws {
+        guard bytes.count == header + payload else {
+            throw DataError(
+                path: path,
+                "has \(bytes.count) bytes but its header (\(declared)) needs \(header + payload); the file is truncated or corrupt"
+            )
+        }
     }
 
     static func bigEndian(_ b: [UInt8], _ at: Int) -> UInt32 {

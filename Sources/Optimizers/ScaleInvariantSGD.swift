@@ -55,12 +55,14 @@ public final class ScaleInvariantSGD {
     public let invariantRule: GroupRule
     public let variantRule: GroupRule
     private var velocity: FlatBuffer?
+    private let tensorOffsets: Set<Int>  // of every tensor in `groups`
     public private(set) var step = 0
 
     public init(groups: [ParameterGroup], parameterCount: Int, invariant: GroupRule, variant: GroupRule) {
         self.groups = groups
         invariantRule = invariant
         variantRule = variant
+        tensorOffsets = Set(groups.flatMap { $0.tensors.map(\.offset) })
         if invariant.momentum != 0 || variant.momentum != 0 { velocity = FlatBuffer(count: parameterCount) }
     }
 
@@ -87,8 +89,7 @@ public final class ScaleInvariantSGD {
         if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
         var radial: [Int: RadialGradient] = [:]  // by tensor offset
         for term in store.pendingRadial { radial[term.tensor.offset] = term }
-        let fusedTensors = Set(groups.flatMap { $0.tensors.map(\.offset) })
-        precondition(radial.keys.allSatisfy(fusedTensors.contains), "a pending radial gradient belongs to no parameter group")
+        precondition(radial.keys.allSatisfy(tensorOffsets.contains), "a pending radial gradient belongs to no parameter group")
         store.pendingRadial.removeAll()
         var monitors: [GroupMonitor] = []
         for group in groups {
@@ -168,6 +169,4 @@ public final class ScaleInvariantSGD {
         }
     }
 
-    /// Momentum buffers (nil when momentum is off), for checkpoints.
-    public var momentumBuffer: FlatBuffer? { velocity }
 }

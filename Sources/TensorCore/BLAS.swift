@@ -43,9 +43,4 @@ public enum BLAS {
         return String(cString: c)
     }
 
-    /// OpenBLAS's build configuration, e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ... Haswell MAX_THREADS=64".
-    public static var configuration: String {
-        guard let c = openblas_get_config() else { return "unknown" }
-        return String(cString: c)
-    }
 }

@@ -46,10 +46,5 @@ public final class FlatBuffer: @unchecked Sendable {
     /// All elements.
     public var all: UnsafeMutableBufferPointer<Float> { slice(0..<count) }
 
-    public func copy(from other: FlatBuffer) {
-        precondition(other.count == count, "copy between buffers of \(other.count) and \(count) elements")
-        pointer.update(from: other.pointer, count: count)
-    }
-
     public var array: [Float] { Array(all) }
 }

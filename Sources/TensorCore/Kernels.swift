@@ -50,14 +50,6 @@ public func dot(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>
 @inlinable
 public func squaredNorm(_ x: UnsafeBufferPointer<Float>) -> Double { dot(x, x) }
 
-/// `y[i] = max(x[i], 0)`; `x` and `y` may be the same buffer.
-@inlinable
-public func reluForward(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBufferPointer<Float>) {
-    precondition(x.count == y.count, "relu: input has \(x.count) elements, output \(y.count)")
-    guard let xp = x.baseAddress, let yp = y.baseAddress else { return }
-    for i in 0..<x.count { yp[i] = Swift.max(xp[i], 0) }
-}
-
 /// `dx[i] = y[i] > 0 ? dy[i] : 0`, from the ReLU *output* `y`; `dy` and `dx` may be the same buffer.
 @inlinable
 public func reluBackward(

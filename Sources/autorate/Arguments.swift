@@ -46,3 +46,40 @@ extension Substring {
 func require(_ ok: Bool, _ flag: String, _ value: Any, _ accepted: String) throws {
     if !ok { throw ValidationError("\(flag) \(value) is not accepted: \(accepted).") }
 }
+
+/// The options `train` and `bench` share: the network, the batch, BN, and BLAS threads.
+struct NetworkOptions: ParsableArguments {
+    @Option(help: "Classifier head: 'linear' (Linear with bias, SV) or 'bn' (Linear then BN, as in the paper).")
+    var head: HeadKind = .linear
+    @Option(
+        name: .customLong("global-batch"), help: "Samples per step summed over all ranks (need not divide by the rank count).")
+    var globalBatch = 256
+    @Option(help: "BN statistics: 'sync' (over the global batch) or 'local' (per rank, as plain DDP).")
+    var bn: BatchNormSync = .sync
+    @Option(
+        name: .customLong("bn-eps-mode"),
+        help: "BN epsilon: 'zero', 'scaled' (eps*||w_c||^2, exactly scale-invariant) or 'standard'.")
+    var bnEpsMode: EpsilonMode = .scaled
+    @Option(name: .customLong("bn-eps"), help: "BN epsilon value for the 'scaled' and 'standard' modes.")
+    var bnEps = 1e-5
+    @Option(help: "OpenBLAS threads per rank (1 when each rank has one core).")
+    var threads = 1
+
+    func validate() throws {
+        try require(globalBatch > 0, "--global-batch", globalBatch, "a positive number of samples")
+        try require(bnEps >= 0 && bnEps.isFinite, "--bn-eps", bnEps, "a finite value >= 0")
+        try require(threads >= 1 && threads <= 256, "--threads", threads, "1 to 256 threads")
+        if bnEpsMode == .standard && bnEps == 0 {
+            throw ValidationError(
+                "--bn-eps 0 with --bn-eps-mode standard divides by zero on constant channels; use --bn-eps-mode zero for eps = 0."
+            )
+        }
+    }
+
+    func apply(to c: inout TrainingConfiguration) {
+        c.head = head
+        c.globalBatch = globalBatch
+        c.batchNormSync = bn
+        c.batchNorm = BatchNormSettings(epsilonMode: bnEpsMode, epsilon: bnEps)
+    }
+}

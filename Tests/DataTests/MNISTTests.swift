@@ -70,6 +70,16 @@ final class MNISTTests: XCTestCase {
         XCTAssertEqual(a.train.labels, b.train.labels)
     }
 
+    /// Asserts that `load` throws a DataError whose description contains every fragment.
+    private func assertLoadFails(
+        _ dir: String, mentioning fragments: [String], file: StaticString = #filePath, line: UInt = #line
+    ) {
+        guard let e = loadError(dir, file: file, line: line) else { return }
+        for fragment in fragments {
+            XCTAssertTrue(e.description.contains(fragment), "'\(fragment)' not in: \(e)", file: file, line: line)
+        }
+    }
+
     /// Runs `load` and returns the DataError; fails if it succeeds or throws something else.
     private func loadError(_ dir: String, file: StaticString = #filePath, line: UInt = #line) -> DataError? {
         do {
@@ -86,28 +96,21 @@ final class MNISTTests: XCTestCase {
     /// Each bad input: the description names the offending path and the problem.
     func testMissingDirectory() throws {
         let missing = NSTemporaryDirectory() + "no-such-dir-" + UUID().uuidString
-        let e = try XCTUnwrap(loadError(missing))
-        XCTAssertTrue(e.description.contains(missing))
-        XCTAssertTrue(e.description.contains("not a directory"))
+        assertLoadFails(missing, mentioning: [missing, "not a directory"])
     }
 
     func testMissingFile() throws {
         let dir = try IDXDirectory()
         try dir.writeValid()
         try FileManager.default.removeItem(atPath: dir.path + "/" + MNIST.fileNames.testLabels)
-        let e = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e.description.contains(MNIST.fileNames.testLabels))
-        XCTAssertTrue(e.description.contains("missing"))
+        assertLoadFails(dir.path, mentioning: [MNIST.fileNames.testLabels, "missing"])
     }
 
     func testWrongMagic() throws {
         let dir = try IDXDirectory()
         try dir.writeValid()
         try dir.write(MNIST.fileNames.trainImages, IDXDirectory.images([[1, 2, 3, 4, 5, 6]], rows: 2, cols: 3, magic: 0x0801))
-        let e = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e.description.contains(MNIST.fileNames.trainImages))
-        XCTAssertTrue(e.description.contains("magic"))
-        XCTAssertTrue(e.description.contains("0x801"))
+        assertLoadFails(dir.path, mentioning: [MNIST.fileNames.trainImages, "magic", "0x801"])
     }
 
     func testTruncatedFile() throws {
@@ -115,14 +118,10 @@ final class MNISTTests: XCTestCase {
         try dir.writeValid()
         let full = IDXDirectory.images([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], rows: 2, cols: 3)
         try dir.write(MNIST.fileNames.testImages, Array(full.dropLast(4)))
-        let e = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e.description.contains(MNIST.fileNames.testImages))
-        XCTAssertTrue(e.description.contains("truncated"))
+        assertLoadFails(dir.path, mentioning: [MNIST.fileNames.testImages, "truncated"])
         // A file shorter than the header.
         try dir.write(MNIST.fileNames.testImages, [0, 0, 8])
-        let e2 = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e2.description.contains(MNIST.fileNames.testImages))
-        XCTAssertTrue(e2.description.contains("16-byte header"))
+        assertLoadFails(dir.path, mentioning: [MNIST.fileNames.testImages, "16-byte header"])
     }
 
     func testTruncatedGzip() throws {
@@ -131,9 +130,7 @@ final class MNISTTests: XCTestCase {
         let gzPath = dir.path + "/" + MNIST.fileNames.trainImages + ".gz"
         let bytes = try [UInt8](Foundation.Data(contentsOf: URL(fileURLWithPath: gzPath)))
         try dir.write(MNIST.fileNames.trainImages + ".gz", Array(bytes.prefix(bytes.count / 2)))
-        let e = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e.description.contains(gzPath))
-        XCTAssertTrue(e.description.contains("truncated"))
+        assertLoadFails(dir.path, mentioning: [gzPath, "truncated"])
     }
 
     /// A split with no samples would make every mean 0/0: refused when loading.
@@ -142,29 +139,21 @@ final class MNISTTests: XCTestCase {
         try dir.writeValid()
         try dir.write(MNIST.fileNames.testImages, IDXDirectory.images([], rows: 2, cols: 3))
         try dir.write(MNIST.fileNames.testLabels, IDXDirectory.labels([]))
-        let e = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e.description.contains(MNIST.fileNames.testImages))
-        XCTAssertTrue(e.description.contains("no images"))
+        assertLoadFails(dir.path, mentioning: [MNIST.fileNames.testImages, "no images"])
     }
 
     func testLabelOutOfRange() throws {
         let dir = try IDXDirectory()
         try dir.writeValid()
         try dir.write(MNIST.fileNames.trainLabels, IDXDirectory.labels([7, 11, 9]))
-        let e = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e.description.contains(MNIST.fileNames.trainLabels))
-        XCTAssertTrue(e.description.contains("label 11"))
-        XCTAssertTrue(e.description.contains("index 1"))
+        assertLoadFails(dir.path, mentioning: [MNIST.fileNames.trainLabels, "label 11", "index 1"])
     }
 
     func testImageLabelCountMismatch() throws {
         let dir = try IDXDirectory()
         try dir.writeValid()
         try dir.write(MNIST.fileNames.trainLabels, IDXDirectory.labels([7, 0]))
-        let e = try XCTUnwrap(loadError(dir.path))
-        XCTAssertTrue(e.description.contains(MNIST.fileNames.trainLabels))
-        XCTAssertTrue(e.description.contains("2 labels"))
-        XCTAssertTrue(e.description.contains("3 images"))
+        assertLoadFails(dir.path, mentioning: [MNIST.fileNames.trainLabels, "2 labels", "3 images"])
     }
 
     func testDataSourceLoadsAndStandardizesMNIST() throws {

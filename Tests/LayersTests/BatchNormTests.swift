@@ -32,6 +32,30 @@ final class LinearBN {
 }
 
 final class BatchNormTests: XCTestCase {
+    /// The ReLU fused into the BN output pass gives exactly max(BN(x), 0), in training and inference.
+    func testFusedReLUEqualsReLUAfterBN() throws {
+        let batch = 7, c = 5
+        var rng = SplitMix64(seed: 41)
+        let z = OwnedMatrix(rows: batch, cols: c, normal: &rng)
+        let plain = OwnedMatrix(rows: batch, cols: c), fused = OwnedMatrix(rows: batch, cols: c)
+        for mode in EpsilonMode.allCases {
+            for training in [true, false] {
+                let a = LinearBN(inF: 3, channels: c, mode: mode, epsilon: 0.1, maxBatch: batch, seed: 42)
+                let b = LinearBN(inF: 3, channels: c, mode: mode, epsilon: 0.1, maxBatch: batch, seed: 42)
+                if training {
+                    try a.bn.forward(z.matrix, plain.matrix, a.p, buffers: a.buffers, reducer: LocalStatistics())
+                    try b.bn.forward(z.matrix, fused.matrix, b.p, buffers: b.buffers, reducer: LocalStatistics(), relu: true)
+                } else {
+                    a.bn.inference(z.matrix, plain.matrix, a.p, buffers: a.buffers)
+                    b.bn.inference(z.matrix, fused.matrix, b.p, buffers: b.buffers, relu: true)
+                }
+                let expected = plain.values.map { max($0, 0) }
+                XCTAssertEqual(fused.values, expected, "\(mode) training \(training)")
+                XCTAssertTrue(expected.contains(0) && expected.contains { $0 > 0 }, "both sides of the kink occur")
+            }
+        }
+    }
+
     /// Each epsilon mode: gamma, beta, BN input and (through the Linear, and in `.scaled` mode also
     /// through eps_c) the incoming weight, against central differences of sum(y * r).
     func testBackwardAgainstFiniteDifferencesAllModes() throws {

@@ -28,7 +28,6 @@ final class UpdateRuleTests: XCTestCase {
             groups: groups, parameterCount: store.layout.count,
             invariant: GroupRule(learningRate: 0.3), variant: GroupRule(learningRate: 0.05))
         XCTAssertTrue(opt.isPaperAlgorithm)
-        XCTAssertNil(opt.momentumBuffer)
         opt.apply(to: store, monitor: false)
         let w1 = store.values.array
         for i in 0..<6 { XCTAssertEqual(w1[i], w0[i] - Float(0.3) * g[i]) }

@@ -26,13 +26,15 @@ final class StorageAndRandomTests: XCTestCase {
         XCTAssertEqual(Array(store.gradients.array[18..<21]), [3, 3, 3])
     }
 
-    func testFlatBufferSliceAndCopy() {
-        let a = FlatBuffer(count: 10), b = FlatBuffer(count: 10)
+    func testFlatBufferSliceZeroingAndAlignment() {
+        let a = FlatBuffer(count: 10)
+        XCTAssertEqual(a.array, [Float](repeating: 0, count: 10))
         for i in 0..<10 { a.pointer[i] = Float(i) }
         XCTAssertEqual(Array(a.slice(3..<6)), [3, 4, 5])
-        b.copy(from: a)
-        XCTAssertEqual(b.array, a.array)
         XCTAssertEqual(FlatBuffer(count: 0).array, [])
+        // documented: one cache line for small buffers, 2 MiB (a huge page) from 2 MiB up
+        XCTAssertEqual(Int(bitPattern: a.pointer) % 64, 0)
+        XCTAssertEqual(Int(bitPattern: FlatBuffer(count: 1 << 20).pointer) % (2 << 20), 0)
     }
 
     func testSplitMixIsDeterministicAndSeedDependent() {
