@@ -1,12 +1,20 @@
+import TensorCore
+
 /// A labelled classification dataset held in memory: `features: [count, dimension]` row-major.
+/// Image datasets also carry their `image` shape; each row is then one image in HWC order
+/// (see `ImageShape`), so `dimension == image.count`.
 public struct Dataset: Sendable {
     public var features: [Float]
     public var labels: [Int32]
     public let dimension: Int
     public let classes: Int
     public let name: String
+    public let image: ImageShape?
 
-    public init(name: String, features: [Float], labels: [Int32], dimension: Int, classes: Int) {
+    public init(
+        name: String, features: [Float], labels: [Int32], dimension: Int, classes: Int, image: ImageShape? = nil
+    ) {
+        precondition(image == nil || image!.count == dimension, "\(name): image \(image!) does not have \(dimension) values")
         precondition(
             features.count == labels.count * dimension,
             "\(name): \(features.count) feature values for \(labels.count) samples of dimension \(dimension)")
@@ -15,6 +23,7 @@ public struct Dataset: Sendable {
         self.labels = labels
         self.dimension = dimension
         self.classes = classes
+        self.image = image
     }
 
     public var count: Int { labels.count }
@@ -26,8 +35,8 @@ public struct DataSplits: Sendable {
     public var test: Dataset
     public init(train: Dataset, test: Dataset) {
         precondition(
-            train.dimension == test.dimension && train.classes == test.classes,
-            "train and test splits differ in dimension or classes")
+            train.dimension == test.dimension && train.classes == test.classes && train.image == test.image,
+            "train and test splits differ in dimension, image shape or classes")
         self.train = train
         self.test = test
     }
