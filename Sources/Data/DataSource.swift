@@ -1,40 +1,67 @@
 /// Where the training data comes from, as given to `--data`.
 public enum DataSource: Sendable, Equatable, CustomStringConvertible {
-    /// The built-in synthetic dataset (the default).
+    /// The built-in synthetic dataset (the default): vectors labelled by a teacher network.
     case synthetic
+    /// The built-in synthetic image dataset (32x32x3, see `SyntheticImages`).
+    case syntheticImages
     /// MNIST-format IDX files in a directory.
     case mnist(directory: String)
+    /// Fashion-MNIST: the same IDX format and file names as MNIST.
+    case fashionMNIST(directory: String)
+    /// The CIFAR-10 binary batches in a directory (or its `cifar-10-batches-bin`).
+    case cifar10(directory: String)
 
-    public static let accepted = "'synthetic' or 'mnist:DIR'"
+    public static let accepted = "'synthetic', 'synthetic-images', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'"
 
-    /// Parses `synthetic` or `mnist:DIR`; nil for anything else.
+    private static let directoryForms: [(prefix: String, make: @Sendable (String) -> DataSource)] = [
+        ("mnist:", { .mnist(directory: $0) }),
+        ("fashion-mnist:", { .fashionMNIST(directory: $0) }),
+        ("cifar10:", { .cifar10(directory: $0) }),
+    ]
+
+    /// Parses one of the `accepted` forms; nil for anything else (an empty DIR included).
     public init?(argument: String) {
-        if argument == "synthetic" {
-            self = .synthetic
-        } else if argument.hasPrefix("mnist:"), argument.count > "mnist:".count {
-            self = .mnist(directory: String(argument.dropFirst("mnist:".count)))
-        } else {
-            return nil
+        switch argument {
+        case "synthetic": self = .synthetic
+        case "synthetic-images": self = .syntheticImages
+        default:
+            guard let form = Self.directoryForms.first(where: { argument.hasPrefix($0.prefix) }),
+                argument.count > form.prefix.count
+            else { return nil }
+            self = form.make(String(argument.dropFirst(form.prefix.count)))
         }
     }
 
     public var description: String {
         switch self {
         case .synthetic: "synthetic"
+        case .syntheticImages: "synthetic-images"
         case let .mnist(directory): "mnist:\(directory)"
+        case let .fashionMNIST(directory): "fashion-mnist:\(directory)"
+        case let .cifar10(directory): "cifar10:\(directory)"
         }
     }
 
     /// Loads and standardizes both splits. Every rank loads the same files and gets the same arrays.
+    /// Images are standardized per channel; the tabular `synthetic` set per feature.
     public func load() throws -> DataSplits {
         var splits: DataSplits
         switch self {
         case .synthetic:
             splits = SyntheticDataset.make(seed: 1)  // a fixed dataset: --seed varies only the training
-            Standardization.perFeature.apply(to: &splits)
+        case .syntheticImages:
+            splits = SyntheticImages.make()  // fixed too
         case let .mnist(directory):
             splits = try MNIST.load(directory: directory)
-            Standardization.global.apply(to: &splits)
+        case let .fashionMNIST(directory):
+            splits = try FashionMNIST.load(directory: directory)
+        case let .cifar10(directory):
+            splits = try CIFAR10.load(directory: directory)
+        }
+        if let image = splits.train.image {
+            Standardization.perChannel(channels: image.channels).apply(to: &splits)
+        } else {
+            Standardization.perFeature.apply(to: &splits)
         }
         return splits
     }

@@ -42,44 +42,75 @@ public struct DataSplits: Sendable {
     }
 }
 
-/// How inputs are standardized: per feature (tabular data), or with one mean and deviation over all
-/// values (images, where border pixels have zero variance).
-public enum Standardization: Sendable {
+/// How inputs are standardized, always with the training split's statistics (accumulated in Double):
+/// per feature (tabular data); with one mean and deviation over all values; or per channel of
+/// channels-last images (over every pixel of every training image; border pixels of MNIST have zero
+/// variance, so per-pixel statistics would not do). With one channel, `perChannel` equals `global`.
+public enum Standardization: Sendable, Equatable {
     case perFeature
     case global
+    case perChannel(channels: Int)
 
-    /// Standardizes both splits in place with the training split's statistics (accumulated in Double).
+    /// Standardizes both splits in place.
     public func apply(to splits: inout DataSplits) {
         let d = splits.train.dimension, n = splits.train.count
+        guard d > 0 else { return }
         var mean = [Double](repeating: 0, count: d), sq = [Double](repeating: 0, count: d)
-        for i in 0..<n {
-            for j in 0..<d {
-                let v = Double(splits.train.features[i * d + j])
-                mean[j] += v
-                sq[j] += v * v
+        splits.train.features.withUnsafeBufferPointer { f in
+            for i in 0..<n {
+                let row = f.baseAddress! + i * d
+                for j in 0..<d {
+                    let v = Double(row[j])
+                    mean[j] += v
+                    sq[j] += v * v
+                }
             }
         }
         var shift = [Float](repeating: 0, count: d), scale = [Float](repeating: 1, count: d)
         switch self {
         case .perFeature:
             for j in 0..<d {
-                let m = mean[j] / Double(n)
-                let v = Swift.max(sq[j] / Double(n) - m * m, 0)
-                shift[j] = Float(m)
-                scale[j] = v > 1e-12 ? Float(1 / v.squareRoot()) : 1
+                let (m, s) = Self.moments(mean[j], sq[j], count: Double(n))
+                shift[j] = m
+                scale[j] = s
             }
         case .global:
-            let total = Double(n * d)
-            let m = mean.reduce(0, +) / total
-            let v = Swift.max(sq.reduce(0, +) / total - m * m, 0)
-            shift = [Float](repeating: Float(m), count: d)
-            scale = [Float](repeating: v > 1e-12 ? Float(1 / v.squareRoot()) : 1, count: d)
+            let (m, s) = Self.moments(mean.reduce(0, +), sq.reduce(0, +), count: Double(n * d))
+            shift = [Float](repeating: m, count: d)
+            scale = [Float](repeating: s, count: d)
+        case let .perChannel(channels):
+            precondition(channels > 0 && d % channels == 0, "\(d) features are not pixels of \(channels) channels")
+            // Summed in feature order, so that one channel gives exactly the `global` numbers.
+            var sum = [Double](repeating: 0, count: channels), sumSq = sum
+            for j in 0..<d {
+                sum[j % channels] += mean[j]
+                sumSq[j % channels] += sq[j]
+            }
+            for c in 0..<channels {
+                let (m, s) = Self.moments(sum[c], sumSq[c], count: Double(n * d / channels))
+                for j in stride(from: c, to: d, by: channels) {
+                    shift[j] = m
+                    scale[j] = s
+                }
+            }
         }
-        for k in 0..<splits.train.features.count {
-            splits.train.features[k] = (splits.train.features[k] - shift[k % d]) * scale[k % d]
-        }
-        for k in 0..<splits.test.features.count {
-            splits.test.features[k] = (splits.test.features[k] - shift[k % d]) * scale[k % d]
+        Self.transform(&splits.train.features, dimension: d, shift: shift, scale: scale)
+        Self.transform(&splits.test.features, dimension: d, shift: shift, scale: scale)
+    }
+
+    /// The shift (mean) and scale (1/std; 1 for a constant input, which is then only centred).
+    private static func moments(_ sum: Double, _ sumSq: Double, count: Double) -> (Float, Float) {
+        let m = sum / count
+        let v = Swift.max(sumSq / count - m * m, 0)
+        return (Float(m), v > 1e-12 ? Float(1 / v.squareRoot()) : 1)
+    }
+
+    private static func transform(_ features: inout [Float], dimension d: Int, shift: [Float], scale: [Float]) {
+        features.withUnsafeMutableBufferPointer { f in
+            for i in 0..<(f.count / d) {
+                let row = f.baseAddress! + i * d
+                for j in 0..<d { row[j] = (row[j] - shift[j]) * scale[j] }
+            }
         }
     }
 }

@@ -1,3 +1,5 @@
+import TensorCore
+
 /// The MNIST IDX format (also Fashion-MNIST): four files in one directory, plain or `.gz`.
 /// ```
 /// images: magic 0x00000803, count, rows, cols (big-endian UInt32), then count*rows*cols bytes
@@ -13,16 +15,24 @@ public enum MNIST {
     /// Loads both splits from `directory`, pixels scaled to [0, 1] (standardize afterwards).
     /// - Throws: `DataError` naming the file and what is wrong with it.
     public static func load(directory: String) throws -> DataSplits {
+        try load(directory: directory, dataset: "mnist")
+    }
+
+    /// `dataset` ("mnist" or "fashion-mnist") names the splits and the `--data` form in messages.
+    static func load(directory: String, dataset: String) throws -> DataSplits {
         guard FileReader.isDirectory(directory) else {
             throw DataError(
                 path: directory,
-                "is not a directory; --data mnist:DIR needs a directory holding \(fileNames.trainImages), \(fileNames.trainLabels), \(fileNames.testImages) and \(fileNames.testLabels) (optionally .gz)"
+                "is not a directory; --data \(dataset):DIR needs a directory holding \(fileNames.trainImages), \(fileNames.trainLabels), \(fileNames.testImages) and \(fileNames.testLabels) (optionally .gz)"
             )
         }
-        let train = try split(directory, fileNames.trainImages, fileNames.trainLabels, "mnist/train")
-        let test = try split(directory, fileNames.testImages, fileNames.testLabels, "mnist/test")
-        guard train.dimension == test.dimension else {
-            throw DataError(path: directory, "train images have \(train.dimension) pixels but test images \(test.dimension)")
+        let train = try split(directory, fileNames.trainImages, fileNames.trainLabels, "\(dataset)/train")
+        let test = try split(directory, fileNames.testImages, fileNames.testLabels, "\(dataset)/test")
+        guard train.image == test.image else {
+            throw DataError(
+                path: directory,
+                "train images are \(train.image!) (rows x columns x channels) but test images \(test.image!); both splits need the same size"
+            )
         }
         return DataSplits(train: train, test: test)
     }
@@ -30,13 +40,14 @@ public enum MNIST {
     static func split(_ directory: String, _ imagesName: String, _ labelsName: String, _ name: String) throws -> Dataset {
         let imagesPath = try locate(directory, imagesName)
         let labelsPath = try locate(directory, labelsName)
-        let (images, count, dimension) = try readImages(imagesPath)
+        let (images, count, image) = try readImages(imagesPath)
         let labels = try readLabels(labelsPath)
         guard labels.count == count else {
             throw DataError(
                 path: labelsPath, "holds \(labels.count) labels but \(imagesPath) holds \(count) images; the counts must match")
         }
-        return Dataset(name: name, features: images, labels: labels, dimension: dimension, classes: classes)
+        return Dataset(
+            name: name, features: images, labels: labels, dimension: image.count, classes: classes, image: image)
     }
 
     static func locate(_ directory: String, _ name: String) throws -> String {
@@ -46,7 +57,7 @@ public enum MNIST {
         throw DataError(path: "\(directory)/\(name)", "is missing (looked for it and \(name).gz)")
     }
 
-    static func readImages(_ path: String) throws -> ([Float], Int, Int) {
+    static func readImages(_ path: String) throws -> ([Float], Int, ImageShape) {
         let (bytes, sizes) = try readIDX(path, magic: 0x0803, dimensions: 3, kind: "image")
         let count = sizes[0], rows = sizes[1], cols = sizes[2]
         guard count > 0 else { throw DataError(path: path, "holds no images; a split needs at least one sample") }
@@ -56,7 +67,7 @@ public enum MNIST {
         try checkLength(bytes, path, header: 16, payload: count * rows * cols, declared: "\(count) images of \(rows)x\(cols)")
         var features = [Float](repeating: 0, count: count * rows * cols)
         for i in 0..<features.count { features[i] = Float(bytes[16 + i]) / 255 }
-        return (features, count, rows * cols)
+        return (features, count, ImageShape(height: rows, width: cols, channels: 1))
     }
 
     static func readLabels(_ path: String) throws -> [Int32] {
@@ -105,5 +116,16 @@ public enum MNIST {
 
     static func bigEndian(_ b: [UInt8], _ at: Int) -> UInt32 {
         UInt32(b[at]) << 24 | UInt32(b[at + 1]) << 16 | UInt32(b[at + 2]) << 8 | UInt32(b[at + 3])
+    }
+}
+
+/// Fashion-MNIST: Zalando's drop-in replacement for MNIST (same IDX format, file names and sizes),
+/// 28x28 grey images of 10 kinds of clothing: T-shirt/top, trouser, pullover, dress, coat, sandal,
+/// shirt, sneaker, bag, ankle boot. Harder than the digits.
+public enum FashionMNIST {
+    /// Loads both splits from `directory`, pixels scaled to [0, 1] (standardize afterwards).
+    /// - Throws: `DataError` naming the file and what is wrong with it.
+    public static func load(directory: String) throws -> DataSplits {
+        try MNIST.load(directory: directory, dataset: "fashion-mnist")
     }
 }

@@ -56,7 +56,11 @@ public final class BatchNorm {
     public let epsilonMode: EpsilonMode
     public let epsilon: Double
     public let momentum: Double
-    /// The `[channels, in]` weight feeding this BN; its row norms set `eps_c` in `.scaled` mode, and
+    /// While not nil, training forwards set the running statistics to the plain average of their
+    /// batch statistics (this counts them) instead of the exponential average: "precise BN", used to
+    /// recompute the statistics for the final weights (see `Trainer.recalibrateBatchNorm`).
+    public var averagedBatches: Int?
+    /// The `[channels, ...]` weight feeding this BN (a Linear's `[C, in]`, a conv's `[C, k, k, in]`); its row norms set `eps_c` in `.scaled` mode, and
     /// receives the gradient through `eps_c`.
     public let incomingWeight: TensorSpec?
     /// (gamma, beta) of the BN whose ReLU output is this layer's input (`.scaled` mode), if any.
@@ -98,6 +102,14 @@ public final class BatchNorm {
         xhat = ActivationBuffer(maxRows: maxBatch, cols: channels)
         invStd = [Float](repeating: 1, count: channels)
         denominator = [Double](repeating: 1, count: channels)
+    }
+
+    /// PyTorch's initial state: gamma = 1, beta = 0, running mean 0, running variance 1.
+    public func reset(_ p: ParameterStore, buffers: FlatBuffer) {
+        p.value(gamma).update(repeating: 1)
+        p.value(beta).update(repeating: 0)
+        buffers.slice(runningMean.range).update(repeating: 0)
+        buffers.slice(runningVar.range).update(repeating: 1)
     }
 
     /// Length of the moments buffer: count, then C shifted sums, then C shifted sums of squares.
@@ -148,6 +160,8 @@ public final class BatchNorm {
         let shift = buffers.slice(runningMean.range), runVar = buffers.slice(runningVar.range)
         let eps = channelEpsilons(p, saving: true)
         var mean = [Float](repeating: 0, count: channels)
+        let momentum = averagedBatches.map { 1 / Double($0 + 1) } ?? self.momentum
+        averagedBatches = averagedBatches.map { $0 + 1 }
         for j in 0..<channels {
             let meanShifted = m[1 + j] / n
             let variance = Swift.max(m[1 + channels + j] / n - meanShifted * meanShifted, 0)
@@ -214,7 +228,7 @@ public final class BatchNorm {
         case .standard: return [Double](repeating: epsilon, count: channels)
         case .scaled:
             let w = p.value(incomingWeight!)
-            let fanIn = incomingWeight!.shape[1]
+            let fanIn = incomingWeight!.count / channels  // [C, in] or a conv's [C, k, k, in]
             let norms = (0..<channels).map { j in
                 squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn..<(j + 1) * fanIn]))
             }
@@ -326,7 +340,7 @@ public final class BatchNorm {
     ///   must sum over ranks (per-rank statistics).
     public func applyEpsilonGradient(_ p: ParameterStore, radial: RadialDeferral = .none) {
         guard epsilonMode == .scaled, let incomingWeight else { return }
-        let fanIn = incomingWeight.shape[1]
+        let fanIn = incomingWeight.count / channels
         var dq = 0.0
         for j in 0..<channels { dq += epsilonGradient[j] * epsilon * rowNorms[j] }
         if radial != .none {

@@ -8,29 +8,6 @@ public enum HeadKind: String, Sendable, CaseIterable {
     case bn
 }
 
-/// A group of parameters updated and monitored together: one SI group (a weight feeding a BN, or
-/// the (gamma, beta) pair of a BN whose output reaches another BN), or one SV tensor.
-public struct ParameterGroup: Sendable, Equatable {
-    public let name: String
-    public let kind: ScaleKind
-    public let tensors: [TensorSpec]
-    /// Contiguous in the flat storage (a BN's gamma and beta are laid out together).
-    public var range: Range<Int> { tensors.first!.offset..<tensors.last!.range.upperBound }
-    public var count: Int { range.count }
-}
-
-/// Batch-normalization settings shared by every BN layer of a network.
-public struct BatchNormSettings: Sendable {
-    public var epsilonMode: EpsilonMode
-    public var epsilon: Double
-    public var momentum: Double
-    public init(epsilonMode: EpsilonMode = .scaled, epsilon: Double = 1e-5, momentum: Double = 0.1) {
-        self.epsilonMode = epsilonMode
-        self.epsilon = epsilon
-        self.momentum = momentum
-    }
-}
-
 /// A multilayer perceptron with BN, built from widths `[in, h1, ..., hk, classes]`:
 /// ```
 /// hidden i:  Linear(no bias) -> BN -> ReLU
@@ -41,7 +18,7 @@ public struct BatchNormSettings: Sendable {
 /// SI/SV tagging follows paper.md §1: a weight feeding a BN is SI; a BN's (gamma, beta) are SI jointly
 /// when its output passes through ReLU and a bias-free Linear into another BN; the last BN's
 /// (gamma, beta) and a biased head are SV.
-public final class MLP {
+public final class MLP: Network {
     public let widths: [Int]
     public let head: HeadKind
     public let parameters: ParameterStore
@@ -53,6 +30,7 @@ public final class MLP {
 
     private let linears: [Linear]
     private let norms: [BatchNorm]  // one per hidden layer, plus one for a BN head
+    public var batchNorms: [BatchNorm] { norms }
     private let linearOut: [ActivationBuffer]
     private let normOut: [ActivationBuffer]  // BN output, ReLU applied in place for hidden layers
     private let gradA: ActivationBuffer  // ping-pong gradient buffers of the widest layer
@@ -138,12 +116,7 @@ public final class MLP {
                 for k in 0..<b.count { b[k] = Float(rng.uniform() * 2 - 1) * bound }
             }
         }
-        for norm in norms {
-            parameters.value(norm.gamma).update(repeating: 1)
-            parameters.value(norm.beta).update(repeating: 0)
-            buffers.slice(norm.runningMean.range).update(repeating: 0)
-            buffers.slice(norm.runningVar.range).update(repeating: 1)
-        }
+        for norm in norms { norm.reset(parameters, buffers: buffers) }
     }
 
     private func rows(_ buffer: ActivationBuffer, _ n: Int) -> Matrix { buffer.matrix(rows: n) }
@@ -160,7 +133,7 @@ public final class MLP {
 
     /// Inference forward with BN running statistics; no communication.
     public func predict(_ x: Matrix) -> Matrix {
-        try! run(x) { norm, z, y, relu in norm.inference(z, y, parameters, buffers: buffers, relu: relu) }
+        run(x) { norm, z, y, relu in norm.inference(z, y, parameters, buffers: buffers, relu: relu) }
     }
 
     /// Linear -> BN and ReLU (`normalize`, fused in one pass) per hidden layer, then the head.
@@ -222,11 +195,17 @@ public final class MLP {
         }
     }
 
-    /// A one-line-per-group description of the SI/SV grouping, printed at startup.
-    public var groupingDescription: String {
-        groups.map { g in
-            let shape = g.tensors.map { $0.shape.map(String.init).joined(separator: "x") }.joined(separator: "+")
-            return "  \(g.kind.rawValue)  \(g.name)  [\(shape)]  \(g.count) values"
-        }.joined(separator: "\n")
+    public var architecture: String {
+        "mlp, widths \(widths.map(String.init).joined(separator: ",")), head \(head.rawValue)"
+    }
+
+    /// Forward, weight gradient, and input gradient but for the first layer, as `Linear` calls them.
+    public func gemmWorkload(rows: Int) -> [GemmCall] {
+        let forward = linears.map { GemmCall(.none, .transposed, m: rows, n: $0.outFeatures, k: $0.inFeatures, beta: 0) }
+        let backward = linears.enumerated().reversed().flatMap { i, l in
+            [GemmCall(.transposed, .none, m: l.outFeatures, n: l.inFeatures, k: rows, beta: 0)]
+                + (i > 0 ? [GemmCall(.none, .none, m: rows, n: l.inFeatures, k: l.outFeatures, beta: 0)] : [])
+        }
+        return forward + backward
     }
 }

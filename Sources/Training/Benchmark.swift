@@ -10,7 +10,8 @@ import TensorCore
 public struct BenchmarkResult: Sendable {
     public let ranks: Int
     public let globalBatch: Int
-    public let widths: [Int]
+    /// The network, as `Network.architecture` describes it.
+    public let model: String
     public let batchNormSync: String
     public let threads: Int
     public let stepSecondsMedian: Double
@@ -18,6 +19,11 @@ public struct BenchmarkResult: Sendable {
     public let stepSecondsMax: Double
     public let gemmSecondsMedian: Double
     public let gemmGFlops: Double
+    /// GEMM flops of one training step per sample (forward and backward; the model's work).
+    public let flopsPerSample: Double
+    /// Median `cblas_sgemm` throughput of one 1024^3 GEMM per rank, measured between the blocks:
+    /// the machine's GEMM peak, against which PyTorch's figures are quoted.
+    public let peakGFlops: Double
     /// Median time of the gradient allreduce alone (every bucket), and its bytes.
     public let allreduceSecondsMedian: Double
     public let gradientBytes: Int
@@ -32,15 +38,18 @@ public struct BenchmarkResult: Sendable {
     public var samplesPerSecond: Double { Double(globalBatch) / stepSecondsMedian }
     public var gemmBoundSamplesPerSecond: Double { Double(globalBatch) / gemmSecondsMedian }
     public var fractionOfGemmBound: Double { gemmSecondsMedian / stepSecondsMedian }
+    /// Training throughput as a fraction of what every rank's GEMM peak would give.
+    public var fractionOfPeak: Double { samplesPerSecond * flopsPerSample / (peakGFlops * 1e9 * Double(ranks)) }
 
     public var json: String {
         JSONValue.object([
             ("ranks", .integer(ranks)), ("global_batch", .integer(globalBatch)),
-            ("widths", .string(widths.map(String.init).joined(separator: ","))), ("bn", .string(batchNormSync)),
+            ("model", .string(model)), ("bn", .string(batchNormSync)),
             ("threads", .integer(threads)), ("samples_per_s", .number(samplesPerSecond)),
             ("step_ms_median", .number(stepSecondsMedian * 1e3)), ("step_ms_min", .number(stepSecondsMin * 1e3)),
             ("step_ms_max", .number(stepSecondsMax * 1e3)), ("gemm_ms_median", .number(gemmSecondsMedian * 1e3)),
-            ("gemm_gflops", .number(gemmGFlops)), ("gemm_bound_samples_per_s", .number(gemmBoundSamplesPerSecond)),
+            ("gemm_gflops", .number(gemmGFlops)), ("peak_sgemm_gflops", .number(peakGFlops)),
+            ("gflop_per_sample", .number(flopsPerSample / 1e9)), ("fraction_of_sgemm_peak", .number(fractionOfPeak)), ("gemm_bound_samples_per_s", .number(gemmBoundSamplesPerSecond)),
             ("fraction_of_gemm_bound", .number(fractionOfGemmBound)),
             ("allreduce_ms_median", .number(allreduceSecondsMedian * 1e3)), ("gradient_bytes", .integer(gradientBytes)),
             ("allreduce_bus_gb_per_s", .number(busBandwidth)),
@@ -51,8 +60,8 @@ public struct BenchmarkResult: Sendable {
 
 public enum Benchmark {
     /// Collective: times `steps` training steps after `warmup` untimed ones, then the GEMM-only bound.
-    /// The data is random (the synthetic generator at the network's input size): speed does not
-    /// depend on the values.
+    /// The data is synthetic at the network's input size (`widths` for an MLP, 32x32x3 images for a
+    /// conv net): speed does not depend on the values.
     ///
     /// With `compareLocalBN`, a second trainer with per-rank BN statistics runs in the same process,
     /// its blocks interleaved with the others, so that the cost of synchronized BN is measured on
@@ -63,11 +72,16 @@ public enum Benchmark {
         communicator: Communicator, console: RankConsole
     ) throws -> BenchmarkResult {
         let samples = Swift.max(configuration.globalBatch * 4, 1024)
-        let splits = SyntheticDataset.make(
-            trainCount: samples, testCount: 64, dimension: widths[0], classes: widths.last!, seed: 7)
         var c = configuration
-        c.widths = widths
         c.printProgress = false
+        let splits: DataSplits
+        if c.model == .mlp {
+            splits = SyntheticDataset.make(
+                trainCount: samples, testCount: 64, dimension: widths[0], classes: widths.last!, seed: 7)
+            c.widths = widths
+        } else {
+            splits = SyntheticImages.make(trainCount: samples, testCount: 64, seed: 7)
+        }
         let trainer = try Trainer(c, splits: splits, communicator: communicator, console: console)
         var twin: Trainer? = nil
         if compareLocalBN {
@@ -83,8 +97,9 @@ public enum Benchmark {
         // machine (on a shared VM the speed drifts by tens of percent within a minute) while most
         // steps still start with warm caches, as in training; the medians are reported.
         let local = ShardSampler.share(of: configuration.globalBatch, rank: communicator.rank, ranks: communicator.size).count
-        let gemm = GemmOnlyStep(widths: widths, rows: local)
-        var times: [Double] = [], gemmTimes: [Double] = [], twinTimes: [Double] = []
+        let gemm = GemmOnlyStep(trainer.model.gemmWorkload(rows: local))
+        let peak = GemmOnlyStep([GemmCall(.none, .none, m: 1024, n: 1024, k: 1024, beta: 0)])
+        var times: [Double] = [], gemmTimes: [Double] = [], twinTimes: [Double] = [], peakTimes: [Double] = []
         for t in 0..<steps {
             try communicator.barrier()
             let clock = Stopwatch()
@@ -96,6 +111,8 @@ public enum Benchmark {
                     try communicator.barrier()
                     gemmTimes.append(try communicator.allreduce(gemm.time(), .max))
                 }
+                try communicator.barrier()
+                peakTimes.append(try communicator.allreduce(peak.time(), .max))
                 if let twin {
                     for k in 0..<5 {
                         try communicator.barrier()
@@ -108,6 +125,7 @@ public enum Benchmark {
         }
         times.sort()
         gemmTimes.sort()
+        peakTimes.sort()
         twinTimes.sort()
         let gemmMedian = gemmTimes[gemmTimes.count / 2]
         var reduceTimes: [Double] = []
@@ -119,63 +137,50 @@ public enum Benchmark {
         }
         reduceTimes.sort()
         return BenchmarkResult(
-            ranks: communicator.size, globalBatch: configuration.globalBatch, widths: widths,
+            ranks: communicator.size, globalBatch: configuration.globalBatch, model: trainer.model.architecture,
             batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
             stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
             stepSecondsMax: times.last!, gemmSecondsMedian: gemmMedian,
-            gemmGFlops: gemm.flops / gemmMedian / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
+            gemmGFlops: gemm.flops / gemmMedian / 1e9,
+            flopsPerSample: trainer.model.gemmWorkload(rows: 1).reduce(0) { $0 + $1.flops },
+            peakGFlops: peak.flops / peakTimes[peakTimes.count / 2] / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
             gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
             localStepSecondsMedian: twinTimes.isEmpty ? nil : twinTimes[twinTimes.count / 2])
     }
 
 }
 
-/// The GEMMs of one training step alone, on `rows` samples: the same shapes, transposes and beta
-/// as `Linear` uses in training (forward, weight gradient, and input gradient but for the first
-/// layer), each layer with its own weight, gradient and activation buffers, so that the bound has
-/// the memory footprint of the network and not one hot buffer reused by every layer.
+/// The GEMMs of one training step alone, as the network lists them for this rank's share of the
+/// batch (`Network.gemmWorkload`): the same shapes, transposes and beta, in training's order, each
+/// call with its own operand buffers, so that the bound has the memory footprint of the network and
+/// not one hot buffer reused by every layer.
 struct GemmOnlyStep {
-    let widths: [Int]
-    let rows: Int
+    let calls: [GemmCall]
     let flops: Double
-    private let weights: [FlatBuffer], weightGradients: [FlatBuffer]
-    private let inputs: [FlatBuffer], outputs: [FlatBuffer], inputGradients: [FlatBuffer]
+    private let operands: [(a: FlatBuffer, b: FlatBuffer, c: FlatBuffer)]
 
-    init(widths: [Int], rows: Int) {
-        self.widths = widths
-        self.rows = rows
-        let layers = 0..<(widths.count - 1)
-        weights = layers.map { FlatBuffer(count: widths[$0 + 1] * widths[$0]) }
-        weightGradients = layers.map { FlatBuffer(count: widths[$0 + 1] * widths[$0]) }
-        inputs = layers.map { FlatBuffer(count: rows * widths[$0]) }
-        outputs = layers.map { FlatBuffer(count: rows * widths[$0 + 1]) }
-        inputGradients = layers.map { FlatBuffer(count: rows * widths[$0]) }
-        for buffer in weights + inputs + outputs {
-            for k in 0..<buffer.count { buffer.pointer[k] = Float((k * 7) % 13) * 0.01 - 0.06 }
+    init(_ calls: [GemmCall]) {
+        self.calls = calls
+        operands = calls.map { call in
+            let buffers = (a: FlatBuffer(count: call.m * call.k), b: FlatBuffer(count: call.k * call.n), c: FlatBuffer(count: call.m * call.n))
+            for buffer in [buffers.a, buffers.b, buffers.c] {
+                for k in 0..<buffer.count { buffer.pointer[k] = Float((k * 7) % 13) * 0.01 - 0.06 }
+            }
+            return buffers
         }
-        flops = layers.reduce(0.0) { $0 + Double(2 * rows * widths[$1] * widths[$1 + 1]) * ($1 > 0 ? 3 : 2) }
+        flops = calls.reduce(0) { $0 + $1.flops }
     }
 
-    /// Seconds for one step's GEMMs, in training's order: forward by layer, then backward in reverse.
+    /// Seconds for one step's GEMMs.
     func time() -> Double {
         let clock = Stopwatch()
-        let layers = 0..<(widths.count - 1)
-        for l in layers {
-            let fanIn = widths[l], fanOut = widths[l + 1]
-            BLAS.gemm(
-                .none, .transposed, m: rows, n: fanOut, k: fanIn, a: inputs[l].pointer, lda: fanIn,
-                b: weights[l].pointer, ldb: fanIn, beta: 0, c: outputs[l].pointer, ldc: fanOut)
-        }
-        for l in layers.reversed() {
-            let fanIn = widths[l], fanOut = widths[l + 1]
-            // the output buffer stands in for the upstream gradient: same shape, same memory traffic
-            BLAS.gemm(
-                .transposed, .none, m: fanOut, n: fanIn, k: rows, a: outputs[l].pointer, lda: fanOut,
-                b: inputs[l].pointer, ldb: fanIn, beta: 0, c: weightGradients[l].pointer, ldc: fanIn)
-            if l > 0 {
+        for (call, o) in zip(calls, operands) {
+            let lda = call.transA == .none ? call.k : call.m
+            let ldb = call.transB == .none ? call.n : call.k
+            for _ in 0..<call.repeats {
                 BLAS.gemm(
-                    .none, .none, m: rows, n: fanIn, k: fanOut, a: outputs[l].pointer, lda: fanOut,
-                    b: weights[l].pointer, ldb: fanIn, beta: 0, c: inputGradients[l].pointer, ldc: fanIn)
+                    call.transA, call.transB, m: call.m, n: call.n, k: call.k, a: o.a.pointer, lda: lda,
+                    b: o.b.pointer, ldb: ldb, beta: call.beta, c: o.c.pointer, ldc: call.n)
             }
         }
         return clock.seconds

@@ -17,7 +17,7 @@ public final class Trainer {
     public let communicator: Communicator
     public let console: RankConsole
     public let splits: DataSplits
-    public let model: MLP
+    public let model: any Network
     public let optimizer: ScaleInvariantSGD
     public let buckets: GradientBuckets
     public let totalSteps: Int
@@ -51,7 +51,6 @@ public final class Trainer {
         self.console = console
         self.splits = splits
         let train = splits.train
-        let widths = try configuration.resolvedWidths(dimension: train.dimension, classes: train.classes)
         let p = communicator.size
         guard configuration.globalBatch >= p else {
             throw TrainingError.configuration(
@@ -64,8 +63,13 @@ public final class Trainer {
             )
         }
         // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
-        let rows = Swift.max((configuration.globalBatch + p - 1) / p, 256)
-        model = MLP(widths: widths, head: configuration.head, batchNorm: configuration.batchNorm, maxBatch: rows)
+        // (64 images for conv nets, whose activations are larger)
+        let rows = Swift.max((configuration.globalBatch + p - 1) / p, configuration.model == .mlp ? 256 : 64)
+        model = try configuration.makeNetwork(for: train, maxBatch: rows)
+        if configuration.augmentation != .none && train.image == nil {
+            throw TrainingError.configuration(
+                "--augment \(configuration.augmentation.rawValue) needs image data, but \(configuration.data) holds vectors; use --augment none")
+        }
         model.initialize(seed: configuration.seed)
         optimizer = ScaleInvariantSGD(
             groups: model.groups, parameterCount: model.parameters.layout.count,
@@ -111,6 +115,7 @@ public final class Trainer {
             }
         }
         let seconds = clock.seconds
+        try recalibrateBatchNorm()
         try averageLocalStatistics()
         try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after training")
         let test = try evaluate(splits.test)
@@ -131,7 +136,7 @@ public final class Trainer {
     public func trainStep(_ t: Int, monitor: Bool) throws -> StepResult {
         // 1. shard: this rank's slice of global batch t
         let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
-        let x = gather(splits.train, mine)
+        let x = gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch)
         // 2. forward; each BN sums (count, sum, sum of squares) over ranks when synchronized
         let logits = try model.forward(x, reducer: statistics)
         // 3. loss of this rank's samples, gradient divided by the *global* batch size
@@ -179,13 +184,21 @@ public final class Trainer {
 
     // MARK: helpers
 
-    /// Copies the rows `indices` of `data` into the input buffer and their labels into `labels`.
-    private func gather(_ data: Dataset, _ indices: ArraySlice<Int32>) -> Matrix {
+    /// Copies the rows `indices` of `data` into the input buffer and their labels into `labels`;
+    /// with `augmentedFor: epoch`, applies the configured augmentation, drawn from (seed, epoch,
+    /// sample index) so that the global batch does not depend on the number of ranks.
+    private func gather(_ data: Dataset, _ indices: ArraySlice<Int32>, augmentedFor epoch: Int? = nil) -> Matrix {
         let d = data.dimension
         let x = Matrix(input.pointer, rows: indices.count, cols: d)
         data.features.withUnsafeBufferPointer { f in
             for (row, index) in indices.enumerated() {
-                x.row(row).update(from: f.baseAddress! + Int(index) * d, count: d)
+                let source = f.baseAddress! + Int(index) * d
+                if let epoch, let image = data.image, configuration.augmentation != .none {
+                    configuration.augmentation.apply(
+                        source, into: x.row(row), shape: image, seed: configuration.seed, epoch: epoch, sampleIndex: Int(index))
+                } else {
+                    x.row(row).update(from: source, count: d)
+                }
                 labels[row] = data.labels[Int(index)]
             }
         }
@@ -215,6 +228,23 @@ public final class Trainer {
             [model.parameters.values, model.buffers], over: communicator, when: "after the initial broadcast")
     }
 
+    /// Collective: recomputes every BN's running statistics for the final weights, as the plain
+    /// average of the batch statistics of the next `bnRecalibrationBatches` global batches (training
+    /// forwards, no update): "precise BN". The exponential average lags behind weights that still move
+    /// (scale-invariant groups with a large effective rate rotate fast), and inference then
+    /// normalizes with statistics of older weights.
+    private func recalibrateBatchNorm() throws {
+        let batches = configuration.bnRecalibrationBatches
+        guard batches > 0 else { return }
+        for norm in model.batchNorms { norm.averagedBatches = 0 }
+        defer { for norm in model.batchNorms { norm.averagedBatches = nil } }
+        for t in totalSteps..<(totalSteps + batches) {
+            let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
+            _ = try model.forward(gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch), reducer: statistics)
+        }
+        console.root("BN running statistics recomputed for the final weights over \(batches) global batches (--bn-recalibrate)")
+    }
+
     /// Collective: with per-rank BN statistics (`--bn local`) each rank's running mean and variance
     /// differ; average them so that evaluation and the saved model do not depend on the rank.
     private func averageLocalStatistics() throws {
@@ -226,7 +256,7 @@ public final class Trainer {
     private func describe() {
         let c = configuration
         console.root(
-            "autorate: \(communicator.size) rank(s), data \(c.data) (\(splits.train.count) train / \(splits.test.count) test samples), widths \(model.widths.map(String.init).joined(separator: ",")), head \(c.head.rawValue), BN \(c.batchNormSync.rawValue) eps \(c.batchNorm.epsilonMode.rawValue)"
+            "autorate: \(communicator.size) rank(s), data \(c.data) (\(splits.train.count) train / \(splits.test.count) test samples\(splits.train.image.map { " of \($0)" } ?? ""), augmentation \(c.augmentation.rawValue)), \(model.architecture), BN \(c.batchNormSync.rawValue) eps \(c.batchNorm.epsilonMode.rawValue)"
         )
         console.root(
             "parameter groups (SI: scale-invariant, lr-si \(c.invariant.learningRate) \(c.invariant.schedule); SV: scale-variant, lr-sv \(c.variant.learningRate) \(c.variant.schedule)):\n\(model.groupingDescription)"

@@ -5,6 +5,13 @@ import Optimizers
 /// Everything that defines a training run. Built and validated by the CLI before MPI starts.
 public struct TrainingConfiguration: Sendable {
     public var data: DataSource = .synthetic
+    public var model: ModelKind = .mlp
+    /// `--model vgg` layers (nil: the reference 32,32,M,64,64,M,128,M), before `widthMultiplier`.
+    public var vggLayers: [ConvArchitecture.Layer]? = nil
+    public var widthMultiplier = 1.0
+    public var shortcut: ShortcutKind = .padding
+    /// Training-time augmentation of image data (`--augment`).
+    public var augmentation: Augmentation = .none
     /// `[in, hidden..., classes]`; nil: the data's input size, 256, 256, the data's classes.
     public var widths: [Int]? = nil
     public var head: HeadKind = .linear
@@ -16,6 +23,8 @@ public struct TrainingConfiguration: Sendable {
     public var variant = GroupRule(learningRate: 0.1)
     public var batchNormSync: BatchNormSync = .sync
     public var batchNorm = BatchNormSettings()
+    /// Global batches over which BN statistics are recomputed after training (0: keep the exponential average).
+    public var bnRecalibrationBatches = 20
     public var seed: UInt64 = 0
     /// Steps between logged steps; nil: about 20 lines per run.
     public var logEvery: Int? = nil

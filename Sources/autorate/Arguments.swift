@@ -5,6 +5,9 @@ import Optimizers
 import Training
 
 extension HeadKind: ExpressibleByArgument {}
+extension ModelKind: ExpressibleByArgument {}
+extension ShortcutKind: ExpressibleByArgument {}
+extension Augmentation: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
 extension BatchNormSync: ExpressibleByArgument {}
 
@@ -47,8 +50,26 @@ func require(_ ok: Bool, _ flag: String, _ value: Any, _ accepted: String) throw
     if !ok { throw ValidationError("\(flag) \(value) is not accepted: \(accepted).") }
 }
 
+/// Parses `--vgg-layers` such as `32,32,M,64,64,M,128,M`.
+func parseVGGLayers(_ text: String) throws -> [ConvArchitecture.Layer] {
+    guard let layers = ConvArchitecture.parseLayers(text) else {
+        throw ValidationError(
+            "--vgg-layers \(text) is not accepted: use comma-separated positive channel counts and M for a 2x2 max pool, with at least one count (e.g. 32,32,M,64,64,M,128,M)."
+        )
+    }
+    return layers
+}
+
 /// The options `train` and `bench` share: the network, the batch, BN, and BLAS threads.
 struct NetworkOptions: ParsableArguments {
+    @Option(help: "Network: 'mlp' (--widths), 'cnn' (small conv net), 'vgg' (--vgg-layers) or 'resnet20'; conv nets need image data.")
+    var model: ModelKind = .mlp
+    @Option(name: .customLong("vgg-layers"), help: "--model vgg layers: channel counts and M for a max pool (default: 32,32,M,64,64,M,128,M).")
+    var vggLayers: String?
+    @Option(name: .customLong("width-multiplier"), help: "--model vgg: multiply every channel count by this.")
+    var widthMultiplier = 1.0
+    @Option(help: "--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts.")
+    var shortcut: ShortcutKind = .padding
     @Option(help: "Classifier head: 'linear' (Linear with bias, SV) or 'bn' (Linear then BN, as in the paper).")
     var head: HeadKind = .linear
     @Option(
@@ -66,6 +87,10 @@ struct NetworkOptions: ParsableArguments {
     var threads = 1
 
     func validate() throws {
+        if let vggLayers { _ = try parseVGGLayers(vggLayers) }
+        try require(
+            widthMultiplier > 0 && widthMultiplier <= 64 && widthMultiplier.isFinite, "--width-multiplier", widthMultiplier,
+            "a value in (0, 64]")
         try require(globalBatch > 0, "--global-batch", globalBatch, "a positive number of samples")
         try require(bnEps >= 0 && bnEps.isFinite, "--bn-eps", bnEps, "a finite value >= 0")
         try require(threads >= 1 && threads <= 256, "--threads", threads, "1 to 256 threads")
@@ -77,6 +102,10 @@ struct NetworkOptions: ParsableArguments {
     }
 
     func apply(to c: inout TrainingConfiguration) {
+        c.model = model
+        c.vggLayers = vggLayers.map { try! parseVGGLayers($0) }  // validated
+        c.widthMultiplier = widthMultiplier
+        c.shortcut = shortcut
         c.head = head
         c.globalBatch = globalBatch
         c.batchNormSync = bn

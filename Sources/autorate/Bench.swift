@@ -12,7 +12,7 @@ struct Bench: ParsableCommand {
         abstract: "Measure training throughput against the GEMM-only bound, in the same run.",
         discussion: "Run under mpirun -np 1 and -np 2 (launch/bench does both) and compare samples/s.")
 
-    @Option(help: "Layer widths 'in,hidden...,classes'.")
+    @Option(help: "--model mlp layer widths 'in,hidden...,classes' (conv nets run on 32x32x3 synthetic images).")
     var widths = "784,1024,1024,1024,10"
     @Option(help: "Timed steps (the median is reported).")
     var steps = 30
@@ -39,14 +39,15 @@ struct Bench: ParsableCommand {
                 c, widths: layerWidths, steps: steps, warmup: warmup, threads: network.threads,
                 compareLocalBN: compareLocalBN, communicator: communicator, console: console)
             console.root(
-                "bench: np=\(result.ranks) bn=\(network.bn.rawValue) widths=\(widths) "
+                "bench: np=\(result.ranks) bn=\(network.bn.rawValue) \(result.model) "
                     + String(
                         cFormat:
-                            "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
+                            "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; %.2f GFLOP/sample = %.3f of sgemm peak (%.1f GFLOP/s); gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
                         network.globalBatch,
                         result.samplesPerSecond, result.stepSecondsMedian * 1e3, result.stepSecondsMin * 1e3,
                         result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,
-                        result.fractionOfGemmBound, result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
+                        result.fractionOfGemmBound, result.flopsPerSample / 1e9, result.fractionOfPeak, result.peakGFlops,
+                        result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
             if let local = result.localStepSecondsMedian {
                 console.root(
                     String(

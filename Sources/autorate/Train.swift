@@ -8,21 +8,29 @@ import Training
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train an MLP with batch normalization, data-parallel over the MPI ranks.")
+        abstract: "Train a batch-normalized network (MLP, VGG-style, ResNet-20), data-parallel over the MPI ranks.")
 
     @Option(help: "Training data: \(DataSource.accepted).")
     var data = "synthetic"
-    @Option(help: "Layer widths 'in,hidden...,classes' (default: the data's input size,256,256,its classes).")
+    @Option(help: "--model mlp layer widths 'in,hidden...,classes' (default: the data's input size,256,256,its classes).")
     var widths: String?
+    @Option(help: "Augmentation of training images: \(Augmentation.accepted) (random 4-pixel-padded crop and horizontal flip).")
+    var augment: Augmentation = .none
     @OptionGroup var network: NetworkOptions
+    @Option(
+        name: .customLong("bn-recalibrate"),
+        help: "After training, recompute BN running statistics for the final weights over this many global batches (0: keep the running average).")
+    var bnRecalibrate = 20
     @Option(help: "Full passes over the training set (ignored when --steps is given).")
     var epochs = 10
     @Option(help: "Total training steps (overrides --epochs).")
     var steps: Int?
     @Option(name: .customLong("lr-si"), help: "Learning rate of the scale-invariant groups (any fixed value works).")
     var lrSI = 1.0
-    @Option(name: .customLong("lr-sv"), help: "Learning rate of the scale-variant groups (tune this one).")
-    var lrSV = 0.1
+    @Option(
+        name: .customLong("lr-sv"),
+        help: "Learning rate of the scale-variant groups (tune this one; default 0.1 for mlp, 0.02 for conv nets).")
+    var lrSV: Double?
     @Option(name: .customLong("schedule-si"), help: "SI schedule: 'const' or 'invsqrt' (lr/sqrt(t+1)).")
     var scheduleSI: Schedule = .constant
     @Option(name: .customLong("schedule-sv"), help: "SV schedule: 'const' or 'invsqrt'.")
@@ -47,10 +55,11 @@ struct Train: ParsableCommand {
     func validate() throws {
         _ = try parseData(data)
         if let widths { _ = try parseWidths(widths) }
+        try require(bnRecalibrate >= 0 && bnRecalibrate <= 100_000, "--bn-recalibrate", bnRecalibrate, "0 to 100000 global batches")
         try require(epochs > 0, "--epochs", epochs, "a positive number of passes")
         if let steps { try require(steps > 0, "--steps", steps, "a positive number of steps") }
         try require(lrSI.isFinite && lrSI > 0, "--lr-si", lrSI, "a finite rate > 0")
-        try require(lrSV.isFinite && lrSV >= 0, "--lr-sv", lrSV, "a finite rate >= 0")
+        if let lrSV { try require(lrSV.isFinite && lrSV >= 0, "--lr-sv", lrSV, "a finite rate >= 0") }
         try require(momentum >= 0 && momentum < 1, "--momentum", momentum, "a value in [0, 1)")
         try require(weightDecaySI >= 0 && weightDecaySI.isFinite, "--weight-decay-si", weightDecaySI, "a finite value >= 0")
         try require(weightDecaySV >= 0 && weightDecaySV.isFinite, "--weight-decay-sv", weightDecaySV, "a finite value >= 0")
@@ -64,10 +73,14 @@ struct Train: ParsableCommand {
         network.apply(to: &c)
         c.data = try! parseData(data)
         c.widths = widths.map { try! parseWidths($0) }
+        c.augmentation = augment
+        c.bnRecalibrationBatches = bnRecalibrate
         c.epochs = epochs
         c.steps = steps
         c.invariant = GroupRule(learningRate: lrSI, schedule: scheduleSI, momentum: momentum, weightDecay: weightDecaySI)
-        c.variant = GroupRule(learningRate: lrSV, schedule: scheduleSV, momentum: momentum, weightDecay: weightDecaySV)
+        // measured on synthetic-images: 0.1 leaves the cnn at 77% after 300 steps, 0.02 reaches 90%
+        let defaultSV = network.model == .mlp ? 0.1 : 0.02
+        c.variant = GroupRule(learningRate: lrSV ?? defaultSV, schedule: scheduleSV, momentum: momentum, weightDecay: weightDecaySV)
         c.seed = seed
         c.logEvery = logEvery
         c.metricsPath = metrics

@@ -14,6 +14,24 @@ final class DataSourceTests: XCTestCase {
         XCTAssertNil(DataSource(argument: "cifar:/x"))
         for s in ["synthetic", "mnist:/a/b"] { XCTAssertEqual(DataSource(argument: s)?.description, s) }
     }
+
+    func testParsingImageSources() {
+        XCTAssertEqual(DataSource(argument: "synthetic-images"), .syntheticImages)
+        XCTAssertEqual(DataSource(argument: "fashion-mnist:/data/f"), .fashionMNIST(directory: "/data/f"))
+        XCTAssertEqual(DataSource(argument: "cifar10:data/cifar10"), .cifar10(directory: "data/cifar10"))
+        XCTAssertEqual(DataSource(argument: "cifar10:a:b"), .cifar10(directory: "a:b"))
+        for bad in [
+            "fashion-mnist:", "fashion-mnist", "cifar10:", "cifar10", "cifar-10:/x", "synthetic-images:/x", "Synthetic-Images",
+        ] {
+            XCTAssertNil(DataSource(argument: bad), bad)
+        }
+        for s in ["synthetic-images", "fashion-mnist:/a", "cifar10:/b/c"] {
+            XCTAssertEqual(DataSource(argument: s)?.description, s)
+        }
+        for form in ["synthetic", "synthetic-images", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR"] {
+            XCTAssertTrue(DataSource.accepted.contains("'\(form)'"), form)
+        }
+    }
 }
 
 final class StandardizationTests: XCTestCase {
@@ -61,6 +79,41 @@ final class StandardizationTests: XCTestCase {
         let s = (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count)).squareRoot()
         XCTAssertEqual(m, 0, accuracy: 1e-4)
         XCTAssertEqual(s, 1, accuracy: 1e-4)
+    }
+
+    /// Per channel of HWC images: each channel has mean 0 and std 1 over all its pixels; channels
+    /// with different statistics are scaled differently; the test split uses the training statistics.
+    func testPerChannel() {
+        var rng = SplitMix64(seed: 12)
+        let image = ImageShape(height: 3, width: 4, channels: 3), n = 200
+        let offsets: [Double] = [5, -1, 0.3], scales: [Double] = [2, 0.1, 7]
+        let train = (0..<(n * image.count)).map { Float(rng.normal() * scales[$0 % 3] + offsets[$0 % 3]) }
+        let test = (0..<image.count).map { Float(offsets[$0 % 3]) }
+        var splits = DataSplits(
+            train: Dataset(
+                name: "t", features: train, labels: [Int32](repeating: 0, count: n), dimension: image.count, classes: 2,
+                image: image),
+            test: Dataset(name: "s", features: test, labels: [0], dimension: image.count, classes: 2, image: image))
+        Standardization.perChannel(channels: 3).apply(to: &splits)
+        for c in 0..<3 {
+            let v = stride(from: c, to: splits.train.features.count, by: 3).map { Double(splits.train.features[$0]) }
+            let m = v.reduce(0, +) / Double(v.count)
+            let s = (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count)).squareRoot()
+            XCTAssertEqual(m, 0, accuracy: 1e-4, "channel \(c) mean")
+            XCTAssertEqual(s, 1, accuracy: 1e-4, "channel \(c) std")
+            XCTAssertEqual(Double(splits.test.features[c]), 0, accuracy: 0.2, "channel \(c) test value near its mean")
+        }
+    }
+
+    /// One channel is exactly the global mode (MNIST results stay as they were).
+    func testPerChannelWithOneChannelIsGlobal() {
+        var a = SyntheticDataset.make(trainCount: 300, testCount: 50, dimension: 8, classes: 4, seed: 3)
+        for k in 0..<a.train.features.count { a.train.features[k] = a.train.features[k] * 7 + 2 }
+        var b = a
+        Standardization.global.apply(to: &a)
+        Standardization.perChannel(channels: 1).apply(to: &b)
+        XCTAssertEqual(a.train.features, b.train.features)
+        XCTAssertEqual(a.test.features, b.test.features)
     }
 
     /// The synthetic set: deterministic, labels in range and using every class (a teacher network,

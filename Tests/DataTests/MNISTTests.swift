@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import Data
+import TensorCore
 
 /// Writes IDX files into a fresh temporary directory.
 final class IDXDirectory {
@@ -57,6 +58,37 @@ final class MNISTTests: XCTestCase {
         XCTAssertEqual(splits.test.labels, [3, 4])
         XCTAssertEqual(Array(splits.train.features[0..<6]), [0, 51, 102, 153, 204, 255].map { Float($0) / 255 })
         XCTAssertEqual(splits.test.features[11], 1)
+        XCTAssertEqual(splits.train.image, ImageShape(height: 2, width: 3, channels: 1))
+        XCTAssertEqual(splits.test.image, ImageShape(height: 2, width: 3, channels: 1))
+        XCTAssertEqual(splits.train.name, "mnist/train")
+    }
+
+    /// Fashion-MNIST: the same format and files, its own names and messages.
+    func testFashionMNIST() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        let mnist = try MNIST.load(directory: dir.path)
+        let fashion = try FashionMNIST.load(directory: dir.path)
+        XCTAssertEqual(fashion.train.features, mnist.train.features)
+        XCTAssertEqual(fashion.test.labels, mnist.test.labels)
+        XCTAssertEqual(fashion.train.image, mnist.train.image)
+        XCTAssertEqual(fashion.train.name, "fashion-mnist/train")
+        XCTAssertEqual(fashion.test.name, "fashion-mnist/test")
+        let viaSource = try XCTUnwrap(DataSource(argument: "fashion-mnist:" + dir.path)).load()
+        XCTAssertEqual(viaSource.train.count, 3)
+        let missing = NSTemporaryDirectory() + "no-such-dir-" + UUID().uuidString
+        XCTAssertThrowsError(try FashionMNIST.load(directory: missing)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains(missing) && text.contains("--data fashion-mnist:DIR"), text)
+        }
+    }
+
+    func testTrainAndTestImageSizesMustMatch() throws {
+        let dir = try IDXDirectory()
+        try dir.writeValid()
+        try dir.write(
+            MNIST.fileNames.testImages, IDXDirectory.images([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], rows: 3, cols: 2))
+        assertLoadFails(dir.path, mentioning: [dir.path, "2x3x1", "3x2x1"])
     }
 
     func testLoadsGzipFileSameAsPlain() throws {

@@ -78,3 +78,95 @@ func relativeDifference(_ a: [Float], _ b: [Float]) -> Double {
     }
     return (d / max(n, 1e-300)).squareRoot()
 }
+
+/// Any `Network` with a fixed batch: mean cross-entropy loss and its gradient, with the BN running
+/// buffers restored before every forward (so repeated evaluations see the same shift).
+final class NetworkHarness {
+    let net: any Network
+    let x: OwnedMatrix
+    let labels: [Int32]
+    let dlogits: OwnedMatrix
+    let savedBuffers: [Float]
+
+    init(_ net: any Network, batch: Int, seed: UInt64) {
+        self.net = net
+        net.initialize(seed: seed)
+        var rng = SplitMix64(seed: seed &+ 1)
+        // non-trivial gamma and beta, so their gradients and scalings are generic
+        for g in net.groups where g.tensors.count == 2 {
+            fillNormal(net.parameters.value(g.tensors[0]), &rng, scale: 0.2, shift: 1)
+            fillNormal(net.parameters.value(g.tensors[1]), &rng, scale: 0.2)
+        }
+        x = OwnedMatrix(rows: batch, cols: net.inputFeatures, normal: &rng)
+        labels = (0..<batch).map { _ in Int32(rng.next() % UInt64(net.classes)) }
+        dlogits = OwnedMatrix(rows: batch, cols: net.classes)
+        savedBuffers = net.buffers.array
+    }
+
+    func loss(gradients: Bool) -> Double {
+        for i in 0..<savedBuffers.count { net.buffers.pointer[i] = savedBuffers[i] }
+        let logits = try! net.forward(x.matrix, reducer: LocalStatistics())
+        let sums = labels.withUnsafeBufferPointer {
+            SoftmaxCrossEntropy.forwardBackward(
+                logits: logits, labels: $0, normalizer: Double(x.rows), dlogits: gradients ? dlogits.matrix : nil)
+        }
+        if gradients {
+            // NaN first: backward must write every gradient, not accumulate into an old one
+            net.parameters.gradients.all.update(repeating: .nan)
+            try! net.backward(dlogits.matrix, reducer: LocalStatistics(), radial: .none)
+        }
+        return sums.loss / Double(x.rows)
+    }
+}
+
+/// paper.md E1 and fact 1 per SI group of `h.net`: loss(cW) = loss(W) and c grad(cW) = grad(W) for
+/// c in {0.1, 10} (rel. 1e-5, fp32), the other groups' gradients unchanged, and cos(w, grad) ~ 0.
+func assertE1(_ h: NetworkHarness, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    let l0 = h.loss(gradients: true)
+    let g0 = h.net.parameters.gradients.array
+    let invariant = h.net.groups.filter { $0.kind == .scaleInvariant }
+    XCTAssertGreaterThan(invariant.count, 2, what, file: file, line: line)
+    for group in invariant {
+        let w = h.net.parameters.values.slice(group.range)
+        let saved = Array(w)
+        let cosine = Array(g0[group.range]).withUnsafeBufferPointer { gb in
+            saved.withUnsafeBufferPointer { wb in dot(wb, gb) / (squaredNorm(wb) * squaredNorm(gb)).squareRoot() }
+        }
+        XCTAssertLessThan(abs(cosine), 1e-3, "\(what) \(group.name): cos(w, g) = \(cosine)", file: file, line: line)
+        for c: Float in [0.1, 10] {
+            for i in 0..<w.count { w[i] = saved[i] * c }
+            let l1 = h.loss(gradients: true)
+            let g1 = h.net.parameters.gradients.array
+            for i in 0..<w.count { w[i] = saved[i] }
+            var rest1: [Float] = [], rest0: [Float] = []
+            for i in 0..<g0.count where !group.range.contains(i) {
+                rest1.append(g1[i])
+                rest0.append(g0[i])
+            }
+            let lossErr = abs(l1 - l0) / abs(l0)
+            let gradErr = relativeDifference(g1[group.range].map { $0 * c }, Array(g0[group.range]))
+            XCTAssertLessThan(lossErr, 1e-5, "\(what) \(group.name) c=\(c): loss rel. error \(lossErr)", file: file, line: line)
+            XCTAssertLessThan(gradErr, 1e-5, "\(what) \(group.name) c=\(c): c grad(cW) vs grad(W) rel. error \(gradErr)", file: file, line: line)
+            XCTAssertLessThan(relativeDifference(rest1, rest0), 1e-5, "\(what) \(group.name) c=\(c): other gradients moved", file: file, line: line)
+        }
+    }
+}
+
+/// The SI/SV tagging against the network itself (use eps mode zero): multiplying an SI group by 3
+/// leaves the loss unchanged (rel. 1e-5, fp32), multiplying an SV group by 3 changes it (> 1e-4).
+func assertTaggingMatchesScaleInvariance(_ h: NetworkHarness, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    let l0 = h.loss(gradients: false)
+    for g in h.net.groups {
+        let w = h.net.parameters.values.slice(g.range)
+        let saved = Array(w)
+        for i in 0..<w.count { w[i] *= 3 }
+        let l1 = h.loss(gradients: false)
+        for i in 0..<w.count { w[i] = saved[i] }
+        let rel = abs(l1 - l0) / abs(l0)
+        if g.kind == .scaleInvariant {
+            XCTAssertLessThan(rel, 1e-5, "\(what) \(g.name) tagged SI but the loss changed by \(rel)", file: file, line: line)
+        } else {
+            XCTAssertGreaterThan(rel, 1e-4, "\(what) \(g.name) tagged SV but the loss is invariant", file: file, line: line)
+        }
+    }
+}

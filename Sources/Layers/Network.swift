@@ -1,0 +1,93 @@
+import TensorCore
+
+/// What the trainer needs of a model: flat parameters and BN buffers, the SI/SV grouping, a
+/// training forward and backward that may communicate (synchronized BN), and an inference forward.
+/// Inputs are rows of a `Matrix` (`[n, inputFeatures]`; images in NHWC, see `ImageShape`).
+public protocol Network: AnyObject {
+    var parameters: ParameterStore { get }
+    /// Running means and variances of every BN, one flat buffer (broadcast and checksummed like parameters).
+    var buffers: FlatBuffer { get }
+    var bufferLayout: ParameterLayout { get }
+    var groups: [ParameterGroup] { get }
+    /// The most samples one forward may take (the local share of a step, or an evaluation chunk).
+    var maxBatch: Int { get }
+    var inputFeatures: Int { get }
+    var classes: Int { get }
+    /// Every BN layer, in forward order.
+    var batchNorms: [BatchNorm] { get }
+    /// One line naming the architecture, printed at startup.
+    var architecture: String { get }
+
+    /// Deterministic initialization from `seed` (every rank gets the same values).
+    func initialize(seed: UInt64)
+    /// Training forward; returns the logits `[n, classes]`. Collective when `reducer` is synchronized.
+    func forward(_ x: Matrix, reducer: StatisticsReducer) throws -> Matrix
+    /// Inference forward with BN running statistics; no communication.
+    func predict(_ x: Matrix) -> Matrix
+    /// Backward of the last `forward` into `parameters.gradients` (every gradient written, none
+    /// accumulated from an earlier step). Collective when synchronized.
+    func backward(_ dlogits: Matrix, reducer: StatisticsReducer, radial: RadialDeferral) throws
+    /// The GEMMs one training step of `rows` samples makes, for the benchmark's GEMM-only bound.
+    func gemmWorkload(rows: Int) -> [GemmCall]
+}
+
+extension Network {
+    /// A one-line-per-group description of the SI/SV grouping, printed at startup.
+    public var groupingDescription: String {
+        groups.map { g in
+            let shape = g.tensors.map { $0.shape.map(String.init).joined(separator: "x") }.joined(separator: "+")
+            return "  \(g.kind.rawValue)  \(g.name)  [\(shape)]  \(g.count) values"
+        }.joined(separator: "\n")
+    }
+}
+
+/// One GEMM of a training step, repeated `repeats` times on buffers of its shape (a convolution
+/// lowered in chunks makes the same call once per chunk). Row-major, contiguous operands.
+public struct GemmCall: Sendable, Equatable {
+    public let transA: BLAS.Transpose
+    public let transB: BLAS.Transpose
+    public let m: Int, n: Int, k: Int
+    public let beta: Float
+    public let repeats: Int
+
+    public init(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, beta: Float, repeats: Int = 1) {
+        self.transA = transA
+        self.transB = transB
+        self.m = m
+        self.n = n
+        self.k = k
+        self.beta = beta
+        self.repeats = repeats
+    }
+
+    public var flops: Double { 2 * Double(m) * Double(n) * Double(k) * Double(repeats) }
+}
+
+/// A group of parameters updated and monitored together: one SI group (a weight feeding a BN, or
+/// the (gamma, beta) pair of a BN whose output reaches another BN), or one SV tensor.
+public struct ParameterGroup: Sendable, Equatable {
+    public let name: String
+    public let kind: ScaleKind
+    public let tensors: [TensorSpec]
+    /// Contiguous in the flat storage (a BN's gamma and beta are laid out together).
+    public var range: Range<Int> { tensors.first!.offset..<tensors.last!.range.upperBound }
+    public var count: Int { range.count }
+
+    public init(name: String, kind: ScaleKind, tensors: [TensorSpec]) {
+        self.name = name
+        self.kind = kind
+        self.tensors = tensors
+    }
+}
+
+/// Batch-normalization settings shared by every BN layer of a network.
+public struct BatchNormSettings: Sendable {
+    public var epsilonMode: EpsilonMode
+    public var epsilon: Double
+    public var momentum: Double
+    public init(epsilonMode: EpsilonMode = .scaled, epsilon: Double = 1e-5, momentum: Double = 0.1) {
+        self.epsilonMode = epsilonMode
+        self.epsilon = epsilon
+        self.momentum = momentum
+    }
+}

@@ -1,0 +1,154 @@
+import XCTest
+import Layers
+import TensorCore
+
+final class ConvNetTests: XCTestCase {
+    static let tinyImage = ImageShape(height: 6, width: 6, channels: 2)
+
+    static func sequential(head: HeadKind, mode: EpsilonMode, epsilon: Double = 1e-5, batch: Int) -> ConvNet {
+        ConvNet(
+            .sequential([.conv(3), .pool, .conv(4)]), input: tinyImage, classes: 3, head: head,
+            batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: epsilon), maxBatch: batch)
+    }
+
+    static func resnet(shortcut: ShortcutKind, head: HeadKind = .linear, mode: EpsilonMode, epsilon: Double = 1e-5, batch: Int)
+        -> ConvNet
+    {
+        ConvNet(
+            .resnet(widths: [3, 4], blocks: 1, shortcut: shortcut), input: ImageShape(height: 4, width: 4, channels: 2),
+            classes: 3, head: head,
+            batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: epsilon), maxBatch: batch)
+    }
+
+    /// Every parameter tensor against central differences in Double at steps h = 1e-3 ... 1e-4.
+    /// ReLU and max pooling make the loss piecewise smooth, and a BN couples every activation of a
+    /// channel, so a step often straddles a kink somewhere in the network; the central difference is
+    /// then biased by an amount that depends on h (measured: a kink closer than 1e-4 biases all four
+    /// steps alike, and the analytic value is matched only at h = 1e-5..1e-4). A coordinate passes
+    /// when the analytic value matches the difference at one of the steps (1% of it plus 0.1% of the
+    /// tensor's largest gradient: fp32 noise); it is a mismatch when it matches none while they agree
+    /// with each other; otherwise it is skipped. Per tensor, 3 coordinates must pass and at most one
+    /// of 8 tried may mismatch (a wrong gradient mismatches everywhere).
+    func checkGradients(_ h: NetworkHarness, _ what: String) {
+        _ = h.loss(gradients: true)
+        let grads = h.net.parameters.gradients.array.map(Double.init)
+        XCTAssertFalse(grads.contains { $0.isNaN }, "\(what): backward left a gradient unwritten")
+        var rng = SplitMix64(seed: 61)
+        for spec in h.net.parameters.layout.tensors {
+            let tensorScale = grads[spec.range].map(abs).max()!
+            XCTAssertGreaterThan(tensorScale, 1e-6, "\(what) \(spec.name): gradient all zeros")
+            var passed = 0, mismatches: [String] = [], tries = 0
+            while passed < 3 && tries < 40 && mismatches.count < 2 {
+                tries += 1
+                let i = Int(rng.next() % UInt64(spec.count))
+                let p = h.net.parameters.values.pointer + spec.offset + i
+                let fds = [Float(1e-3), 5e-4, 2.5e-4, 1e-4].map { step in centralDifference(at: p, h: step) { h.loss(gradients: false) } }
+                let an = grads[spec.offset + i]
+                if fds.contains(where: { abs(an - $0) <= 1e-2 * abs($0) + 1e-3 * tensorScale }) {
+                    passed += 1
+                } else if fds.max()! - fds.min()! <= 1e-3 * max(abs(fds[0]), tensorScale) {
+                    mismatches.append("[\(i)]: analytic \(an), finite differences \(fds)")
+                }
+            }
+            XCTAssertLessThan(mismatches.count, 2, "\(what) \(spec.name): \(mismatches)")
+            XCTAssertEqual(passed, 3, "\(what) \(spec.name): too few kink-free coordinates (\(tries) tries)")
+        }
+    }
+
+    func testSequentialGradientsAgainstFiniteDifferences() {
+        for head in HeadKind.allCases {
+            for mode in [EpsilonMode.zero, .scaled, .standard] {
+                let net = Self.sequential(head: head, mode: mode, epsilon: 0.05, batch: 5)
+                checkGradients(NetworkHarness(net, batch: 5, seed: 71), "sequential \(head) \(mode)")
+            }
+        }
+    }
+
+    /// 4x4 images and 4 samples: a BN beta moves every later ReLU of the network, so the fewer the
+    /// units, the fewer the coordinates lost to kinks.
+    func testResidualGradientsAgainstFiniteDifferences() {
+        for shortcut in ShortcutKind.allCases {
+            for mode in [EpsilonMode.zero, .scaled] {
+                let net = Self.resnet(shortcut: shortcut, mode: mode, epsilon: 0.05, batch: 4)
+                checkGradients(NetworkHarness(net, batch: 4, seed: 72), "resnet \(shortcut) \(mode)")
+            }
+        }
+        checkGradients(
+            NetworkHarness(Self.resnet(shortcut: .padding, head: .bn, mode: .zero, batch: 4), batch: 4, seed: 73), "resnet bn head")
+    }
+
+    /// Inference uses the running statistics: after many training forwards on one batch (momentum
+    /// 0.1) they converge to the batch's, and predict matches the training forward up to the
+    /// unbiased-variance factor N/(N-1) of every BN (N = 64 samples times the pixels of a 2x2 or 3x3
+    /// map, compounding through the layers: about 0.5% measured; 1e-2 allowed).
+    func testPredictApproachesTrainingForward() {
+        for net in [Self.sequential(head: .linear, mode: .standard, batch: 64), Self.resnet(shortcut: .projection, mode: .standard, batch: 64)] {
+            let h = NetworkHarness(net, batch: 64, seed: 76)
+            var train: [Float] = []
+            for _ in 0..<200 { train = Array((try! net.forward(h.x.matrix, reducer: LocalStatistics())).readOnly) }
+            let predicted = Array(net.predict(h.x.matrix).readOnly)
+            XCTAssertLessThan(relativeDifference(predicted, train), 1e-2, "\(net.architecture)")
+            XCTAssertGreaterThan(relativeDifference(predicted, train), 0, "running statistics are unbiased, batch ones are not")
+        }
+    }
+
+    /// paper.md §1, derived by hand: names follow nn.Sequential numbering (conv, BN, ReLU, pool, ...,
+    /// Flatten, Linear) and the common CIFAR ResNet (`conv1`, `layer1.0.bn2`, `shortcut.0`, `fc`).
+    func testNamesAndScaleTagging() {
+        let seq = Self.sequential(head: .linear, mode: .zero, batch: 2)
+        XCTAssertEqual(seq.groups.map(\.name), ["0.weight", "1.weight+bias", "4.weight", "5.weight+bias", "8.weight", "8.bias"])
+        XCTAssertEqual(seq.groups.map(\.kind.rawValue), ["SI", "SI", "SI", "SV", "SV", "SV"])
+        XCTAssertEqual(seq.parameters.layout.spec(named: "0.weight")?.shape, [3, 3, 3, 2], "OHWI")
+        XCTAssertEqual(seq.parameters.layout.spec(named: "8.weight")?.shape, [3, 4 * 3 * 3], "Linear after a 3x3x4 flatten")
+        let seqBN = Self.sequential(head: .bn, mode: .zero, batch: 2)
+        XCTAssertEqual(seqBN.groups.map(\.kind.rawValue), ["SI", "SI", "SI", "SI", "SI", "SV"])
+        XCTAssertEqual(seqBN.groups.last?.name, "9.weight+bias")
+
+        let res = Self.resnet(shortcut: .projection, mode: .zero, batch: 2)
+        let tagged = Dictionary(uniqueKeysWithValues: res.groups.map { ($0.name, $0.kind.rawValue) })
+        XCTAssertEqual(
+            tagged,
+            [
+                "conv1.weight": "SI", "bn1.weight+bias": "SV",
+                "layer1.0.conv1.weight": "SI", "layer1.0.bn1.weight+bias": "SI",
+                "layer1.0.conv2.weight": "SI", "layer1.0.bn2.weight+bias": "SV",
+                "layer2.0.conv1.weight": "SI", "layer2.0.bn1.weight+bias": "SI",
+                "layer2.0.conv2.weight": "SI", "layer2.0.bn2.weight+bias": "SV",
+                "layer2.0.shortcut.0.weight": "SI", "layer2.0.shortcut.1.weight+bias": "SV",
+                "fc.weight": "SV", "fc.bias": "SV",
+            ])
+        XCTAssertEqual(res.bufferLayout.spec(named: "layer2.0.shortcut.1.running_var")?.count, 4)
+        for net in [seq, seqBN, res] {
+            XCTAssertEqual(net.groups.map(\.count).reduce(0, +), net.parameters.layout.count, "every parameter in one group")
+        }
+        let padded = Self.resnet(shortcut: .padding, mode: .zero, batch: 2)
+        XCTAssertNil(padded.parameters.layout.spec(named: "layer2.0.shortcut.0.weight"), "option A has no parameters")
+    }
+
+    /// The tagging against the network itself (eps zero): multiplying an SI group by 3 leaves the loss
+    /// unchanged (rel. 1e-5), multiplying an SV group by 3 changes it (> 1e-4).
+    func testTaggingMatchesActualScaleInvariance() {
+        let nets: [(String, ConvNet)] = [
+            ("sequential linear", Self.sequential(head: .linear, mode: .zero, batch: 8)),
+            ("sequential bn", Self.sequential(head: .bn, mode: .zero, batch: 8)),
+            ("resnet padding", Self.resnet(shortcut: .padding, mode: .zero, batch: 8)),
+            ("resnet projection", Self.resnet(shortcut: .projection, head: .bn, mode: .zero, batch: 8)),
+        ]
+        for (what, net) in nets { assertTaggingMatchesScaleInvariance(NetworkHarness(net, batch: 8, seed: 74), what) }
+    }
+
+    /// paper.md E1 for a ResNet block and the VGG preset (at a quarter of its width), eps zero and
+    /// scaled: per SI group, loss(cW) = loss(W) and c grad(cW) = grad(W) for c in {0.1, 10}, the other
+    /// gradients unchanged, and <grad, w> = 0 (fact 1).
+    func testE1ForResNetBlockAndVGGPreset() {
+        for mode in [EpsilonMode.zero, .scaled] {
+            let vgg = ConvNet(
+                .vgg(widthMultiplier: 0.25), input: ImageShape(height: 32, width: 32, channels: 3), classes: 10, head: .bn,
+                batchNorm: BatchNormSettings(epsilonMode: mode), maxBatch: 6)
+            let block = Self.resnet(shortcut: .projection, mode: mode, batch: 6)
+            for (what, net) in [("vgg", vgg), ("resnet block", block)] {
+                assertE1(NetworkHarness(net, batch: 6, seed: 75), "\(what) \(mode)")
+            }
+        }
+    }
+}
