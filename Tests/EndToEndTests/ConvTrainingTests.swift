@@ -41,6 +41,24 @@ final class ConvTrainingTests: XCTestCase {
         XCTAssertGreaterThan(DistributedTrainingTests.maxRelativeDifference(plain, one), 1e-3)
     }
 
+    /// paper.md E2 for conv nets on 2 ranks: with a BN head every conv weight and every BN's (gamma,
+    /// beta) but the last is SI (cnn: 2 convs, 2 BNs, the head weight); in ResNet-20 the 19 conv
+    /// weights, the head weight and the first BN of each of the 9 blocks; each satisfies the norm
+    /// identity at every step.
+    func testNormIdentityForConvNetsOnTwoRanks() throws {
+        for (model, expected) in [("cnn", 5), ("resnet20", 19 + 1 + 9)] {
+            let metrics = directory.appendingPathComponent("e2-\(model).jsonl").path
+            let result = try Launcher.mpirun(
+                2, "autorate",
+                [
+                    "train", "--model", model, "--data", "synthetic-images", "--head", "bn", "--global-batch", "16",
+                    "--steps", "6", "--log-every", "1", "--quiet", "--metrics", metrics, "--bn-recalibrate", "1",
+                ])
+            XCTAssertEqual(result.status, 0, result.output)
+            XCTAssertEqual(try DistributedTrainingTests.assertNormIdentity(metrics, model), expected, "SI groups of \(model)")
+        }
+    }
+
     /// Writes CIFAR-10 binary files (1 label byte + 3072 pixel bytes per record).
     func writeCIFAR(records: Int = 8, damage: ((inout Data) -> Void)? = nil) throws -> String {
         for name in (1...5).map({ "data_batch_\($0).bin" }) + ["test_batch.bin"] {

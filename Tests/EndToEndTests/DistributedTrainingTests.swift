@@ -25,6 +25,24 @@ final class DistributedTrainingTests: XCTestCase {
         return losses + [final]
     }
 
+    /// paper.md E2 on a metrics file: at every logged step every SI group satisfies the norm identity
+    /// (rel. 1e-4) and orthogonality (|cos| < 1e-3) on the allreduced gradient, and its norm never
+    /// decreases. Returns the number of SI groups seen.
+    static func assertNormIdentity(_ metrics: String, _ what: String, line: UInt = #line) throws -> Int {
+        var lastNorm: [String: Double] = [:]
+        for record in try Launcher.metrics(metrics) where record["event"] == nil {
+            for group in record["groups"] as! [[String: Any]] where group["kind"] as! String == "SI" {
+                let name = group["name"] as! String
+                let norm2 = group["norm2"] as! Double
+                XCTAssertLessThan(abs(group["identity_residual"] as! Double), 1e-4, "\(what), group \(name)", line: line)
+                XCTAssertLessThan(abs(group["cos"] as! Double), 1e-3, "\(what), group \(name)", line: line)
+                XCTAssertGreaterThanOrEqual(norm2, (lastNorm[name] ?? 0) * (1 - 1e-6), "\(what): norm of \(name) decreased", line: line)
+                lastNorm[name] = norm2
+            }
+        }
+        return lastNorm.count
+    }
+
     static func maxRelativeDifference(_ a: [Double], _ b: [Double]) -> Double {
         zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .infinity
     }
@@ -89,20 +107,8 @@ final class DistributedTrainingTests: XCTestCase {
                     "--head", "bn", "--lr-si", lr, "--bn", bn, "--metrics", metrics,
                 ])
             XCTAssertEqual(result.status, 0, result.output)
-            var lastNorm: [String: Double] = [:]
-            for record in try Launcher.metrics(metrics) where record["event"] == nil {
-                for group in record["groups"] as! [[String: Any]] where group["kind"] as! String == "SI" {
-                    let name = group["name"] as! String
-                    let residual = group["identity_residual"] as! Double
-                    let cosine = group["cos"] as! Double
-                    let norm2 = group["norm2"] as! Double
-                    XCTAssertLessThan(abs(residual), 1e-4, "lr-si \(lr), group \(name)")
-                    XCTAssertLessThan(abs(cosine), 1e-3, "lr-si \(lr), group \(name)")
-                    XCTAssertGreaterThanOrEqual(norm2, (lastNorm[name] ?? 0) * (1 - 1e-6), "norm of \(name) decreased")
-                    lastNorm[name] = norm2
-                }
-            }
-            XCTAssertEqual(lastNorm.count, 5, "five SI groups in a 3-layer MLP with a BN head")
+            let groups = try Self.assertNormIdentity(metrics, "lr-si \(lr) bn \(bn)")
+            XCTAssertEqual(groups, 5, "five SI groups in a 3-layer MLP with a BN head")
         }
         let metrics = directory.appendingPathComponent("e12.jsonl").path
         let result = try Launcher.mpirun(
