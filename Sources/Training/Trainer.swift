@@ -256,7 +256,7 @@ public final class Trainer {
     private func describe() {
         let c = configuration
         console.root(
-            "autorate: \(communicator.size) rank(s), data \(c.data) (\(splits.train.count) train / \(splits.test.count) test samples\(splits.train.image.map { " of \($0)" } ?? ""), augmentation \(c.augmentation.rawValue)), \(model.architecture), BN \(c.batchNormSync.rawValue) eps \(c.batchNorm.epsilonMode.rawValue)"
+            "autorate: \(communicator.size) rank(s), data \(c.data) (\(splits.train.count) train / \(splits.test.count) test samples\(splits.train.image.map { " of \($0) images, augmentation \(c.augmentation.rawValue)" } ?? "")), \(model.architecture), BN \(c.batchNormSync.rawValue) eps \(c.batchNorm.epsilonMode.rawValue)"
         )
         console.root(
             "parameter groups (SI: scale-invariant, lr-si \(c.invariant.learningRate) \(c.invariant.schedule); SV: scale-variant, lr-sv \(c.variant.learningRate) \(c.variant.schedule)):\n\(model.groupingDescription)"
