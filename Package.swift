@@ -34,6 +34,7 @@ let package = Package(
             name: "Training",
             dependencies: [
                 "Collectives", "TensorCore", "Layers", "Optimizers", "Data",
+                .product(name: "RealModule", package: "swift-numerics"),
             ]),
         .executableTarget(
             name: "autorate",

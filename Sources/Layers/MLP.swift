@@ -21,6 +21,8 @@ public enum HeadKind: String, Sendable, CaseIterable {
 public final class MLP: Network {
     public let widths: [Int]
     public let head: HeadKind
+    /// False for the plain baseline without BN.
+    public let normalized: Bool
     public let parameters: ParameterStore
     /// Running means and variances of every BN, one flat buffer (broadcast and checksummed like parameters).
     public let buffers: FlatBuffer
@@ -41,9 +43,13 @@ public final class MLP: Network {
     public var classes: Int { widths.last! }
     public var inputFeatures: Int { widths[0] }
 
-    public init(widths: [Int], head: HeadKind, batchNorm: BatchNormSettings, maxBatch: Int) {
+    /// - Parameter normalized: false builds the plain baseline without BN (paper.md E4): every Linear
+    ///   has a bias, hidden layers are Linear -> ReLU, and every parameter is SV.
+    public init(widths: [Int], head: HeadKind, batchNorm: BatchNormSettings, maxBatch: Int, normalized: Bool = true) {
         precondition(widths.count >= 2 && widths.allSatisfy { $0 > 0 }, "widths need an input and an output size, all positive")
+        precondition(normalized || head == .linear, "a network without BN has a linear head")
         self.widths = widths
+        self.normalized = normalized
         self.head = head
         self.maxBatch = maxBatch
         var layout = ParameterLayout(), bufferLayout = ParameterLayout()
@@ -54,7 +60,7 @@ public final class MLP: Network {
         let layers = widths.count - 1
         for i in 0..<layers {
             let isHead = i == layers - 1
-            let hasNorm = !isHead || head == .bn
+            let hasNorm = normalized && (!isHead || head == .bn)
             let w = layout.append("\(index).weight", shape: [widths[i + 1], widths[i]])
             let b = hasNorm ? nil : layout.append("\(index).bias", shape: [widths[i + 1]])
             linearSpecs.append((w, b))
@@ -79,6 +85,8 @@ public final class MLP: Network {
                         name: "\(index).weight+bias",
                         kind: feedsAnotherBN ? .scaleInvariant : .scaleVariant, tensors: [g, bt]))
                 index += 2  // BN, then ReLU (a parameter-free index, as in nn.Sequential)
+            } else if !isHead {
+                index += 1  // ReLU
             }
         }
         parameters = ParameterStore(layout: layout)
@@ -148,6 +156,8 @@ public final class MLP: Network {
                 let y = rows(normOut[i], x.rows)
                 try normalize(norms[i], z, y, i < linears.count - 1)
                 current = y
+            } else if i < linears.count - 1 {
+                for k in 0..<z.count { z.base[k] = Swift.max(z.base[k], 0) }  // ReLU of the plain baseline
             }
         }
         return current
@@ -182,8 +192,10 @@ public final class MLP: Network {
                 useA.toggle()
                 try norms[i].backward(upstream, dz, parameters, reducer: reducer, deferEpsilonGradient: true)
                 upstream = dz
+            } else if i < linears.count - 1 {
+                reluBackward(output: rows(linearOut[i], n).readOnly, upstream.readOnly, upstream.buffer)
             }
-            let input = i == 0 ? lastInput! : rows(normOut[i - 1], n)
+            let input = i == 0 ? lastInput! : rows(normalized ? normOut[i - 1] : linearOut[i - 1], n)
             var dx: Matrix? = nil
             if i > 0 {
                 dx = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i])
@@ -196,7 +208,9 @@ public final class MLP: Network {
     }
 
     public var architecture: String {
-        "mlp, widths \(widths.map(String.init).joined(separator: ",")), head \(head.rawValue)"
+        normalized
+            ? "mlp, widths \(widths.map(String.init).joined(separator: ",")), head \(head.rawValue)"
+            : "plain mlp without BN (baseline), widths \(widths.map(String.init).joined(separator: ","))"
     }
 
     /// Forward, weight gradient, and input gradient but for the first layer, as `Linear` calls them.

@@ -36,7 +36,13 @@ extension TrainingConfiguration {
     public func makeNetwork(for data: Dataset, maxBatch: Int) throws -> any Network {
         guard let architecture = convArchitecture else {
             let widths = try resolvedWidths(dimension: data.dimension, classes: data.classes)
-            return MLP(widths: widths, head: head, batchNorm: batchNorm, maxBatch: maxBatch)
+            if !batchNormalized && head == .bn {
+                throw TrainingError.configuration("--no-bn builds a network without BN; it takes --head linear, not --head bn")
+            }
+            return MLP(widths: widths, head: head, batchNorm: batchNorm, maxBatch: maxBatch, normalized: batchNormalized)
+        }
+        if !batchNormalized {
+            throw TrainingError.configuration("--no-bn applies to --model mlp only (the plain baseline); --model \(model.rawValue) always has BN")
         }
         if widths != nil {
             throw TrainingError.configuration("--widths sets the layers of --model mlp only; --model \(model.rawValue) has its own layers")

@@ -24,12 +24,12 @@ public final class Trainer {
     /// Steps between progress lines and metrics records.
     public let logEvery: Int
     private var sampler: ShardSampler
-    private let statistics: StatisticsReducer
+    let statistics: StatisticsReducer
     /// Every rank normalizes with the same BN statistics (synchronized, or a single rank).
     private var sharedStatistics: Bool { configuration.batchNormSync == .sync || communicator.size == 1 }
     private let input: FlatBuffer
     private let dlogits: FlatBuffer
-    private var labels: [Int32]
+    var labels: [Int32]
     private let metrics: MetricsLog?
 
     /// Loads the data and builds the network and optimizer. No communication.
@@ -71,6 +71,11 @@ public final class Trainer {
                 "--augment \(configuration.augmentation.rawValue) needs image data, but \(configuration.data) holds vectors; use --augment none")
         }
         model.initialize(seed: configuration.seed)
+        if configuration.initScaleSI != 1 {
+            for g in model.groups where g.kind == .scaleInvariant {
+                scale(model.parameters.values.slice(g.range), by: Float(configuration.initScaleSI))
+            }
+        }
         optimizer = ScaleInvariantSGD(
             groups: model.groups, parameterCount: model.parameters.layout.count,
             invariant: configuration.invariant, variant: configuration.variant)
@@ -187,7 +192,7 @@ public final class Trainer {
     /// Copies the rows `indices` of `data` into the input buffer and their labels into `labels`;
     /// with `augmentedFor: epoch`, applies the configured augmentation, drawn from (seed, epoch,
     /// sample index) so that the global batch does not depend on the number of ranks.
-    private func gather(_ data: Dataset, _ indices: ArraySlice<Int32>, augmentedFor epoch: Int? = nil) -> Matrix {
+    func gather(_ data: Dataset, _ indices: ArraySlice<Int32>, augmentedFor epoch: Int? = nil) -> Matrix {
         let d = data.dimension
         let x = Matrix(input.pointer, rows: indices.count, cols: d)
         data.features.withUnsafeBufferPointer { f in
@@ -235,7 +240,7 @@ public final class Trainer {
     /// normalizes with statistics of older weights.
     private func recalibrateBatchNorm() throws {
         let batches = configuration.bnRecalibrationBatches
-        guard batches > 0 else { return }
+        guard batches > 0 && !model.batchNorms.isEmpty else { return }
         for norm in model.batchNorms { norm.averagedBatches = 0 }
         defer { for norm in model.batchNorms { norm.averagedBatches = nil } }
         for t in totalSteps..<(totalSteps + batches) {
@@ -276,15 +281,18 @@ public final class Trainer {
         monitors: [GroupMonitor]
     ) {
         let epoch = Double(step) / Double(sampler.stepsPerEpoch)
+        let intrinsic = IntrinsicGradient.squared(monitors)
         if configuration.printProgress {
             let eta = elapsed / Double(step) * Double(totalSteps - step)
             console.root(
                 String(
                     cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
-                    step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta))
+                    step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta)
+                    + (configuration.logIntrinsicGradient ? String(cFormat: "  G_I^2 %.3e", intrinsic) : ""))
         }
+        let intrinsicField: [(String, JSONValue)] = configuration.logIntrinsicGradient ? [("intrinsic_grad2", .number(intrinsic))] : []
         metrics?.write(
-            .object([
+            .object(intrinsicField + [
                 ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
                 ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
                 ("lr_si", .number(optimizer.currentRate(.scaleInvariant))),

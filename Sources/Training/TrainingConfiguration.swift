@@ -12,6 +12,12 @@ public struct TrainingConfiguration: Sendable {
     public var shortcut: ShortcutKind = .padding
     /// Training-time augmentation of image data (`--augment`).
     public var augmentation: Augmentation = .none
+    /// False: the plain MLP without BN (`--no-bn`), the baseline of paper.md E4.
+    public var batchNormalized = true
+    /// SI groups are multiplied by this after initialization (`--init-scale-si`; paper.md E9).
+    public var initScaleSI = 1.0
+    /// Log G_I^2, the intrinsic gradient norm (paper.md §1), with every logged step.
+    public var logIntrinsicGradient = false
     /// `[in, hidden..., classes]`; nil: the data's input size, 256, 256, the data's classes.
     public var widths: [Int]? = nil
     public var head: HeadKind = .linear

@@ -70,6 +70,8 @@ struct NetworkOptions: ParsableArguments {
     var widthMultiplier = 1.0
     @Option(help: "--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts.")
     var shortcut: ShortcutKind = .padding
+    @Flag(name: .customLong("no-bn"), help: "--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline).")
+    var noBN = false
     @Option(help: "Classifier head: 'linear' (Linear with bias, SV) or 'bn' (Linear then BN, as in the paper).")
     var head: HeadKind = .linear
     @Option(
@@ -106,6 +108,7 @@ struct NetworkOptions: ParsableArguments {
         c.vggLayers = vggLayers.map { try! parseVGGLayers($0) }  // validated
         c.widthMultiplier = widthMultiplier
         c.shortcut = shortcut
+        c.batchNormalized = !noBN
         c.head = head
         c.globalBatch = globalBatch
         c.batchNormSync = bn

@@ -21,6 +21,10 @@ struct Train: ParsableCommand {
         name: .customLong("bn-recalibrate"),
         help: "After training, recompute BN running statistics for the final weights over this many global batches (0: keep the running average).")
     var bnRecalibrate = 20
+    @Option(name: .customLong("init-scale-si"), help: "Multiply the SI groups by this after initialization (equivalent scaling, paper.md fact 5).")
+    var initScaleSI = 1.0
+    @Flag(name: .customLong("log-intrinsic-grad"), help: "Log G_I^2, the intrinsic gradient norm on the global batch, with every logged step.")
+    var logIntrinsicGrad = false
     @Option(help: "Full passes over the training set (ignored when --steps is given).")
     var epochs = 10
     @Option(help: "Total training steps (overrides --epochs).")
@@ -31,9 +35,9 @@ struct Train: ParsableCommand {
         name: .customLong("lr-sv"),
         help: "Learning rate of the scale-variant groups (tune this one; default 0.1 for mlp, 0.02 for conv nets).")
     var lrSV: Double?
-    @Option(name: .customLong("schedule-si"), help: "SI schedule: 'const' or 'invsqrt' (lr/sqrt(t+1)).")
+    @Option(name: .customLong("schedule-si"), help: "SI schedule: 'const', 'invsqrt' (lr/sqrt(t+1)) or 'exp:R' (lr*R^t).")
     var scheduleSI: Schedule = .constant
-    @Option(name: .customLong("schedule-sv"), help: "SV schedule: 'const' or 'invsqrt'.")
+    @Option(name: .customLong("schedule-sv"), help: "SV schedule: 'const', 'invsqrt' or 'exp:R'.")
     var scheduleSV: Schedule = .constant
     @Option(help: "Heavy-ball momentum for both groups (not the paper's algorithm when > 0).")
     var momentum = 0.0
@@ -56,6 +60,7 @@ struct Train: ParsableCommand {
         _ = try parseData(data)
         if let widths { _ = try parseWidths(widths) }
         try require(bnRecalibrate >= 0 && bnRecalibrate <= 100_000, "--bn-recalibrate", bnRecalibrate, "0 to 100000 global batches")
+        try require(initScaleSI > 0 && initScaleSI.isFinite, "--init-scale-si", initScaleSI, "a finite factor > 0")
         try require(epochs > 0, "--epochs", epochs, "a positive number of passes")
         if let steps { try require(steps > 0, "--steps", steps, "a positive number of steps") }
         try require(lrSI.isFinite && lrSI > 0, "--lr-si", lrSI, "a finite rate > 0")
@@ -74,6 +79,8 @@ struct Train: ParsableCommand {
         c.data = try! parseData(data)
         c.widths = widths.map { try! parseWidths($0) }
         c.augmentation = augment
+        c.initScaleSI = initScaleSI
+        c.logIntrinsicGradient = logIntrinsicGrad
         c.bnRecalibrationBatches = bnRecalibrate
         c.epochs = epochs
         c.steps = steps
