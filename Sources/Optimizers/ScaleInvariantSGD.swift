@@ -68,6 +68,19 @@ public final class ScaleInvariantSGD {
 
     public var isPaperAlgorithm: Bool { invariantRule.isPlain && variantRule.isPlain }
 
+    /// The heavy-ball velocity (same layout as the parameters), nil without momentum: part of a checkpoint.
+    public var momentumBuffer: FlatBuffer? { velocity }
+
+    /// Continues from a checkpoint: the step counter (schedules depend on it) and the velocity.
+    public func restore(step: Int, momentum: [Float]?) {
+        precondition(step >= 0, "a negative step")
+        self.step = step
+        if let velocity, let momentum {
+            precondition(momentum.count == velocity.count, "momentum of \(momentum.count) values for \(velocity.count) parameters")
+            velocity.all.update(fromContentsOf: momentum)
+        }
+    }
+
     public func rule(for kind: ScaleKind) -> GroupRule {
         kind == .scaleInvariant ? invariantRule : variantRule
     }

@@ -8,8 +8,9 @@ final class MetricsLog {
     private let file: UnsafeMutablePointer<FILE>
     let path: String
 
-    init(path: String) throws {
-        guard let f = fopen(path, "w") else {
+    /// - Parameter append: keep what an interrupted run wrote (resume) instead of starting afresh.
+    init(path: String, append: Bool = false) throws {
+        guard let f = fopen(path, append ? "a" : "w") else {
             throw TrainingError.configuration(
                 "--metrics \(path): cannot be opened for writing: \(String(cString: strerror(errno)))")
         }

@@ -23,7 +23,11 @@ public final class Trainer {
     public let totalSteps: Int
     /// Steps between progress lines and metrics records.
     public let logEvery: Int
-    private var sampler: ShardSampler
+    var sampler: ShardSampler
+    private var resumedFrom = 0
+    var watchdog: StallWatchdog?
+    /// BN running statistics before the current step, restored when the step is skipped.
+    private lazy var buffersBeforeStep = FlatBuffer(count: model.buffers.count)
     let statistics: StatisticsReducer
     /// Every rank normalizes with the same BN statistics (synchronized, or a single rank).
     private var sharedStatistics: Bool { configuration.batchNormSync == .sync || communicator.size == 1 }
@@ -89,22 +93,42 @@ public final class Trainer {
         input = FlatBuffer(count: rows * train.dimension)
         dlogits = FlatBuffer(count: rows * train.classes)
         labels = [Int32](repeating: 0, count: rows)
-        metrics = try communicator.isRoot ? configuration.metricsPath.map { try MetricsLog(path: $0) } : nil
+        metrics = try communicator.isRoot ? configuration.metricsPath.map { try MetricsLog(path: $0, append: configuration.resume != nil) } : nil
     }
 
     // MARK: the run
 
     /// Collective: trains for `totalSteps`, logging every `logEvery` steps, then evaluates.
     public func run() throws -> RunSummary {
+        let watchdog = configuration.stallTimeout > 0 ? StallWatchdog(timeout: configuration.stallTimeout, rank: communicator.rank) : nil
+        defer { watchdog?.stop() }
+        self.watchdog = watchdog
+        try agreeOnConfiguration()
+        let start = try restoreOrStart()
         try synchronizeReplicas()
         describe()
+        #if CHECKPOINTS
+        let checkpoints = configuration.checkpointDirectory.map { CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints) }
+        #endif
         let clock = Stopwatch()
         var window = Window()
-        var lastLog = (time: 0.0, step: 0)
+        var lastLog = (time: 0.0, step: start)
+        resumedFrom = start
         var lastLoss = Double.nan
-        for t in 0..<totalSteps {
+        var badSteps = 0
+        for t in start..<totalSteps {
             let logging = (t + 1) % logEvery == 0 || t + 1 == totalSteps
             let result = try trainStep(t, monitor: logging)
+            if result.skipped {
+                badSteps += 1
+                console.warning("step \(t + 1): the summed gradient is not finite (NaN or Inf); the step is skipped on every rank and its BN statistics restored (\(badSteps) in a row, --max-bad-steps \(configuration.maxBadSteps))")
+                metrics?.write(.object([("event", .string("skipped_step")), ("step", .integer(t + 1)), ("consecutive", .integer(badSteps))]))
+                if badSteps >= configuration.maxBadSteps {
+                    throw TrainingError.nonFinite(step: t + 1, what: "the gradient of \(badSteps) consecutive steps")
+                }
+                continue
+            }
+            badSteps = 0
             window.add(result)
             if logging {
                 let global = try window.reduce(over: communicator)
@@ -118,6 +142,12 @@ public final class Trainer {
                     step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
                     elapsed: now, monitors: result.monitors)
             }
+            #if CHECKPOINTS
+            if let checkpoints, (t + 1) % configuration.checkpointEvery == 0 || t + 1 == totalSteps, communicator.isRoot {
+                let path = try saveCheckpoint(completedSteps: t + 1, into: checkpoints)
+                if configuration.printProgress { console.root("checkpoint: \(path)") }
+            }
+            #endif
         }
         let seconds = clock.seconds
         try recalibrateBatchNorm()
@@ -126,7 +156,7 @@ public final class Trainer {
         let test = try evaluate(splits.test)
         let summary = RunSummary(
             steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
-            testAccuracy: test.accuracy, samplesPerSecond: Double(totalSteps * configuration.globalBatch) / seconds)
+            testAccuracy: test.accuracy, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
         metrics?.write(summary.json)
         console.root(
             String(
@@ -142,7 +172,10 @@ public final class Trainer {
         // 1. shard: this rank's slice of global batch t
         let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
         let x = gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch)
+        injectFaults(t, x)
+        buffersBeforeStep.all.update(fromContentsOf: model.buffers.all)
         // 2. forward; each BN sums (count, sum, sum of squares) over ranks when synchronized
+        watchdog?.progress(step: t + 1, "the forward pass (synchronized BN: MPI_Allreduce of the batch statistics)")
         let logits = try model.forward(x, reducer: statistics)
         // 3. loss of this rank's samples, gradient divided by the *global* batch size
         let dz = Matrix(dlogits.pointer, rows: x.rows, cols: model.classes)
@@ -152,11 +185,21 @@ public final class Trainer {
                 normalizer: Double(configuration.globalBatch), dlogits: dz)
         }
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
+        watchdog?.progress(step: t + 1, "the backward pass (synchronized BN: MPI_Allreduce of the gradient sums)")
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
         // 5. gradients summed over ranks, bucket by bucket, in reverse layer order (and, with
         //    per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
+        watchdog?.progress(step: t + 1, "the gradient MPI_Allreduce")
         try buckets.allreduce(model.parameters.gradients, over: communicator)
         if !sharedStatistics { try sumRadialCoefficients() }
+        // 5b. the NaN/Inf guard: the summed gradient is the same on every rank, so every rank
+        //     decides alike without communicating; a skipped step also undoes its BN statistics
+        if !allFinite(model.parameters.gradients.all) || model.parameters.pendingRadial.contains(where: { !allFinite($0.coefficients) }) {
+            model.buffers.all.update(fromContentsOf: buffersBeforeStep.all)
+            model.parameters.pendingRadial.removeAll()
+            return StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: [], skipped: true)
+        }
+        watchdog?.progress(step: t + 1, "the update")
         // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
         //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass)
         let monitors = optimizer.apply(to: model.parameters, monitor: monitor)
@@ -224,6 +267,40 @@ public final class Trainer {
         }
     }
 
+    /// Collective: with `--resume`, rank 0 loads the checkpoint and the others receive the step and
+    /// the optimizer state (parameters and BN buffers follow in `synchronizeReplicas`). Returns the
+    /// first step to run. A checkpoint rank 0 refuses stops every rank with its message.
+    private func restoreOrStart() throws -> Int {
+        #if !CHECKPOINTS
+        return 0
+        #else
+        guard let resume = configuration.resume else { return 0 }
+        var status = [0, 0, 0]  // 0: start afresh, 1: resumed at step status[1] (optimizer step status[2]), 2: refused
+        var refusal: TrainingError? = nil
+        if communicator.isRoot {
+            do {
+                if let loaded = try loadCheckpoint(resume) {
+                    status = [1, loaded.step, optimizer.step]
+                    console.root("resuming from \(loaded.path) at step \(loaded.step) of \(totalSteps)")
+                } else {
+                    console.root("--resume auto: no checkpoint in \(configuration.checkpointDirectory ?? "") yet; starting at step 0")
+                }
+            } catch let error as TrainingError {
+                (status, refusal) = ([2, 0, 0], error)
+            }
+        }
+        try communicator.broadcast(&status, root: 0)
+        if status[0] == 2 { throw refusal ?? TrainingError.configuration("rank 0 refused the checkpoint (it printed why)") }
+        guard status[0] == 1 else { return 0 }
+        if !communicator.isRoot { optimizer.restore(step: status[2], momentum: nil) }
+        if let momentum = optimizer.momentumBuffer { try communicator.broadcast(UnsafeMutableRawBufferPointer(momentum.all), root: 0) }
+        guard status[1] <= totalSteps else {
+            throw TrainingError.configuration("the checkpoint is at step \(status[1]), beyond the \(totalSteps) steps of this run; raise --steps or --epochs")
+        }
+        return status[1]
+        #endif
+    }
+
     /// Collective: rank 0's parameters and BN buffers go to every rank; then a fingerprint check.
     private func synchronizeReplicas() throws {
         for buffer in [model.parameters.values, model.buffers] {
@@ -283,7 +360,7 @@ public final class Trainer {
         let epoch = Double(step) / Double(sampler.stepsPerEpoch)
         let intrinsic = IntrinsicGradient.squared(monitors)
         if configuration.printProgress {
-            let eta = elapsed / Double(step) * Double(totalSteps - step)
+            let eta = elapsed / Double(Swift.max(step - resumedFrom, 1)) * Double(totalSteps - step)
             console.root(
                 String(
                     cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
@@ -319,6 +396,8 @@ public struct StepResult {
     public let correct: Int
     public let count: Int
     public let monitors: [GroupMonitor]
+    /// The guard skipped the update: the summed gradient was not finite.
+    public var skipped = false
 }
 
 /// The end of a run.

@@ -36,6 +36,21 @@ public struct TrainingConfiguration: Sendable {
     public var logEvery: Int? = nil
     public var metricsPath: String? = nil
     public var bucketBytes = 25 << 20
+    /// Where checkpoints go (`--checkpoint-dir`); nil: none are written.
+    public var checkpointDirectory: String? = nil
+    /// Steps between checkpoints; one is also written after the last step.
+    public var checkpointEvery = 1000
+    /// Checkpoints kept in the directory, newest first.
+    public var keepCheckpoints = 3
+    /// Consecutive steps with a non-finite gradient that are skipped before the run stops.
+    public var maxBadSteps = 5
+    /// Seconds without progress after which a rank ends the job (`--stall-timeout`); 0: no watchdog.
+    public var stallTimeout = 300.0
+    /// Test-only faults (hidden flags): NaN in the input of (step, rank); a rank that sleeps at (step, rank).
+    public var debugNaN: (step: Int, rank: Int)? = nil
+    public var debugStall: (step: Int, rank: Int)? = nil
+    /// `--resume auto|PATH`.
+    public var resume: String? = nil  // TEMP
     /// Print progress lines (rank 0). Off for benchmarks and tests that read only the metrics file.
     public var printProgress = true
 

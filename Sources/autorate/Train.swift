@@ -53,6 +53,22 @@ struct Train: ParsableCommand {
     var metrics: String?
     @Option(name: .customLong("bucket-mb"), help: "Largest gradient allreduce bucket in MiB.")
     var bucketMB = 25.0
+    @Option(name: .customLong("checkpoint-dir"), help: "Write checkpoints (safetensors) to this directory (rank 0).")
+    var checkpointDir: String?
+    @Option(name: .customLong("checkpoint-every"), help: "Steps between checkpoints (one is also written after the last step).")
+    var checkpointEvery = 1000
+    @Option(name: .customLong("keep-checkpoints"), help: "Checkpoints kept, newest first.")
+    var keepCheckpoints = 3
+    @Option(help: "Continue from 'auto' (the newest checkpoint in --checkpoint-dir that loads, if any) or from a checkpoint file.")
+    var resume: String?
+    @Option(name: .customLong("max-bad-steps"), help: "Stop after this many consecutive steps whose summed gradient is NaN or infinite (each is skipped).")
+    var maxBadSteps = 5
+    @Option(name: .customLong("stall-timeout"), help: "Seconds a rank may make no progress before it ends the job (0: never).")
+    var stallTimeout = 300.0
+    @Option(name: .customLong("debug-nan-at"), help: .hidden)
+    var debugNaNAt: String?
+    @Option(name: .customLong("debug-stall-at"), help: .hidden)
+    var debugStallAt: String?
     @Flag(help: "Print only the summary, not a progress line per logged step.")
     var quiet = false
 
@@ -61,6 +77,16 @@ struct Train: ParsableCommand {
         if let widths { _ = try parseWidths(widths) }
         try require(bnRecalibrate >= 0 && bnRecalibrate <= 100_000, "--bn-recalibrate", bnRecalibrate, "0 to 100000 global batches")
         try require(initScaleSI > 0 && initScaleSI.isFinite, "--init-scale-si", initScaleSI, "a finite factor > 0")
+        try require(maxBadSteps >= 1, "--max-bad-steps", maxBadSteps, "at least 1")
+        try require(stallTimeout >= 0 && stallTimeout.isFinite, "--stall-timeout", stallTimeout, "seconds >= 0 (0: no watchdog)")
+        for (flag, value) in [("--debug-nan-at", debugNaNAt), ("--debug-stall-at", debugStallAt)] {
+            if let value, Self.stepAndRank(value) == nil { throw ValidationError("\(flag) \(value) is not accepted: use STEP:RANK.") }
+        }
+        try require(checkpointEvery >= 1, "--checkpoint-every", checkpointEvery, "a positive number of steps")
+        try require(keepCheckpoints >= 1, "--keep-checkpoints", keepCheckpoints, "at least 1")
+        if resume == "auto" && checkpointDir == nil {
+            throw ValidationError("--resume auto looks in --checkpoint-dir; give the directory (or --resume PATH for one file).")
+        }
         try require(epochs > 0, "--epochs", epochs, "a positive number of passes")
         if let steps { try require(steps > 0, "--steps", steps, "a positive number of steps") }
         try require(lrSI.isFinite && lrSI > 0, "--lr-si", lrSI, "a finite rate > 0")
@@ -79,6 +105,14 @@ struct Train: ParsableCommand {
         c.data = try! parseData(data)
         c.widths = widths.map { try! parseWidths($0) }
         c.augmentation = augment
+        c.maxBadSteps = maxBadSteps
+        c.stallTimeout = stallTimeout
+        c.debugNaN = debugNaNAt.flatMap(Self.stepAndRank)
+        c.debugStall = debugStallAt.flatMap(Self.stepAndRank)
+        c.checkpointDirectory = checkpointDir
+        c.checkpointEvery = checkpointEvery
+        c.keepCheckpoints = keepCheckpoints
+        c.resume = resume
         c.initScaleSI = initScaleSI
         c.logIntrinsicGradient = logIntrinsicGrad
         c.bnRecalibrationBatches = bnRecalibrate
@@ -94,6 +128,12 @@ struct Train: ParsableCommand {
         c.bucketBytes = Int(bucketMB * 1024 * 1024)
         c.printProgress = !quiet
         return c
+    }
+
+    /// `STEP:RANK` of the test-only fault flags.
+    static func stepAndRank(_ text: String) -> (step: Int, rank: Int)? {
+        let parts = text.split(separator: ":").compactMap { Int($0) }
+        return parts.count == 2 && parts[0] >= 0 && parts[1] >= 0 ? (parts[0], parts[1]) : nil
     }
 
     func run() throws {

@@ -60,7 +60,7 @@ final class UpdateRuleTests: XCTestCase {
         }
     }
 
-    /// Exact known answers for the two schedules.
+    /// Exact known answers for the schedules.
     func testSchedules() {
         XCTAssertEqual(Schedule.constant.rate(base: 0.3, step: 0), 0.3)
         XCTAssertEqual(Schedule.constant.rate(base: 0.3, step: 99), 0.3)
@@ -71,7 +71,10 @@ final class UpdateRuleTests: XCTestCase {
         XCTAssertEqual(Schedule(name: "constant"), .constant)
         XCTAssertEqual(Schedule(name: "invsqrt"), .inverseSquareRoot)
         XCTAssertNil(Schedule(name: "cosine"))
-        for name in Schedule.names { XCTAssertEqual(Schedule(name: name)?.description, name) }
+        for name in ["exp:0", "exp:-1", "exp:x", "exp:inf", "exp:"] { XCTAssertNil(Schedule(name: name), name) }
+        XCTAssertEqual(Schedule(name: "exp:1.5"), .exponential(1.5))
+        XCTAssertEqual(Schedule.exponential(1.5).rate(base: 0.4, step: 2), 0.9, accuracy: 1e-15)
+        for name in ["const", "invsqrt", "exp:1.5"] { XCTAssertEqual(Schedule(name: name)?.description, name) }
     }
 
     /// The optimizer applies the schedule at its own step counter: at step 3 an invsqrt rule uses eta/2.

@@ -1,0 +1,59 @@
+import Foundation
+import XCTest
+
+/// Ranks that disagree, produce NaN or stall, under mpirun: the documented behaviour and exit status,
+/// within a bounded time.
+final class ReliabilityTests: XCTestCase {
+    var directory: URL!
+
+    override func setUpWithError() throws { directory = try Launcher.temporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    /// Two ranks started with different --seed (mpirun's MPMD syntax): every rank stops at start-up,
+    /// naming the field and the ranks.
+    func testRanksWithDifferentConfigurationsStop() throws {
+        let autorate = Launcher.executable("autorate")
+        let result = try Launcher.run(
+            [
+                "mpirun", "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", "--seed", "1", ":",
+                "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", "--seed", "2",
+            ], timeout: 60)
+        XCTAssertNotEqual(result.status, 0, result.output)
+        XCTAssertLessThan(result.seconds, 30)
+        XCTAssertTrue(result.output.contains("--seed differs between rank 0 (1) and rank(s) 1"), result.output)
+    }
+
+    /// A NaN injected into one rank's input at step 4 spreads to the summed gradient: every rank skips
+    /// that step (and restores its BN statistics) and training goes on; with --max-bad-steps 1 the run
+    /// stops with a clear message instead.
+    func testNonFiniteGradientIsSkippedTogetherOrStops() throws {
+        let metrics = directory.appendingPathComponent("nan.jsonl").path
+        let skipped = try Launcher.mpirun(
+            2, "autorate", ["train", "--steps", "12", "--quiet", "--log-every", "1", "--metrics", metrics, "--debug-nan-at", "4:1"])
+        XCTAssertEqual(skipped.status, 0, skipped.output)
+        XCTAssertTrue(skipped.output.contains("step 4: the summed gradient is not finite"), skipped.output)
+        let records = try Launcher.metrics(metrics)
+        XCTAssertEqual(records.filter { $0["event"] as? String == "skipped_step" }.count, 1)
+        XCTAssertEqual(records.filter { $0["event"] == nil }.count, 11, "the 11 good steps are logged")
+        XCTAssertTrue(records.allSatisfy { ($0["loss"] as? Double)?.isFinite ?? true }, "no NaN reaches the logged loss")
+        let final = try XCTUnwrap(records.last?["test_loss"] as? Double)
+        XCTAssertTrue(final.isFinite, "the model is intact")
+
+        let stopped = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--quiet", "--debug-nan-at", "4:0", "--max-bad-steps", "1"])
+        XCTAssertEqual(stopped.status, 1, stopped.output)
+        XCTAssertTrue(stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
+    }
+
+    /// One rank sleeps at step 3: both ranks' watchdogs end the job after --stall-timeout, each naming
+    /// itself, the step and what it waits in; mpirun returns within seconds of the timeout.
+    func testStalledRankEndsTheJob() throws {
+        let result = try Launcher.mpirun(
+            2, "autorate", ["train", "--steps", "20", "--quiet", "--debug-stall-at", "3:1", "--stall-timeout", "3"], timeout: 60)
+        XCTAssertNotEqual(result.status, 0, result.output)
+        XCTAssertLessThan(result.seconds, 20, "mpirun took \(result.seconds) s")
+        XCTAssertTrue(
+            result.output.contains("rank 1: no progress for 3 s (--stall-timeout 3) at step 3, waiting in a test-only stall")
+                || result.output.contains("rank 0: no progress for 3 s (--stall-timeout 3) at step 3, waiting in the forward pass"),
+            result.output)
+    }
+}
