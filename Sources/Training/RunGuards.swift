@@ -54,8 +54,9 @@ extension Trainer {
         return "\(data.count)x\(data.dimension)/\(data.classes): \(fnv1a(data.labels.map(String.init).joined(separator: ","))) \(fnv1a(sample.map(String.init).joined()))"
     }
 
-    /// The test-only faults of `--debug-nan-at` and `--debug-stall-at`.
+    /// The test-only faults of `--debug-nan-at`, `--debug-stall-at` and `--debug-kill-at` (1-based steps).
     func injectFaults(_ t: Int, _ x: Matrix) {
+        if let f = configuration.debugKill, f.step == t + 1, f.rank == communicator.rank { kill(getpid(), SIGKILL) }
         if let f = configuration.debugNaN, f.step == t + 1, f.rank == communicator.rank, x.count > 0 { x.base[0] = .nan }
         if let f = configuration.debugStall, f.step == t + 1, f.rank == communicator.rank {
             watchdog?.progress(step: t + 1, "a test-only stall (--debug-stall-at)")

@@ -107,9 +107,7 @@ public final class Trainer {
         let start = try restoreOrStart()
         try synchronizeReplicas()
         describe()
-        #if CHECKPOINTS
         let checkpoints = configuration.checkpointDirectory.map { CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints) }
-        #endif
         let clock = Stopwatch()
         var window = Window()
         var lastLog = (time: 0.0, step: start)
@@ -142,12 +140,10 @@ public final class Trainer {
                     step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
                     elapsed: now, monitors: result.monitors)
             }
-            #if CHECKPOINTS
             if let checkpoints, (t + 1) % configuration.checkpointEvery == 0 || t + 1 == totalSteps, communicator.isRoot {
                 let path = try saveCheckpoint(completedSteps: t + 1, into: checkpoints)
                 if configuration.printProgress { console.root("checkpoint: \(path)") }
             }
-            #endif
         }
         let seconds = clock.seconds
         try recalibrateBatchNorm()
@@ -271,9 +267,6 @@ public final class Trainer {
     /// the optimizer state (parameters and BN buffers follow in `synchronizeReplicas`). Returns the
     /// first step to run. A checkpoint rank 0 refuses stops every rank with its message.
     private func restoreOrStart() throws -> Int {
-        #if !CHECKPOINTS
-        return 0
-        #else
         guard let resume = configuration.resume else { return 0 }
         var status = [0, 0, 0]  // 0: start afresh, 1: resumed at step status[1] (optimizer step status[2]), 2: refused
         var refusal: TrainingError? = nil
@@ -298,7 +291,6 @@ public final class Trainer {
             throw TrainingError.configuration("the checkpoint is at step \(status[1]), beyond the \(totalSteps) steps of this run; raise --steps or --epochs")
         }
         return status[1]
-        #endif
     }
 
     /// Collective: rank 0's parameters and BN buffers go to every rank; then a fingerprint check.

@@ -49,8 +49,10 @@ public struct TrainingConfiguration: Sendable {
     /// Test-only faults (hidden flags): NaN in the input of (step, rank); a rank that sleeps at (step, rank).
     public var debugNaN: (step: Int, rank: Int)? = nil
     public var debugStall: (step: Int, rank: Int)? = nil
+    /// Test-only: the rank SIGKILLs itself at (step, rank), as a preempted node would die.
+    public var debugKill: (step: Int, rank: Int)? = nil
     /// `--resume auto|PATH`.
-    public var resume: String? = nil  // TEMP
+    public var resume: ResumeSource? = nil
     /// Print progress lines (rank 0). Off for benchmarks and tests that read only the metrics file.
     public var printProgress = true
 

@@ -69,6 +69,8 @@ struct Train: ParsableCommand {
     var debugNaNAt: String?
     @Option(name: .customLong("debug-stall-at"), help: .hidden)
     var debugStallAt: String?
+    @Option(name: .customLong("debug-kill-at"), help: .hidden)
+    var debugKillAt: String?
     @Flag(help: "Print only the summary, not a progress line per logged step.")
     var quiet = false
 
@@ -79,7 +81,7 @@ struct Train: ParsableCommand {
         try require(initScaleSI > 0 && initScaleSI.isFinite, "--init-scale-si", initScaleSI, "a finite factor > 0")
         try require(maxBadSteps >= 1, "--max-bad-steps", maxBadSteps, "at least 1")
         try require(stallTimeout >= 0 && stallTimeout.isFinite, "--stall-timeout", stallTimeout, "seconds >= 0 (0: no watchdog)")
-        for (flag, value) in [("--debug-nan-at", debugNaNAt), ("--debug-stall-at", debugStallAt)] {
+        for (flag, value) in [("--debug-nan-at", debugNaNAt), ("--debug-stall-at", debugStallAt), ("--debug-kill-at", debugKillAt)] {
             if let value, Self.stepAndRank(value) == nil { throw ValidationError("\(flag) \(value) is not accepted: use STEP:RANK.") }
         }
         try require(checkpointEvery >= 1, "--checkpoint-every", checkpointEvery, "a positive number of steps")
@@ -109,10 +111,11 @@ struct Train: ParsableCommand {
         c.stallTimeout = stallTimeout
         c.debugNaN = debugNaNAt.flatMap(Self.stepAndRank)
         c.debugStall = debugStallAt.flatMap(Self.stepAndRank)
+        c.debugKill = debugKillAt.flatMap(Self.stepAndRank)
         c.checkpointDirectory = checkpointDir
         c.checkpointEvery = checkpointEvery
         c.keepCheckpoints = keepCheckpoints
-        c.resume = resume
+        c.resume = resume.map(ResumeSource.init(argument:))
         c.initScaleSI = initScaleSI
         c.logIntrinsicGradient = logIntrinsicGrad
         c.bnRecalibrationBatches = bnRecalibrate
