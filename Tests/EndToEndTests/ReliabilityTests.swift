@@ -23,6 +23,20 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(result.output.contains("--seed differs between rank 0 (1) and rank(s) 1"), result.output)
     }
 
+    /// A data directory that exists for rank 0 only (MPMD: rank 1 is given a missing one): rank 1
+    /// reports its file, every rank stops with status 1, none is left in a collective.
+    func testDataMissingOnOneRankOnlyStopsEveryRank() throws {
+        let autorate = Launcher.executable("autorate")
+        let result = try Launcher.run(
+            [
+                "mpirun", "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", ":",
+                "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", "--data", "mnist:/nonexistent/mnist",
+            ], timeout: 60)
+        XCTAssertEqual(result.status, 1, result.output)
+        XCTAssertLessThan(result.seconds, 30)
+        XCTAssertTrue(result.output.contains("error on rank 1 of 2: /nonexistent/mnist"), result.output)
+    }
+
     /// A NaN injected into one rank's input at step 4 spreads to the summed gradient: every rank skips
     /// that step (and restores its BN statistics) and training goes on; with --max-bad-steps 1 the run
     /// stops with a clear message instead.
