@@ -66,8 +66,11 @@ public final class BatchNorm {
     /// (gamma, beta) of the BN whose ReLU output is this layer's input (`.scaled` mode), if any.
     public let previousAffine: (gamma: TensorSpec, beta: TensorSpec)?
 
-    // Cache of the last training forward, read by backward.
+    // Cache of the last training forward, read by backward: xhat, or (`cacheHoldsInput`) the input x
+    // itself, written there by the layer before (see `inputBuffer`), with the mean and 1/s in
+    // `centering`; backward then recomputes xhat = (x - mean) / s with the forward's expression.
     private let xhat: ActivationBuffer
+    private var cacheHoldsInput = false
     private var invStd: [Float]
     private var denominator: [Double]  // s_c^2 = var + eps_c
     private var rowNorms: [Double]  // ||w_c||^2 (.scaled)
@@ -76,6 +79,25 @@ public final class BatchNorm {
     private var globalEpsilonGradient: [Double]  // dL/d eps_c from global sums (.scaled)
     private var globalCount = 0.0
     private var rows = 0
+    /// Whether the last training forward applied ReLU (for the fused ReLU backward).
+    private var lastReLU = false
+    /// Per-channel Float sums of one block of rows: `2 * channels` values (see `sumBlock`).
+    private let blockSums: UnsafeMutablePointer<Float>
+    /// Per-channel coefficients of the input gradient, set by `beginInputGradient`:
+    /// sum(dy)/N, sum(dy*xhat)/N, gamma/s (`3 * channels` values; a pointer, not arrays held by the
+    /// class, whose every element access would pay exclusivity and uniqueness checks).
+    private let coefficients: UnsafeMutablePointer<Float>
+    /// The mean and 1/s of the last training forward (`2 * channels` values), when `cacheHoldsInput`.
+    private let centering: UnsafeMutablePointer<Float>
+
+    /// Rows per block of the Float sums. A Float sum of B terms is off by at most (B - 1) * 2^-24
+    /// (~9e-7 for B = 16) relative to the sum of their magnitudes, and in practice by ~sqrt(B) * 2^-25
+    /// (~1e-7); each block's sums are added into Double, so the error does not grow with the row count.
+    /// The moments are taken about the block's first row (a sample, within a few standard deviations
+    /// of the mean), so the magnitudes are those of the spread, not of the mean: the variance keeps
+    /// ~1e-6 relative accuracy whatever the offset of the data (a Float sum of squares about a distant
+    /// shift would lose it to cancellation). Float lanes are twice as wide as Double lanes on SSE2.
+    private static let sumBlock = 16
 
     public init(
         channels: Int, gamma: TensorSpec, beta: TensorSpec, runningMean: TensorSpec, runningVar: TensorSpec,
@@ -102,7 +124,24 @@ public final class BatchNorm {
         xhat = ActivationBuffer(maxRows: maxBatch, cols: channels)
         invStd = [Float](repeating: 1, count: channels)
         denominator = [Double](repeating: 1, count: channels)
+        blockSums = .allocate(capacity: 2 * channels)
+        blockSums.initialize(repeating: 0, count: 2 * channels)
+        coefficients = .allocate(capacity: 3 * channels)
+        coefficients.initialize(repeating: 0, count: 3 * channels)
+        centering = .allocate(capacity: 2 * channels)
+        centering.initialize(repeating: 0, count: 2 * channels)
     }
+
+    deinit {
+        blockSums.deallocate()
+        coefficients.deallocate()
+        centering.deallocate()
+    }
+
+    /// Where the layer feeding this BN may write its output `x` (`[rows, channels]`) before a training
+    /// forward: a `normalize` of `x` at this address keeps `x` as its cache instead of writing xhat, a
+    /// pass over the batch fewer. `x` must stay unmodified until the backward.
+    func inputBuffer(rows: Int) -> Matrix { xhat.matrix(rows: rows) }
 
     /// PyTorch's initial state: gamma = 1, beta = 0, running mean 0, running variance 1.
     public func reset(_ p: ParameterStore, buffers: FlatBuffer) {
@@ -140,13 +179,40 @@ public final class BatchNorm {
         let s1 = m.baseAddress! + 1, s2 = m.baseAddress! + 1 + channels
         m[0] += Double(x.rows)
         let c = channels
-        for r in 0..<x.rows {
-            let row = x.row(r)
-            for j in 0..<c {
-                let d = Double(row[j] - shift[j])
-                s1[j] += d
-                s2[j] += d * d
+        let a1 = blockSums, a2 = blockSums + c
+        var start = 0
+        while start < x.rows {
+            let end = Swift.min(start &+ Self.sumBlock, x.rows)
+            // Float sums of d = x - K_b over the block, K_b = its first row (which adds d = 0).
+            let first = UnsafePointer(x.row(start))
+            a1.update(repeating: 0, count: 2 &* c)
+            var r = start &+ 1
+            while r < end {
+                let row = UnsafePointer(x.row(r))
+                var j = 0
+                while j &+ 4 <= c {
+                    let d = loadFloat4(row + j) - loadFloat4(first + j)
+                    storeFloat4(loadFloat4(a1 + j) + d, a1 + j)
+                    storeFloat4(loadFloat4(a2 + j) + d * d, a2 + j)
+                    j &+= 4
+                }
+                while j < c {
+                    let d = row[j] - first[j]
+                    a1[j] += d
+                    a2[j] += d * d
+                    j &+= 1
+                }
+                r &+= 1
             }
+            // About K instead, in Double: x - K = d + delta with delta = K_b - K.
+            let n = Double(end &- start)
+            for j in 0..<c {
+                let delta = Double(first[j]) - Double(shift[j])
+                let b1 = Double(a1[j]), b2 = Double(a2[j])
+                s1[j] += b1 + n * delta
+                s2[j] += b2 + delta * (2 * b1 + n * delta)
+            }
+            start = end
         }
     }
 
@@ -154,6 +220,25 @@ public final class BatchNorm {
     public func normalize(
         _ x: Matrix, _ y: Matrix, moments m: UnsafeBufferPointer<Double>,
         _ p: ParameterStore, buffers: FlatBuffer, relu: Bool = false
+    ) {
+        normalize(x, y, moments: m, p, buffers: buffers, relu: relu, residual: nil)
+    }
+
+    /// `normalize` of a BN whose output is added to `residual` (same shape) and passed through ReLU:
+    /// writes `y = max(BN(x) + residual, 0)` in the same pass, the BN's own output never stored. Its
+    /// backward is the one without ReLU, given the gradient masked by `y > 0`
+    /// (`maskedBackwardSums`).
+    func normalize(
+        _ x: Matrix, _ y: Matrix, moments m: UnsafeBufferPointer<Double>, _ p: ParameterStore, buffers: FlatBuffer,
+        addingReLU residual: Matrix
+    ) {
+        precondition(residual.rows == x.rows && residual.cols == x.cols, "BatchNorm residual shape mismatch")
+        normalize(x, y, moments: m, p, buffers: buffers, relu: false, residual: residual)
+    }
+
+    private func normalize(
+        _ x: Matrix, _ y: Matrix, moments m: UnsafeBufferPointer<Double>,
+        _ p: ParameterStore, buffers: FlatBuffer, relu: Bool, residual: Matrix?
     ) {
         let n = m[0]
         precondition(n > 0, "BatchNorm in training mode needs at least one sample in the global batch")
@@ -177,8 +262,14 @@ public final class BatchNorm {
         }
         globalCount = n
         rows = x.rows
-        let xh = xhat.matrix(rows: x.rows)
-        affine(x, y, xhat: xh, mean: mean, invStd: invStd, p, relu: relu)
+        lastReLU = relu
+        cacheHoldsInput = x.base == xhat.storage.pointer
+        if cacheHoldsInput {
+            mean.withUnsafeBufferPointer { centering.update(from: $0.baseAddress!, count: channels) }
+            invStd.withUnsafeBufferPointer { (centering + channels).update(from: $0.baseAddress!, count: channels) }
+        }
+        let xh = cacheHoldsInput ? nil : xhat.matrix(rows: x.rows)
+        affine(x, y, xhat: xh, mean: mean, invStd: invStd, p, relu: relu, residual: residual)
     }
 
     // MARK: inference forward
@@ -195,29 +286,74 @@ public final class BatchNorm {
         affine(x, y, xhat: nil, mean: mean, invStd: inv, p, relu: relu)
     }
 
+    /// `y = max(gamma * xhat + beta, relu ? 0 : -inf)`, or with `residual`, `max(gamma * xhat + beta + residual, 0)`.
     private func affine(
-        _ x: Matrix, _ y: Matrix, xhat: Matrix?, mean: [Float], invStd inv: [Float], _ p: ParameterStore, relu: Bool
+        _ x: Matrix, _ y: Matrix, xhat: Matrix?, mean: [Float], invStd inv: [Float], _ p: ParameterStore, relu: Bool,
+        residual: Matrix? = nil
     ) {
         precondition(x.cols == channels && y.cols == channels && x.rows == y.rows, "BatchNorm forward shape mismatch")
         let g = p.value(gamma).baseAddress!, b = p.value(beta).baseAddress!
         let c = channels
-        let floor: Float = relu ? 0 : -.infinity  // max(v, -inf) = v: one loop for both
+        let floor: Float = relu || residual != nil ? 0 : -.infinity  // max(v, -inf) = v: one loop for both
         mean.withUnsafeBufferPointer { mu in
             inv.withUnsafeBufferPointer { s in
-                for r in 0..<x.rows {
-                    let xr = x.row(r), yr = y.row(r)
-                    if let xhat {
-                        let hr = xhat.row(r)
-                        for j in 0..<c {
-                            let h = (xr[j] - mu[j]) * s[j]
-                            hr[j] = h
-                            yr[j] = Swift.max(g[j] * h + b[j], floor)
-                        }
-                    } else {
-                        for j in 0..<c { yr[j] = Swift.max(g[j] * ((xr[j] - mu[j]) * s[j]) + b[j], floor) }
+                let mu = mu.baseAddress!, s = s.baseAddress!
+                // one loop per combination, each specialized by the inlined row kernel
+                switch (xhat, residual) {
+                case let (xhat?, residual?):
+                    for r in 0..<x.rows {
+                        Self.affineRow(
+                            UnsafePointer(x.row(r)), y.row(r), xhat: xhat.row(r), residual: UnsafePointer(residual.row(r)),
+                            mean: mu, invStd: s, gamma: g, beta: b, floor: floor, count: c)
+                    }
+                case let (xhat?, nil):
+                    for r in 0..<x.rows {
+                        Self.affineRow(
+                            UnsafePointer(x.row(r)), y.row(r), xhat: xhat.row(r), residual: nil, mean: mu, invStd: s,
+                            gamma: g, beta: b, floor: floor, count: c)
+                    }
+                case let (nil, residual?):
+                    for r in 0..<x.rows {
+                        Self.affineRow(
+                            UnsafePointer(x.row(r)), y.row(r), xhat: nil, residual: UnsafePointer(residual.row(r)),
+                            mean: mu, invStd: s, gamma: g, beta: b, floor: floor, count: c)
+                    }
+                case (nil, nil):
+                    for r in 0..<x.rows {
+                        Self.affineRow(
+                            UnsafePointer(x.row(r)), y.row(r), xhat: nil, residual: nil, mean: mu, invStd: s, gamma: g,
+                            beta: b, floor: floor, count: c)
                     }
                 }
             }
+        }
+    }
+
+    /// One row of `affine`: `h = (x - mean) * invStd` (stored when `xhat` is given),
+    /// `y = max(gamma * h + beta (+ residual), floor)`.
+    @inline(__always)
+    private static func affineRow(
+        _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, xhat: UnsafeMutablePointer<Float>?,
+        residual: UnsafePointer<Float>?, mean mu: UnsafePointer<Float>, invStd s: UnsafePointer<Float>,
+        gamma g: UnsafePointer<Float>, beta b: UnsafePointer<Float>, floor: Float, count c: Int
+    ) {
+        let f4 = SIMD4<Float>(repeating: floor)
+        var j = 0
+        while j &+ 4 <= c {
+            let h = (loadFloat4(x + j) - loadFloat4(mu + j)) * loadFloat4(s + j)
+            if let xhat { storeFloat4(h, xhat + j) }
+            var v = loadFloat4(g + j) * h + loadFloat4(b + j)
+            if let residual { v += loadFloat4(residual + j) }
+            storeFloat4(v.replacing(with: f4, where: f4 .>= v), y + j)  // Swift.max(v, floor), ties to floor
+            j &+= 4
+        }
+        while j < c {
+            let h = (x[j] - mu[j]) * s[j]
+            xhat?[j] = h
+            var v = g[j] * h + b[j]
+            if let residual { v += residual[j] }
+            y[j] = Swift.max(v, floor)
+            j &+= 1
         }
     }
 
@@ -263,18 +399,100 @@ public final class BatchNorm {
 
     /// Phase 1 of backward: adds this rank's (sum dy, sum dy * xhat) per channel to `s`.
     public func accumulateBackwardSums(_ dy: Matrix, into s: UnsafeMutableBufferPointer<Double>) {
+        accumulateBackwardSums(dy, into: s, p: nil)
+    }
+
+    /// `accumulateBackwardSums`; with `p`, `dy` is the gradient of max(y, 0) after a forward with
+    /// `relu: true`, and the ReLU's backward is applied on the fly (see `reluBackwardSums`).
+    private func accumulateBackwardSums(_ dy: Matrix, into s: UnsafeMutableBufferPointer<Double>, p: ParameterStore?) {
         precondition(
             dy.rows == rows && dy.cols == channels && s.count == backwardSumsCount,
             "BatchNorm backward shape mismatch (was forward run on this batch?)")
-        let xh = xhat.matrix(rows: rows)
-        let sdy = s.baseAddress!, sdyx = s.baseAddress! + channels
-        let c = channels
-        for r in 0..<rows {
-            let d = dy.row(r), h = xh.row(r)
-            for j in 0..<c {
-                sdy[j] += Double(d[j])
-                sdyx[j] += Double(d[j] * h[j])
+        let relu = p.map { (UnsafePointer($0.value(gamma).baseAddress!), UnsafePointer($0.value(beta).baseAddress!)) }
+        let hat = UnsafePointer(xhat.storage.pointer), c = channels
+        let sdy = s.baseAddress!, sdyx = s.baseAddress! + c
+        let centered = cacheHoldsInput ? (UnsafePointer(centering), UnsafePointer(centering + c)) : nil
+        forEachSumBlock { block in
+            // one call per combination, each specialized by the inlined kernel
+            switch (centered, relu) {
+            case let (centered?, relu?):
+                Self.backwardSums(
+                    dy.base, hat, block, c, centered: centered, relu: relu, reluOutput: nil, acc: blockSums, sdy, sdyx)
+            case let (centered?, nil):
+                Self.backwardSums(
+                    dy.base, hat, block, c, centered: centered, relu: nil, reluOutput: nil, acc: blockSums, sdy, sdyx)
+            case let (nil, relu?):
+                Self.backwardSums(dy.base, hat, block, c, centered: nil, relu: relu, reluOutput: nil, acc: blockSums, sdy, sdyx)
+            case (nil, nil):
+                Self.backwardSums(dy.base, hat, block, c, centered: nil, relu: nil, reluOutput: nil, acc: blockSums, sdy, sdyx)
             }
+        }
+    }
+
+    /// Calls `body` with consecutive blocks of `sumBlock` rows of the last forward's batch.
+    @inline(__always)
+    private func forEachSumBlock(_ body: (Range<Int>) -> Void) {
+        var start = 0
+        while start < rows {
+            let end = Swift.min(start &+ Self.sumBlock, rows)
+            body(start..<end)
+            start = end
+        }
+    }
+
+    /// Adds (sum dy, sum dy * xhat) over the rows `block` to `sdy`, `sdyx`: Float sums over the block
+    /// (see `sumBlock`) in `acc` (`2 * c` values), added into Double. xhat is read from `hat`
+    /// (`[rows, c]`), or with `centered` = (mean, 1/s) recomputed from the cached input there as
+    /// (x - mean) * (1/s), the forward's expression. With `relu` = (gamma, beta), dy is zeroed where
+    /// the forward's ReLU output was zero (see `reluBackwardSums`); with `reluOutput`, where
+    /// `reluOutput` is not positive, and the masked dy is written back.
+    ///
+    /// Row by row: the kernels stream their operands from memory, and going down the rows of a tile
+    /// of channels (parameters in registers) measured slower.
+    @inline(__always)
+    private static func backwardSums(
+        _ dy: UnsafeMutablePointer<Float>, _ hat: UnsafePointer<Float>, _ block: Range<Int>, _ c: Int,
+        centered: (UnsafePointer<Float>, UnsafePointer<Float>)?, relu: (UnsafePointer<Float>, UnsafePointer<Float>)?,
+        reluOutput: UnsafePointer<Float>?, acc: UnsafeMutablePointer<Float>, _ sdy: UnsafeMutablePointer<Double>,
+        _ sdyx: UnsafeMutablePointer<Double>
+    ) {
+        let zero = SIMD4<Float>()
+        let a1 = acc, a2 = acc + c
+        a1.update(repeating: 0, count: 2 &* c)
+        for r in block {
+            let row = r &* c
+            var j = 0
+            while j &+ 4 <= c {
+                let at = row &+ j
+                let h =
+                    centered.map { (loadFloat4(hat + at) - loadFloat4($0.0 + j)) * loadFloat4($0.1 + j) } ?? loadFloat4(hat + at)
+                var d = loadFloat4(dy + at)
+                if let relu { d = zero.replacing(with: d, where: loadFloat4(relu.0 + j) * h + loadFloat4(relu.1 + j) .> zero) }
+                if let reluOutput {
+                    d = zero.replacing(with: d, where: loadFloat4(reluOutput + at) .> zero)
+                    storeFloat4(d, dy + at)
+                }
+                storeFloat4(loadFloat4(a1 + j) + d, a1 + j)
+                storeFloat4(loadFloat4(a2 + j) + d * h, a2 + j)
+                j &+= 4
+            }
+            while j < c {
+                let at = row &+ j
+                let h = centered.map { (hat[at] - $0.0[j]) * $0.1[j] } ?? hat[at]
+                var d = dy[at]
+                if let relu { d = relu.0[j] * h + relu.1[j] > 0 ? d : 0 }
+                if let reluOutput {
+                    d = reluOutput[at] > 0 ? d : 0
+                    dy[at] = d
+                }
+                a1[j] += d
+                a2[j] += d * h
+                j &+= 1
+            }
+        }
+        for j in 0..<c {
+            sdy[j] += Double(a1[j])
+            sdyx[j] += Double(a2[j])
         }
     }
 
@@ -298,26 +516,25 @@ public final class BatchNorm {
         deferEpsilonGradient: Bool = false
     ) {
         precondition(dx.rows == rows && dx.cols == channels, "BatchNorm backward dx shape mismatch")
+        beginInputGradient(globalSums: globalSums, localSums: localSums, p, deferEpsilonGradient: deferEpsilonGradient)
+        inputGradientRows(0..<rows, dy, dx, relu: nil)
+    }
+
+    /// The per-channel part of `finishBackward`: the coefficients of dx, d gamma, d beta and the
+    /// `.scaled`-mode terms.
+    private func beginInputGradient(
+        globalSums: [Double], localSums: [Double], _ p: ParameterStore, deferEpsilonGradient: Bool
+    ) {
         let c = channels
         let g = p.value(gamma), dg = p.gradient(gamma), db = p.gradient(beta)
-        var meanDy = [Float](repeating: 0, count: c), meanDyX = [Float](repeating: 0, count: c)
-        var scaleX = [Float](repeating: 0, count: c)
-        for j in 0..<c {
-            meanDy[j] = Float(globalSums[j] / globalCount)
-            meanDyX[j] = Float(globalSums[c + j] / globalCount)
-            scaleX[j] = g[j] * invStd[j]
-            db[j] += Float(localSums[j])
-            dg[j] += Float(localSums[c + j])
-        }
-        let xh = xhat.matrix(rows: rows)
-        meanDy.withUnsafeBufferPointer { a in
-            meanDyX.withUnsafeBufferPointer { b in
-                scaleX.withUnsafeBufferPointer { k in
-                    for r in 0..<rows {
-                        let d = dy.row(r), h = xh.row(r), o = dx.row(r)
-                        for j in 0..<c { o[j] = k[j] * (d[j] - a[j] - h[j] * b[j]) }
-                    }
-                }
+        let meanDy = coefficients, meanDyX = coefficients + c, scaleX = coefficients + 2 * c
+        invStd.withUnsafeBufferPointer { invStd in
+            for j in 0..<c {
+                meanDy[j] = Float(globalSums[j] / globalCount)
+                meanDyX[j] = Float(globalSums[c + j] / globalCount)
+                scaleX[j] = g[j] * invStd[j]
+                db[j] += Float(localSums[j])
+                dg[j] += Float(localSums[c + j])
             }
         }
         if epsilonMode == .scaled {
@@ -328,6 +545,122 @@ public final class BatchNorm {
             }
             if !deferEpsilonGradient { applyEpsilonGradient(p) }
         }
+    }
+
+    /// Rows `range` of dx (see `finishBackward`), from the coefficients of `beginInputGradient`; with
+    /// `relu`, `dy` is the gradient of the ReLU output (see `reluBackwardSums`).
+    private func inputGradientRows(_ range: Range<Int>, _ dy: Matrix, _ dx: Matrix, relu p: ParameterStore?) {
+        let c = channels
+        let relu = p.map { (UnsafePointer($0.value(gamma).baseAddress!), UnsafePointer($0.value(beta).baseAddress!)) }
+        let hat = UnsafePointer(xhat.storage.pointer)
+        let centered = cacheHoldsInput ? (UnsafePointer(centering), UnsafePointer(centering + c)) : nil
+        // one call per combination, each specialized by the inlined kernel
+        switch (centered, relu) {
+        case let (centered?, relu?):
+            inputGradient(dy.base, hat, dx.base, range, centered: centered, relu: relu)
+        case let (centered?, nil):
+            inputGradient(dy.base, hat, dx.base, range, centered: centered, relu: nil)
+        case let (nil, relu?):
+            inputGradient(dy.base, hat, dx.base, range, centered: nil, relu: relu)
+        case (nil, nil):
+            inputGradient(dy.base, hat, dx.base, range, centered: nil, relu: nil)
+        }
+    }
+
+    /// `dx = k * (dy - a - xhat * b)` (k = gamma/s, a = sum(dy)/N, b = sum(dy*xhat)/N) over the rows
+    /// `range`; xhat and the ReLU mask as in `backwardSums`.
+    @inline(__always)
+    private func inputGradient(
+        _ dy: UnsafePointer<Float>, _ hat: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ range: Range<Int>,
+        centered: (UnsafePointer<Float>, UnsafePointer<Float>)?, relu: (UnsafePointer<Float>, UnsafePointer<Float>)?
+    ) {
+        let c = channels
+        let a = UnsafePointer(coefficients), b = a + c, k = a + 2 * c
+        let zero = SIMD4<Float>()
+        @inline(__always) func four(_ at: Int, _ j: Int) {
+            let h = centered.map { (loadFloat4(hat + at) - loadFloat4($0.0 + j)) * loadFloat4($0.1 + j) } ?? loadFloat4(hat + at)
+            var d = loadFloat4(dy + at)
+            if let relu { d = zero.replacing(with: d, where: loadFloat4(relu.0 + j) * h + loadFloat4(relu.1 + j) .> zero) }
+            storeFloat4(loadFloat4(k + j) * (d - loadFloat4(a + j) - h * loadFloat4(b + j)), dx + at)
+        }
+        for r in range {
+            let row = r &* c
+            var j = 0
+            while j &+ 8 <= c {
+                four(row &+ j, j)
+                four(row &+ j &+ 4, j &+ 4)
+                j &+= 8
+            }
+            while j &+ 4 <= c {
+                four(row &+ j, j)
+                j &+= 4
+            }
+            while j < c {
+                let at = row &+ j
+                let h = centered.map { (hat[at] - $0.0[j]) * $0.1[j] } ?? hat[at]
+                var d = dy[at]
+                if let relu { d = relu.0[j] * h + relu.1[j] > 0 ? d : 0 }
+                dx[at] = k[j] * (d - a[j] - h * b[j])
+                j &+= 1
+            }
+        }
+    }
+
+    // MARK: fused passes for conv units
+
+    /// Phase 1 of the backward of a `forward(..., relu: true)`, with the ReLU's backward fused in:
+    /// `dy` is the gradient of the ReLU output max(y, 0), and is not modified. The ReLU passed where
+    /// gamma * xhat + beta > 0, recomputed from the cache with the forward's Float expressions,
+    /// so the decision is the one the stored output would give; gamma and beta must not have changed
+    /// since the forward. Returns the local sums.
+    func reluBackwardSums(_ dy: Matrix, _ p: ParameterStore) -> [Double] {
+        precondition(lastReLU, "BatchNorm ReLU backward after a forward without ReLU")
+        var local = [Double](repeating: 0, count: backwardSumsCount)
+        local.withUnsafeMutableBufferPointer { accumulateBackwardSums(dy, into: $0, p: p) }
+        return local
+    }
+
+    /// Phase 1 of the backward of a BN whose output went through a ReLU elsewhere (after a residual
+    /// sum, see `normalize(addingReLU:)`): `dy` becomes `reluOutput > 0 ? dy : 0`, written back, in
+    /// the same pass that sums it. Returns the local sums.
+    func maskedBackwardSums(_ dy: Matrix, reluOutput: Matrix) -> [Double] {
+        precondition(
+            dy.rows == rows && dy.cols == channels && reluOutput.rows == rows && reluOutput.cols == channels,
+            "BatchNorm backward shape mismatch (was forward run on this batch?)")
+        var local = [Double](repeating: 0, count: backwardSumsCount)
+        let hat = UnsafePointer(xhat.storage.pointer), c = channels, mask = UnsafePointer(reluOutput.base)
+        let centered = cacheHoldsInput ? (UnsafePointer(centering), UnsafePointer(centering + c)) : nil
+        local.withUnsafeMutableBufferPointer { s in
+            let sdy = s.baseAddress!, sdyx = s.baseAddress! + c
+            forEachSumBlock { block in
+                if let centered {
+                    Self.backwardSums(
+                        dy.base, hat, block, c, centered: centered, relu: nil, reluOutput: mask, acc: blockSums, sdy, sdyx)
+                } else {
+                    Self.backwardSums(
+                        dy.base, hat, block, c, centered: nil, relu: nil, reluOutput: mask, acc: blockSums, sdy, sdyx)
+                }
+            }
+        }
+        return local
+    }
+
+    /// Phase 2 in pieces, so that each piece of dx can be consumed while in cache: sets the
+    /// coefficients (and d gamma, d beta, eps terms) as `finishBackward` does; then
+    /// `inputGradient(rows:...)` writes the rows of dx.
+    func beginInputGradient(globalSums: [Double], localSums: [Double], _ p: ParameterStore) {
+        beginInputGradient(globalSums: globalSums, localSums: localSums, p, deferEpsilonGradient: true)
+    }
+
+    /// Rows `range` of dx after `beginInputGradient`; `relu`: `dy` is the gradient of the ReLU output
+    /// (as in `reluBackwardSums`).
+    func inputGradient(rows range: Range<Int>, _ dy: Matrix, _ dx: Matrix, _ p: ParameterStore, relu: Bool) {
+        precondition(
+            dy.rows == rows && dx.rows == rows && dy.cols == channels && dx.cols == channels
+                && range.lowerBound >= 0 && range.upperBound <= rows,
+            "BatchNorm backward shape mismatch")
+        precondition(!relu || lastReLU, "BatchNorm ReLU backward after a forward without ReLU")
+        inputGradientRows(range, dy, dx, relu: relu ? p : nil)
     }
 
     /// Adds the `.scaled`-mode gradient through eps_c (kept by the last `finishBackward`) to the

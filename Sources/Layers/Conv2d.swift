@@ -75,15 +75,24 @@ public final class Conv2d {
 
     /// `y = conv(x, W)`: per chunk of output pixels, `y[chunk] = col * W^T`, `2 * n * Ho * Wo * Cout * fanIn` flops.
     public func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore) {
+        forward(x, y, p) { _ in }
+    }
+
+    /// `forward`, calling `eachChunk(rows)` with each range of output pixels (rows of the
+    /// `[n * Ho * Wo, Cout]` matrix `y`) as soon as its GEMM has written it, so that a pass over the
+    /// output can read it while it is in cache.
+    func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, eachChunk: (Range<Int>) -> Void) {
         checkShapes(x, y, "forward")
         let w = p.value(weight).baseAddress!
         if isPointwise {
             gemmOutput(rows: y.rows * output.pixels, a: x.base, lda: input.channels, w: w, y: y.base)
+            eachChunk(0..<y.rows * output.pixels)
             return
         }
         forEachChunk(rows: y.rows * output.pixels) { rows in
             lower(x.base, rows: rows)
             gemmOutput(rows: rows.count, a: col.pointer, lda: fanIn, w: w, y: y.base + rows.lowerBound * outChannels)
+            eachChunk(rows)
         }
     }
 
@@ -91,27 +100,77 @@ public final class Conv2d {
     /// `dx` is given (not for a network's first layer). `x` is lowered again rather than kept from the
     /// forward pass: the chunk is cheap to rebuild and keeping it would cost the whole-batch buffer.
     public func backward(_ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool) {
+        backward(x, dy, dx, p, accumulating: accumulating) { _ in }
+    }
+
+    /// `backward`, calling `prepare(rows)` to write each range of output pixels of `dy` (rows of the
+    /// `[n * Ho * Wo, Cout]` matrix) just before its GEMMs read it, so that they read it from cache.
+    /// With `adding`, `dx = adding + (the input gradient)` (`adding` may not overlap `dx`), in the
+    /// same passes.
+    func backward(
+        _ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool, adding initial: Matrix? = nil,
+        prepare: (Range<Int>) -> Void
+    ) {
         checkShapes(x, dy, "backward")
         if let dx { precondition(dx.rows == x.rows && dx.cols == input.count, "Conv2d backward dx shape mismatch") }
+        if let initial {
+            precondition(dx != nil && initial.rows == x.rows && initial.cols == input.count, "Conv2d backward: adding needs dx")
+        }
         let w = p.value(weight).baseAddress!, dw = p.gradient(weight).baseAddress!
         let pixels = dy.rows * output.pixels
         if isPointwise {
+            prepare(0..<pixels)
             gemmWeightGradient(rows: pixels, dy: dy.base, a: x.base, lda: input.channels, beta: accumulating ? 1 : 0, dw: dw)
-            if let dx { gemmInputGradient(rows: pixels, dy: dy.base, w: w, into: dx.base, ldc: input.channels) }
+            if let dx {
+                gemmInputGradient(rows: pixels, dy: dy.base, w: w, into: dx.base, ldc: input.channels)
+                if let initial { axpy(1, initial.readOnly, dx.buffer) }
+            }
             return
         }
-        if let dx { zero(dx.buffer) }
+        // dx is not zeroed in a separate pass. `zeroed` is the end of the prefix of dx that earlier
+        // chunks have written (whole input rows): with stride 1, a chunk writes the rows past it
+        // outright (`gatherAdd`); otherwise they are zeroed (or set to `initial`) just ahead of the
+        // scatter, while in cache.
+        let start = initial.map { UnsafePointer($0.base) }
+        func initialize(_ range: Range<Int>, of dx: Matrix) {
+            if let start {
+                (dx.base + range.lowerBound).update(from: start + range.lowerBound, count: range.count)
+            } else {
+                (dx.base + range.lowerBound).update(repeating: 0, count: range.count)
+            }
+        }
+        var zeroed = 0
         var beta: Float = accumulating ? 1 : 0
         forEachChunk(rows: pixels) { rows in
+            prepare(rows)
             let dyChunk = dy.base + rows.lowerBound * outChannels
             lower(x.base, rows: rows)
             gemmWeightGradient(rows: rows.count, dy: dyChunk, a: col.pointer, lda: fanIn, beta: beta, dw: dw)
             beta = 1
             if let dx {
                 gemmInputGradient(rows: rows.count, dy: dyChunk, w: w, into: col.pointer, ldc: fanIn)
-                scatterAdd(rows: rows, into: dx.base)
+                let end = inputEnd(ofOutputPixel: rows.upperBound - 1)
+                if stride == 1 {
+                    gatherAdd(rows: rows, into: dx.base, written: zeroed, initial: start)
+                    zeroed = max(zeroed, end)
+                } else {
+                    if end > zeroed {
+                        initialize(zeroed..<end, of: dx)
+                        zeroed = end
+                    }
+                    scatterAdd(rows: rows, into: dx.base)
+                }
             }
         }
+        if let dx, zeroed < dx.count { initialize(zeroed..<dx.count, of: dx) }
+    }
+
+    /// One past the largest offset in the input batch that the windows of output pixels `0...pixel`
+    /// read: the end of the last input row under the window of `pixel` (windows only move forward).
+    private func inputEnd(ofOutputPixel pixel: Int) -> Int {
+        let image = pixel / output.pixels, oy = (pixel % output.pixels) / output.width
+        let lastRow = min(oy * stride - padding + kernel - 1, input.height - 1)
+        return image * input.count + (lastRow + 1) * input.width * input.channels
     }
 
     /// Which GEMMs of a training step `gemmWorkload` lists.
@@ -242,12 +301,56 @@ public final class Conv2d {
         }
     }
 
+    /// Calls `body(pixel, ox0, ox1, ky, inputRow)` for each kernel row `ky` of each segment of `rows`
+    /// that lies in one output row: the output pixels `pixel ..< pixel + (ox1 - ox0)` (counted from
+    /// `rows.lowerBound`) in columns `ox0 ..< ox1`; `inputRow` is the offset in the input batch of the
+    /// input row under kernel row `ky`, or nil where it falls on padding. The inner loops over a
+    /// segment's pixels then only step pointers (`forEachRun` recomputes a pixel's window per run).
+    @inline(__always)
+    private func forEachSegment(
+        rows: Range<Int>, _ body: (_ pixel: Int, _ ox0: Int, _ ox1: Int, _ ky: Int, _ inputRow: Int?) -> Void
+    ) {
+        let outW = output.width, rowLength = input.width &* input.channels
+        var p = rows.lowerBound
+        while p < rows.upperBound {
+            let image = p / output.pixels, inImage = p % output.pixels
+            let oy = inImage / outW, ox0 = inImage % outW
+            let ox1 = min(outW, ox0 &+ (rows.upperBound &- p))
+            let pixel = p &- rows.lowerBound
+            for ky in 0..<kernel {
+                let iy = oy &* stride &- padding &+ ky
+                body(pixel, ox0, ox1, ky, iy >= 0 && iy < input.height ? image &* input.count &+ iy &* rowLength : nil)
+            }
+            p &+= ox1 &- ox0
+        }
+    }
+
     /// `col[i, :]` = the receptive field of output pixel `rows.lowerBound + i`, (ky, kx, ci) order, zeros on padding.
     private func lower(_ x: UnsafePointer<Float>, rows: Range<Int>) {
-        let col = col.pointer, fanIn = fanIn
-        forEachRun(rows: rows) { pixel, dst, src, count in
-            let to = col + (pixel &* fanIn &+ dst)
-            if let src { to.update(from: x + src, count: count) } else { to.update(repeating: 0, count: count) }
+        let col = col.pointer, fanIn = fanIn, cin = input.channels, inW = input.width
+        let kernel = kernel, stride = stride, padding = padding, kernelRow = kernel &* cin
+        forEachSegment(rows: rows) { pixel, ox0, ox1, ky, inputRow in
+            var to = col + (pixel &* fanIn &+ ky &* kernelRow)
+            guard let inputRow else {
+                for _ in ox0..<ox1 {
+                    to.update(repeating: 0, count: kernelRow)
+                    to += fanIn
+                }
+                return
+            }
+            let from = x + inputRow
+            for ox in ox0..<ox1 {
+                let ix0 = ox &* stride &- padding
+                if ix0 >= 0 && ix0 &+ kernel <= inW {
+                    to.update(from: from + ix0 &* cin, count: kernelRow)
+                } else {
+                    let kx0 = max(0, -ix0), kx1 = min(kernel, inW &- ix0)
+                    if kx0 > 0 { to.update(repeating: 0, count: kx0 &* cin) }
+                    (to + kx0 &* cin).update(from: from + (ix0 &+ kx0) &* cin, count: (kx1 &- kx0) &* cin)
+                    if kx1 < kernel { (to + kx1 &* cin).update(repeating: 0, count: (kernel &- kx1) &* cin) }
+                }
+                to += fanIn
+            }
         }
     }
 
@@ -258,6 +361,153 @@ public final class Conv2d {
             guard let src else { return }
             let from = dcol + (pixel &* fanIn &+ dst), to = dx + src
             for i in 0..<count { to[i] += from[i] }
+        }
+    }
+
+    /// `scatterAdd` for stride 1, as a gather: for each input pixel under the chunk, the (up to
+    /// kernel^2) lowered values that were copied from it are summed in registers and added to dx
+    /// once, instead of each being added to dx in its own read-modify-write. Input rows at offsets
+    /// `>= written` have not been written by an earlier chunk: they are set to `initial` (zeros when
+    /// nil) plus this chunk's sums, so dx needs no zeroing pass.
+    private func gatherAdd(
+        rows: Range<Int>, into dx: UnsafeMutablePointer<Float>, written: Int, initial: UnsafePointer<Float>?
+    ) {
+        precondition(stride == 1, "gatherAdd is for stride 1")
+        let cin = input.channels, inW = input.width, inH = input.height, rowLength = inW &* cin
+        let outW = output.width, outH = output.height, outPixels = output.pixels
+        let k = kernel, pad = padding, fanIn = fanIn, kernelRow = k &* cin
+        let dcol = UnsafePointer(col.pointer)
+        let lo = rows.lowerBound, hi = rows.upperBound
+        let firstImage = lo / outPixels, firstOy = (lo % outPixels) / outW
+        let lastImage = (hi - 1) / outPixels, lastOy = ((hi - 1) % outPixels) / outW
+        // Should the first input row under the chunk lie past `written`, zero the gap (it cannot, as
+        // consecutive chunks' windows overlap or abut, but the invariant costs nothing to keep).
+        let firstRow = firstImage * input.count + max(0, firstOy - pad) * rowLength
+        if firstRow > written {
+            if let initial {
+                (dx + written).update(from: initial + written, count: firstRow - written)
+            } else {
+                (dx + written).update(repeating: 0, count: firstRow - written)
+            }
+        }
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * k + k * k) { scratch in
+            // per kernel row in the chunk: (offset in dcol of output column 0 at that kernel row, a, b)
+            // for its output columns a..<b; then the tap offsets of one input pixel
+            let entries = scratch.baseAddress!, taps = entries + 3 * k
+            for image in firstImage...lastImage {
+                let iyStart = image == firstImage ? max(0, firstOy - pad) : 0
+                let iyEnd = image == lastImage ? min(inH - 1, lastOy - pad + k - 1) : inH - 1
+                guard iyStart <= iyEnd else { continue }
+                for iy in iyStart...iyEnd {
+                    var count = 0
+                    var full = true  // every kernel row present, with whole output rows
+                    for ky in 0..<k {
+                        let oy = iy + pad - ky
+                        guard oy >= 0 && oy < outH else {
+                            full = false
+                            continue
+                        }
+                        let q0 = image * outPixels + oy * outW  // output pixel (image, oy, 0)
+                        let a = max(0, lo - q0), b = min(outW, hi - q0)
+                        guard a < b else {
+                            full = false
+                            continue
+                        }
+                        if a > 0 || b < outW { full = false }
+                        entries[3 * count] = (q0 - lo) * fanIn + ky * kernelRow
+                        entries[3 * count + 1] = a
+                        entries[3 * count + 2] = b
+                        count += 1
+                    }
+                    let rowStart = image * input.count + iy * rowLength
+                    let fresh = rowStart >= written
+                    let dxRow = dx + rowStart
+                    // where the sums start: dx itself once written, else `initial` (or zeros)
+                    let startRow = fresh ? initial.map { $0 + rowStart } : UnsafePointer(dxRow)
+                    // Interior columns of a row with whole output rows under all kernel rows: all
+                    // k^2 taps, at fixed offsets from ix * fanIn.
+                    var interior = 0..<0
+                    if full {
+                        var t = 0
+                        for e in 0..<count {
+                            for kx in 0..<k {
+                                taps[t] = entries[3 * e] + (pad - kx) * fanIn + kx * cin
+                                t += 1
+                            }
+                        }
+                        // ox = ix + pad - kx in 0..<outW for every kx
+                        let first = k - 1 - pad, last = outW - 1 - pad
+                        if first <= last { interior = max(0, first)..<min(inW, last + 1) }
+                    }
+                    if !interior.isEmpty {
+                        for ix in interior {
+                            Self.sumTaps(
+                                dcol + ix &* fanIn, taps, count: k * k, into: dxRow + ix &* cin,
+                                from: startRow.map { $0 + ix &* cin }, channels: cin)
+                        }
+                    }
+                    // The other columns: taps found per pixel.
+                    for ix in 0..<inW where !interior.contains(ix) {
+                        var n = 0
+                        for e in 0..<count {
+                            let a = entries[3 * e + 1], b = entries[3 * e + 2]
+                            let kxLo = max(0, ix + pad - b + 1), kxHi = min(k - 1, ix + pad - a)
+                            guard kxLo <= kxHi else { continue }
+                            for kx in kxLo...kxHi {
+                                taps[n] = entries[3 * e] + (ix + pad - kx) * fanIn + kx * cin
+                                n += 1
+                            }
+                        }
+                        if n == 0 && !fresh { continue }
+                        Self.sumTaps(
+                            dcol, taps, count: n, into: dxRow + ix &* cin, from: startRow.map { $0 + ix &* cin }, channels: cin)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `target[c] = start[c] + sum over t of base[taps[t] + c]` (`start` nil: zeros; it may be
+    /// `target`) for `channels` values: 16 channels at a time in four vector accumulators, so the
+    /// sums over taps are independent chains.
+    @inline(__always)
+    private static func sumTaps(
+        _ base: UnsafePointer<Float>, _ taps: UnsafePointer<Int>, count n: Int, into target: UnsafeMutablePointer<Float>,
+        from start: UnsafePointer<Float>?, channels: Int
+    ) {
+        var c = 0
+        while c &+ 16 <= channels {
+            var s0 = SIMD4<Float>(), s1 = SIMD4<Float>(), s2 = SIMD4<Float>(), s3 = SIMD4<Float>()
+            if let start {
+                s0 = loadFloat4(start + c)
+                s1 = loadFloat4(start + (c &+ 4))
+                s2 = loadFloat4(start + (c &+ 8))
+                s3 = loadFloat4(start + (c &+ 12))
+            }
+            for t in 0..<n {
+                let p = base + (taps[t] &+ c)
+                s0 += loadFloat4(p)
+                s1 += loadFloat4(p + 4)
+                s2 += loadFloat4(p + 8)
+                s3 += loadFloat4(p + 12)
+            }
+            storeFloat4(s0, target + c)
+            storeFloat4(s1, target + (c &+ 4))
+            storeFloat4(s2, target + (c &+ 8))
+            storeFloat4(s3, target + (c &+ 12))
+            c &+= 16
+        }
+        while c &+ 4 <= channels {
+            var s0 = start.map { loadFloat4($0 + c) } ?? SIMD4<Float>()
+            for t in 0..<n { s0 += loadFloat4(base + (taps[t] &+ c)) }
+            storeFloat4(s0, target + c)
+            c &+= 4
+        }
+        while c < channels {
+            var s0: Float = start?[c] ?? 0
+            for t in 0..<n { s0 += base[taps[t] &+ c] }
+            target[c] = s0
+            c &+= 1
         }
     }
 }

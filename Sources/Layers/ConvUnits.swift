@@ -45,32 +45,82 @@ final class ConvBN {
     }
 
     /// Training (`reducer` given) or inference forward; returns the BN (and ReLU) output.
+    ///
+    /// With `residual` (a unit without ReLU), returns `max(BN output + residual.skip, 0)`, written to
+    /// `residual.output`; in training the sum is made in the BN's output pass, and this unit's own
+    /// output buffer is not written.
     func forward(
-        _ x: Matrix, _ p: ParameterStore, _ buffers: FlatBuffer, _ shared: SharedActivations, reducer: StatisticsReducer?
+        _ x: Matrix, _ p: ParameterStore, _ buffers: FlatBuffer, _ shared: SharedActivations, reducer: StatisticsReducer?,
+        residual: (skip: Matrix, output: Matrix)? = nil
     ) throws -> Matrix {
-        let z = shared.matrix(shared.scratch, rows: x.rows, cols: output.count)
-        conv.forward(x, z, p)
+        precondition(residual == nil || !relu, "a residual sum follows a unit without ReLU")
+        let channels = output.channels, norm = norm
         let out = y.matrix(rows: x.rows)
-        if let reducer {
-            try norm.forward(pixels(z, output), pixels(out, output), p, buffers: buffers, reducer: reducer, relu: relu)
-        } else {
+        guard let reducer else {
+            let z = shared.matrix(shared.scratch, rows: x.rows, cols: output.count)
+            conv.forward(x, z, p)
             norm.inference(pixels(z, output), pixels(out, output), p, buffers: buffers, relu: relu)
+            guard let residual else { return out }
+            addRelu(out.base, residual.skip.base, into: residual.output.base, count: out.count)
+            return residual.output
         }
-        return out
+        // BN's two phases, the moments taken from each chunk of the conv output while it is in cache;
+        // the conv writes into the BN's cache, which then keeps it instead of xhat.
+        let zb = norm.inputBuffer(rows: x.rows * output.pixels)
+        let z = Matrix(zb.base, rows: x.rows, cols: output.count)
+        var moments = [Double](repeating: 0, count: norm.momentsCount)
+        try moments.withUnsafeMutableBufferPointer { m in
+            conv.forward(x, z, p) { rows in
+                let chunk = Matrix(z.base + rows.lowerBound * channels, rows: rows.count, cols: channels)
+                norm.accumulateMoments(chunk, into: m, buffers: buffers)
+            }
+            try reducer.sumAcrossRanks(m)
+            if let residual {
+                norm.normalize(
+                    pixels(z, output), pixels(residual.output, output), moments: UnsafeBufferPointer(m), p,
+                    buffers: buffers, addingReLU: pixels(residual.skip, output))
+            } else {
+                norm.normalize(
+                    pixels(z, output), pixels(out, output), moments: UnsafeBufferPointer(m), p, buffers: buffers, relu: relu)
+            }
+        }
+        return residual?.output ?? out
     }
 
     /// The output of the last forward, still in this unit's buffer.
     func lastOutput(rows: Int) -> Matrix { y.matrix(rows: rows) }
 
-    /// From `dy` (gradient of the output; overwritten when ReLU is on) to `dx` (when given).
+    /// From `dy` (gradient of the output; not modified) to `dx` (when given).
+    ///
+    /// The ReLU's backward is fused into the BN's passes, and the BN's input gradient is written
+    /// chunk by chunk just before the conv's GEMMs read it, so it never travels to memory and back.
+    /// With `reluOutput` (a unit without ReLU whose output went through a ReLU after a residual
+    /// sum), `dy` is the gradient of that ReLU's output `reluOutput`; it is masked in place (to the
+    /// gradient of the sum) in the BN's first pass. With `adding`, `dx = adding + (the input
+    /// gradient)`, summed in the conv's passes over dx.
     func backward(
         _ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, _ shared: SharedActivations,
-        reducer: StatisticsReducer, radial: RadialDeferral
+        reducer: StatisticsReducer, radial: RadialDeferral, reluOutput: Matrix? = nil, adding: Matrix? = nil
     ) throws {
-        if relu { reluBackward(output: y.matrix(rows: x.rows).readOnly, dy.readOnly, dy.buffer) }
+        precondition(reluOutput == nil || !relu, "a residual sum follows a unit without ReLU")
+        let relu = relu, norm = norm
         let dz = shared.matrix(shared.scratch, rows: x.rows, cols: output.count)
-        try norm.backward(pixels(dy, output), pixels(dz, output), p, reducer: reducer, deferEpsilonGradient: true)
-        conv.backward(x, dz, dx, p, accumulating: false)
+        let dyPixels = pixels(dy, output), dzPixels = pixels(dz, output)
+        var local: [Double]
+        if relu {
+            local = norm.reluBackwardSums(dyPixels, p)
+        } else if let reluOutput {
+            local = norm.maskedBackwardSums(dyPixels, reluOutput: pixels(reluOutput, output))
+        } else {
+            local = [Double](repeating: 0, count: norm.backwardSumsCount)
+            local.withUnsafeMutableBufferPointer { norm.accumulateBackwardSums(dyPixels, into: $0) }
+        }
+        var global = local
+        try global.withUnsafeMutableBufferPointer { try reducer.sumAcrossRanks($0) }
+        norm.beginInputGradient(globalSums: global, localSums: local, p)
+        conv.backward(x, dz, dx, p, accumulating: false, adding: adding) { rows in
+            norm.inputGradient(rows: rows, dyPixels, dzPixels, p, relu: relu)
+        }
         norm.applyEpsilonGradient(p, radial: radial)
     }
 }
@@ -110,12 +160,12 @@ final class ResidualBlock {
         _ x: Matrix, _ p: ParameterStore, _ buffers: FlatBuffer, _ shared: SharedActivations, reducer: StatisticsReducer?
     ) throws -> Matrix {
         let h = try first.forward(x, p, buffers, shared, reducer: reducer)
-        let u = try second.forward(h, p, buffers, shared, reducer: reducer)
         let o = out.matrix(rows: x.rows)
         switch shortcut {
         case .identity:
-            addRelu(u.base, x.base, into: o.base, count: o.count)
+            _ = try second.forward(h, p, buffers, shared, reducer: reducer, residual: (x, o))
         case .padding:
+            let u = try second.forward(h, p, buffers, shared, reducer: reducer)
             forEachPaddedPair(rows: x.rows) { outRun, inRun, inChannels, offset in
                 let uo = u.base + outRun, oo = o.base + outRun, xi = x.base + inRun
                 for c in 0..<output.channels {
@@ -125,7 +175,7 @@ final class ResidualBlock {
             }
         case let .projection(projection):
             let s = try projection.forward(x, p, buffers, shared, reducer: reducer)
-            addRelu(u.base, s.base, into: o.base, count: o.count)
+            _ = try second.forward(h, p, buffers, shared, reducer: reducer, residual: (s, o))
         }
         return o
     }
@@ -137,15 +187,17 @@ final class ResidualBlock {
         reducer: StatisticsReducer, radial: RadialDeferral
     ) throws -> Matrix {
         let n = x.rows
-        reluBackward(output: out.matrix(rows: n).readOnly, g.readOnly, g.buffer)
         let h = first.lastOutput(rows: n)
         let dh = shared.matrix(shared.free(besides: g), rows: n, cols: first.output.count)
-        try second.backward(h, g, dh, p, shared, reducer: reducer, radial: radial)  // no ReLU: g kept
+        // The ReLU after the sum: g is masked by out > 0 in place, in the first pass of second's BN.
+        try second.backward(h, g, dh, p, shared, reducer: reducer, radial: radial, reluOutput: out.matrix(rows: n))
         let dx = shared.matrix(shared.free(besides: g, dh), rows: n, cols: input.count)
-        try first.backward(x, dh, dx, p, shared, reducer: reducer, radial: radial)
+        // identity: dx = g + the first conv's input gradient, summed in the conv's passes over dx
+        let identity = if case .identity = shortcut { true } else { false }
+        try first.backward(x, dh, dx, p, shared, reducer: reducer, radial: radial, adding: identity ? g : nil)
         switch shortcut {
         case .identity:
-            axpy(1, g.readOnly, dx.buffer)
+            break
         case .padding:
             forEachPaddedPair(rows: n) { outRun, inRun, inChannels, offset in
                 let gi = g.base + outRun + offset, di = dx.base + inRun

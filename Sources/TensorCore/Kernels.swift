@@ -87,3 +87,28 @@ public func accumulateColumnSums(
         for c in 0..<cols { sums[c] += Double(row[c]) }
     }
 }
+
+// MARK: explicit 4-wide vectors
+//
+// Loops over one row of C = 16..128 channels auto-vectorize only behind runtime alias checks between
+// every pair of pointers, paid again for each short row. Written with SIMD4<Float> (one SSE register,
+// the widest vector of Swift's default x86-64 target), they need none, and each lane computes exactly
+// what the scalar expression would.
+
+/// Four Floats at `p`, any alignment.
+@inlinable @inline(__always)
+public func loadFloat4(_ p: UnsafePointer<Float>) -> SIMD4<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD4<Float>.self)
+}
+
+/// Four Floats at `p`, any alignment.
+@inlinable @inline(__always)
+public func loadFloat4(_ p: UnsafeMutablePointer<Float>) -> SIMD4<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD4<Float>.self)
+}
+
+/// Stores four Floats at `p`, any alignment.
+@inlinable @inline(__always)
+public func storeFloat4(_ v: SIMD4<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD4<Float>.self)
+}
