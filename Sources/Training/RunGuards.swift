@@ -8,15 +8,9 @@ import TensorCore
 
 /// True when no value is NaN or infinite: `x * 0` is 0 for finite x and NaN otherwise, and a sum
 /// of such terms is NaN as soon as one is, in a loop that vectorizes (one pass, no branch).
-func allFinite<C: Collection>(_ values: C) -> Bool where C.Element == Float {
+func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
+    guard let p = values.baseAddress else { return true }
     var probe: Float = 0
-    for v in values { probe += v * 0 }
-    return probe == 0
-}
-
-func allFinite(_ values: UnsafeMutableBufferPointer<Float>) -> Bool {
-    var probe: Float = 0
-    let p = values.baseAddress!
     for i in 0..<values.count { probe += p[i] * 0 }
     return probe == 0
 }

@@ -190,7 +190,10 @@ public final class Trainer {
         if !sharedStatistics { try sumRadialCoefficients() }
         // 5b. the NaN/Inf guard: the summed gradient is the same on every rank, so every rank
         //     decides alike without communicating; a skipped step also undoes its BN statistics
-        if !allFinite(model.parameters.gradients.all) || model.parameters.pendingRadial.contains(where: { !allFinite($0.coefficients) }) {
+        let finite =
+            allFinite(UnsafeBufferPointer(model.parameters.gradients.all))
+            && model.parameters.pendingRadial.allSatisfy { $0.coefficients.withUnsafeBufferPointer(allFinite) }
+        if !finite {
             model.buffers.all.update(fromContentsOf: buffersBeforeStep.all)
             model.parameters.pendingRadial.removeAll()
             return StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: [], skipped: true)

@@ -59,6 +59,13 @@ enum Launcher {
         return Result(status: process.terminationStatus, output: collected.text, seconds: Date().timeIntervalSince(start))
     }
 
+    /// `mpirun -np 1 autorate A... : -np 1 autorate B...`: one rank per argument list (MPMD), so
+    /// that ranks can be given different flags.
+    static func mpirunPerRank(_ perRank: [[String]], timeout: Double = 60) throws -> Result {
+        let apps = perRank.map { ["-np", "1", "--bind-to", "none", executable("autorate")] + $0 }
+        return try run(["mpirun"] + apps.joined(separator: [":"]), timeout: timeout)
+    }
+
     /// `mpirun -np N [--oversubscribe] executable args...`
     static func mpirun(_ np: Int, _ name: String, _ args: [String], timeout: Double = 120) throws -> Result {
         var command = ["mpirun", "-np", "\(np)", "--bind-to", "none"]

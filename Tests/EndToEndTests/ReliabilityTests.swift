@@ -12,12 +12,9 @@ final class ReliabilityTests: XCTestCase {
     /// Two ranks started with different --seed (mpirun's MPMD syntax): every rank stops at start-up,
     /// naming the field and the ranks.
     func testRanksWithDifferentConfigurationsStop() throws {
-        let autorate = Launcher.executable("autorate")
-        let result = try Launcher.run(
-            [
-                "mpirun", "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", "--seed", "1", ":",
-                "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", "--seed", "2",
-            ], timeout: 60)
+        let result = try Launcher.mpirunPerRank([
+            ["train", "--steps", "5", "--seed", "1"], ["train", "--steps", "5", "--seed", "2"],
+        ])
         XCTAssertNotEqual(result.status, 0, result.output)
         XCTAssertLessThan(result.seconds, 30)
         XCTAssertTrue(result.output.contains("--seed differs between rank 0 (1) and rank(s) 1"), result.output)
@@ -26,12 +23,9 @@ final class ReliabilityTests: XCTestCase {
     /// A data directory that exists for rank 0 only (MPMD: rank 1 is given a missing one): rank 1
     /// reports its file, every rank stops with status 1, none is left in a collective.
     func testDataMissingOnOneRankOnlyStopsEveryRank() throws {
-        let autorate = Launcher.executable("autorate")
-        let result = try Launcher.run(
-            [
-                "mpirun", "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", ":",
-                "-np", "1", "--bind-to", "none", autorate, "train", "--steps", "5", "--data", "mnist:/nonexistent/mnist",
-            ], timeout: 60)
+        let result = try Launcher.mpirunPerRank([
+            ["train", "--steps", "5"], ["train", "--steps", "5", "--data", "mnist:/nonexistent/mnist"],
+        ])
         XCTAssertEqual(result.status, 1, result.output)
         XCTAssertLessThan(result.seconds, 30)
         XCTAssertTrue(result.output.contains("error on rank 1 of 2: /nonexistent/mnist"), result.output)

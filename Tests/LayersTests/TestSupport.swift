@@ -170,3 +170,38 @@ func assertTaggingMatchesScaleInvariance(_ h: NetworkHarness, _ what: String, fi
         }
     }
 }
+
+/// Every parameter tensor against central differences in Double at steps h = 1e-3 ... 1e-4.
+/// ReLU and max pooling make the loss piecewise smooth, and a BN couples every activation of a
+/// channel, so a step often straddles a kink somewhere in the network; the central difference is
+/// then biased by an amount that depends on h (measured: a kink closer than 1e-4 biases all four
+/// steps alike, and the analytic value is matched only at h = 1e-5..1e-4). A coordinate passes
+/// when the analytic value matches the difference at one of the steps (1% of it plus 0.1% of the
+/// tensor's largest gradient: fp32 noise); it is a mismatch when it matches none while they agree
+/// with each other; otherwise it is skipped. Per tensor, 3 coordinates must pass and at most one
+/// of 8 tried may mismatch (a wrong gradient mismatches everywhere).
+func assertGradientsMatchFiniteDifferences(_ h: NetworkHarness, _ what: String) {
+    _ = h.loss(gradients: true)
+    let grads = h.net.parameters.gradients.array.map(Double.init)
+    XCTAssertFalse(grads.contains { $0.isNaN }, "\(what): backward left a gradient unwritten")
+    var rng = SplitMix64(seed: 61)
+    for spec in h.net.parameters.layout.tensors {
+        let tensorScale = grads[spec.range].map(abs).max()!
+        XCTAssertGreaterThan(tensorScale, 1e-6, "\(what) \(spec.name): gradient all zeros")
+        var passed = 0, mismatches: [String] = [], tries = 0
+        while passed < 3 && tries < 40 && mismatches.count < 2 {
+            tries += 1
+            let i = Int(rng.next() % UInt64(spec.count))
+            let p = h.net.parameters.values.pointer + spec.offset + i
+            let fds = [Float(1e-3), 5e-4, 2.5e-4, 1e-4].map { step in centralDifference(at: p, h: step) { h.loss(gradients: false) } }
+            let an = grads[spec.offset + i]
+            if fds.contains(where: { abs(an - $0) <= 1e-2 * abs($0) + 1e-3 * tensorScale }) {
+                passed += 1
+            } else if fds.max()! - fds.min()! <= 1e-3 * max(abs(fds[0]), tensorScale) {
+                mismatches.append("[\(i)]: analytic \(an), finite differences \(fds)")
+            }
+        }
+        XCTAssertLessThan(mismatches.count, 2, "\(what) \(spec.name): \(mismatches)")
+        XCTAssertEqual(passed, 3, "\(what) \(spec.name): too few kink-free coordinates (\(tries) tries)")
+    }
+}

@@ -7,9 +7,12 @@ struct MPIJob {
     let executable: String
     let directory: String
 
-    /// The command line, as the report prints it.
+    /// The command line, as the report prints it: run from the repository root, so paths under the
+    /// current directory are shown relative to it (no one machine's absolute path in the report).
     func commandLine(np: Int, _ arguments: [String]) -> String {
-        "mpirun -np \(np) --oversubscribe --bind-to none .build/release/autorate " + arguments.joined(separator: " ")
+        let here = FileManager.default.currentDirectoryPath + "/"
+        let shown = arguments.map { $0.hasPrefix(here) ? String($0.dropFirst(here.count)) : $0 }
+        return "mpirun -np \(np) --oversubscribe --bind-to none .build/release/autorate " + shown.joined(separator: " ")
     }
 
     /// Runs the job and returns its metrics records (one JSON object per line).
