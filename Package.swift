@@ -46,6 +46,14 @@ let package = Package(
         .executableTarget(
             name: "collectives-check", dependencies: ["Collectives"],
             path: "Sources/CollectivesCheck"),
+        // Fuzz targets for the file parsers (launch/fuzz). Built plainly they replay files given as
+        // arguments; built by launch/fuzz (--sanitize=fuzzer -Xswiftc -DFUZZING, own build directory)
+        // they are libFuzzer binaries.
+        .target(name: "FuzzSupport", dependencies: ["Data"]),
+        .executableTarget(name: "fuzz-idx", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzIDX"),
+        .executableTarget(name: "fuzz-cifar10", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzCIFAR10"),
+        .executableTarget(name: "fuzz-safetensors", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzSafeTensors"),
+        .executableTarget(name: "fuzz-checkpoint", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzCheckpoint"),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore"]),

@@ -41,8 +41,18 @@ public enum CIFAR10 {
 
     /// Reads and checks every file first, then converts all records into one array.
     static func split(_ paths: [String], name: String) throws -> Dataset {
-        let files = try paths.map { path in
-            let bytes = try FileReader.read(path)
+        try dataset(paths.map { path in (try FileReader.read(path), path) }, name: name)
+    }
+
+    /// Batch files' bytes as stored on disk (plain, or gzip-compressed as `load` also accepts), in
+    /// order, checked and converted as `load` does: one dataset named `name`.
+    /// - Throws: `DataError` naming the path of the first bad batch and what is wrong.
+    public static func parseBatches(_ batches: [(bytes: [UInt8], path: String)], name: String) throws -> Dataset {
+        try dataset(batches.map { (try FileReader.decompressed($0.bytes, path: $0.path), $0.path) }, name: name)
+    }
+
+    static func dataset(_ batches: [([UInt8], String)], name: String) throws -> Dataset {
+        let files = try batches.map { bytes, path in
             try check(bytes, path: path)
             return bytes
         }

@@ -12,8 +12,9 @@
 /// JSON header (tensor names, dtypes, shapes, offsets, the other metadata) and the whole data
 /// buffer. `load` decodes the file, removes the key, re-encodes (deterministic, so this reproduces
 /// the bytes that were summed) and compares. The file stays a plain safetensors file that any
-/// reader loads; Python can check it the same way:
-/// `zlib.crc32(safetensors.numpy.save(tensors, metadata_without_key))` for our key order.
+/// reader loads (the reference implementation ignores metadata it does not know). To check one
+/// elsewhere: drop the key, encode as `SafeTensors.encoded()` does (keys in byte order, compact
+/// JSON, space padding, data in file order) and take zlib's `crc32` of the bytes.
 public struct CheckpointDirectory: Sendable {
     public let path: String
     /// How many checkpoints (the highest steps) `write` leaves in the directory.
@@ -101,7 +102,8 @@ public struct CheckpointDirectory: Sendable {
     }
 
     /// Reads a checkpoint, decodes it and verifies its checksum; the result's metadata no longer holds
-    /// `autorate.checksum`, so it equals what was passed to `write`.
+    /// `autorate.checksum`, so it equals what was passed to `write` (up to the order of empty tensors
+    /// at the same offset, which come back in name order).
     /// - Throws: `DataError` naming the file when it is missing, truncated, corrupted or foreign.
     public static func load(_ path: String) throws -> SafeTensors {
         try verify(RawFile.read(path), path: path)

@@ -58,7 +58,24 @@ public enum MNIST {
     }
 
     static func readImages(_ path: String) throws -> ([Float], Int, ImageShape) {
-        let (bytes, sizes) = try readIDX(path, magic: 0x0803, dimensions: 3, kind: "image")
+        try images(FileReader.read(path), path)
+    }
+
+    /// An IDX image file's bytes as stored on disk (plain or gzip-compressed), checked as `load`
+    /// checks the file at `path`: pixels scaled to [0, 1], the image count and shape.
+    /// - Throws: `DataError` naming `path` and what is wrong.
+    public static func parseImages(bytes: [UInt8], path: String) throws -> (features: [Float], count: Int, image: ImageShape) {
+        try images(FileReader.decompressed(bytes, path: path), path)
+    }
+
+    /// An IDX label file's bytes as stored on disk (plain or gzip-compressed), checked as `load`
+    /// checks the file at `path`. - Throws: `DataError` naming `path` and what is wrong.
+    public static func parseLabels(bytes: [UInt8], path: String) throws -> [Int32] {
+        try labels(FileReader.decompressed(bytes, path: path), path)
+    }
+
+    static func images(_ bytes: [UInt8], _ path: String) throws -> ([Float], Int, ImageShape) {
+        let sizes = try checkIDX(bytes, path, magic: 0x0803, dimensions: 3, kind: "image")
         let count = sizes[0], rows = sizes[1], cols = sizes[2]
         guard count > 0 else { throw DataError(path: path, "holds no images; a split needs at least one sample") }
         guard rows > 0 && cols > 0 && rows <= 4096 && cols <= 4096 else {
@@ -71,7 +88,11 @@ public enum MNIST {
     }
 
     static func readLabels(_ path: String) throws -> [Int32] {
-        let (bytes, sizes) = try readIDX(path, magic: 0x0801, dimensions: 1, kind: "label")
+        try labels(FileReader.read(path), path)
+    }
+
+    static func labels(_ bytes: [UInt8], _ path: String) throws -> [Int32] {
+        let sizes = try checkIDX(bytes, path, magic: 0x0801, dimensions: 1, kind: "label")
         let count = sizes[0]
         try checkLength(bytes, path, header: 8, payload: count, declared: "\(count) labels")
         var labels = [Int32](repeating: 0, count: count)
@@ -85,10 +106,8 @@ public enum MNIST {
         return labels
     }
 
-    /// Reads an IDX file and checks its magic number; returns the bytes and the `dimensions` sizes
-    /// that follow it.
-    static func readIDX(_ path: String, magic: UInt32, dimensions: Int, kind: String) throws -> ([UInt8], [Int]) {
-        let bytes = try FileReader.read(path)
+    /// Checks an IDX file's header size and magic number; returns the `dimensions` sizes that follow it.
+    static func checkIDX(_ bytes: [UInt8], _ path: String, magic: UInt32, dimensions: Int, kind: String) throws -> [Int] {
         let header = 4 + 4 * dimensions
         guard bytes.count >= header else {
             throw DataError(path: path, "has \(bytes.count) bytes; an IDX \(kind) file has a \(header)-byte header")
@@ -101,7 +120,7 @@ public enum MNIST {
                 "has magic number 0x\(String(found, radix: 16)); IDX \(kind) files start with 0x\(String(repeating: "0", count: 8 - expected.count))\(expected)"
             )
         }
-        return (bytes, (0..<dimensions).map { Int(bigEndian(bytes, 4 + 4 * $0)) })
+        return (0..<dimensions).map { Int(bigEndian(bytes, 4 + 4 * $0)) }
     }
 
     /// Checks that the file is exactly its header plus the payload its header declares.
@@ -127,5 +146,13 @@ public enum FashionMNIST {
     /// - Throws: `DataError` naming the file and what is wrong with it.
     public static func load(directory: String) throws -> DataSplits {
         try MNIST.load(directory: directory, dataset: "fashion-mnist")
+    }
+}
+
+extension FileReader {
+    /// File bytes as `read` returns them: inflated when they start with the gzip magic bytes.
+    static func decompressed(_ bytes: [UInt8], path: String) throws -> [UInt8] {
+        if bytes.count >= 2 && bytes[0] == 0x1F && bytes[1] == 0x8B { return try gunzip(bytes, path: path) }
+        return bytes
     }
 }

@@ -54,7 +54,8 @@ public struct SafeTensors: Sendable, Equatable {
         public var count: Int? { SafeTensors.elementCount(shape) }
     }
 
-    /// In file order (the order of the data buffer).
+    /// In file order (the order of the data buffer; empty tensors at the same offset, whose order the
+    /// file does not record, in name order).
     public var tensors: [Tensor]
     public var metadata: [String: String]
     /// The path this value was decoded from, used in error messages of the accessors; not stored in
@@ -274,8 +275,13 @@ public struct SafeTensors: Sendable, Equatable {
                 )
             }
         }
-        let order = entries.indices.sorted {
-            (entries[$0].offsets.begin, entries[$0].offsets.end, $0) < (entries[$1].offsets.begin, entries[$1].offsets.end, $1)
+        // File order. Empty tensors that share an offset have no order in the file: they come in name
+        // (UTF-8 byte) order, whatever order the header lists them in, so that decoding is canonical.
+        let order = entries.indices.sorted { a, b in
+            let x = entries[a].offsets, y = entries[b].offsets
+            if x.begin != y.begin { return x.begin < y.begin }
+            if x.end != y.end { return x.end < y.end }
+            return utf8Less(entries[a].name, entries[b].name)
         }
         var position = 0
         var previous: Int? = nil

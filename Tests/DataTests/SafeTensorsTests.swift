@@ -120,6 +120,17 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertEqual(try SafeTensors.decode(relaxed, path: "r").floats("weight"), [1])
     }
 
+    /// File order is data order; empty tensors at one offset come in name order, whatever the header says.
+    func testFileOrder() throws {
+        let header =
+            #"{"c":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"b":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"#
+            + #""z":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"#
+            + #""y":{"dtype":"I64","shape":[0],"data_offsets":[0,0]}}"#
+        let decoded = try SafeTensors.decode(Self.file(header: header, data: [UInt8](repeating: 0, count: 8)), path: "o")
+        XCTAssertEqual(decoded.tensors.map(\.name), ["y", "z", "a", "b", "c"])
+        XCTAssertEqual(try SafeTensors.decode(decoded.encoded(), path: "o2"), decoded)
+    }
+
     /// Names sort by UTF-8 bytes (as Rust and Python do), not by Swift's Unicode ordering.
     func testHeaderKeysInByteOrder() throws {
         var f = SafeTensors(metadata: ["b": "1", "B": "2", "_": "3"])
