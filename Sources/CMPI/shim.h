@@ -16,4 +16,7 @@ static inline MPI_Op _Nonnull cmpi_min(void) { return MPI_MIN; }
 static inline void * _Nonnull cmpi_in_place(void) { return MPI_IN_PLACE; }
 static inline MPI_Errhandler _Nonnull cmpi_errors_return(void) { return MPI_ERRORS_RETURN; }
 static inline int cmpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
+static inline MPI_Status * _Nullable cmpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
+static inline MPI_Request _Nonnull cmpi_request_null(void) { return MPI_REQUEST_NULL; }
+static inline MPI_Info _Nonnull cmpi_info_null(void) { return MPI_INFO_NULL; }
 #endif

@@ -14,6 +14,18 @@ public protocol Communicator: AnyObject {
     /// Collective: replaces every element with the reduction of that element over all ranks.
     func allreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws
 
+    /// Collective, nonblocking: starts the in-place reduction of `buffer` (not empty) and returns at once. The
+    /// buffer must stay allocated and untouched until the returned request completes. Operations
+    /// started on one communicator complete in the order they were started on every rank.
+    func startAllreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws -> PendingCollective
+
+    /// Collective: how many ranks of this group share this rank's node (memory).
+    func ranksOnThisNode() throws -> Int
+
+    /// Collective: a new communicator over the same ranks. Its traffic is matched separately, so
+    /// small latency-bound reductions on it never queue behind large operations on this one.
+    func duplicate() throws -> Communicator
+
     /// Collective: copies `root`'s bytes into every rank's buffer (same byte count everywhere).
     func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws
 
@@ -26,6 +38,15 @@ public protocol Communicator: AnyObject {
     /// Ends the whole job at once (every rank) with `code`. Used when one rank fails where the others
     /// may already be waiting in a collective: the alternative is a hang.
     func abort(code: Int32) -> Never
+}
+
+/// A nonblocking collective in flight. Open MPI has no asynchronous progress thread: the operation
+/// advances only inside MPI calls, so callers `test` it between pieces of work.
+public protocol PendingCollective: AnyObject {
+    /// Advances the operation; true once it has completed (and from then on).
+    func test() throws -> Bool
+    /// Blocks until the operation has completed.
+    func wait() throws
 }
 
 /// Element-wise reduction operators.

@@ -42,6 +42,38 @@ public final class MPICommunicator: Communicator {
         }
     }
 
+    public func startAllreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws
+        -> PendingCollective
+    {
+        precondition(buffer.count <= Self.maxCount, "a nonblocking allreduce of more than 2^31-1 elements")
+        guard let base = buffer.baseAddress, buffer.count > 0 else { preconditionFailure("a nonblocking allreduce of nothing") }
+        var request: MPI_Request? = cmpi_request_null()
+        let what = "MPI_Iallreduce(\(op), \(buffer.count) x \(T.self))"
+        try check(
+            MPI_Iallreduce(cmpi_in_place(), base, Int32(buffer.count), datatype(T.self), mpiOp(op), comm, &request),
+            what, rank: rank)
+        return MPIPendingCollective(request, what, rank: rank)
+    }
+
+    public func ranksOnThisNode() throws -> Int {
+        var node: MPI_Comm? = nil
+        try check(
+            MPI_Comm_split_type(comm, Int32(MPI_COMM_TYPE_SHARED), Int32(rank), cmpi_info_null(), &node),
+            "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", rank: rank)
+        defer { MPI_Comm_free(&node) }
+        var size: Int32 = 0
+        try check(MPI_Comm_size(node, &size), "MPI_Comm_size", rank: rank)
+        return Int(size)
+    }
+
+    public func duplicate() throws -> Communicator {
+        var copy: MPI_Comm? = nil
+        try check(MPI_Comm_dup(comm, &copy), "MPI_Comm_dup", rank: rank)
+        guard let copy else { fatalError("MPI_Comm_dup returned success and no communicator") }
+        try check(MPI_Comm_set_errhandler(copy, cmpi_errors_return()), "MPI_Comm_set_errhandler", rank: rank)
+        return try MPICommunicator(owning: copy)
+    }
+
     /// Ranks with nothing to reduce still take part (a zero-length call), so counts must agree.
     private func emptyAllreduce<T: Reducible>(_ type: T.Type, _ op: ReduceOp) throws {
         var dummy: [T] = [T.zero]
@@ -100,5 +132,34 @@ public final class MPICommunicator: Communicator {
         case .max: cmpi_max()
         case .min: cmpi_min()
         }
+    }
+}
+
+/// An `MPI_Request` of a nonblocking collective; `MPI_Test`/`MPI_Wait` errors are thrown naming the
+/// operation that was started.
+final class MPIPendingCollective: PendingCollective {
+    private var request: MPI_Request?
+    private var done = false
+    private let what: String
+    private let rank: Int
+
+    init(_ request: MPI_Request?, _ what: String, rank: Int) {
+        self.request = request
+        self.what = what
+        self.rank = rank
+    }
+
+    func test() throws -> Bool {
+        if done { return true }
+        var flag: Int32 = 0
+        try check(MPI_Test(&request, &flag, cmpi_status_ignore()), "MPI_Test of \(what)", rank: rank)
+        done = flag != 0
+        return done
+    }
+
+    func wait() throws {
+        if done { return }
+        try check(MPI_Wait(&request, cmpi_status_ignore()), "MPI_Wait of \(what)", rank: rank)
+        done = true
     }
 }

@@ -8,6 +8,11 @@ public final class SingleProcessCommunicator: Communicator {
     public var rank: Int { 0 }
     public var size: Int { 1 }
     public func allreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws {}
+    public func startAllreduce<T: Reducible>(_ buffer: UnsafeMutableBufferPointer<T>, _ op: ReduceOp) throws
+        -> PendingCollective
+    { Completed() }
+    public func duplicate() throws -> Communicator { SingleProcessCommunicator() }
+    public func ranksOnThisNode() throws -> Int { 1 }
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
         precondition(root == 0, "broadcast root \(root) does not exist in a group of one process")
     }
@@ -17,4 +22,10 @@ public final class SingleProcessCommunicator: Communicator {
     }
     public func barrier() throws {}
     public func abort(code: Int32) -> Never { exit(code) }
+}
+
+/// An operation that completed when it started (a group of one has nothing to exchange).
+final class Completed: PendingCollective {
+    func test() throws -> Bool { true }
+    func wait() throws {}
 }

@@ -41,6 +41,28 @@ do {
 
     try comm.barrier()
 
+    // nonblocking allreduces in flight together, on a duplicate while the original carries
+    // another reduction (as BN statistics and gradient buckets do), completed by test and by wait
+    let statistics = try comm.duplicate()
+    var bucket1 = (0..<1000).map { Float($0 + r) }, bucket2 = [Float](repeating: Float(r), count: 70_000)
+    try bucket1.withUnsafeMutableBufferPointer { b1 in
+        try bucket2.withUnsafeMutableBufferPointer { b2 in
+            let first = try comm.startAllreduce(b1, .sum)
+            let second = try comm.startAllreduce(b2, .max)
+            var small: [Double] = [Double(r)]
+            try statistics.allreduce(&small, .sum)
+            if small != [Double(p * (p - 1) / 2)] { fail("allreduce on a duplicate gave \(small)", statistics) }
+            while try !first.test() {}
+            try second.wait()
+            if try !second.test() { fail("a completed request tests as not completed", comm) }
+        }
+    }
+    let offset = Float(p * (p - 1) / 2)
+    if bucket1 != (0..<1000).map({ Float(p * $0) + offset }) { fail("nonblocking sum gave \(bucket1.prefix(4))...", comm) }
+    if bucket2.contains(where: { $0 != Float(p - 1) }) { fail("nonblocking max gave \(bucket2.prefix(4))...", comm) }
+    let onNode = try comm.ranksOnThisNode()
+    if onNode < 1 || onNode > p { fail("\(onNode) ranks on this node of \(p)", comm) }
+
     // an invalid call (a root that is not a rank) becomes a thrown MPIError naming the MPI
     // function, MPI's own text and the rank; the job goes on
     do {

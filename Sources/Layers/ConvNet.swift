@@ -78,6 +78,12 @@ public final class ConvNet: Network {
     private let initialization: [(tensor: TensorSpec, fanIn: Int)]
     private let norms: [BatchNorm]
     public var batchNorms: [BatchNorm] { norms }
+    public var observer: StepObserver?
+    /// Per unit: its timeline name, and the lowest flat offset of the parameters of this unit, the
+    /// later ones and the head (the layout is in forward order): after the unit's backward, every
+    /// gradient from there on is final.
+    private let unitSpans: [(name: String, finalFrom: Int)]
+    private let headSpan: String
     private var lastInputs: [Matrix] = []
     private var lastFeatures: Matrix?
 
@@ -182,6 +188,20 @@ public final class ConvNet: Network {
         groups = builder.groups.sorted { $0.range.lowerBound < $1.range.lowerBound }  // forward order
         initialization = builder.weights
         norms = builder.norms
+        let headName = String(head.linear.weight.name.dropLast(".weight".count))
+        headSpan = head.norm == nil ? "\(headName) linear" : "\(headName) linear+bn"
+        var finalFrom = head.linear.weight.offset
+        unitSpans = units.reversed().map { unit in
+            switch unit {
+            case let .convBN(u):
+                finalFrom = u.conv.weight.offset
+                return ("\(u.conv.weight.name.dropLast(".weight".count)) conv+bn", finalFrom)
+            case .pool: return ("pool", finalFrom)
+            case let .residual(block):
+                finalFrom = block.first.conv.weight.offset
+                return ("\(block.first.conv.weight.name.dropLast(".conv1.weight".count)) block", finalFrom)
+            }
+        }.reversed()
         let widest = ([input.count, featureCount, classes] + units.map { Self.output(of: $0).count }).max()!
         shared = SharedActivations(values: widest * maxBatch)
     }
@@ -231,8 +251,10 @@ public final class ConvNet: Network {
         let n = x.rows
         var current = x
         lastInputs.removeAll(keepingCapacity: true)
-        for unit in units {
+        for (i, unit) in units.enumerated() {
             lastInputs.append(current)
+            if reducer != nil { observer?.layerBegan() }
+            defer { if reducer != nil { observer?.layerEnded(unitSpans[i].name, backward: false) } }
             switch unit {
             case let .convBN(u):
                 current = try u.forward(current, parameters, buffers, shared, reducer: reducer)
@@ -249,6 +271,8 @@ public final class ConvNet: Network {
         if globalPooling { GlobalAveragePool.forward(current, shape: last, f) } else { Flatten.forward(current, shape: last, f) }
         lastFeatures = f
         let out = logits.matrix(rows: n)
+        if reducer != nil { observer?.layerBegan() }
+        defer { if reducer != nil { observer?.layerEnded(headSpan, backward: false) } }
         if let headNorm {
             let z = shared.matrix(shared.scratch, rows: n, cols: classes)
             linear.forward(f, z, parameters)
@@ -273,6 +297,7 @@ public final class ConvNet: Network {
         }
         let n = dlogits.rows, f = lastFeatures!
         let df = shared.matrix(shared.gradients[0], rows: n, cols: f.cols)
+        observer?.layerBegan()
         if let headNorm {
             let dz = shared.matrix(shared.scratch, rows: n, cols: classes)
             try headNorm.backward(dlogits, dz, p, reducer: reducer, deferEpsilonGradient: true)
@@ -281,12 +306,15 @@ public final class ConvNet: Network {
         } else {
             linear.backward(f, dlogits, df, p, accumulating: false)
         }
+        observer?.layerEnded(headSpan, backward: true)
+        try observer?.gradientsFinal(from: linear.weight.offset)
         let last = Self.output(of: units.last!)
         var g = shared.matrix(shared.free(besides: df), rows: n, cols: last.count)
         if globalPooling { GlobalAveragePool.backward(df, shape: last, g) } else { Flatten.backward(df, shape: last, g) }
         for (i, unit) in units.enumerated().reversed() {
             let x = lastInputs[i], needInputGradient = i > 0
             let dx = shared.matrix(shared.free(besides: g), rows: n, cols: unitInputs[i].count)
+            observer?.layerBegan()
             switch unit {
             case let .convBN(u):
                 try u.backward(x, g, needInputGradient ? dx : nil, p, shared, reducer: reducer, radial: radial)
@@ -297,6 +325,8 @@ public final class ConvNet: Network {
             case let .residual(block):
                 g = try block.backward(x, g, p, shared, reducer: reducer, radial: radial)
             }
+            observer?.layerEnded(unitSpans[i].name, backward: true)
+            try observer?.gradientsFinal(from: unitSpans[i].finalFrom)
         }
     }
 

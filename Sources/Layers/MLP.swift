@@ -38,6 +38,9 @@ public final class MLP: Network {
     private let gradA: ActivationBuffer  // ping-pong gradient buffers of the widest layer
     private let gradB: ActivationBuffer
     private var inputRows = 0
+    public var observer: StepObserver?
+    /// Timeline names, per layer: the Linear ("0 linear", its state_dict index) and its BN ("1 bn").
+    private let spanNames: [(linear: String, norm: String)]
     private var lastInput: Matrix?
 
     public var classes: Int { widths.last! }
@@ -105,6 +108,10 @@ public final class MLP: Network {
                 incomingWeight: linearSpecs[k].0,
                 previousAffine: k > 0 ? (normSpecs[k - 1].0, normSpecs[k - 1].1) : nil, maxBatch: maxBatch)
         }
+        spanNames = linearSpecs.enumerated().map { i, spec in
+            let index = spec.0.name.dropLast(".weight".count)
+            return ("\(index) linear", i < normSpecs.count ? "\(normSpecs[i].0.name.dropLast(".weight".count)) bn" : "")
+        }
         linearOut = (0..<layers).map { ActivationBuffer(maxRows: maxBatch, cols: widths[$0 + 1]) }
         normOut = norms.map { ActivationBuffer(maxRows: maxBatch, cols: $0.channels) }
         let widest = widths.max()!
@@ -150,11 +157,15 @@ public final class MLP: Network {
         var current = x
         for (i, linear) in linears.enumerated() {
             let z = rows(linearOut[i], x.rows)
+            observer?.layerBegan()
             linear.forward(current, z, parameters)
+            observer?.layerEnded(spanNames[i].linear, backward: false)
             current = z
             if i < norms.count {
                 let y = rows(normOut[i], x.rows)
+                observer?.layerBegan()
                 try normalize(norms[i], z, y, i < linears.count - 1)
+                observer?.layerEnded(spanNames[i].norm, backward: false)
                 current = y
             } else if i < linears.count - 1 {
                 for k in 0..<z.count { z.base[k] = Swift.max(z.base[k], 0) }  // ReLU of the plain baseline
@@ -183,6 +194,7 @@ public final class MLP: Network {
         var useA = true
         for i in stride(from: linears.count - 1, through: 0, by: -1) {
             if i < norms.count {
+                observer?.layerBegan()
                 // ReLU (hidden layers) then BN, both into the linear output's gradient
                 if i < linears.count - 1 {
                     let y = rows(normOut[i], n)
@@ -191,6 +203,7 @@ public final class MLP: Network {
                 let dz = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i + 1])
                 useA.toggle()
                 try norms[i].backward(upstream, dz, parameters, reducer: reducer, deferEpsilonGradient: true)
+                observer?.layerEnded(spanNames[i].norm, backward: true)
                 upstream = dz
             } else if i < linears.count - 1 {
                 reluBackward(output: rows(linearOut[i], n).readOnly, upstream.readOnly, upstream.buffer)
@@ -201,8 +214,12 @@ public final class MLP: Network {
                 dx = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i])
                 useA.toggle()
             }
+            observer?.layerBegan()
             linears[i].backward(input, upstream, dx, parameters, accumulating: false)
             if i < norms.count { norms[i].applyEpsilonGradient(parameters, radial: radial) }
+            observer?.layerEnded(spanNames[i].linear, backward: true)
+            // the layout is in forward order: every gradient from this Linear's weight on is final
+            try observer?.gradientsFinal(from: linears[i].weight.offset)
             if let dx { upstream = dx }
         }
     }

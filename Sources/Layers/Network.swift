@@ -17,6 +17,8 @@ public protocol Network: AnyObject {
     var batchNorms: [BatchNorm] { get }
     /// One line naming the architecture, printed at startup.
     var architecture: String { get }
+    /// Told about every layer of a training forward and backward (nil: nobody watches).
+    var observer: StepObserver? { get set }
 
     /// Deterministic initialization from `seed` (every rank gets the same values).
     func initialize(seed: UInt64)
@@ -29,6 +31,16 @@ public protocol Network: AnyObject {
     func backward(_ dlogits: Matrix, reducer: StatisticsReducer, radial: RadialDeferral) throws
     /// The GEMMs one training step of `rows` samples makes, for the benchmark's GEMM-only bound.
     func gemmWorkload(rows: Int) -> [GemmCall]
+}
+
+/// Watches a training step from inside the network: a span per layer (the timeline) and, in
+/// backward, which gradients are final, so that their reduction can start while backward goes on.
+public protocol StepObserver: AnyObject {
+    /// A layer starts (forward or backward); `layerEnded` follows.
+    func layerBegan()
+    func layerEnded(_ name: String, backward: Bool)
+    /// In backward: every gradient at a flat index >= `offset` is final for this step.
+    func gradientsFinal(from offset: Int) throws
 }
 
 extension Network {

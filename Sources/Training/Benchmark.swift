@@ -29,6 +29,10 @@ public struct BenchmarkResult: Sendable {
     public let gradientBytes: Int
     /// With `compareLocalBN`: the median step of a `--bn local` twin run interleaved with this one.
     public let localStepSecondsMedian: Double?
+    /// Where the step time went: the mean per timed step over ranks.
+    public let timing: StepTiming
+    public let buckets: Int
+    public let overlap: Bool
 
     /// Allreduce bus bandwidth, `2 (p - 1) / p * bytes / time` (NCCL's convention), in GB/s.
     public var busBandwidth: Double {
@@ -54,6 +58,8 @@ public struct BenchmarkResult: Sendable {
             ("allreduce_ms_median", .number(allreduceSecondsMedian * 1e3)), ("gradient_bytes", .integer(gradientBytes)),
             ("allreduce_bus_gb_per_s", .number(busBandwidth)),
             ("local_bn_step_ms_median", .number((localStepSecondsMedian ?? .nan) * 1e3)),
+            ("time_ms", timing.json(meanOver: 1)), ("exposed_comm_fraction", .number(timing.exposedFraction)),
+            ("buckets", .integer(buckets)), ("overlap", .bool(overlap)),
         ]).encoded
     }
 }
@@ -100,10 +106,11 @@ public enum Benchmark {
         let gemm = GemmOnlyStep(trainer.model.gemmWorkload(rows: local))
         let peak = GemmOnlyStep([GemmCall(.none, .none, m: 1024, n: 1024, k: 1024, beta: 0)])
         var times: [Double] = [], gemmTimes: [Double] = [], twinTimes: [Double] = [], peakTimes: [Double] = []
+        var timing = StepTiming()
         for t in 0..<steps {
             try communicator.barrier()
             let clock = Stopwatch()
-            _ = try trainer.trainStep(warmup + t, monitor: false)
+            timing = timing + (try trainer.trainStep(warmup + t, monitor: false)).timing
             // the slowest rank sets the step time
             times.append(try communicator.allreduce(clock.seconds, .max))
             if t % 5 == 4 || t == steps - 1 {
@@ -136,6 +143,11 @@ public enum Benchmark {
             reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
         }
         reduceTimes.sort()
+        var sums = [timing.step, timing.bnCommunication, timing.gradientHidden, timing.gradientExposed]
+        try communicator.allreduce(&sums, .sum)
+        var mean = StepTiming()
+        let count = Double(steps * communicator.size)
+        (mean.step, mean.bnCommunication, mean.gradientHidden, mean.gradientExposed) = (sums[0] / count, sums[1] / count, sums[2] / count, sums[3] / count)
         return BenchmarkResult(
             ranks: communicator.size, globalBatch: configuration.globalBatch, model: trainer.model.architecture,
             batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
@@ -145,7 +157,8 @@ public enum Benchmark {
             flopsPerSample: trainer.model.gemmWorkload(rows: 1).reduce(0) { $0 + $1.flops },
             peakGFlops: peak.flops / peakTimes[peakTimes.count / 2] / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
             gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
-            localStepSecondsMedian: twinTimes.isEmpty ? nil : twinTimes[twinTimes.count / 2])
+            localStepSecondsMedian: twinTimes.isEmpty ? nil : twinTimes[twinTimes.count / 2],
+            timing: mean, buckets: trainer.buckets.ranges.count, overlap: trainer.reduction.overlap)
     }
 
 }

@@ -2,8 +2,8 @@ import Collectives
 import TensorCore
 
 /// Gradient buckets: contiguous slices of the flat gradient buffer of at most `capBytes` each,
-/// listed in reverse layer order (the order backward produces them), so that a later change can
-/// reduce a bucket as soon as backward has filled it (as PyTorch DDP's reducer does).
+/// listed in reverse layer order (the order backward produces them), so that a bucket's reduction
+/// can start as soon as backward has filled it (as PyTorch DDP's reducer does).
 ///
 /// Gradient averaging convention, written once here: each rank's gradient is already a sum over its
 /// own samples of d(loss_i)/d(theta) divided by the *global* sample count of the step (the loss
@@ -39,11 +39,120 @@ public struct GradientBuckets: Sendable {
         self.ranges = ranges
     }
 
-    /// Collective: sums every bucket over all ranks, in bucket order (one allreduce per bucket).
+    /// Collective: sums every bucket over all ranks, in bucket order (one blocking allreduce each).
     public func allreduce(_ gradients: FlatBuffer, over communicator: Communicator) throws {
         guard communicator.size > 1 else { return }
         for range in ranges {
             try communicator.allreduce(gradients.slice(range), .sum)
         }
+    }
+}
+
+/// The gradient reduction of one step, overlapped with backward: when backward reports that every
+/// gradient from some offset on is final, each bucket that lies wholly there starts a nonblocking
+/// allreduce; every later report tests the reductions in flight (Open MPI advances them only inside
+/// MPI calls); `finish` starts what is left and waits. Without `overlap`, `finish` does all of it
+/// with blocking calls, as before.
+final class OverlappedGradientReduction {
+    let buckets: GradientBuckets
+    /// Set by the trainer (`--overlap`) before the first step; false in a one-rank group.
+    var overlap: Bool
+    private let communicator: Communicator
+    private let gradients: FlatBuffer
+    private var next = 0  // the next bucket to start
+    private var inFlight: [InFlight] = []
+    private var backwardEnded = Double.infinity
+    /// Time during backward with at least one reduction in flight, this step (an upper bound:
+    /// a completion is seen only at the next test, at a layer boundary).
+    var hiddenSeconds: Double {
+        var total = 0.0, covered = -Double.infinity  // spans start in order; merge overlapping ones
+        for span in spans {
+            let start = Swift.max(span.start, covered), end = Swift.min(span.end, backwardEnded)
+            if end > start { total += end - start }
+            covered = Swift.max(covered, span.end)
+        }
+        return overlap ? total : 0
+    }
+    /// Each bucket's reduction as it was observed: start, completion seen, bytes.
+    private(set) var spans: [(start: Double, end: Double, bytes: Int)] = []
+
+    init(_ buckets: GradientBuckets, gradients: FlatBuffer, communicator: Communicator, overlap: Bool) {
+        self.buckets = buckets
+        self.gradients = gradients
+        self.communicator = communicator
+        self.overlap = overlap && communicator.size > 1
+    }
+
+    /// Before backward.
+    func begin() {
+        precondition(inFlight.isEmpty, "a gradient reduction is still in flight from the previous step")
+        next = 0
+        backwardEnded = .infinity
+        spans.removeAll(keepingCapacity: true)
+    }
+
+    /// Backward: every gradient at an index >= `offset` is final.
+    func gradientsFinal(from offset: Int) throws {
+        guard overlap else { return }
+        try poll()
+        while next < buckets.ranges.count && buckets.ranges[next].lowerBound >= offset {
+            try start(next)
+            next += 1
+        }
+    }
+
+    /// After backward: starts the remaining buckets and waits for all. Returns the seconds spent
+    /// here (the exposed communication).
+    func finish() throws -> Double {
+        let began = Stopwatch.now()
+        guard communicator.size > 1 else { return 0 }
+        if !overlap {
+            for range in buckets.ranges {
+                let t0 = Stopwatch.now()
+                try communicator.allreduce(gradients.slice(range), .sum)
+                spans.append((t0, Stopwatch.now(), range.count * MemoryLayout<Float>.stride))
+            }
+            return Stopwatch.now() - began
+        }
+        backwardEnded = began
+        try poll()
+        while next < buckets.ranges.count {
+            try start(next)
+            next += 1
+        }
+        for item in inFlight {
+            if item.seenDone == nil { try item.request.wait() }
+            completed(item, at: item.seenDone ?? Stopwatch.now())
+        }
+        inFlight.removeAll(keepingCapacity: true)
+        return Stopwatch.now() - began
+    }
+
+    private func start(_ bucket: Int) throws {
+        let request = try communicator.startAllreduce(gradients.slice(buckets.ranges[bucket]), .sum)
+        inFlight.append(InFlight(bucket: bucket, request: request, started: Stopwatch.now()))
+    }
+
+    /// Tests every reduction in flight (each advances only when tested) and retires the completed
+    /// ones at the front.
+    private func poll() throws {
+        for k in inFlight.indices where inFlight[k].seenDone == nil {
+            if try inFlight[k].request.test() { inFlight[k].seenDone = Stopwatch.now() }
+        }
+        while let oldest = inFlight.first, let end = oldest.seenDone {
+            completed(oldest, at: end)
+            inFlight.removeFirst()
+        }
+    }
+
+    private func completed(_ item: InFlight, at end: Double) {
+        spans.append((item.started, end, buckets.ranges[item.bucket].count * MemoryLayout<Float>.stride))
+    }
+
+    private struct InFlight {
+        let bucket: Int
+        let request: PendingCollective
+        let started: Double
+        var seenDone: Double? = nil
     }
 }

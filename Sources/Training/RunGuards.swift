@@ -25,6 +25,8 @@ extension Trainer {
                 ("the network layout", layout), ("--steps/--epochs", "\(totalSteps)"),
                 ("--checkpoint-dir", configuration.checkpointDirectory ?? "none"), ("--checkpoint-every", "\(configuration.checkpointEvery)"),
                 ("--resume", configuration.resume.map { "\($0)" } ?? "none"), ("--max-bad-steps", "\(configuration.maxBadSteps)"),
+                ("--bucket-mb", "\(configuration.bucketBytes)"), ("--overlap", configuration.overlap.rawValue),
+                ("--timeline", configuration.timelinePath.map { "\($0) \(configuration.timelineWindow)" } ?? "none"),
                 ("the training data", dataFingerprint(splits.train)), ("the test data", dataFingerprint(splits.test)),
             ]
         let hashes = fields.map { fnv1a($0.0 + "=" + $0.1) }

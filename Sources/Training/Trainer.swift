@@ -28,7 +28,14 @@ public final class Trainer {
     var watchdog: StallWatchdog?
     /// BN running statistics before the current step, restored when the step is skipped.
     private lazy var buffersBeforeStep = FlatBuffer(count: model.buffers.count)
-    let statistics: StatisticsReducer
+    /// BN statistics reductions: over a communicator of their own once `prepareCommunication` ran,
+    /// so that they never queue behind a gradient bucket in flight.
+    let statistics: TimedStatistics
+    private var communicationPrepared = false
+    /// The gradient allreduce, bucket by bucket, overlapped with backward (`--overlap`).
+    let reduction: OverlappedGradientReduction
+    /// `--timeline`: a Chrome trace of a window of steps.
+    let timeline: Timeline?
     /// Every rank normalizes with the same BN statistics (synchronized, or a single rank).
     private var sharedStatistics: Bool { configuration.batchNormSync == .sync || communicator.size == 1 }
     private let input: FlatBuffer
@@ -87,12 +94,15 @@ public final class Trainer {
         sampler = ShardSampler(sampleCount: train.count, globalBatch: configuration.globalBatch, seed: configuration.seed)
         totalSteps = configuration.steps ?? configuration.epochs * sampler.stepsPerEpoch
         logEvery = configuration.logEvery ?? Swift.max(1, totalSteps / 20)
-        statistics =
-            configuration.batchNormSync == .sync && p > 1
-            ? SynchronizedStatistics(communicator: communicator) : LocalStatistics()
+        timeline = configuration.timelinePath.map { _ in Timeline(window: configuration.timelineWindow) }
+        statistics = TimedStatistics(LocalStatistics(), timeline: timeline)
+        reduction = OverlappedGradientReduction(
+            buckets, gradients: model.parameters.gradients, communicator: communicator, overlap: configuration.overlap == .on)
+        model.observer = StepObserverAdapter(timeline: timeline, reduction: reduction)
         input = FlatBuffer(count: rows * train.dimension)
         dlogits = FlatBuffer(count: rows * train.classes)
         labels = [Int32](repeating: 0, count: rows)
+        if communicator.isRoot, let path = configuration.timelinePath { try Timeline.checkWritable(path) }
         metrics = try communicator.isRoot ? configuration.metricsPath.map { try MetricsLog(path: $0, append: configuration.resume != nil) } : nil
     }
 
@@ -106,6 +116,8 @@ public final class Trainer {
         try agreeOnConfiguration()
         let start = try restoreOrStart()
         try synchronizeReplicas()
+        try prepareCommunication()
+        try timeline?.alignClocks(communicator)
         describe()
         let checkpoints = configuration.checkpointDirectory.map { CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints) }
         let clock = Stopwatch()
@@ -130,6 +142,7 @@ public final class Trainer {
             window.add(result)
             if logging {
                 let global = try window.reduce(over: communicator)
+                let timing = global.timing.json(meanOver: window.steps * communicator.size)
                 window = Window()
                 guard global.loss.isFinite else { throw TrainingError.nonFinite(step: t, what: "the training loss") }
                 let now = clock.seconds
@@ -138,12 +151,16 @@ public final class Trainer {
                 lastLoss = global.loss
                 report(
                     step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
-                    elapsed: now, monitors: result.monitors)
+                    elapsed: now, monitors: result.monitors, timing: timing)
             }
             if let checkpoints, (t + 1) % configuration.checkpointEvery == 0 || t + 1 == totalSteps, communicator.isRoot {
-                let path = try saveCheckpoint(completedSteps: t + 1, into: checkpoints)
+                let path = try measured("checkpoint", "checkpoint") { try saveCheckpoint(completedSteps: t + 1, into: checkpoints) }
                 if configuration.printProgress { console.root("checkpoint: \(path)") }
             }
+        }
+        if let timeline, let path = configuration.timelinePath {
+            try timeline.write(to: path, over: communicator)
+            console.root("timeline: \(path) (steps \(timeline.window.lowerBound)-\(timeline.window.upperBound); open in https://ui.perfetto.dev or chrome://tracing)")
         }
         let seconds = clock.seconds
         try recalibrateBatchNorm()
@@ -165,9 +182,15 @@ public final class Trainer {
 
     /// One data-parallel step, top to bottom. Collective.
     public func trainStep(_ t: Int, monitor: Bool) throws -> StepResult {
+        try prepareCommunication()
+        let began = Stopwatch.now()
+        timeline?.begin(step: t + 1)
+        statistics.reset()
         // 1. shard: this rank's slice of global batch t
-        let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
-        let x = gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch)
+        let x = try measured("data", "data") {
+            let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
+            return gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch)
+        }
         injectFaults(t, x)
         buffersBeforeStep.all.update(fromContentsOf: model.buffers.all)
         // 2. forward; each BN sums (count, sum, sum of squares) over ranks when synchronized
@@ -175,34 +198,66 @@ public final class Trainer {
         let logits = try model.forward(x, reducer: statistics)
         // 3. loss of this rank's samples, gradient divided by the *global* batch size
         let dz = Matrix(dlogits.pointer, rows: x.rows, cols: model.classes)
-        let sums = labels.withUnsafeBufferPointer {
-            SoftmaxCrossEntropy.forwardBackward(
-                logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
-                normalizer: Double(configuration.globalBatch), dlogits: dz)
+        let sums = measured("loss", "forward") {
+            labels.withUnsafeBufferPointer {
+                SoftmaxCrossEntropy.forwardBackward(
+                    logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
+                    normalizer: Double(configuration.globalBatch), dlogits: dz)
+            }
         }
-        // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when synchronized
+        // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when
+        //    synchronized; each gradient bucket starts its allreduce as soon as backward has filled it
         watchdog?.progress(step: t + 1, "the backward pass (synchronized BN: MPI_Allreduce of the gradient sums)")
+        reduction.begin()
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
-        // 5. gradients summed over ranks, bucket by bucket, in reverse layer order (and, with
-        //    per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
+        // 5. the gradient allreduce: the buckets backward did not start, then the wait for all (and,
+        //    with per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
         watchdog?.progress(step: t + 1, "the gradient MPI_Allreduce")
-        try buckets.allreduce(model.parameters.gradients, over: communicator)
+        var timing = StepTiming()
+        timing.gradientExposed = try reduction.finish()
+        for span in reduction.spans {
+            timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
+        }
         if !sharedStatistics { try sumRadialCoefficients() }
         // 5b. the NaN/Inf guard: the summed gradient is the same on every rank, so every rank
         //     decides alike without communicating; a skipped step also undoes its BN statistics
         let finite =
             allFinite(UnsafeBufferPointer(model.parameters.gradients.all))
             && model.parameters.pendingRadial.allSatisfy { $0.coefficients.withUnsafeBufferPointer(allFinite) }
-        if !finite {
+        var result = StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: [], skipped: !finite)
+        if finite {
+            watchdog?.progress(step: t + 1, "the update")
+            // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
+            //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass)
+            result.monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
+        } else {
             model.buffers.all.update(fromContentsOf: buffersBeforeStep.all)
             model.parameters.pendingRadial.removeAll()
-            return StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: [], skipped: true)
         }
-        watchdog?.progress(step: t + 1, "the update")
-        // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
-        //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass)
-        let monitors = optimizer.apply(to: model.parameters, monitor: monitor)
-        return StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors)
+        timing.step = Stopwatch.now() - began
+        timing.bnCommunication = statistics.seconds
+        timing.gradientHidden = reduction.hiddenSeconds
+        result.timing = timing
+        return result
+    }
+
+    /// Collective the first time: BN statistics get a communicator of their own (a duplicate), so
+    /// that their small, latency-bound reductions are matched apart from the gradient buckets.
+    public func prepareCommunication() throws {
+        guard !communicationPrepared else { return }
+        communicationPrepared = true
+        if configuration.batchNormSync == .sync && communicator.size > 1 {
+            statistics.inner = SynchronizedStatistics(communicator: try communicator.duplicate())
+        }
+        if configuration.overlap == .auto && communicator.size > 1 {
+            reduction.overlap = try communicator.ranksOnThisNode() < communicator.size
+        }
+    }
+
+    /// `body`, drawn on the timeline when it records.
+    private func measured<T>(_ name: String, _ category: String, _ body: () throws -> T) rethrows -> T {
+        guard let timeline, timeline.recording else { return try body() }
+        return try timeline.measure(name, category, body)
     }
 
     /// Collective: loss and accuracy on `data` with BN running statistics; each rank takes a
@@ -344,13 +399,13 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
         )
     }
 
     private func report(
         step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,
-        monitors: [GroupMonitor]
+        monitors: [GroupMonitor], timing: JSONValue
     ) {
         let epoch = Double(step) / Double(sampler.stepsPerEpoch)
         let intrinsic = IntrinsicGradient.squared(monitors)
@@ -369,6 +424,7 @@ public final class Trainer {
                 ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
                 ("lr_si", .number(optimizer.currentRate(.scaleInvariant))),
                 ("lr_sv", .number(optimizer.currentRate(.scaleVariant))),
+                ("time_ms", timing),
                 (
                     "groups",
                     .array(
@@ -390,9 +446,11 @@ public struct StepResult {
     public let lossSum: Double
     public let correct: Int
     public let count: Int
-    public let monitors: [GroupMonitor]
+    public var monitors: [GroupMonitor]
     /// The guard skipped the update: the summed gradient was not finite.
     public var skipped = false
+    /// Where this rank's step time went.
+    public var timing = StepTiming()
 }
 
 /// The end of a run.
@@ -417,15 +475,22 @@ public struct RunSummary: Sendable {
 /// Local sums between two logging steps; reduced over ranks only when logged.
 private struct Window {
     var loss = 0.0, correct = 0.0, count = 0.0
+    /// This rank's time, summed over the window's steps.
+    var timing = StepTiming()
+    var steps = 0
     mutating func add(_ r: StepResult) {
+        timing = timing + r.timing
+        steps += 1
         loss += r.lossSum
         correct += Double(r.correct)
         count += Double(r.count)
     }
-    /// Collective: the global mean loss and accuracy over the window.
-    func reduce(over communicator: Communicator) throws -> (loss: Double, accuracy: Double) {
-        var sums = [loss, correct, count]
+    /// Collective: the global mean loss and accuracy over the window, and the time sums over ranks.
+    func reduce(over communicator: Communicator) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
+        var sums = [loss, correct, count, timing.step, timing.bnCommunication, timing.gradientHidden, timing.gradientExposed]
         try communicator.allreduce(&sums, .sum)
-        return (sums[0] / sums[2], sums[1] / sums[2])
+        var total = StepTiming()
+        (total.step, total.bnCommunication, total.gradientHidden, total.gradientExposed) = (sums[3], sums[4], sums[5], sums[6])
+        return (sums[0] / sums[2], sums[1] / sums[2], total)
     }
 }

@@ -2,6 +2,16 @@ import Data
 import Layers
 import Optimizers
 
+/// Whether gradient buckets are reduced while backward goes on.
+public enum OverlapMode: String, Sendable, CaseIterable {
+    /// On when the ranks span several nodes, off when they share one: measured here, nonblocking
+    /// reductions over shared memory cost more CPU than they hide (each copy takes a core that
+    /// backward needs), while over a network the transfer proceeds in the kernel.
+    case auto
+    case on
+    case off
+}
+
 /// Everything that defines a training run. Built and validated by the CLI before MPI starts.
 public struct TrainingConfiguration: Sendable {
     public var data: DataSource = .synthetic
@@ -36,6 +46,11 @@ public struct TrainingConfiguration: Sendable {
     public var logEvery: Int? = nil
     public var metricsPath: String? = nil
     public var bucketBytes = 25 << 20
+    /// Start each bucket's allreduce while backward goes on (`--overlap`).
+    public var overlap: OverlapMode = .auto
+    /// `--timeline`: a Chrome trace of the steps in `timelineWindow` (1-based).
+    public var timelinePath: String? = nil
+    public var timelineWindow = 2...11
     /// Where checkpoints go (`--checkpoint-dir`); nil: none are written.
     public var checkpointDirectory: String? = nil
     /// Steps between checkpoints; one is also written after the last step.

@@ -7,6 +7,7 @@ import Training
 extension HeadKind: ExpressibleByArgument {}
 extension ModelKind: ExpressibleByArgument {}
 extension ShortcutKind: ExpressibleByArgument {}
+extension OverlapMode: ExpressibleByArgument {}
 extension Augmentation: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
 extension BatchNormSync: ExpressibleByArgument {}
@@ -61,6 +62,23 @@ func parseVGGLayers(_ text: String) throws -> [ConvArchitecture.Layer] {
 }
 
 /// The options `train` and `bench` share: the network, the batch, BN, and BLAS threads.
+/// How gradients travel: shared by `train` and `bench`.
+struct CommunicationOptions: ParsableArguments {
+    @Option(name: .customLong("bucket-mb"), help: "Largest gradient allreduce bucket in MiB.")
+    var bucketMB = 25.0
+    @Option(help: "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes).")
+    var overlap: OverlapMode = .auto
+
+    func validate() throws {
+        try require(bucketMB >= 0.0625 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB from 0.0625 (64 KiB) to 2048")
+    }
+
+    func apply(to c: inout TrainingConfiguration) {
+        c.bucketBytes = Int(bucketMB * 1024 * 1024)
+        c.overlap = overlap
+    }
+}
+
 struct NetworkOptions: ParsableArguments {
     @Option(help: "Network: 'mlp' (--widths), 'cnn' (small conv net), 'vgg' (--vgg-layers) or 'resnet20'; conv nets need image data.")
     var model: ModelKind = .mlp

@@ -19,6 +19,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Untimed steps first.")
     var warmup = 5
     @OptionGroup var network: NetworkOptions
+    @OptionGroup var communication: CommunicationOptions
     @Flag(name: .customLong("compare-local-bn"), help: "Also time a --bn local twin, interleaved in the same process.")
     var compareLocalBN = false
     @Option(help: "Append the result as one JSON line to this file (rank 0).")
@@ -33,6 +34,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         var c = TrainingConfiguration()
         network.apply(to: &c)
+        communication.apply(to: &c)
         try withMPI(threads: network.threads) { communicator, console in
             let layerWidths = try parseWidths(widths)
             let result = try Benchmark.run(
@@ -48,6 +50,13 @@ struct Bench: ParsableCommand {
                         result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,
                         result.fractionOfGemmBound, result.flopsPerSample / 1e9, result.fractionOfPeak, result.peakGFlops,
                         result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
+            let t = result.timing
+            console.root(
+                String(
+                    cFormat:
+                        "bench: step time per rank (mean): %.2f ms = compute %.2f + BN statistics communication %.2f + exposed gradient communication %.2f ms (%.1f%% of the step exposed); gradient communication hidden behind backward %.2f ms; %d bucket(s), overlap ",
+                    t.step * 1e3, t.compute * 1e3, t.bnCommunication * 1e3, t.gradientExposed * 1e3, 100 * t.exposedFraction,
+                    t.gradientHidden * 1e3, result.buckets) + (result.overlap ? "on" : "off"))
             if let local = result.localStepSecondsMedian {
                 console.root(
                     String(

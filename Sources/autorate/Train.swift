@@ -51,8 +51,11 @@ struct Train: ParsableCommand {
     var logEvery: Int?
     @Option(help: "Write JSON Lines metrics to this file (rank 0).")
     var metrics: String?
-    @Option(name: .customLong("bucket-mb"), help: "Largest gradient allreduce bucket in MiB.")
-    var bucketMB = 25.0
+    @OptionGroup var communication: CommunicationOptions
+    @Option(help: "Write a Chrome trace (Perfetto, chrome://tracing) of the --timeline-steps window to this file (rank 0).")
+    var timeline: String?
+    @Option(name: .customLong("timeline-steps"), help: "Steps the timeline records, 'FIRST-LAST' (1-based).")
+    var timelineSteps = "2-11"
     @Option(name: .customLong("checkpoint-dir"), help: "Write checkpoints (safetensors) to this directory (rank 0).")
     var checkpointDir: String?
     @Option(name: .customLong("checkpoint-every"), help: "Steps between checkpoints (one is also written after the last step).")
@@ -97,7 +100,9 @@ struct Train: ParsableCommand {
         try require(weightDecaySI >= 0 && weightDecaySI.isFinite, "--weight-decay-si", weightDecaySI, "a finite value >= 0")
         try require(weightDecaySV >= 0 && weightDecaySV.isFinite, "--weight-decay-sv", weightDecaySV, "a finite value >= 0")
         if let logEvery { try require(logEvery >= 1, "--log-every", logEvery, "a positive number of steps") }
-        try require(bucketMB >= 0.0625 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB from 0.0625 (64 KiB) to 2048")
+        if Self.stepRange(timelineSteps) == nil {
+            throw ValidationError("--timeline-steps \(timelineSteps) is not accepted: use FIRST-LAST, 1-based steps with FIRST <= LAST and at most 10000 steps.")
+        }
     }
 
     /// Called after `validate()`, so the parses cannot fail here.
@@ -128,9 +133,18 @@ struct Train: ParsableCommand {
         c.seed = seed
         c.logEvery = logEvery
         c.metricsPath = metrics
-        c.bucketBytes = Int(bucketMB * 1024 * 1024)
+        communication.apply(to: &c)
+        c.timelinePath = timeline
+        c.timelineWindow = Self.stepRange(timelineSteps)!
         c.printProgress = !quiet
         return c
+    }
+
+    /// `FIRST-LAST` of `--timeline-steps`.
+    static func stepRange(_ text: String) -> ClosedRange<Int>? {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false).map { Int($0) }
+        guard parts.count == 2, let first = parts[0], let last = parts[1], first >= 1, first <= last, last - first < 10_000 else { return nil }
+        return first...last
     }
 
     /// `STEP:RANK` of the test-only fault flags.
