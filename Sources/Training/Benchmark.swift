@@ -5,18 +5,19 @@ import TensorCore
 
 /// Training throughput of one configuration, next to the GEMM-only bound measured in the same
 /// process: the time `cblas_sgemm` alone needs for the same matrix shapes (forward, weight
-/// gradient, input gradient of every Linear layer for this rank's share of the batch). The fraction
+/// gradient, input gradient of every layer for this rank's share of the batch). The fraction
 /// `gemm time / step time` says how much of the step is spent outside the GEMMs.
 public struct BenchmarkResult: Sendable {
     public let ranks: Int
+    public let scaling: ScalingMode
     public let globalBatch: Int
     /// The network, as `Network.architecture` describes it.
     public let model: String
+    public let modelKind: String
     public let batchNormSync: String
     public let threads: Int
-    public let stepSecondsMedian: Double
-    public let stepSecondsMin: Double
-    public let stepSecondsMax: Double
+    /// Step times of the slowest rank, sorted.
+    public let stepSeconds: [Double]
     public let gemmSecondsMedian: Double
     public let gemmGFlops: Double
     /// GEMM flops of one training step per sample (forward and backward; the model's work).
@@ -24,62 +25,128 @@ public struct BenchmarkResult: Sendable {
     /// Median `cblas_sgemm` throughput of one 1024^3 GEMM per rank, measured between the blocks:
     /// the machine's GEMM peak, against which PyTorch's figures are quoted.
     public let peakGFlops: Double
-    /// Median time of the gradient allreduce alone (every bucket), and its bytes.
+    /// Median time of the gradient allreduce alone (every bucket, blocking), and its bytes.
     public let allreduceSecondsMedian: Double
     public let gradientBytes: Int
+    /// Each distinct bucket size: bytes, median seconds of its allreduce alone.
+    public let bucketAllreduce: [(bytes: Int, seconds: Double)]
     /// With `compareLocalBN`: the median step of a `--bn local` twin run interleaved with this one.
     public let localStepSecondsMedian: Double?
+    /// The one-rank baseline measured in the same run (every rank alone, interleaved): the median
+    /// step of one process on the whole global batch (strong scaling) or on one rank's batch (weak).
+    public let baselineStepSecondsMedian: Double?
     /// Where the step time went: the mean per timed step over ranks.
     public let timing: StepTiming
     public let buckets: Int
+    public let bucketBytes: Int
     public let overlap: Bool
 
+    public var stepSecondsMedian: Double { quantile(0.5) }
+    public func quantile(_ q: Double) -> Double { stepSeconds[Swift.min(Int(q * Double(stepSeconds.count)), stepSeconds.count - 1)] }
+
     /// Allreduce bus bandwidth, `2 (p - 1) / p * bytes / time` (NCCL's convention), in GB/s.
-    public var busBandwidth: Double {
-        ranks > 1 ? 2 * Double(ranks - 1) / Double(ranks) * Double(gradientBytes) / allreduceSecondsMedian / 1e9 : 0
+    public func busBandwidth(bytes: Int, seconds: Double) -> Double {
+        ranks > 1 ? 2 * Double(ranks - 1) / Double(ranks) * Double(bytes) / seconds / 1e9 : 0
     }
+    public var busBandwidth: Double { busBandwidth(bytes: gradientBytes, seconds: allreduceSecondsMedian) }
 
     public var samplesPerSecond: Double { Double(globalBatch) / stepSecondsMedian }
     public var gemmBoundSamplesPerSecond: Double { Double(globalBatch) / gemmSecondsMedian }
     public var fractionOfGemmBound: Double { gemmSecondsMedian / stepSecondsMedian }
     /// Training throughput as a fraction of what every rank's GEMM peak would give.
     public var fractionOfPeak: Double { samplesPerSecond * flopsPerSample / (peakGFlops * 1e9 * Double(ranks)) }
+    /// Throughput of the one-rank baseline, and this run's scaling efficiency against it:
+    /// samples/s over (ranks x baseline samples/s), for either mode.
+    public var baselineSamplesPerSecond: Double? {
+        baselineStepSecondsMedian.map { Double(scaling == .strong ? globalBatch : globalBatch / ranks) / $0 }
+    }
+    public var scalingEfficiency: Double? { baselineSamplesPerSecond.map { samplesPerSecond / (Double(ranks) * $0) } }
 
     public var json: String {
         JSONValue.object([
-            ("ranks", .integer(ranks)), ("global_batch", .integer(globalBatch)),
-            ("model", .string(model)), ("bn", .string(batchNormSync)),
+            ("ranks", .integer(ranks)), ("scaling", .string(scaling.rawValue)), ("global_batch", .integer(globalBatch)),
+            ("model", .string(model)), ("model_kind", .string(modelKind)), ("bn", .string(batchNormSync)),
             ("threads", .integer(threads)), ("samples_per_s", .number(samplesPerSecond)),
-            ("step_ms_median", .number(stepSecondsMedian * 1e3)), ("step_ms_min", .number(stepSecondsMin * 1e3)),
-            ("step_ms_max", .number(stepSecondsMax * 1e3)), ("gemm_ms_median", .number(gemmSecondsMedian * 1e3)),
+            ("step_ms_median", .number(stepSecondsMedian * 1e3)), ("step_ms_min", .number(stepSeconds.first! * 1e3)),
+            ("step_ms_p10", .number(quantile(0.1) * 1e3)), ("step_ms_p90", .number(quantile(0.9) * 1e3)),
+            ("step_ms_max", .number(stepSeconds.last! * 1e3)), ("gemm_ms_median", .number(gemmSecondsMedian * 1e3)),
             ("gemm_gflops", .number(gemmGFlops)), ("peak_sgemm_gflops", .number(peakGFlops)),
-            ("gflop_per_sample", .number(flopsPerSample / 1e9)), ("fraction_of_sgemm_peak", .number(fractionOfPeak)), ("gemm_bound_samples_per_s", .number(gemmBoundSamplesPerSecond)),
+            ("gflop_per_sample", .number(flopsPerSample / 1e9)), ("fraction_of_sgemm_peak", .number(fractionOfPeak)),
+            ("gemm_bound_samples_per_s", .number(gemmBoundSamplesPerSecond)),
             ("fraction_of_gemm_bound", .number(fractionOfGemmBound)),
             ("allreduce_ms_median", .number(allreduceSecondsMedian * 1e3)), ("gradient_bytes", .integer(gradientBytes)),
             ("allreduce_bus_gb_per_s", .number(busBandwidth)),
+            (
+                "bucket_allreduce",
+                .array(
+                    bucketAllreduce.map {
+                        .object([
+                            ("bytes", .integer($0.bytes)), ("ms", .number($0.seconds * 1e3)),
+                            ("bus_gb_per_s", .number(busBandwidth(bytes: $0.bytes, seconds: $0.seconds))),
+                        ])
+                    })
+            ),
             ("local_bn_step_ms_median", .number((localStepSecondsMedian ?? .nan) * 1e3)),
+            ("baseline_samples_per_s", .number(baselineSamplesPerSecond ?? .nan)),
+            ("scaling_efficiency", .number(scalingEfficiency ?? .nan)),
             ("time_ms", timing.json(meanOver: 1)), ("exposed_comm_fraction", .number(timing.exposedFraction)),
-            ("buckets", .integer(buckets)), ("overlap", .bool(overlap)),
+            ("buckets", .integer(buckets)), ("bucket_mb", .number(Double(bucketBytes) / 1_048_576)), ("overlap", .bool(overlap)),
         ]).encoded
+    }
+
+    /// The columns of `csvRow`.
+    public static let csvHeader =
+        "model,scaling,ranks,global_batch,samples_per_s,step_ms_median,step_ms_p10,step_ms_p90,gemm_bound_samples_per_s,fraction_of_gemm_bound,baseline_samples_per_s,scaling_efficiency,compute_ms,bn_comm_ms,grad_comm_hidden_ms,grad_comm_exposed_ms,exposed_comm_fraction,allreduce_bus_gb_per_s,buckets,bucket_mb,overlap"
+
+    public var csvRow: String {
+        func f(_ x: Double?) -> String { x.map { $0.isFinite ? String(cFormat: "%.6g", $0) : "" } ?? "" }
+        let t = timing
+        return [
+            modelKind, scaling.rawValue, "\(ranks)", "\(globalBatch)", f(samplesPerSecond), f(stepSecondsMedian * 1e3),
+            f(quantile(0.1) * 1e3), f(quantile(0.9) * 1e3), f(gemmBoundSamplesPerSecond), f(fractionOfGemmBound),
+            f(baselineSamplesPerSecond), f(scalingEfficiency), f(t.compute * 1e3), f(t.bnCommunication * 1e3),
+            f(t.gradientHidden * 1e3), f(t.gradientExposed * 1e3), f(t.exposedFraction), f(busBandwidth), "\(buckets)",
+            f(Double(bucketBytes) / 1_048_576), overlap ? "on" : "off",
+        ].joined(separator: ",")
     }
 }
 
+/// Strong scaling keeps the global batch fixed as ranks are added; weak scaling keeps each rank's.
+public enum ScalingMode: String, Sendable, CaseIterable {
+    case strong, weak
+}
+
 public enum Benchmark {
+    /// What to time besides the training steps.
+    public struct Options: Sendable {
+        public var steps = 30
+        public var warmup = 5
+        public var threads = 1
+        /// Also time a `--bn local` twin, interleaved.
+        public var compareLocalBN = false
+        /// Also time a one-rank baseline on every rank, interleaved (skipped at one rank: the run is its own baseline).
+        public var oneRankBaseline = true
+        public var scaling = ScalingMode.strong
+        public init() {}
+    }
+
     /// Collective: times `steps` training steps after `warmup` untimed ones, then the GEMM-only bound.
     /// The data is synthetic at the network's input size (`widths` for an MLP, 32x32x3 images for a
-    /// conv net): speed does not depend on the values.
+    /// conv net): speed does not depend on the values. `configuration.globalBatch` is the global
+    /// batch (strong scaling) or each rank's batch (weak scaling).
     ///
-    /// With `compareLocalBN`, a second trainer with per-rank BN statistics runs in the same process,
-    /// its blocks interleaved with the others, so that the cost of synchronized BN is measured on
-    /// the same machine state (separate runs on a shared VM differ by more than that cost).
+    /// Twins (a `--bn local` trainer; a one-rank trainer on this rank alone) run in the same
+    /// process, their blocks interleaved with the others, so that every figure is measured on the
+    /// same machine state (separate runs on a shared VM differ by more than the effects measured).
     public static func run(
-        _ configuration: TrainingConfiguration, widths: [Int], steps: Int, warmup: Int,
-        threads: Int, compareLocalBN: Bool = false,
+        _ configuration: TrainingConfiguration, widths: [Int], options: Options,
         communicator: Communicator, console: RankConsole
     ) throws -> BenchmarkResult {
-        let samples = Swift.max(configuration.globalBatch * 4, 1024)
         var c = configuration
         c.printProgress = false
+        let perRank = configuration.globalBatch
+        if options.scaling == .weak { c.globalBatch = perRank * communicator.size }
+        let samples = Swift.max(c.globalBatch * 4, 1024)
         let splits: DataSplits
         if c.model == .mlp {
             splits = SyntheticDataset.make(
@@ -89,78 +156,92 @@ public enum Benchmark {
             splits = SyntheticImages.make(trainCount: samples, testCount: 64, seed: 7)
         }
         let trainer = try Trainer(c, splits: splits, communicator: communicator, console: console)
-        var twin: Trainer? = nil
-        if compareLocalBN {
+        var twins: [Trainer] = []
+        var localTwin: Trainer? = nil, baseline: Trainer? = nil
+        if options.compareLocalBN {
             var l = c
             l.batchNormSync = .local
-            twin = try Trainer(l, splits: splits, communicator: communicator, console: console)
+            localTwin = try Trainer(l, splits: splits, communicator: communicator, console: console)
+            twins.append(localTwin!)
         }
-        for t in 0..<warmup {
-            _ = try trainer.trainStep(t, monitor: false)
-            _ = try twin?.trainStep(t, monitor: false)
+        if options.oneRankBaseline && communicator.size > 1 {
+            var one = c
+            one.globalBatch = options.scaling == .strong ? c.globalBatch : perRank
+            baseline = try Trainer(one, splits: splits, communicator: SingleProcessCommunicator(), console: console)
+            twins.append(baseline!)
         }
-        // Blocks of 5 training steps, 5 GEMM-only steps (and 5 steps of the twin) alternate, so that all see the same
-        // machine (on a shared VM the speed drifts by tens of percent within a minute) while most
-        // steps still start with warm caches, as in training; the medians are reported.
-        let local = ShardSampler.share(of: configuration.globalBatch, rank: communicator.rank, ranks: communicator.size).count
+        for t in 0..<options.warmup {
+            for run in [trainer] + twins { _ = try run.trainStep(t, monitor: false) }
+        }
+        // Blocks of 5 training steps, 5 GEMM-only steps (and 5 steps of each twin) alternate, so that
+        // all see the same machine (on a shared VM the speed drifts by tens of percent within a
+        // minute) while most steps still start with warm caches, as in training.
+        let local = ShardSampler.share(of: c.globalBatch, rank: communicator.rank, ranks: communicator.size).count
         let gemm = GemmOnlyStep(trainer.model.gemmWorkload(rows: local))
         let peak = GemmOnlyStep([GemmCall(.none, .none, m: 1024, n: 1024, k: 1024, beta: 0)])
-        var times: [Double] = [], gemmTimes: [Double] = [], twinTimes: [Double] = [], peakTimes: [Double] = []
+        var times: [Double] = [], gemmTimes: [Double] = [], peakTimes: [Double] = []
+        var twinTimes = [[Double]](repeating: [], count: twins.count)
         var timing = StepTiming()
-        for t in 0..<steps {
+        let warmup = options.warmup
+        for t in 0..<options.steps {
             try communicator.barrier()
             let clock = Stopwatch()
             timing = timing + (try trainer.trainStep(warmup + t, monitor: false)).timing
             // the slowest rank sets the step time
             times.append(try communicator.allreduce(clock.seconds, .max))
-            if t % 5 == 4 || t == steps - 1 {
-                for _ in 0..<5 {
-                    try communicator.barrier()
-                    gemmTimes.append(try communicator.allreduce(gemm.time(), .max))
-                }
+            guard t % 5 == 4 || t == options.steps - 1 else { continue }
+            for _ in 0..<5 {
                 try communicator.barrier()
-                peakTimes.append(try communicator.allreduce(peak.time(), .max))
-                if let twin {
-                    for k in 0..<5 {
-                        try communicator.barrier()
-                        let clock = Stopwatch()
-                        _ = try twin.trainStep(warmup + t - 4 + k, monitor: false)
-                        twinTimes.append(try communicator.allreduce(clock.seconds, .max))
-                    }
+                gemmTimes.append(try communicator.allreduce(gemm.time(), .max))
+            }
+            try communicator.barrier()
+            peakTimes.append(try communicator.allreduce(peak.time(), .max))
+            for (k, twin) in twins.enumerated() {
+                for j in 0..<5 {
+                    try communicator.barrier()
+                    let clock = Stopwatch()
+                    _ = try twin.trainStep(warmup + t - 4 + j, monitor: false)
+                    twinTimes[k].append(try communicator.allreduce(clock.seconds, .max))
                 }
             }
         }
-        times.sort()
-        gemmTimes.sort()
-        peakTimes.sort()
-        twinTimes.sort()
-        let gemmMedian = gemmTimes[gemmTimes.count / 2]
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        // the gradient allreduce alone: the whole gradient, and each distinct bucket size
+        let gradients = trainer.model.parameters.gradients
         var reduceTimes: [Double] = []
-        for _ in 0..<Swift.max(steps / 2, 3) {
+        var bucketTimes: [Int: [Double]] = [:]
+        for _ in 0..<Swift.max(options.steps / 2, 3) {
             try communicator.barrier()
             let clock = Stopwatch()
-            try trainer.buckets.allreduce(trainer.model.parameters.gradients, over: communicator)
+            try trainer.buckets.allreduce(gradients, over: communicator)
             reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
+            for range in Set(trainer.buckets.ranges.map(\.count)).sorted().map({ 0..<$0 }) {
+                try communicator.barrier()
+                let clock = Stopwatch()
+                try communicator.allreduce(gradients.slice(range), .sum)
+                bucketTimes[range.count * 4, default: []].append(try communicator.allreduce(clock.seconds, .max))
+            }
         }
-        reduceTimes.sort()
         var sums = [timing.step, timing.bnCommunication, timing.gradientHidden, timing.gradientExposed]
         try communicator.allreduce(&sums, .sum)
         var mean = StepTiming()
-        let count = Double(steps * communicator.size)
+        let count = Double(options.steps * communicator.size)
         (mean.step, mean.bnCommunication, mean.gradientHidden, mean.gradientExposed) = (sums[0] / count, sums[1] / count, sums[2] / count, sums[3] / count)
+        let gemmMedian = median(gemmTimes)
         return BenchmarkResult(
-            ranks: communicator.size, globalBatch: configuration.globalBatch, model: trainer.model.architecture,
-            batchNormSync: configuration.batchNormSync.rawValue, threads: threads,
-            stepSecondsMedian: times[times.count / 2], stepSecondsMin: times.first!,
-            stepSecondsMax: times.last!, gemmSecondsMedian: gemmMedian,
+            ranks: communicator.size, scaling: options.scaling, globalBatch: c.globalBatch, model: trainer.model.architecture,
+            modelKind: c.model.rawValue, batchNormSync: c.batchNormSync.rawValue, threads: options.threads,
+            stepSeconds: times.sorted(), gemmSecondsMedian: gemmMedian,
             gemmGFlops: gemm.flops / gemmMedian / 1e9,
             flopsPerSample: trainer.model.gemmWorkload(rows: 1).reduce(0) { $0 + $1.flops },
-            peakGFlops: peak.flops / peakTimes[peakTimes.count / 2] / 1e9, allreduceSecondsMedian: reduceTimes[reduceTimes.count / 2],
+            peakGFlops: peak.flops / median(peakTimes) / 1e9, allreduceSecondsMedian: median(reduceTimes),
             gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
-            localStepSecondsMedian: twinTimes.isEmpty ? nil : twinTimes[twinTimes.count / 2],
-            timing: mean, buckets: trainer.buckets.ranges.count, overlap: trainer.reduction.overlap)
+            bucketAllreduce: bucketTimes.keys.sorted().map { ($0, median(bucketTimes[$0]!)) },
+            localStepSecondsMedian: localTwin.map { _ in median(twinTimes[0]) },
+            baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
+            timing: mean, buckets: trainer.buckets.ranges.count, bucketBytes: c.bucketBytes,
+            overlap: trainer.reduction.overlap)
     }
-
 }
 
 /// The GEMMs of one training step alone, as the network lists them for this rank's share of the

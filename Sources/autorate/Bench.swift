@@ -7,10 +7,16 @@ import Training
     import Glibc
 #endif
 
+extension ScalingMode: ExpressibleByArgument {}
+
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure training throughput against the GEMM-only bound, in the same run.",
-        discussion: "Run under mpirun -np 1 and -np 2 (launch/bench does both) and compare samples/s.")
+        abstract: "Measure training throughput, its GEMM-only bound and a one-rank baseline, in the same run.",
+        discussion: """
+            Run under mpirun -np P. Strong scaling keeps --global-batch fixed; weak scaling gives every rank \
+            --batch-per-rank samples. launch/bench compares np=1 and np=2; launch/bench-scaling sweeps np and models \
+            and plots the speedup and efficiency.
+            """)
 
     @Option(help: "--model mlp layer widths 'in,hidden...,classes' (conv nets run on 32x32x3 synthetic images).")
     var widths = "784,1024,1024,1024,10"
@@ -20,56 +26,97 @@ struct Bench: ParsableCommand {
     var warmup = 5
     @OptionGroup var network: NetworkOptions
     @OptionGroup var communication: CommunicationOptions
+    @Option(help: "'strong' (--global-batch fixed) or 'weak' (--batch-per-rank samples on every rank).")
+    var scaling: ScalingMode = .strong
+    @Option(name: .customLong("batch-per-rank"), help: "Weak scaling: samples per rank and step.")
+    var batchPerRank: Int?
+    @Flag(name: .customLong("no-baseline"), help: "Skip the one-rank baseline (every rank alone, interleaved) behind the scaling efficiency.")
+    var noBaseline = false
     @Flag(name: .customLong("compare-local-bn"), help: "Also time a --bn local twin, interleaved in the same process.")
     var compareLocalBN = false
     @Option(help: "Append the result as one JSON line to this file (rank 0).")
     var json: String?
+    @Option(help: "Append the result as a CSV row to this file, with a header when the file is new (rank 0).")
+    var csv: String?
 
     func validate() throws {
         _ = try parseWidths(widths)
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
+        switch (scaling, batchPerRank) {
+        case (.weak, nil): throw ValidationError("--scaling weak needs --batch-per-rank N (the samples each rank takes per step).")
+        case (.strong, .some): throw ValidationError("--batch-per-rank is for --scaling weak; strong scaling uses --global-batch.")
+        case let (.weak, n?): try require(n >= 1, "--batch-per-rank", n, "a positive number of samples")
+        default: break
+        }
     }
 
     func run() throws {
         var c = TrainingConfiguration()
         network.apply(to: &c)
         communication.apply(to: &c)
+        if let batchPerRank { c.globalBatch = batchPerRank }
+        var options = Benchmark.Options()
+        (options.steps, options.warmup, options.threads) = (steps, warmup, network.threads)
+        (options.compareLocalBN, options.oneRankBaseline, options.scaling) = (compareLocalBN, !noBaseline, scaling)
         try withMPI(threads: network.threads) { communicator, console in
-            let layerWidths = try parseWidths(widths)
             let result = try Benchmark.run(
-                c, widths: layerWidths, steps: steps, warmup: warmup, threads: network.threads,
-                compareLocalBN: compareLocalBN, communicator: communicator, console: console)
-            console.root(
-                "bench: np=\(result.ranks) bn=\(network.bn.rawValue) \(result.model) "
-                    + String(
-                        cFormat:
-                            "global batch %d: %.0f samples/s (step median %.2f ms, min %.2f, max %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; %.2f GFLOP/sample = %.3f of sgemm peak (%.1f GFLOP/s); gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
-                        network.globalBatch,
-                        result.samplesPerSecond, result.stepSecondsMedian * 1e3, result.stepSecondsMin * 1e3,
-                        result.stepSecondsMax * 1e3, result.gemmBoundSamplesPerSecond, result.gemmGFlops,
-                        result.fractionOfGemmBound, result.flopsPerSample / 1e9, result.fractionOfPeak, result.peakGFlops,
-                        result.allreduceSecondsMedian * 1e3, result.busBandwidth) + BLAS.coreName)
-            let t = result.timing
-            console.root(
-                String(
-                    cFormat:
-                        "bench: step time per rank (mean): %.2f ms = compute %.2f + BN statistics communication %.2f + exposed gradient communication %.2f ms (%.1f%% of the step exposed); gradient communication hidden behind backward %.2f ms; %d bucket(s), overlap ",
-                    t.step * 1e3, t.compute * 1e3, t.bnCommunication * 1e3, t.gradientExposed * 1e3, 100 * t.exposedFraction,
-                    t.gradientHidden * 1e3, result.buckets) + (result.overlap ? "on" : "off"))
-            if let local = result.localStepSecondsMedian {
-                console.root(
-                    String(
-                        cFormat: "bench: interleaved --bn local twin: step median %.2f ms; synchronized BN costs %.3fx",
-                        local * 1e3, result.stepSecondsMedian / local))
-            }
-            if communicator.isRoot, let json {
-                guard let f = fopen(json, "a") else {
-                    throw ValidationError("--json \(json): cannot be opened for appending")
+                c, widths: try parseWidths(widths), options: options, communicator: communicator, console: console)
+            console.root(summary(result))
+            if communicator.isRoot {
+                if let json { try append(result.json + "\n", to: json, flag: "--json") }
+                if let csv {
+                    let header = access(csv, F_OK) == 0 ? "" : BenchmarkResult.csvHeader + "\n"
+                    try append(header + result.csvRow + "\n", to: csv, flag: "--csv")
                 }
-                fputs(result.json + "\n", f)
-                fclose(f)
             }
         }
+    }
+
+    private func summary(_ r: BenchmarkResult) -> String {
+        var lines = [
+            "bench: np=\(r.ranks) \(r.scaling.rawValue) scaling, bn=\(r.batchNormSync) \(r.model) "
+                + String(
+                    cFormat:
+                        "global batch %d: %.0f samples/s (step median %.2f ms, p10 %.2f, p90 %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; %.2f GFLOP/sample = %.3f of sgemm peak (%.1f GFLOP/s); gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
+                    r.globalBatch, r.samplesPerSecond, r.stepSecondsMedian * 1e3, r.quantile(0.1) * 1e3, r.quantile(0.9) * 1e3,
+                    r.gemmBoundSamplesPerSecond, r.gemmGFlops, r.fractionOfGemmBound, r.flopsPerSample / 1e9, r.fractionOfPeak,
+                    r.peakGFlops, r.allreduceSecondsMedian * 1e3, r.busBandwidth) + BLAS.coreName
+        ]
+        let t = r.timing
+        lines.append(
+            String(
+                cFormat:
+                    "bench: step time per rank (mean): %.2f ms = compute %.2f + BN statistics communication %.2f + exposed gradient communication %.2f ms (%.1f%% of the step exposed); gradient communication hidden behind backward %.2f ms; %d bucket(s), overlap ",
+                t.step * 1e3, t.compute * 1e3, t.bnCommunication * 1e3, t.gradientExposed * 1e3, 100 * t.exposedFraction,
+                t.gradientHidden * 1e3, r.buckets) + (r.overlap ? "on" : "off"))
+        if r.ranks > 1 {
+            lines.append(
+                "bench: allreduce alone per bucket size: "
+                    + r.bucketAllreduce.map {
+                        String(cFormat: "%.2f MB %.3f ms %.2f GB/s bus", Double($0.bytes) / 1e6, $0.seconds * 1e3, r.busBandwidth(bytes: $0.bytes, seconds: $0.seconds))
+                    }.joined(separator: "; "))
+        }
+        if let base = r.baselineSamplesPerSecond, let efficiency = r.scalingEfficiency {
+            lines.append(
+                String(
+                    cFormat: "bench: one-rank baseline in the same run: %.0f samples/s; speedup %.2fx on %d ranks, scaling efficiency %.3f",
+                    base, r.samplesPerSecond / base, r.ranks, efficiency))
+        }
+        if let local = r.localStepSecondsMedian {
+            lines.append(
+                String(
+                    cFormat: "bench: interleaved --bn local twin: step median %.2f ms; synchronized BN costs %.3fx",
+                    local * 1e3, r.stepSecondsMedian / local))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    private func append(_ text: String, to path: String, flag: String) throws {
+        guard let f = fopen(path, "a") else {
+            throw ValidationError("\(flag) \(path): cannot be opened for appending: \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(f) }
+        fputs(text, f)
     }
 }
