@@ -1,4 +1,7 @@
 import CMPI
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The process's MPI environment: initialization, the world communicator, finalization.
 ///
@@ -19,6 +22,11 @@ public enum MPIRuntime {
         if initialized != 0 {
             try check(MPI_Query_thread(&provided), "MPI_Query_thread", rank: -1)
         } else {
+            // libnbc's default nonblocking allreduce for large buffers is a binomial reduce then
+            // broadcast, which moves every byte twice; the ring is bandwidth-optimal (measured over
+            // TCP at 1 Gbit/s: 12 MB in 5 buckets, 1,977 samples/s against 1,065). A value the user
+            // set in the environment wins.
+            setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1", 0)
             try check(MPI_Init_thread(nil, nil, Int32(mpiLevel(threadLevel)), &provided), "MPI_Init_thread", rank: -1)
         }
         let granted = level(fromMPI: Int(provided))

@@ -49,10 +49,10 @@ public struct GradientBuckets: Sendable {
 }
 
 /// The gradient reduction of one step, overlapped with backward: when backward reports that every
-/// gradient from some offset on is final, each bucket that lies wholly there starts a nonblocking
-/// allreduce; every later report tests the reductions in flight (Open MPI advances them only inside
-/// MPI calls); `finish` starts what is left and waits. Without `overlap`, `finish` does all of it
-/// with blocking calls, as before.
+/// gradient from some offset on is final, the next bucket that lies wholly there starts a
+/// nonblocking allreduce; every later report tests the one in flight (Open MPI advances it only
+/// inside MPI calls) and starts the next; `finish` starts what is left and waits. Without
+/// `overlap`, `finish` does all of it with blocking calls.
 final class OverlappedGradientReduction {
     let buckets: GradientBuckets
     /// Set by the trainer (`--overlap`) before the first step; false in a one-rank group.
@@ -60,6 +60,7 @@ final class OverlappedGradientReduction {
     private let communicator: Communicator
     private let gradients: FlatBuffer
     private var next = 0  // the next bucket to start
+    private var readyFrom = Int.max  // every gradient at or above this index is final
     private var inFlight: [InFlight] = []
     private var backwardEnded = Double.infinity
     /// Time during backward with at least one reduction in flight, this step (an upper bound:
@@ -87,18 +88,18 @@ final class OverlappedGradientReduction {
     func begin() {
         precondition(inFlight.isEmpty, "a gradient reduction is still in flight from the previous step")
         next = 0
+        readyFrom = .max
         backwardEnded = .infinity
         spans.removeAll(keepingCapacity: true)
     }
 
-    /// Backward: every gradient at an index >= `offset` is final.
+    /// Backward: every gradient at an index >= `offset` is final. One bucket is in flight at a
+    /// time during backward: over TCP a BN reduction sent later waits behind every byte queued
+    /// before it on the same connection, and it is on the critical path.
     func gradientsFinal(from offset: Int) throws {
         guard overlap else { return }
+        readyFrom = offset
         try poll()
-        while next < buckets.ranges.count && buckets.ranges[next].lowerBound >= offset {
-            try start(next)
-            next += 1
-        }
     }
 
     /// After backward: starts the remaining buckets and waits for all. Returns the seconds spent
@@ -142,6 +143,10 @@ final class OverlappedGradientReduction {
         while let oldest = inFlight.first, let end = oldest.seenDone {
             completed(oldest, at: end)
             inFlight.removeFirst()
+        }
+        while inFlight.isEmpty && next < buckets.ranges.count && buckets.ranges[next].lowerBound >= readyFrom {
+            try start(next)
+            next += 1
         }
     }
 

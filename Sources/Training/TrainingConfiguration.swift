@@ -45,7 +45,7 @@ public struct TrainingConfiguration: Sendable {
     /// Steps between logged steps; nil: about 20 lines per run.
     public var logEvery: Int? = nil
     public var metricsPath: String? = nil
-    public var bucketBytes = 25 << 20
+    public var bucketBytes = 4 << 20
     /// Start each bucket's allreduce while backward goes on (`--overlap`).
     public var overlap: OverlapMode = .auto
     /// `--timeline`: a Chrome trace of the steps in `timelineWindow` (1-based).

@@ -65,7 +65,7 @@ func parseVGGLayers(_ text: String) throws -> [ConvArchitecture.Layer] {
 /// How gradients travel: shared by `train` and `bench`.
 struct CommunicationOptions: ParsableArguments {
     @Option(name: .customLong("bucket-mb"), help: "Largest gradient allreduce bucket in MiB.")
-    var bucketMB = 25.0
+    var bucketMB = 4.0
     @Option(help: "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes).")
     var overlap: OverlapMode = .auto
 
