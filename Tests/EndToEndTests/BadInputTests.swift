@@ -79,6 +79,22 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["--lr-si", "0"], mentions: ["--lr-si 0.0", "> 0"])
         try expectFailure(["--data", "cifar:/x"], mentions: ["--data cifar:/x", "synthetic", "mnist:DIR"])
         try expectFailure(["--widths", "784,,10"], mentions: ["--widths 784,,10", "positive integers"])
+        try expectFailure(["--overlap", "maybe"], mentions: ["--overlap", "maybe", "auto", "on", "off"])
+        try expectFailure(["--timeline-steps", "5-2"], mentions: ["--timeline-steps 5-2", "FIRST-LAST"])
+        try expectFailure(["--timeline", "/nonexistent-dir/t.json"], mentions: ["--timeline /nonexistent-dir/t.json", "rank 0"])
+    }
+
+    func testBenchScalingFlags() throws {
+        for (args, fragments) in [
+            (["--scaling", "weak"], ["--scaling weak needs --batch-per-rank"]),
+            (["--batch-per-rank", "8"], ["--batch-per-rank is for --scaling weak"]),
+            (["--scaling", "weak", "--batch-per-rank", "0"], ["--batch-per-rank 0", "positive"]),
+            (["--scaling", "sideways"], ["--scaling", "sideways", "strong", "weak"]),
+        ] {
+            let result = try Launcher.mpirun(2, "autorate", ["bench", "--steps", "1"] + args, timeout: 60)
+            XCTAssertNotEqual(result.status, 0, "\(args)")
+            for fragment in fragments { XCTAssertTrue(result.output.contains(fragment), "\(args): lacks '\(fragment)':\n\(result.output)") }
+        }
     }
 
     /// One test sample on two ranks: rank 0's evaluation share is empty; it still takes part in the
