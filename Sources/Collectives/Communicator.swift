@@ -32,6 +32,10 @@ public protocol Communicator: AnyObject {
     /// Collective: `output` (size * input.count bytes) receives rank r's `input` at offset r * input.count.
     func allgather(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws
 
+    /// Collective: `root` receives every rank's bytes (any length per rank, 2 GiB in all at most),
+    /// indexed by rank; the other ranks receive an empty array.
+    func gather(_ input: [UInt8], root: Int) throws -> [[UInt8]]
+
     /// Collective: returns once every rank has entered it.
     func barrier() throws
 

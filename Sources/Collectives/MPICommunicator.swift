@@ -109,6 +109,30 @@ public final class MPICommunicator: Communicator {
             "MPI_Allgather(\(input.count) bytes per rank)", rank: rank)
     }
 
+    public func gather(_ input: [UInt8], root: Int) throws -> [[UInt8]] {
+        let counts = try allgather(input.count)
+        let total = counts.reduce(0, +)
+        guard total <= Self.maxCount else {
+            throw MPIError(
+                function: "MPI_Gatherv", code: 0, message: "\(total) bytes in all exceed MPI's 2^31-1 limit of one gather", rank: rank)
+        }
+        var displacements: [Int32] = [], offset: Int32 = 0
+        for c in counts { displacements.append(offset); offset += Int32(c) }
+        let counts32 = counts.map { Int32($0) }
+        var output = [UInt8](repeating: 0, count: rank == root ? Swift.max(total, 1) : 1)
+        try input.withUnsafeBytes { inBytes in
+            try output.withUnsafeMutableBytes { outBytes in
+                try check(
+                    MPI_Gatherv(
+                        inBytes.baseAddress, Int32(input.count), cmpi_byte(), outBytes.baseAddress, counts32, displacements,
+                        cmpi_byte(), Int32(clamping: root), comm),
+                    "MPI_Gatherv(\(input.count) bytes to rank \(root))", rank: rank)
+            }
+        }
+        guard rank == root else { return [] }
+        return counts.indices.map { Array(output[Int(displacements[$0])..<Int(displacements[$0]) + counts[$0]]) }
+    }
+
     public func barrier() throws {
         try check(MPI_Barrier(comm), "MPI_Barrier", rank: rank)
     }

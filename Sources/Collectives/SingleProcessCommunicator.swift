@@ -20,6 +20,10 @@ public final class SingleProcessCommunicator: Communicator {
         precondition(output.count == input.count, "allgather output must hold exactly one input in a group of one")
         output.copyMemory(from: input)
     }
+    public func gather(_ input: [UInt8], root: Int) throws -> [[UInt8]] {
+        precondition(root == 0, "gather root \(root) does not exist in a group of one process")
+        return [input]
+    }
     public func barrier() throws {}
     public func abort(code: Int32) -> Never { exit(code) }
 }

@@ -60,6 +60,10 @@ do {
     let offset = Float(p * (p - 1) / 2)
     if bucket1 != (0..<1000).map({ Float(p * $0) + offset }) { fail("nonblocking sum gave \(bucket1.prefix(4))...", comm) }
     if bucket2.contains(where: { $0 != Float(p - 1) }) { fail("nonblocking max gave \(bucket2.prefix(4))...", comm) }
+    // gather of a different length per rank (rank 0 sends nothing)
+    let pieces = try comm.gather([UInt8](repeating: UInt8(r), count: r * 3), root: p - 1)
+    if r == p - 1 && pieces != (0..<p).map({ [UInt8](repeating: UInt8($0), count: $0 * 3) }) { fail("gather gave \(pieces)", comm) }
+    if r != p - 1 && !pieces.isEmpty { fail("a non-root rank received \(pieces.count) gathered pieces", comm) }
     let onNode = try comm.ranksOnThisNode()
     if onNode < 1 || onNode > p { fail("\(onNode) ranks on this node of \(p)", comm) }
 

@@ -28,12 +28,14 @@ public struct BenchmarkResult: Sendable {
     /// Median time of the gradient allreduce alone (every bucket, blocking), and its bytes.
     public let allreduceSecondsMedian: Double
     public let gradientBytes: Int
-    /// Each distinct bucket size: bytes, median seconds of its allreduce alone.
+    /// Each distinct bucket size: bytes, median seconds of its allreduce alone, along the path
+    /// training takes (`MPI_Iallreduce` + wait with overlap, `MPI_Allreduce` without).
     public let bucketAllreduce: [(bytes: Int, seconds: Double)]
     /// With `compareLocalBN`: the median step of a `--bn local` twin run interleaved with this one.
     public let localStepSecondsMedian: Double?
-    /// The one-rank baseline measured in the same run (every rank alone, interleaved): the median
-    /// step of one process on the whole global batch (strong scaling) or on one rank's batch (weak).
+    /// The one-rank baseline measured in the same run (rank 0 alone while the others wait,
+    /// interleaved): the median step of one process on the whole global batch (strong scaling) or
+    /// on one rank's batch (weak).
     public let baselineStepSecondsMedian: Double?
     /// Where the step time went: the mean per timed step over ranks.
     public let timing: StepTiming
@@ -124,7 +126,8 @@ public enum Benchmark {
         public var threads = 1
         /// Also time a `--bn local` twin, interleaved.
         public var compareLocalBN = false
-        /// Also time a one-rank baseline on every rank, interleaved (skipped at one rank: the run is its own baseline).
+        /// Also time a one-rank baseline on rank 0 while the others wait, interleaved (skipped at one
+        /// rank: the run is its own baseline).
         public var oneRankBaseline = true
         public var scaling = ScalingMode.strong
         public init() {}
@@ -171,7 +174,7 @@ public enum Benchmark {
             twins.append(baseline!)
         }
         for t in 0..<options.warmup {
-            for run in [trainer] + twins { _ = try run.trainStep(t, monitor: false) }
+            for run in [trainer] + twins where run !== baseline || communicator.isRoot { _ = try run.trainStep(t, monitor: false) }
         }
         // Blocks of 5 training steps, 5 GEMM-only steps (and 5 steps of each twin) alternate, so that
         // all see the same machine (on a shared VM the speed drifts by tens of percent within a
@@ -199,6 +202,18 @@ public enum Benchmark {
             for (k, twin) in twins.enumerated() {
                 for j in 0..<5 {
                     try communicator.barrier()
+                    if twin === baseline {
+                        // one rank alone, the others waiting: the one-rank run, not P at once
+                        var seconds = [0.0]
+                        if communicator.isRoot {
+                            let clock = Stopwatch()
+                            _ = try twin.trainStep(warmup + t - 4 + j, monitor: false)
+                            seconds[0] = clock.seconds
+                        }
+                        try communicator.broadcast(&seconds, root: 0)
+                        twinTimes[k].append(seconds[0])
+                        continue
+                    }
                     let clock = Stopwatch()
                     _ = try twin.trainStep(warmup + t - 4 + j, monitor: false)
                     twinTimes[k].append(try communicator.allreduce(clock.seconds, .max))
@@ -218,7 +233,12 @@ public enum Benchmark {
             for range in Set(trainer.buckets.ranges.map(\.count)).sorted().map({ 0..<$0 }) {
                 try communicator.barrier()
                 let clock = Stopwatch()
-                try communicator.allreduce(gradients.slice(range), .sum)
+                // the path training takes: nonblocking (libnbc) with overlap, blocking (tuned) without
+                if trainer.reduction.overlap {
+                    try communicator.startAllreduce(gradients.slice(range), .sum).wait()
+                } else {
+                    try communicator.allreduce(gradients.slice(range), .sum)
+                }
                 bucketTimes[range.count * 4, default: []].append(try communicator.allreduce(clock.seconds, .max))
             }
         }

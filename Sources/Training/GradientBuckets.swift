@@ -116,6 +116,7 @@ final class OverlappedGradientReduction {
             return Stopwatch.now() - began
         }
         backwardEnded = began
+        defer { inFlight.removeAll(keepingCapacity: true) }  // also when a wait throws (the run then ends)
         try poll()
         while next < buckets.ranges.count {
             try start(next)
@@ -125,7 +126,6 @@ final class OverlappedGradientReduction {
             if item.seenDone == nil { try item.request.wait() }
             completed(item, at: item.seenDone ?? Stopwatch.now())
         }
-        inFlight.removeAll(keepingCapacity: true)
         return Stopwatch.now() - began
     }
 

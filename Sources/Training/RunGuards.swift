@@ -26,6 +26,8 @@ extension Trainer {
                 ("--checkpoint-dir", configuration.checkpointDirectory ?? "none"), ("--checkpoint-every", "\(configuration.checkpointEvery)"),
                 ("--resume", configuration.resume.map { "\($0)" } ?? "none"), ("--max-bad-steps", "\(configuration.maxBadSteps)"),
                 ("--bucket-mb", "\(configuration.bucketBytes)"), ("--overlap", configuration.overlap.rawValue),
+                // a different nonblocking allreduce algorithm on one rank would hang the others
+                ("OMPI_MCA_coll_libnbc_iallreduce_algorithm", getenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm").map { String(cString: $0) } ?? "unset"),
                 ("--timeline", configuration.timelinePath.map { "\($0) \(configuration.timelineWindow)" } ?? "none"),
                 ("the training data", dataFingerprint(splits.train)), ("the test data", dataFingerprint(splits.test)),
             ]

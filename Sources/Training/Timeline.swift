@@ -58,25 +58,30 @@ final class Timeline {
         return try body()
     }
 
-    /// Collective: every rank's events go to rank 0, which writes `path` (a temporary file renamed
-    /// into place, so a reader never sees half a trace).
+    /// Collective: every rank's events go to rank 0 (a gather: only the root holds them all),
+    /// which writes `path` (a temporary file renamed into place, so a reader never sees half a
+    /// trace). Every rank learns whether the write succeeded and throws alike, so no rank is left
+    /// waiting in a later collective when the root cannot write.
     func write(to path: String, over communicator: Communicator) throws {
-        var mine = Array(encodedEvents(rank: communicator.rank).utf8)
-        let longest = try communicator.allreduce(mine.count, .max)
-        mine += [UInt8](repeating: UInt8(ascii: " "), count: longest - mine.count)
-        var all = [UInt8](repeating: 0, count: longest * communicator.size)
-        try mine.withUnsafeBytes { input in try all.withUnsafeMutableBytes { try communicator.allgather(input, into: $0) } }
-        guard communicator.isRoot else { return }
-        var text = "[\n"
-        for rank in 0..<communicator.size {
-            text += "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":\(rank),\"args\":{\"name\":\"rank \(rank)\"}},\n"
-            text += "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":\(rank),\"tid\":1,\"args\":{\"name\":\"compute\"}},\n"
+        let mine = Array(encodedEvents(rank: communicator.rank).utf8)
+        let gathered = try communicator.gather(mine, root: 0)
+        var failure: [Int] = [0]
+        var reason = ""
+        if communicator.isRoot {
+            var parts: [String] = []
+            for rank in 0..<communicator.size {
+                parts.append("{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":\(rank),\"args\":{\"name\":\"rank \(rank)\"}}")
+                parts.append("{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":\(rank),\"tid\":1,\"args\":{\"name\":\"compute\"}}")
+            }
+            parts += gathered.map { String(decoding: $0, as: UTF8.self) }.filter { !$0.isEmpty }
+            do { try writeAtomically("[\n" + parts.joined(separator: ",\n") + "\n]\n", to: path) } catch {
+                (failure[0], reason) = (1, "\(error)")
+            }
         }
-        let parts = (0..<communicator.size).map { rank in
-            String(decoding: all[(rank * longest)..<((rank + 1) * longest)], as: UTF8.self).trimmingTrailingSpaces
+        try communicator.broadcast(&failure, root: 0)
+        if failure[0] != 0 {
+            throw TrainingError.configuration(communicator.isRoot ? reason : "--timeline \(path): rank 0 could not write the trace (it printed why)")
         }
-        text += parts.filter { !$0.isEmpty }.joined(separator: ",\n") + "\n]\n"
-        try writeAtomically(text, to: path)
     }
 
     private func encodedEvents(rank: Int) -> String {
@@ -123,10 +128,3 @@ final class Timeline {
     }
 }
 
-extension String {
-    fileprivate var trimmingTrailingSpaces: String {
-        var s = Substring(self)
-        while s.last == " " { s = s.dropLast() }
-        return String(s)
-    }
-}

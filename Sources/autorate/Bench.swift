@@ -30,7 +30,7 @@ struct Bench: ParsableCommand {
     var scaling: ScalingMode = .strong
     @Option(name: .customLong("batch-per-rank"), help: "Weak scaling: samples per rank and step.")
     var batchPerRank: Int?
-    @Flag(name: .customLong("no-baseline"), help: "Skip the one-rank baseline (every rank alone, interleaved) behind the scaling efficiency.")
+    @Flag(name: .customLong("no-baseline"), help: "Skip the one-rank baseline (rank 0 alone while the others wait, interleaved) behind the scaling efficiency.")
     var noBaseline = false
     @Flag(name: .customLong("compare-local-bn"), help: "Also time a --bn local twin, interleaved in the same process.")
     var compareLocalBN = false

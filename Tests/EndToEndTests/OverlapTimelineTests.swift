@@ -20,7 +20,10 @@ final class OverlapTimelineTests: XCTestCase {
     /// Overlap changes when the buckets are reduced, not what they sum to: the same trajectory as
     /// the blocking reduction after backward; the time split says which one ran.
     func testOverlapFollowsTheBlockingTrajectoryAndReportsHiddenTime() throws {
-        for model in [["--model", "mlp"], ["--model", "cnn", "--data", "synthetic-images", "--global-batch", "32"]] {
+        for model in [
+            ["--model", "mlp"], ["--model", "cnn", "--data", "synthetic-images", "--global-batch", "32"],
+            ["--model", "resnet20", "--shortcut", "projection", "--head", "bn", "--data", "synthetic-images", "--global-batch", "16"],
+        ] {
             let on = try train(2, "on-\(model[1])", model + ["--overlap", "on", "--bucket-mb", "0.0625"])
             let off = try train(2, "off-\(model[1])", model + ["--overlap", "off", "--bucket-mb", "0.0625"])
             let lossOn = on.map { $0["loss"] as! Double }, lossOff = off.map { $0["loss"] as! Double }
@@ -29,13 +32,15 @@ final class OverlapTimelineTests: XCTestCase {
             for (records, overlapped) in [(on, true), (off, false)] {
                 for record in records {
                     let time = try XCTUnwrap(record["time_ms"] as? [String: Double], "\(record)")
-                    let step = time["step"]!, compute = time["compute"]!, bn = time["bn_comm"]!, exposed = time["grad_comm_exposed"]!
-                    XCTAssertGreaterThan(step, 0)
-                    XCTAssertEqual(compute + bn + exposed, step, accuracy: 1e-9 * step)
+                    let step = time["step"]!, compute = time["compute"]!, bn = time["bn_comm"]!
+                    XCTAssertGreaterThan(compute, 0)
                     XCTAssertGreaterThan(bn, 0, "synchronized BN reduces statistics every step")
-                    XCTAssertGreaterThan(exposed, 0, "there is always a wait for the last bucket")
+                    XCTAssertLessThan(bn, step)
                     if overlapped {
-                        XCTAssertGreaterThan(time["grad_comm_hidden"]!, 0, "\(model[1]): buckets in flight during backward")
+                        // in flight during backward: more than nothing, less than the step less its waits
+                        let hidden = time["grad_comm_hidden"]!
+                        XCTAssertGreaterThan(hidden, 0, "\(model[1]): buckets in flight during backward")
+                        XCTAssertLessThanOrEqual(hidden, compute, "\(model[1]): hidden communication outlasts the computation")
                     } else {
                         XCTAssertEqual(time["grad_comm_hidden"]!, 0)
                     }
