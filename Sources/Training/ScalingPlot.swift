@@ -38,6 +38,8 @@ public enum ScalingPlot {
     public static func plots(_ rows: [Row]) -> (speedup: LinePlot, efficiency: LinePlot, table: String) {
         var speedup = LinePlot(title: "Speedup over one rank", xLabel: "ranks", yLabel: "samples/s over one rank's")
         var efficiency = LinePlot(title: "Scaling efficiency", xLabel: "ranks", yLabel: "speedup / ranks")
+        speedup.integerX = true
+        efficiency.integerX = true
         var table = "model,scaling,ranks,samples_per_s,speedup,efficiency,in_run_efficiency\n"
         let keys = Set(rows.map { "\($0.model) \($0.scaling)" }).sorted()
         var largest = 1

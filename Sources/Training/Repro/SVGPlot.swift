@@ -18,6 +18,8 @@ public struct LinePlot: Sendable {
     public var yLabel: String
     public var logX = false
     public var logY = false
+    /// x takes whole values only (rank counts): ticks at integers, never at 1.2.
+    public var integerX = false
     public var series: [Series] = []
 
     public init(title: String, xLabel: String, yLabel: String, logX: Bool = false, logY: Bool = false) {
@@ -56,7 +58,11 @@ public struct LinePlot: Sendable {
             <rect x="\(left)" y="\(top)" width="\(plotW)" height="\(plotH)" fill="none" stroke="#444"/>
 
             """
-        for (value, label) in ticks(x0, x1, log: logX) {
+        let xTicks =
+            integerX && !logX
+            ? ticks(x0, x1, log: false).filter { abs($0.0 - $0.0.rounded()) < 1e-6 }.map { ($0.0.rounded(), String(Int($0.0.rounded()))) }
+            : ticks(x0, x1, log: logX)
+        for (value, label) in xTicks {
             let x = px(value)
             out += "<line x1=\"\(x)\" y1=\"\(top)\" x2=\"\(x)\" y2=\"\(top + plotH)\" stroke=\"#ddd\"/>"
             out += "<text x=\"\(x)\" y=\"\(top + plotH + 16)\" text-anchor=\"middle\">\(label)</text>\n"
