@@ -35,7 +35,8 @@ public enum ScalingPlot {
 
     /// Per (model, scaling): the median samples/s at each rank count, against the one-rank figure.
     /// Speedup = rate(P) / rate(1); efficiency = speedup / P (both modes: throughput per rank).
-    public static func plots(_ rows: [Row]) -> (speedup: LinePlot, efficiency: LinePlot, table: String) {
+    /// A (model, scaling) pair without a one-rank row is left out and named in `skipped`.
+    public static func plots(_ rows: [Row]) -> (speedup: LinePlot, efficiency: LinePlot, table: String, skipped: [String]) {
         var speedup = LinePlot(title: "Speedup over one rank", xLabel: "ranks", yLabel: "samples/s over one rank's")
         var efficiency = LinePlot(title: "Scaling efficiency", xLabel: "ranks", yLabel: "speedup / ranks")
         speedup.integerX = true
@@ -43,12 +44,16 @@ public enum ScalingPlot {
         var table = "model,scaling,ranks,samples_per_s,speedup,efficiency,in_run_efficiency\n"
         let keys = Set(rows.map { "\($0.model) \($0.scaling)" }).sorted()
         var largest = 1
+        var skipped: [String] = []
         for key in keys {
             let mine = rows.filter { "\($0.model) \($0.scaling)" == key }
             func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
             let counts = Set(mine.map(\.ranks)).sorted()
             largest = Swift.max(largest, counts.last ?? 1)
-            guard counts.first == 1 else { continue }  // no one-rank run: nothing to compare with
+            guard counts.first == 1 else {  // no one-rank run: nothing to compare with
+                skipped.append(key)
+                continue
+            }
             let base = median(mine.filter { $0.ranks == 1 }.map(\.samplesPerSecond))
             var points: [(x: Double, y: Double)] = [], efficiencies: [(x: Double, y: Double)] = [], inRun: [(x: Double, y: Double)] = []
             for p in counts {
@@ -66,6 +71,6 @@ public enum ScalingPlot {
         }
         speedup.series.append(.init("ideal", [(1, 1), (Double(largest), Double(largest))], dashed: true))
         efficiency.series.append(.init("ideal", [(1, 1), (Double(largest), 1)], dashed: true))
-        return (speedup, efficiency, table)
+        return (speedup, efficiency, table, skipped)
     }
 }

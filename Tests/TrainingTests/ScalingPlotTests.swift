@@ -23,8 +23,10 @@ final class ScalingPlotTests: XCTestCase {
             BenchmarkResult.csvHeader,  // a second run appended its own header
             row("mlp", "strong", 1, 120), row("mlp", "strong", 1, 110), row("mlp", "strong", 2, 190, "0.9"),
             row("mlp", "strong", 2, 170, "0.85"), row("vgg", "weak", 1, 10), row("vgg", "weak", 4, 36),
+            row("cnn", "weak", 2, 50),
         ].joined(separator: "\n")
-        let (speedup, efficiency, table) = ScalingPlot.plots(try ScalingPlot.parse(text, path: "b.csv"))
+        let (speedup, efficiency, table, skipped) = ScalingPlot.plots(try ScalingPlot.parse(text, path: "b.csv"))
+        XCTAssertEqual(skipped, ["cnn weak"], "no one-rank row: left out and named")
         let mlp = try XCTUnwrap(speedup.series.first { $0.name == "mlp strong" })
         XCTAssertEqual(mlp.points.map(\.x), [1, 2])
         XCTAssertEqual(mlp.points[1].y, 170.0 / 110.0, accuracy: 1e-12, "median 170 over median 110")
