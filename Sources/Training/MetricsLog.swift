@@ -34,6 +34,7 @@ indirect enum JSONValue {
     case bool(Bool)
     case array([JSONValue])
     case object([(String, JSONValue)])
+    case null
 
     var encoded: String {
         switch self {
@@ -43,6 +44,7 @@ indirect enum JSONValue {
         case let .string(s): Self.quote(s)
         case let .array(items): "[" + items.map(\.encoded).joined(separator: ",") + "]"
         case let .object(fields): "{" + fields.map { Self.quote($0.0) + ":" + $0.1.encoded }.joined(separator: ",") + "}"
+        case .null: "null"
         }
     }
 

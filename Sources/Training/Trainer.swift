@@ -142,7 +142,7 @@ public final class Trainer {
             window.add(result)
             if logging {
                 let global = try window.reduce(over: communicator)
-                let timing = global.timing.json(meanOver: window.steps * communicator.size)
+                let timing = try timingRecord(window, sums: global.timing)
                 window = Window()
                 guard global.loss.isFinite else { throw TrainingError.nonFinite(step: t, what: "the training loss") }
                 let now = clock.seconds
@@ -252,6 +252,24 @@ public final class Trainer {
         if configuration.overlap == .auto && communicator.size > 1 {
             reduction.overlap = try communicator.ranksOnThisNode() < communicator.size
         }
+    }
+
+    /// Collective: the metrics' `time_ms` (means over the window and the ranks) and, up to 256
+    /// ranks, `ranks`: each rank's own split, so that a slow or waiting rank shows.
+    private func timingRecord(_ window: Window, sums: StepTiming) throws -> JSONValue {
+        let steps = window.steps
+        guard case let .object(fields) = sums.json(meanOver: steps * communicator.size) else { return .null }
+        guard communicator.size > 1 && communicator.size <= 256 else { return .object(fields) }
+        let t = window.timing
+        var all = [Double](repeating: 0, count: 4 * communicator.size)
+        let mine = [t.step, t.bnCommunication, t.gradientHidden, t.gradientExposed]
+        try mine.withUnsafeBytes { input in try all.withUnsafeMutableBytes { try communicator.allgather(input, into: $0) } }
+        let ranks: [JSONValue] = (0..<communicator.size).map { r in
+            var each = StepTiming()
+            (each.step, each.bnCommunication, each.gradientHidden, each.gradientExposed) = (all[4 * r], all[4 * r + 1], all[4 * r + 2], all[4 * r + 3])
+            return each.json(meanOver: steps)
+        }
+        return .object(fields + [("ranks", .array(ranks))])
     }
 
     /// `body`, drawn on the timeline when it records.

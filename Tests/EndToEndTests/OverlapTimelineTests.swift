@@ -31,7 +31,11 @@ final class OverlapTimelineTests: XCTestCase {
             XCTAssertLessThan(DistributedTrainingTests.maxRelativeDifference(lossOn, lossOff), 1e-6, "\(model[1]): \(lossOn) vs \(lossOff)")
             for (records, overlapped) in [(on, true), (off, false)] {
                 for record in records {
-                    let time = try XCTUnwrap(record["time_ms"] as? [String: Double], "\(record)")
+                    let split = try XCTUnwrap(record["time_ms"] as? [String: Any], "\(record)")
+                    let ranks = try XCTUnwrap(split["ranks"] as? [[String: Double]], "each rank's own split")
+                    XCTAssertEqual(ranks.count, 2)
+                    let time = split.compactMapValues { $0 as? Double }
+                    XCTAssertEqual(ranks.map { $0["step"]! }.reduce(0, +) / 2, time["step"]!, accuracy: 1e-9 * time["step"]!, "the mean over ranks")
                     let step = time["step"]!, compute = time["compute"]!, bn = time["bn_comm"]!
                     XCTAssertGreaterThan(compute, 0)
                     XCTAssertGreaterThan(bn, 0, "synchronized BN reduces statistics every step")
