@@ -76,6 +76,11 @@ final class OverlappedGradientReduction {
     }
     /// Each bucket's reduction as it was observed: start, completion seen, bytes.
     private(set) var spans: [(start: Double, end: Double, bytes: Int)] = []
+    /// The NaN/Inf guard's verdict on the summed gradient, checked piece by piece as each piece
+    /// becomes final (a bucket just reduced, or one layer's gradients on a single rank) while it is
+    /// still in cache, instead of in a separate pass over the whole gradient.
+    private(set) var gradientsFinite = true
+    private var checkedFrom = 0  // every gradient at or above this index has been checked
 
     init(_ buckets: GradientBuckets, gradients: FlatBuffer, communicator: Communicator, overlap: Bool) {
         self.buckets = buckets
@@ -89,6 +94,8 @@ final class OverlappedGradientReduction {
         precondition(inFlight.isEmpty, "a gradient reduction is still in flight from the previous step")
         next = 0
         readyFrom = .max
+        gradientsFinite = true
+        checkedFrom = gradients.count
         backwardEnded = .infinity
         spans.removeAll(keepingCapacity: true)
     }
@@ -97,6 +104,11 @@ final class OverlappedGradientReduction {
     /// time during backward: over TCP a BN reduction sent later waits behind every byte queued
     /// before it on the same connection, and it is on the critical path.
     func gradientsFinal(from offset: Int) throws {
+        if communicator.size == 1 {  // nothing to sum: check this layer's gradients now
+            check(offset..<checkedFrom)
+            checkedFrom = Swift.min(checkedFrom, offset)
+            return
+        }
         guard overlap else { return }
         readyFrom = offset
         try poll()
@@ -106,12 +118,16 @@ final class OverlappedGradientReduction {
     /// here (the exposed communication).
     func finish() throws -> Double {
         let began = Stopwatch.now()
-        guard communicator.size > 1 else { return 0 }
+        guard communicator.size > 1 else {
+            check(0..<checkedFrom)
+            return 0
+        }
         if !overlap {
             for range in buckets.ranges {
                 let t0 = Stopwatch.now()
                 try communicator.allreduce(gradients.slice(range), .sum)
                 spans.append((t0, Stopwatch.now(), range.count * MemoryLayout<Float>.stride))
+                check(range)
             }
             return Stopwatch.now() - began
         }
@@ -150,7 +166,13 @@ final class OverlappedGradientReduction {
         }
     }
 
+    private func check(_ range: Range<Int>) {
+        guard gradientsFinite && !range.isEmpty else { return }
+        gradientsFinite = allFinite(UnsafeBufferPointer(gradients.slice(range)))
+    }
+
     private func completed(_ item: InFlight, at end: Double) {
+        check(buckets.ranges[item.bucket])
         spans.append((item.started, end, buckets.ranges[item.bucket].count * MemoryLayout<Float>.stride))
     }
 

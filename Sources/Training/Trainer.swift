@@ -220,9 +220,10 @@ public final class Trainer {
         }
         if !sharedStatistics { try sumRadialCoefficients() }
         // 5b. the NaN/Inf guard: the summed gradient is the same on every rank, so every rank
-        //     decides alike without communicating; a skipped step also undoes its BN statistics
+        //     decides alike without communicating (each bucket was checked as it was reduced); a
+        //     skipped step also undoes its BN statistics
         let finite =
-            allFinite(UnsafeBufferPointer(model.parameters.gradients.all))
+            reduction.gradientsFinite
             && model.parameters.pendingRadial.allSatisfy { $0.coefficients.withUnsafeBufferPointer(allFinite) }
         var result = StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: [], skipped: !finite)
         if finite {
