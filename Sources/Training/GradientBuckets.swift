@@ -81,6 +81,8 @@ final class OverlappedGradientReduction {
     /// still in cache, instead of in a separate pass over the whole gradient.
     private(set) var gradientsFinite = true
     private var checkedFrom = 0  // every gradient at or above this index has been checked
+    /// Between `begin` and `finish`: a backward outside a training step (a probe) reduces nothing.
+    private var active = false
 
     init(_ buckets: GradientBuckets, gradients: FlatBuffer, communicator: Communicator, overlap: Bool) {
         self.buckets = buckets
@@ -96,6 +98,7 @@ final class OverlappedGradientReduction {
         readyFrom = .max
         gradientsFinite = true
         checkedFrom = gradients.count
+        active = true
         backwardEnded = .infinity
         spans.removeAll(keepingCapacity: true)
     }
@@ -104,9 +107,12 @@ final class OverlappedGradientReduction {
     /// time during backward: over TCP a BN reduction sent later waits behind every byte queued
     /// before it on the same connection, and it is on the critical path.
     func gradientsFinal(from offset: Int) throws {
+        guard active else { return }
         if communicator.size == 1 {  // nothing to sum: check this layer's gradients now
-            check(offset..<checkedFrom)
-            checkedFrom = Swift.min(checkedFrom, offset)
+            if offset < checkedFrom {
+                check(offset..<checkedFrom)
+                checkedFrom = offset
+            }
             return
         }
         guard overlap else { return }
@@ -118,6 +124,7 @@ final class OverlappedGradientReduction {
     /// here (the exposed communication).
     func finish() throws -> Double {
         let began = Stopwatch.now()
+        defer { active = false }
         guard communicator.size > 1 else {
             check(0..<checkedFrom)
             return 0
