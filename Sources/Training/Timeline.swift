@@ -45,6 +45,9 @@ final class Timeline {
         recording = window.contains(step)
     }
 
+    /// After the last step: nothing more is recorded (BN recalibration, evaluation).
+    func stop() { recording = false }
+
     func span(_ name: String, _ category: String, _ track: Track = .compute, from start: Double, to end: Double, bytes: Int? = nil) {
         guard recording else { return }
         events.append(Event(name: name, category: category, track: track, start: start, end: end, step: step, bytes: bytes))

@@ -158,6 +158,7 @@ public final class Trainer {
                 if configuration.printProgress { console.root("checkpoint: \(path)") }
             }
         }
+        timeline?.stop()
         if let timeline, let path = configuration.timelinePath {
             try timeline.write(to: path, over: communicator)
             console.root("timeline: \(path) (steps \(timeline.window.lowerBound)-\(timeline.window.upperBound); open in https://ui.perfetto.dev or chrome://tracing)")
