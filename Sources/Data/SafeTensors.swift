@@ -517,31 +517,43 @@ struct HeaderParser {
         guard i < bytes.count && bytes[i] == UInt8(ascii: "[") else {
             throw schema("\(what) is \(describeValue()); expected an array of non-negative integers")
         }
-        i += 1
         var values: [Int] = []
+        try parseArray { parser in
+            guard values.count < limit else {
+                throw parser.schema("\(what) has more than \(limit) entries")
+            }
+            let bytes = parser.bytes, i = parser.i
+            guard i < bytes.count, bytes[i] == UInt8(ascii: "-") || (bytes[i] >= 0x30 && bytes[i] <= 0x39) else {
+                throw parser.isValueStart()
+                    ? parser.schema("\(what) holds \(parser.describeValue()); expected non-negative integers")
+                    : parser.syntax("expected a value, found \(parser.describeByte())")
+            }
+            let literal = try parser.parseNumber()
+            guard literal.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+                throw parser.schema("\(what) holds \(String(decoding: literal.prefix(40), as: UTF8.self)); expected non-negative integers")
+            }
+            guard let v = Int(String(decoding: literal, as: UTF8.self)) else {
+                throw parser.schema("\(what) holds \(String(decoding: literal.prefix(40), as: UTF8.self)), too large for a 64-bit integer")
+            }
+            values.append(v)
+        }
+        return values
+    }
+
+    // MARK: Syntax
+
+    /// Parses an array at `i` (which holds '['), calling `element` with the parser positioned at
+    /// each element (after whitespace); `element` must consume it.
+    mutating func parseArray(_ element: (inout HeaderParser) throws -> Void) throws {
+        i += 1  // '['
         skipWhitespace()
         if i < bytes.count && bytes[i] == UInt8(ascii: "]") {
             i += 1
-            return values
+            return
         }
         while true {
             skipWhitespace()
-            guard values.count < limit else {
-                throw schema("\(what) has more than \(limit) entries")
-            }
-            guard i < bytes.count, bytes[i] == UInt8(ascii: "-") || (bytes[i] >= 0x30 && bytes[i] <= 0x39) else {
-                throw isValueStart()
-                    ? schema("\(what) holds \(describeValue()); expected non-negative integers")
-                    : syntax("expected a value, found \(describeByte())")
-            }
-            let literal = try parseNumber()
-            guard literal.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
-                throw schema("\(what) holds \(String(decoding: literal.prefix(40), as: UTF8.self)); expected non-negative integers")
-            }
-            guard let v = Int(String(decoding: literal, as: UTF8.self)) else {
-                throw schema("\(what) holds \(String(decoding: literal.prefix(40), as: UTF8.self)), too large for a 64-bit integer")
-            }
-            values.append(v)
+            try element(&self)
             skipWhitespace()
             guard i < bytes.count else { throw syntax("unterminated array") }
             if bytes[i] == UInt8(ascii: ",") {
@@ -550,11 +562,9 @@ struct HeaderParser {
             }
             guard bytes[i] == UInt8(ascii: "]") else { throw syntax("expected ',' or ']' in an array, found \(describeByte())") }
             i += 1
-            return values
+            return
         }
     }
-
-    // MARK: Syntax
 
     /// Parses an object at `i` (which holds '{'), calling `member` with the parser positioned at each
     /// value (after whitespace); `member` must consume the value.
@@ -601,25 +611,7 @@ struct HeaderParser {
         case UInt8(ascii: "{"):
             try parseObject(depth: depth) { parser, _ in try parser.skipValue(depth: depth + 1) }
         case UInt8(ascii: "["):
-            i += 1
-            skipWhitespace()
-            if i < bytes.count && bytes[i] == UInt8(ascii: "]") {
-                i += 1
-                return
-            }
-            while true {
-                skipWhitespace()
-                try skipValue(depth: depth + 1)
-                skipWhitespace()
-                guard i < bytes.count else { throw syntax("unterminated array") }
-                if bytes[i] == UInt8(ascii: ",") {
-                    i += 1
-                    continue
-                }
-                guard bytes[i] == UInt8(ascii: "]") else { throw syntax("expected ',' or ']' in an array, found \(describeByte())") }
-                i += 1
-                return
-            }
+            try parseArray { parser in try parser.skipValue(depth: depth + 1) }
         case UInt8(ascii: "\""):
             _ = try parseString()
         case UInt8(ascii: "-"), 0x30...0x39:

@@ -242,11 +242,9 @@ public enum Benchmark {
                 bucketTimes[range.count * 4, default: []].append(try communicator.allreduce(clock.seconds, .max))
             }
         }
-        var sums = [timing.step, timing.bnCommunication, timing.gradientHidden, timing.gradientExposed]
+        var sums = timing.values
         try communicator.allreduce(&sums, .sum)
-        var mean = StepTiming()
-        let count = Double(options.steps * communicator.size)
-        (mean.step, mean.bnCommunication, mean.gradientHidden, mean.gradientExposed) = (sums[0] / count, sums[1] / count, sums[2] / count, sums[3] / count)
+        let mean = StepTiming(values: sums).scaled(by: 1 / Double(options.steps * communicator.size))
         let gemmMedian = median(gemmTimes)
         return BenchmarkResult(
             ranks: communicator.size, scaling: options.scaling, globalBatch: c.globalBatch, model: trainer.model.architecture,

@@ -15,14 +15,20 @@ public struct StepTiming: Sendable {
 
     public init() {}
 
-    static func + (a: StepTiming, b: StepTiming) -> StepTiming {
-        var s = StepTiming()
-        s.step = a.step + b.step
-        s.bnCommunication = a.bnCommunication + b.bnCommunication
-        s.gradientHidden = a.gradientHidden + b.gradientHidden
-        s.gradientExposed = a.gradientExposed + b.gradientExposed
-        return s
+    /// The four measured times in a fixed order, for collectives that sum or gather them.
+    var values: [Double] { [step, bnCommunication, gradientHidden, gradientExposed] }
+
+    init<C: Collection<Double>>(values: C) {
+        precondition(values.count == 4, "a StepTiming has 4 values")
+        var v = values.makeIterator()
+        (step, bnCommunication, gradientHidden, gradientExposed) = (v.next()!, v.next()!, v.next()!, v.next()!)
     }
+
+    static func + (a: StepTiming, b: StepTiming) -> StepTiming {
+        StepTiming(values: zip(a.values, b.values).map(+))
+    }
+
+    func scaled(by factor: Double) -> StepTiming { StepTiming(values: values.map { $0 * factor }) }
 
     /// The metrics record's `time_ms`: means over `steps` steps of this sum.
     func json(meanOver steps: Int) -> JSONValue {

@@ -19,7 +19,7 @@ public final class Trainer {
     public let splits: DataSplits
     public let model: any Network
     public let optimizer: ScaleInvariantSGD
-    public let buckets: GradientBuckets
+    public var buckets: GradientBuckets { reduction.buckets }
     public let totalSteps: Int
     /// Steps between progress lines and metrics records.
     public let logEvery: Int
@@ -90,14 +90,13 @@ public final class Trainer {
         optimizer = ScaleInvariantSGD(
             groups: model.groups, parameterCount: model.parameters.layout.count,
             invariant: configuration.invariant, variant: configuration.variant)
-        buckets = GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes)
         sampler = ShardSampler(sampleCount: train.count, globalBatch: configuration.globalBatch, seed: configuration.seed)
         totalSteps = configuration.steps ?? configuration.epochs * sampler.stepsPerEpoch
         logEvery = configuration.logEvery ?? Swift.max(1, totalSteps / 20)
         timeline = configuration.timelinePath.map { _ in Timeline(window: configuration.timelineWindow) }
         statistics = TimedStatistics(LocalStatistics(), timeline: timeline)
         reduction = OverlappedGradientReduction(
-            buckets, gradients: model.parameters.gradients, communicator: communicator, overlap: configuration.overlap == .on)
+            GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes), gradients: model.parameters.gradients, communicator: communicator, overlap: configuration.overlap == .on)
         model.observer = StepObserverAdapter(timeline: timeline, reduction: reduction)
         input = FlatBuffer(count: rows * train.dimension)
         dlogits = FlatBuffer(count: rows * train.classes)
@@ -216,7 +215,7 @@ public final class Trainer {
         watchdog?.progress(step: t + 1, "the gradient MPI_Allreduce")
         var timing = StepTiming()
         timing.gradientExposed = try reduction.finish()
-        for span in reduction.spans {
+        for span in reduction.spans where timeline?.recording == true {
             timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
         }
         if !sharedStatistics { try sumRadialCoefficients() }
@@ -263,13 +262,11 @@ public final class Trainer {
         guard case let .object(fields) = sums.json(meanOver: steps * communicator.size) else { return .null }
         guard communicator.size > 1 && communicator.size <= 256 else { return .object(fields) }
         let t = window.timing
-        var all = [Double](repeating: 0, count: 4 * communicator.size)
-        let mine = [t.step, t.bnCommunication, t.gradientHidden, t.gradientExposed]
+        var all = [Double](repeating: 0, count: t.values.count * communicator.size)
+        let mine = t.values
         try mine.withUnsafeBytes { input in try all.withUnsafeMutableBytes { try communicator.allgather(input, into: $0) } }
         let ranks: [JSONValue] = (0..<communicator.size).map { r in
-            var each = StepTiming()
-            (each.step, each.bnCommunication, each.gradientHidden, each.gradientExposed) = (all[4 * r], all[4 * r + 1], all[4 * r + 2], all[4 * r + 3])
-            return each.json(meanOver: steps)
+            StepTiming(values: all[(4 * r)..<(4 * r + 4)]).json(meanOver: steps)
         }
         return .object(fields + [("ranks", .array(ranks))])
     }
@@ -507,10 +504,8 @@ private struct Window {
     }
     /// Collective: the global mean loss and accuracy over the window, and the time sums over ranks.
     func reduce(over communicator: Communicator) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
-        var sums = [loss, correct, count, timing.step, timing.bnCommunication, timing.gradientHidden, timing.gradientExposed]
+        var sums = [loss, correct, count] + timing.values
         try communicator.allreduce(&sums, .sum)
-        var total = StepTiming()
-        (total.step, total.bnCommunication, total.gradientHidden, total.gradientExposed) = (sums[3], sums[4], sums[5], sums[6])
-        return (sums[0] / sums[2], sums[1] / sums[2], total)
+        return (sums[0] / sums[2], sums[1] / sums[2], StepTiming(values: sums.dropFirst(3)))
     }
 }

@@ -41,8 +41,10 @@ final class BenchTests: XCTestCase {
         XCTAssertFalse(buckets.isEmpty)
         XCTAssertTrue(buckets.allSatisfy { ($0["bus_gb_per_s"] as? Double ?? 0) > 0 })
         let split = try XCTUnwrap(two["time_ms"] as? [String: Double])
-        XCTAssertEqual(split["compute"]! + split["bn_comm"]! + split["grad_comm_exposed"]!, split["step"]!, accuracy: 1e-6)
-        XCTAssertGreaterThan(split["bn_comm"]!, 0)
+        XCTAssertGreaterThan(split["compute"]!, 0)
+        XCTAssertGreaterThan(split["bn_comm"]!, 0, "synchronized BN reduces statistics every step")
+        XCTAssertEqual(split["grad_comm_hidden"]!, 0, "--overlap auto is off on one node")
+        XCTAssertEqual(two["overlap"] as? Bool, false)
         XCTAssertNotNil(two["local_bn_step_ms_median"] as? Double)
         XCTAssertGreaterThan(two["baseline_samples_per_s"] as? Double ?? 0, 0)
     }
