@@ -109,6 +109,23 @@ public final class MPICommunicator: Communicator {
             "MPI_Allgather(\(input.count) bytes per rank)", rank: rank)
     }
 
+    public func sendReceive(
+        _ send: UnsafeRawBufferPointer, to destination: Int, into receive: UnsafeMutableRawBufferPointer, from source: Int
+    ) throws {
+        // pieces of at most 2^31-1 bytes; both sides split the same byte counts alike
+        var sent = 0, received = 0
+        repeat {
+            let s = Swift.min(send.count - sent, Self.maxCount), r = Swift.min(receive.count - received, Self.maxCount)
+            try check(
+                MPI_Sendrecv(
+                    send.baseAddress.map { $0 + sent }, Int32(s), cmpi_byte(), Int32(destination), 0,
+                    receive.baseAddress.map { $0 + received }, Int32(r), cmpi_byte(), Int32(source), 0, comm, cmpi_status_ignore()),
+                "MPI_Sendrecv(\(s) bytes to rank \(destination), \(r) from rank \(source))", rank: rank)
+            sent += s
+            received += r
+        } while sent < send.count || received < receive.count
+    }
+
     public func gather(_ input: [UInt8], root: Int) throws -> [[UInt8]] {
         let counts = try allgather(input.count)
         let total = counts.reduce(0, +)

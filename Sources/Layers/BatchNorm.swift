@@ -60,6 +60,10 @@ public final class BatchNorm {
     /// batch statistics (this counts them) instead of the exponential average: "precise BN", used to
     /// recompute the statistics for the final weights (see `Trainer.recalibrateBatchNorm`).
     public var averagedBatches: Int?
+    /// The chunks of the step (deterministic mode: sums per chunk, added in the fixed tree; the
+    /// gamma and beta gradients from the global sums, as `ParameterStore.pendingTerms`). Shared by
+    /// the network's layers.
+    public var chunks = BatchChunks()
     /// The `[channels, ...]` weight feeding this BN (a Linear's `[C, in]`, a conv's `[C, k, k, in]`); its row norms set `eps_c` in `.scaled` mode, and
     /// receives the gradient through `eps_c`.
     public let incomingWeight: TensorSpec?
@@ -166,7 +170,15 @@ public final class BatchNorm {
     ) throws {
         var moments = [Double](repeating: 0, count: momentsCount)
         try moments.withUnsafeMutableBufferPointer { m in
-            accumulateMoments(x, into: m, buffers: buffers)
+            if chunks.deterministic {
+                var leaves = BatchChunks.DoubleLeaves(ranges: chunks.rowRanges(rows: x.rows), width: momentsCount)
+                for (i, range) in leaves.ranges.enumerated() {
+                    leaves.withLeaf(i) { accumulateMoments(x.rows(range), into: $0, buffers: buffers) }
+                }
+                m.update(fromContentsOf: leaves.combined())
+            } else {
+                accumulateMoments(x, into: m, buffers: buffers)
+            }
             try reducer.sumAcrossRanks(m)
             normalize(x, y, moments: UnsafeBufferPointer(m), p, buffers: buffers, relu: relu)
         }
@@ -410,9 +422,8 @@ public final class BatchNorm {
             "BatchNorm backward shape mismatch (was forward run on this batch?)")
         let relu = p.map { (UnsafePointer($0.value(gamma).baseAddress!), UnsafePointer($0.value(beta).baseAddress!)) }
         let hat = UnsafePointer(xhat.storage.pointer), c = channels
-        let sdy = s.baseAddress!, sdyx = s.baseAddress! + c
         let centered = cacheHoldsInput ? (UnsafePointer(centering), UnsafePointer(centering + c)) : nil
-        forEachSumBlock { block in
+        sumByChunk(into: s) { block, sdy, sdyx in
             // one call per combination, each specialized by the inlined kernel
             switch (centered, relu) {
             case let (centered?, relu?):
@@ -429,15 +440,28 @@ public final class BatchNorm {
         }
     }
 
-    /// Calls `body` with consecutive blocks of `sumBlock` rows of the last forward's batch.
+    /// Calls `body(block, sdy, sdyx)` with consecutive blocks of `sumBlock` rows of the last
+    /// forward's batch, `sdy` and `sdyx` pointing into `s` (added to). In deterministic mode the
+    /// blocks restart at each chunk, each chunk sums into a leaf of its own, and `s` is set to the
+    /// tree sum of the leaves.
     @inline(__always)
-    private func forEachSumBlock(_ body: (Range<Int>) -> Void) {
-        var start = 0
-        while start < rows {
-            let end = Swift.min(start &+ Self.sumBlock, rows)
-            body(start..<end)
-            start = end
+    private func sumByChunk(
+        into s: UnsafeMutableBufferPointer<Double>,
+        _ body: (Range<Int>, UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>) -> Void
+    ) {
+        let c = channels
+        @inline(__always) func blocks(_ range: Range<Int>, _ sums: UnsafeMutablePointer<Double>) {
+            var start = range.lowerBound
+            while start < range.upperBound {
+                let end = Swift.min(start &+ Self.sumBlock, range.upperBound)
+                body(start..<end, sums, sums + c)
+                start = end
+            }
         }
+        guard chunks.deterministic else { return blocks(0..<rows, s.baseAddress!) }
+        var leaves = BatchChunks.DoubleLeaves(ranges: chunks.rowRanges(rows: rows), width: 2 * c)
+        for (i, range) in leaves.ranges.enumerated() { leaves.withLeaf(i) { blocks(range, $0.baseAddress!) } }
+        s.update(fromContentsOf: leaves.combined())
     }
 
     /// Adds (sum dy, sum dy * xhat) over the rows `block` to `sdy`, `sdyx`: Float sums over the block
@@ -533,9 +557,15 @@ public final class BatchNorm {
                 meanDy[j] = Float(globalSums[j] / globalCount)
                 meanDyX[j] = Float(globalSums[c + j] / globalCount)
                 scaleX[j] = g[j] * invStd[j]
-                db[j] += Float(localSums[j])
-                dg[j] += Float(localSums[c + j])
+                if !chunks.deterministic {
+                    db[j] += Float(localSums[j])
+                    dg[j] += Float(localSums[c + j])
+                }
             }
+        }
+        if chunks.deterministic {
+            p.pendingTerms.append((beta, (0..<c).map { Float(globalSums[$0]) }))
+            p.pendingTerms.append((gamma, (0..<c).map { Float(globalSums[c + $0]) }))
         }
         if epsilonMode == .scaled {
             for j in 0..<c {
@@ -631,8 +661,7 @@ public final class BatchNorm {
         let hat = UnsafePointer(xhat.storage.pointer), c = channels, mask = UnsafePointer(reluOutput.base)
         let centered = cacheHoldsInput ? (UnsafePointer(centering), UnsafePointer(centering + c)) : nil
         local.withUnsafeMutableBufferPointer { s in
-            let sdy = s.baseAddress!, sdyx = s.baseAddress! + c
-            forEachSumBlock { block in
+            sumByChunk(into: s) { block, sdy, sdyx in
                 if let centered {
                     Self.backwardSums(
                         dy.base, hat, block, c, centered: centered, relu: nil, reluOutput: mask, acc: blockSums, sdy, sdyx)
@@ -674,8 +703,11 @@ public final class BatchNorm {
     public func applyEpsilonGradient(_ p: ParameterStore, radial: RadialDeferral = .none) {
         guard epsilonMode == .scaled, let incomingWeight else { return }
         let fanIn = incomingWeight.count / channels
+        precondition(!chunks.deterministic || radial == .global, "deterministic mode takes the radial terms from the global sums")
+        // deterministic: from the global sums, added once after the reduction (pendingTerms)
+        let sums = chunks.deterministic ? globalEpsilonGradient : epsilonGradient
         var dq = 0.0
-        for j in 0..<channels { dq += epsilonGradient[j] * epsilon * rowNorms[j] }
+        for j in 0..<channels { dq += sums[j] * epsilon * rowNorms[j] }
         if radial != .none {
             let source = radial == .global ? globalEpsilonGradient : epsilonGradient
             let coefficients = source.map { Float(2 * epsilon * inputScale * $0) }
@@ -692,7 +724,11 @@ public final class BatchNorm {
         if let previousAffine {
             let factor = Float(2 * dq / Double(previousAffine.gamma.count))
             for spec in [previousAffine.gamma, previousAffine.beta] {
-                axpy(factor, UnsafeBufferPointer(p.value(spec)), p.gradient(spec))
+                if chunks.deterministic {
+                    p.pendingTerms.append((spec, p.value(spec).map { factor * $0 }))
+                } else {
+                    axpy(factor, UnsafeBufferPointer(p.value(spec)), p.gradient(spec))
+                }
             }
         }
     }

@@ -80,19 +80,22 @@ public final class Conv2d {
 
     /// `forward`, calling `eachChunk(rows)` with each range of output pixels (rows of the
     /// `[n * Ho * Wo, Cout]` matrix `y`) as soon as its GEMM has written it, so that a pass over the
-    /// output can read it while it is in cache.
-    func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, eachChunk: (Range<Int>) -> Void) {
+    /// output can read it while it is in cache. With deterministic `chunks`, the lowering chunks
+    /// restart at each of their chunks, so that no GEMM's shape depends on the number of ranks.
+    func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, chunks: BatchChunks? = nil, eachChunk: (Range<Int>) -> Void) {
         checkShapes(x, y, "forward")
         let w = p.value(weight).baseAddress!
-        if isPointwise {
-            gemmOutput(rows: y.rows * output.pixels, a: x.base, lda: input.channels, w: w, y: y.base)
-            eachChunk(0..<y.rows * output.pixels)
-            return
-        }
-        forEachChunk(rows: y.rows * output.pixels) { rows in
-            lower(x.base, rows: rows)
-            gemmOutput(rows: rows.count, a: col.pointer, lda: fanIn, w: w, y: y.base + rows.lowerBound * outChannels)
-            eachChunk(rows)
+        for range in pixelRanges(chunks, images: y.rows) {
+            if isPointwise {
+                gemmOutput(rows: range.count, a: x.base + range.lowerBound * input.channels, lda: input.channels, w: w, y: y.base + range.lowerBound * outChannels)
+                eachChunk(range)
+                continue
+            }
+            forEachChunk(range) { rows in
+                lower(x.base, rows: rows)
+                gemmOutput(rows: rows.count, a: col.pointer, lda: fanIn, w: w, y: y.base + rows.lowerBound * outChannels)
+                eachChunk(rows)
+            }
         }
     }
 
@@ -106,10 +109,11 @@ public final class Conv2d {
     /// `backward`, calling `prepare(rows)` to write each range of output pixels of `dy` (rows of the
     /// `[n * Ho * Wo, Cout]` matrix) just before its GEMMs read it, so that they read it from cache.
     /// With `adding`, `dx = adding + (the input gradient)` (`adding` may not overlap `dx`), in the
-    /// same passes.
+    /// same passes. With deterministic `chunks`, the weight gradient is the tree sum of one partial
+    /// per chunk (see `BatchChunks`), each the sum over that chunk's lowering chunks.
     func backward(
         _ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool, adding initial: Matrix? = nil,
-        prepare: (Range<Int>) -> Void
+        chunks: BatchChunks? = nil, prepare: (Range<Int>) -> Void
     ) {
         checkShapes(x, dy, "backward")
         if let dx { precondition(dx.rows == x.rows && dx.cols == input.count, "Conv2d backward dx shape mismatch") }
@@ -117,16 +121,7 @@ public final class Conv2d {
             precondition(dx != nil && initial.rows == x.rows && initial.cols == input.count, "Conv2d backward: adding needs dx")
         }
         let w = p.value(weight).baseAddress!, dw = p.gradient(weight).baseAddress!
-        let pixels = dy.rows * output.pixels
-        if isPointwise {
-            prepare(0..<pixels)
-            gemmWeightGradient(rows: pixels, dy: dy.base, a: x.base, lda: input.channels, beta: accumulating ? 1 : 0, dw: dw)
-            if let dx {
-                gemmInputGradient(rows: pixels, dy: dy.base, w: w, into: dx.base, ldc: input.channels)
-                if let initial { axpy(1, initial.readOnly, dx.buffer) }
-            }
-            return
-        }
+        let ranges = pixelRanges(chunks, images: dy.rows)
         // dx is not zeroed in a separate pass. `zeroed` is the end of the prefix of dx that earlier
         // chunks have written (whole input rows): with stride 1, a chunk writes the rows past it
         // outright (`gatherAdd`); otherwise they are zeroed (or set to `initial`) just ahead of the
@@ -140,29 +135,56 @@ public final class Conv2d {
             }
         }
         var zeroed = 0
-        var beta: Float = accumulating ? 1 : 0
-        forEachChunk(rows: pixels) { rows in
-            prepare(rows)
-            let dyChunk = dy.base + rows.lowerBound * outChannels
-            lower(x.base, rows: rows)
-            gemmWeightGradient(rows: rows.count, dy: dyChunk, a: col.pointer, lda: fanIn, beta: beta, dw: dw)
-            beta = 1
-            if let dx {
-                gemmInputGradient(rows: rows.count, dy: dyChunk, w: w, into: col.pointer, ldc: fanIn)
-                let end = inputEnd(ofOutputPixel: rows.upperBound - 1)
-                if stride == 1 {
-                    gatherAdd(rows: rows, into: dx.base, written: zeroed, initial: start)
-                    zeroed = max(zeroed, end)
-                } else {
-                    if end > zeroed {
-                        initialize(zeroed..<end, of: dx)
-                        zeroed = end
+        // the weight gradient of the pixels `range` into `out` (added to it from the second lowering chunk on)
+        func pass(_ range: Range<Int>, into out: UnsafeMutablePointer<Float>, beta first: Float) {
+            if isPointwise {
+                prepare(range)
+                let dyRows = dy.base + range.lowerBound * outChannels
+                gemmWeightGradient(rows: range.count, dy: dyRows, a: x.base + range.lowerBound * input.channels, lda: input.channels, beta: first, dw: out)
+                if let dx {
+                    let at = range.lowerBound * input.channels
+                    gemmInputGradient(rows: range.count, dy: dyRows, w: w, into: dx.base + at, ldc: input.channels)
+                    if let start { addInPlace(dx.base + at, start + at, count: range.count * input.channels) }
+                }
+                return
+            }
+            var beta = first
+            forEachChunk(range) { rows in
+                prepare(rows)
+                let dyChunk = dy.base + rows.lowerBound * outChannels
+                lower(x.base, rows: rows)
+                gemmWeightGradient(rows: rows.count, dy: dyChunk, a: col.pointer, lda: fanIn, beta: beta, dw: out)
+                beta = 1
+                if let dx {
+                    gemmInputGradient(rows: rows.count, dy: dyChunk, w: w, into: col.pointer, ldc: fanIn)
+                    let end = inputEnd(ofOutputPixel: rows.upperBound - 1)
+                    if stride == 1 {
+                        gatherAdd(rows: rows, into: dx.base, written: zeroed, initial: start)
+                        zeroed = max(zeroed, end)
+                    } else {
+                        if end > zeroed {
+                            initialize(zeroed..<end, of: dx)
+                            zeroed = end
+                        }
+                        scatterAdd(rows: rows, into: dx.base)
                     }
-                    scatterAdd(rows: rows, into: dx.base)
                 }
             }
         }
-        if let dx, zeroed < dx.count { initialize(zeroed..<dx.count, of: dx) }
+        if let chunks, chunks.deterministic {
+            precondition(!accumulating, "deterministic mode writes gradients, it does not accumulate them")
+            chunks.treeSum(leaves: ranges.count, count: weight.count, into: dw, fusedPairs: false) { i, out, _ in
+                pass(ranges[i], into: out, beta: 0)
+            }
+        } else {
+            pass(ranges[0], into: dw, beta: accumulating ? 1 : 0)
+        }
+        if !isPointwise, let dx, zeroed < dx.count { initialize(zeroed..<dx.count, of: dx) }
+    }
+
+    /// The output pixels of a batch of `images`, one range per deterministic chunk, or all of them.
+    private func pixelRanges(_ chunks: BatchChunks?, images: Int) -> [Range<Int>] {
+        chunks?.rowRanges(rows: images * output.pixels) ?? [0..<images * output.pixels]
     }
 
     /// One past the largest offset in the input batch that the windows of output pixels `0...pixel`
@@ -253,10 +275,11 @@ public final class Conv2d {
         precondition(x.rows <= maxBatch, "batch of \(x.rows) exceeds the Conv2d's maxBatch \(maxBatch)")
     }
 
-    private func forEachChunk(rows total: Int, _ body: (Range<Int>) -> Void) {
-        var start = 0
-        while start < total {
-            let end = min(start + chunkRows, total)
+    /// Consecutive lowering chunks of `chunkRows` output pixels covering `range`.
+    private func forEachChunk(_ range: Range<Int>, _ body: (Range<Int>) -> Void) {
+        var start = range.lowerBound
+        while start < range.upperBound {
+            let end = min(start + chunkRows, range.upperBound)
             body(start..<end)
             start = end
         }

@@ -77,6 +77,7 @@ public final class ConvNet: Network {
     private let shared: SharedActivations
     private let initialization: [(tensor: TensorSpec, fanIn: Int)]
     private let norms: [BatchNorm]
+    public let chunks = BatchChunks()
     public var batchNorms: [BatchNorm] { norms }
     public var observer: StepObserver?
     /// Per unit: its timeline name, and the lowest flat offset of the parameters of this unit, the
@@ -188,6 +189,7 @@ public final class ConvNet: Network {
         groups = builder.groups.sorted { $0.range.lowerBound < $1.range.lowerBound }  // forward order
         initialization = builder.weights
         norms = builder.norms
+        for norm in norms { norm.chunks = chunks }
         let headName = String(head.linear.weight.name.dropLast(".weight".count))
         headSpan = head.norm == nil ? "\(headName) linear" : "\(headName) linear+bn"
         var finalFrom = head.linear.weight.offset
@@ -275,14 +277,14 @@ public final class ConvNet: Network {
         defer { if reducer != nil { observer?.layerEnded(headSpan, backward: false) } }
         if let headNorm {
             let z = shared.matrix(shared.scratch, rows: n, cols: classes)
-            linear.forward(f, z, parameters)
+            linear.forward(f, z, parameters, chunks: reducer == nil ? nil : chunks)
             if let reducer {
                 try headNorm.forward(z, out, parameters, buffers: buffers, reducer: reducer)
             } else {
                 headNorm.inference(z, out, parameters, buffers: buffers)
             }
         } else {
-            linear.forward(f, out, parameters)
+            linear.forward(f, out, parameters, chunks: reducer == nil ? nil : chunks)
         }
         return out
     }
@@ -301,10 +303,10 @@ public final class ConvNet: Network {
         if let headNorm {
             let dz = shared.matrix(shared.scratch, rows: n, cols: classes)
             try headNorm.backward(dlogits, dz, p, reducer: reducer, deferEpsilonGradient: true)
-            linear.backward(f, dz, df, p, accumulating: false)
+            linear.backward(f, dz, df, p, accumulating: false, chunks: chunks)
             headNorm.applyEpsilonGradient(p, radial: radial)
         } else {
-            linear.backward(f, dlogits, df, p, accumulating: false)
+            linear.backward(f, dlogits, df, p, accumulating: false, chunks: chunks)
         }
         observer?.layerEnded(headSpan, backward: true)
         try observer?.gradientsFinal(from: linear.weight.offset)

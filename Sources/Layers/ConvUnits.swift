@@ -68,12 +68,15 @@ final class ConvBN {
         // the conv writes into the BN's cache, which then keeps it instead of xhat.
         let zb = norm.inputBuffer(rows: x.rows * output.pixels)
         let z = Matrix(zb.base, rows: x.rows, cols: output.count)
-        var moments = [Double](repeating: 0, count: norm.momentsCount)
+        // one leaf of moments per deterministic chunk (the lowering chunks lie within them), or one in all
+        let chunks = norm.chunks
+        var leaves = BatchChunks.DoubleLeaves(ranges: chunks.rowRanges(rows: x.rows * output.pixels), width: norm.momentsCount)
+        conv.forward(x, z, p, chunks: chunks) { rows in
+            let chunk = Matrix(z.base + rows.lowerBound * channels, rows: rows.count, cols: channels)
+            leaves.withLeaf(containing: rows.lowerBound) { norm.accumulateMoments(chunk, into: $0, buffers: buffers) }
+        }
+        var moments = leaves.combined()
         try moments.withUnsafeMutableBufferPointer { m in
-            conv.forward(x, z, p) { rows in
-                let chunk = Matrix(z.base + rows.lowerBound * channels, rows: rows.count, cols: channels)
-                norm.accumulateMoments(chunk, into: m, buffers: buffers)
-            }
             try reducer.sumAcrossRanks(m)
             if let residual {
                 norm.normalize(
@@ -118,7 +121,7 @@ final class ConvBN {
         var global = local
         try global.withUnsafeMutableBufferPointer { try reducer.sumAcrossRanks($0) }
         norm.beginInputGradient(globalSums: global, localSums: local, p)
-        conv.backward(x, dz, dx, p, accumulating: false, adding: adding) { rows in
+        conv.backward(x, dz, dx, p, accumulating: false, adding: adding, chunks: norm.chunks) { rows in
             norm.inputGradient(rows: rows, dyPixels, dzPixels, p, relu: relu)
         }
         norm.applyEpsilonGradient(p, radial: radial)

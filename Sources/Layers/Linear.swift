@@ -17,38 +17,89 @@ public struct Linear: Sendable {
         self.bias = bias
     }
 
-    /// One GEMM of `2 * batch * in * out` flops.
-    public func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore) {
+    /// One GEMM of `2 * batch * in * out` flops (one per chunk in deterministic mode, should a
+    /// row's result depend on how the batch is split).
+    public func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, chunks: BatchChunks? = nil) {
         precondition(x.cols == inFeatures && y.cols == outFeatures && x.rows == y.rows, "Linear forward shape mismatch")
-        BLAS.gemm(
-            .none, .transposed, m: x.rows, n: outFeatures, k: inFeatures,
-            a: x.base, lda: inFeatures, b: p.value(weight).baseAddress!, ldb: inFeatures,
-            beta: 0, c: y.base, ldc: outFeatures)
+        let w = UnsafePointer(p.value(weight).baseAddress!)
+        for rows in Self.rowCalls(chunks, rows: x.rows, .transposed, n: outFeatures, k: inFeatures) {
+            BLAS.gemm(
+                .none, .transposed, m: rows.count, n: outFeatures, k: inFeatures,
+                a: x.row(rows.lowerBound), lda: inFeatures, b: w, ldb: inFeatures,
+                beta: 0, c: y.row(rows.lowerBound), ldc: outFeatures)
+        }
         if let bias { addRowVector(UnsafeBufferPointer(p.value(bias)), to: y.base, rows: y.rows) }
+    }
+
+    /// The row ranges of the GEMMs computing rows of `[rows, n] = [rows, k] op(B)`: the whole batch,
+    /// unless deterministic mode finds (`BLAS.rowsIndependentOfSplit`) that a row's bits depend on
+    /// the split; then one per chunk, whose sizes do not depend on the number of ranks.
+    static func rowCalls(_ chunks: BatchChunks?, rows: Int, _ transB: BLAS.Transpose, n: Int, k: Int) -> [Range<Int>] {
+        guard let chunks, chunks.deterministic else { return [0..<rows] }
+        let ranges = chunks.rowRanges(rows: rows)
+        return BLAS.rowsIndependentOfSplit(transB, m: rows, split: ranges.map(\.count), n: n, k: k) ? [0..<rows] : ranges
     }
 
     /// `dW += dy^T x` (`dW = dy^T x` when not `accumulating`), `db += sum_rows dy`, and `dx = dy W`
     /// when `dx` is given (not for the first layer).
-    public func backward(_ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool = true) {
+    public func backward(
+        _ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool = true, chunks: BatchChunks? = nil
+    ) {
         precondition(x.rows == dy.rows && dy.cols == outFeatures, "Linear backward shape mismatch")
-        BLAS.gemm(
-            .transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
-            a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
-            beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
-        if let bias {
-            var sums = [Double](repeating: 0, count: outFeatures)
-            sums.withUnsafeMutableBufferPointer {
-                accumulateColumnSums(dy.base, rows: dy.rows, cols: outFeatures, into: $0.baseAddress!)
+        if let chunks, chunks.deterministic {
+            precondition(!accumulating, "deterministic mode writes gradients, it does not accumulate them")
+            chunkedGradients(x, dy, p, chunks)
+        } else {
+            BLAS.gemm(
+                .transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
+                a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
+                beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
+            if let bias {
+                var sums = [Double](repeating: 0, count: outFeatures)
+                sums.withUnsafeMutableBufferPointer {
+                    accumulateColumnSums(dy.base, rows: dy.rows, cols: outFeatures, into: $0.baseAddress!)
+                }
+                let g = p.gradient(bias)
+                for c in 0..<outFeatures { g[c] += Float(sums[c]) }
             }
-            let g = p.gradient(bias)
-            for c in 0..<outFeatures { g[c] += Float(sums[c]) }
         }
         if let dx {
             precondition(dx.rows == x.rows && dx.cols == inFeatures, "Linear backward dx shape mismatch")
+            let w = UnsafePointer(p.value(weight).baseAddress!)
+            for rows in Self.rowCalls(chunks, rows: dy.rows, .none, n: inFeatures, k: outFeatures) {
+                BLAS.gemm(
+                    .none, .none, m: rows.count, n: inFeatures, k: outFeatures,
+                    a: dy.row(rows.lowerBound), lda: outFeatures, b: w, ldb: inFeatures,
+                    beta: 0, c: dx.row(rows.lowerBound), ldc: inFeatures)
+            }
+        }
+    }
+
+    /// Deterministic mode: the weight gradient (and the bias's) as the tree sum of one GEMM per
+    /// chunk; the lowest level fused into the GEMMs (beta 1) where that addition is exact.
+    private func chunkedGradients(_ x: Matrix, _ dy: Matrix, _ p: ParameterStore, _ chunks: BatchChunks) {
+        let ranges = chunks.rowRanges(rows: x.rows)
+        let fused = Set(ranges.map(\.count)).allSatisfy {
+            BLAS.accumulationIsExactSum(.transposed, .none, m: outFeatures, n: inFeatures, k: $0)
+        }
+        chunks.treeSum(leaves: ranges.count, count: weight.count, into: p.gradient(weight).baseAddress!, fusedPairs: fused) {
+            i, out, accumulate in
+            let rows = ranges[i]
             BLAS.gemm(
-                .none, .none, m: dy.rows, n: inFeatures, k: outFeatures,
-                a: dy.base, lda: outFeatures, b: p.value(weight).baseAddress!, ldb: inFeatures,
-                beta: 0, c: dx.base, ldc: inFeatures)
+                .transposed, .none, m: outFeatures, n: inFeatures, k: rows.count,
+                a: dy.row(rows.lowerBound), lda: outFeatures, b: x.row(rows.lowerBound), ldb: inFeatures,
+                beta: accumulate ? 1 : 0, c: out, ldc: inFeatures)
+        }
+        guard let bias else { return }
+        var sums = [Double](repeating: 0, count: outFeatures)
+        chunks.treeSum(leaves: ranges.count, count: outFeatures, into: p.gradient(bias).baseAddress!, fusedPairs: true) {
+            i, out, accumulate in
+            let rows = ranges[i]
+            sums.withUnsafeMutableBufferPointer { s in
+                s.update(repeating: 0)
+                accumulateColumnSums(dy.row(rows.lowerBound), rows: rows.count, cols: outFeatures, into: s.baseAddress!)
+                for c in 0..<outFeatures { out[c] = accumulate ? out[c] + Float(s[c]) : Float(s[c]) }
+            }
         }
     }
 }

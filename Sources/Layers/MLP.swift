@@ -39,6 +39,7 @@ public final class MLP: Network {
     private let gradB: ActivationBuffer
     private var inputRows = 0
     public var observer: StepObserver?
+    public let chunks = BatchChunks()
     /// Timeline names, per layer: the Linear ("0 linear", its state_dict index) and its BN ("1 bn").
     private let spanNames: [(linear: String, norm: String)]
     private var lastInput: Matrix?
@@ -108,6 +109,7 @@ public final class MLP: Network {
                 incomingWeight: linearSpecs[k].0,
                 previousAffine: k > 0 ? (normSpecs[k - 1].0, normSpecs[k - 1].1) : nil, maxBatch: maxBatch)
         }
+        for norm in norms { norm.chunks = chunks }
         spanNames = linearSpecs.enumerated().map { i, spec in
             let index = spec.0.name.dropLast(".weight".count)
             return ("\(index) linear", i < normSpecs.count ? "\(normSpecs[i].0.name.dropLast(".weight".count)) bn" : "")
@@ -141,24 +143,24 @@ public final class MLP: Network {
     public func forward(_ x: Matrix, reducer: StatisticsReducer) throws -> Matrix {
         lastInput = x
         inputRows = x.rows
-        return try run(x) { norm, z, y, relu in
+        return try run(x, chunks: chunks) { norm, z, y, relu in
             try norm.forward(z, y, parameters, buffers: buffers, reducer: reducer, relu: relu)
         }
     }
 
     /// Inference forward with BN running statistics; no communication.
     public func predict(_ x: Matrix) -> Matrix {
-        run(x) { norm, z, y, relu in norm.inference(z, y, parameters, buffers: buffers, relu: relu) }
+        run(x, chunks: nil) { norm, z, y, relu in norm.inference(z, y, parameters, buffers: buffers, relu: relu) }
     }
 
     /// Linear -> BN and ReLU (`normalize`, fused in one pass) per hidden layer, then the head.
-    private func run(_ x: Matrix, normalize: (BatchNorm, Matrix, Matrix, Bool) throws -> Void) rethrows -> Matrix {
+    private func run(_ x: Matrix, chunks: BatchChunks?, normalize: (BatchNorm, Matrix, Matrix, Bool) throws -> Void) rethrows -> Matrix {
         precondition(x.cols == inputFeatures, "input has \(x.cols) features; the network expects \(inputFeatures)")
         var current = x
         for (i, linear) in linears.enumerated() {
             let z = rows(linearOut[i], x.rows)
             observer?.layerBegan()
-            linear.forward(current, z, parameters)
+            linear.forward(current, z, parameters, chunks: chunks)
             observer?.layerEnded(spanNames[i].linear, backward: false)
             current = z
             if i < norms.count {
@@ -215,7 +217,7 @@ public final class MLP: Network {
                 useA.toggle()
             }
             observer?.layerBegan()
-            linears[i].backward(input, upstream, dx, parameters, accumulating: false)
+            linears[i].backward(input, upstream, dx, parameters, accumulating: false, chunks: chunks)
             if i < norms.count { norms[i].applyEpsilonGradient(parameters, radial: radial) }
             observer?.layerEnded(spanNames[i].linear, backward: true)
             // the layout is in forward order: every gradient from this Linear's weight on is final

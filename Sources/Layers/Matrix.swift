@@ -16,6 +16,8 @@ public struct Matrix {
     public var buffer: UnsafeMutableBufferPointer<Float> { .init(start: base, count: count) }
     public var readOnly: UnsafeBufferPointer<Float> { .init(start: base, count: count) }
     public func row(_ r: Int) -> UnsafeMutablePointer<Float> { base + r &* cols }
+    /// The rows `range` as a matrix of their own.
+    public func rows(_ range: Range<Int>) -> Matrix { Matrix(base + range.lowerBound &* cols, rows: range.count, cols: cols) }
 }
 
 /// Activation memory for one layer output, sized for the largest local batch. Owned by the network.

@@ -19,6 +19,9 @@ public protocol Network: AnyObject {
     var architecture: String { get }
     /// Told about every layer of a training forward and backward (nil: nobody watches).
     var observer: StepObserver? { get set }
+    /// The chunks of the next training forward and backward (deterministic mode), shared by every
+    /// layer; one chunk, the whole batch, unless set.
+    var chunks: BatchChunks { get }
 
     /// Deterministic initialization from `seed` (every rank gets the same values).
     func initialize(seed: UInt64)

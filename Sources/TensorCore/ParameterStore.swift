@@ -52,6 +52,11 @@ public final class ParameterStore: @unchecked Sendable {
     /// first. The optimizer's `apply` consumes every entry.
     public var pendingRadial: [RadialGradient] = []
 
+    /// Deterministic mode: gradient terms computed from globally reduced sums, the same on every
+    /// rank (BN gamma and beta, the `.scaled`-epsilon term of the previous BN), added in this order
+    /// by `addPendingTerms()` after the gradient allreduce, to which the ranks contributed zeros.
+    public var pendingTerms: [(tensor: TensorSpec, values: [Float])] = []
+
     public init(layout: ParameterLayout) {
         self.layout = layout
         values = FlatBuffer(count: layout.count)
@@ -60,6 +65,15 @@ public final class ParameterStore: @unchecked Sendable {
 
     public func value(_ spec: TensorSpec) -> UnsafeMutableBufferPointer<Float> { values.slice(spec.range) }
     public func gradient(_ spec: TensorSpec) -> UnsafeMutableBufferPointer<Float> { gradients.slice(spec.range) }
+
+    /// Adds every pending term into `gradients`, in order, and forgets them.
+    public func addPendingTerms() {
+        for term in pendingTerms {
+            let g = gradient(term.tensor)
+            for i in 0..<g.count { g[i] = g[i] + term.values[i] }
+        }
+        pendingTerms.removeAll()
+    }
 
     /// Adds every pending radial term into `gradients` and forgets them.
     public func materializePendingRadial() {

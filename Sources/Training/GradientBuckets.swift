@@ -84,11 +84,17 @@ final class OverlappedGradientReduction {
     /// Between `begin` and `finish`: a backward outside a training step (a probe) reduces nothing.
     private var active = false
 
-    init(_ buckets: GradientBuckets, gradients: FlatBuffer, communicator: Communicator, overlap: Bool) {
+    /// Deterministic mode: each bucket is summed in the fixed tree over ranks
+    /// (`Communicator.orderedSum`), after backward.
+    let ordered: Bool
+
+    init(_ buckets: GradientBuckets, gradients: FlatBuffer, communicator: Communicator, overlap: Bool, ordered: Bool = false) {
+        precondition(!(overlap && ordered), "the ordered reduction runs after backward")
         self.buckets = buckets
         self.gradients = gradients
         self.communicator = communicator
         self.overlap = overlap && communicator.size > 1
+        self.ordered = ordered
     }
 
     /// Before backward.
@@ -132,7 +138,11 @@ final class OverlappedGradientReduction {
         if !overlap {
             for range in buckets.ranges {
                 let t0 = Stopwatch.now()
-                try communicator.allreduce(gradients.slice(range), .sum)
+                if ordered {
+                    try communicator.orderedSum(gradients.slice(range))
+                } else {
+                    try communicator.allreduce(gradients.slice(range), .sum)
+                }
                 spans.append((t0, Stopwatch.now(), range.count * MemoryLayout<Float>.stride))
                 check(range)
             }

@@ -48,6 +48,12 @@ indirect enum JSONValue {
         }
     }
 
+    /// An object with one more field (other values are returned unchanged).
+    func adding(_ key: String, _ value: JSONValue) -> JSONValue {
+        guard case let .object(fields) = self else { return self }
+        return .object(fields + [(key, value)])
+    }
+
     static func quote(_ s: String) -> String {
         var out = "\""
         for scalar in s.unicodeScalars {

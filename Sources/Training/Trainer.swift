@@ -42,6 +42,8 @@ public final class Trainer {
     private let dlogits: FlatBuffer
     var labels: [Int32]
     private let metrics: MetricsLog?
+    /// `--deterministic`: the chunks of each batch (nil otherwise).
+    let plan: ChunkPlan?
 
     /// Loads the data and builds the network and optimizer. No communication.
     /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
@@ -75,6 +77,7 @@ public final class Trainer {
         }
         // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
         // (64 images for conv nets, whose activations are larger)
+        plan = configuration.deterministic ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank) : nil
         let rows = Swift.max((configuration.globalBatch + p - 1) / p, configuration.model == .mlp ? 256 : 64)
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         if configuration.augmentation != .none && train.image == nil {
@@ -96,7 +99,7 @@ public final class Trainer {
         timeline = configuration.timelinePath.map { _ in Timeline(window: configuration.timelineWindow) }
         statistics = TimedStatistics(LocalStatistics(), timeline: timeline)
         reduction = OverlappedGradientReduction(
-            GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes), gradients: model.parameters.gradients, communicator: communicator, overlap: configuration.overlap == .on)
+            GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes), gradients: model.parameters.gradients, communicator: communicator, overlap: configuration.overlap == .on && !configuration.deterministic, ordered: configuration.deterministic)
         model.observer = StepObserverAdapter(timeline: timeline, reduction: reduction)
         input = FlatBuffer(count: rows * train.dimension)
         dlogits = FlatBuffer(count: rows * train.classes)
@@ -140,7 +143,7 @@ public final class Trainer {
             badSteps = 0
             window.add(result)
             if logging {
-                let global = try window.reduce(over: communicator)
+                let global = try window.reduce(over: communicator, ordered: plan != nil)
                 let timing = try timingRecord(window, sums: global.timing)
                 window = Window()
                 guard global.loss.isFinite else { throw TrainingError.nonFinite(step: t, what: "the training loss") }
@@ -170,7 +173,10 @@ public final class Trainer {
         let summary = RunSummary(
             steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
             testAccuracy: test.accuracy, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
-        metrics?.write(summary.json)
+        metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
+        if plan != nil {
+            console.root("deterministic (\(configuration.chunks) chunks): parameters and BN buffers fingerprint \(parameterFingerprint) (FNV-1a)")
+        }
         console.root(
             String(
                 cFormat:
@@ -192,19 +198,16 @@ public final class Trainer {
             return gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch)
         }
         injectFaults(t, x)
+        // deterministic mode: this rank's chunks of the batch, for every sum over samples
+        if let plan { model.chunks.set(chunks: plan.localChunks(of: configuration.globalBatch)) }
+        defer { model.chunks.clear() }
         buffersBeforeStep.all.update(fromContentsOf: model.buffers.all)
         // 2. forward; each BN sums (count, sum, sum of squares) over ranks when synchronized
         watchdog?.progress(step: t + 1, "the forward pass (synchronized BN: MPI_Allreduce of the batch statistics)")
         let logits = try model.forward(x, reducer: statistics)
         // 3. loss of this rank's samples, gradient divided by the *global* batch size
         let dz = Matrix(dlogits.pointer, rows: x.rows, cols: model.classes)
-        let sums = measured("loss", "forward") {
-            labels.withUnsafeBufferPointer {
-                SoftmaxCrossEntropy.forwardBackward(
-                    logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
-                    normalizer: Double(configuration.globalBatch), dlogits: dz)
-            }
-        }
+        let sums = measured("loss", "forward") { lossAndGradient(logits, dlogits: dz) }
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when
         //    synchronized; each gradient bucket starts its allreduce as soon as backward has filled it
         watchdog?.progress(step: t + 1, "the backward pass (synchronized BN: MPI_Allreduce of the gradient sums)")
@@ -219,11 +222,14 @@ public final class Trainer {
             timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
         }
         if !sharedStatistics { try sumRadialCoefficients() }
+        // deterministic mode: BN gamma and beta gradients from the global sums, the same on every rank
+        let pendingFinite = model.parameters.pendingTerms.allSatisfy { $0.values.allSatisfy(\.isFinite) }
+        model.parameters.addPendingTerms()
         // 5b. the NaN/Inf guard: the summed gradient is the same on every rank, so every rank
         //     decides alike without communicating (each bucket was checked as it was reduced); a
         //     skipped step also undoes its BN statistics
         let finite =
-            reduction.gradientsFinite
+            reduction.gradientsFinite && pendingFinite
             && model.parameters.pendingRadial.allSatisfy { $0.coefficients.withUnsafeBufferPointer(allFinite) }
         var result = StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: [], skipped: !finite)
         if finite {
@@ -248,9 +254,10 @@ public final class Trainer {
         guard !communicationPrepared else { return }
         communicationPrepared = true
         if configuration.batchNormSync == .sync && communicator.size > 1 {
-            statistics.inner = SynchronizedStatistics(communicator: try communicator.duplicate())
+            let own = try communicator.duplicate()
+            statistics.inner = plan == nil ? SynchronizedStatistics(communicator: own) : OrderedStatistics(communicator: own)
         }
-        if configuration.overlap == .auto && communicator.size > 1 {
+        if configuration.overlap == .auto && communicator.size > 1 && plan == nil {
             reduction.overlap = try communicator.ranksOnThisNode() < communicator.size
         }
     }
@@ -280,6 +287,7 @@ public final class Trainer {
     /// Collective: loss and accuracy on `data` with BN running statistics; each rank takes a
     /// contiguous share (a rank may have none), and the sums are added exactly.
     public func evaluate(_ data: Dataset) throws -> (loss: Double, accuracy: Double) {
+        if let plan { return try evaluateDeterministic(data, plan: plan) }
         let share = ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
         var totals = [0.0, 0.0, 0.0]  // loss sum, correct, count
         var start = share.lowerBound
@@ -389,6 +397,8 @@ public final class Trainer {
         defer { for norm in model.batchNorms { norm.averagedBatches = nil } }
         for t in totalSteps..<(totalSteps + batches) {
             let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
+            if let plan { model.chunks.set(chunks: plan.localChunks(of: configuration.globalBatch)) }
+            defer { model.chunks.clear() }
             _ = try model.forward(gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch), reducer: statistics)
         }
         console.root("BN running statistics recomputed for the final weights over \(batches) global batches (--bn-recalibrate)")
@@ -492,6 +502,8 @@ public struct RunSummary: Sendable {
 /// Local sums between two logging steps; reduced over ranks only when logged.
 private struct Window {
     var loss = 0.0, correct = 0.0, count = 0.0
+    /// Each step's loss sum on this rank, for the deterministic total.
+    var stepLosses: [Double] = []
     /// This rank's time, summed over the window's steps.
     var timing = StepTiming()
     var steps = 0
@@ -499,13 +511,21 @@ private struct Window {
         timing = timing + r.timing
         steps += 1
         loss += r.lossSum
+        stepLosses.append(r.lossSum)
         correct += Double(r.correct)
         count += Double(r.count)
     }
     /// Collective: the global mean loss and accuracy over the window, and the time sums over ranks.
-    func reduce(over communicator: Communicator) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
+    /// `ordered`: each step's loss is finished in the chunk tree (rank order), then the steps are
+    /// added in order, so the logged loss does not depend on the rank count.
+    func reduce(over communicator: Communicator, ordered: Bool) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
         var sums = [loss, correct, count] + timing.values
         try communicator.allreduce(&sums, .sum)
+        if ordered {
+            var steps = stepLosses
+            try communicator.orderedSum(&steps)
+            sums[0] = steps.reduce(0, +)
+        }
         return (sums[0] / sums[2], sums[1] / sums[2], StepTiming(values: sums.dropFirst(3)))
     }
 }

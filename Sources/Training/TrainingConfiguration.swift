@@ -48,6 +48,12 @@ public struct TrainingConfiguration: Sendable {
     public var bucketBytes = 4 << 20
     /// Start each bucket's allreduce while backward goes on (`--overlap`).
     public var overlap: OverlapMode = .auto
+    /// `--deterministic`: bitwise-identical results for any rank count that divides `chunks`.
+    public var deterministic = false
+    /// `--chunks`: the fixed chunks of each global batch in deterministic mode (a power of two).
+    public var chunks = TrainingConfiguration.defaultChunks
+    /// Every rank count up to 8 (1, 2, 4, 8) divides it.
+    public static let defaultChunks = 8
     /// `--timeline`: a Chrome trace of the steps in `timelineWindow` (1-based).
     public var timelinePath: String? = nil
     public var timelineWindow = 2...11

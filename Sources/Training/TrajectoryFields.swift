@@ -16,6 +16,7 @@ extension TrainingConfiguration {
             ("--momentum", "\(invariant.momentum),\(variant.momentum)"),
             ("--weight-decay-si", "\(invariant.weightDecay)"), ("--weight-decay-sv", "\(variant.weightDecay)"),
             ("--init-scale-si", "\(initScaleSI)"), ("--seed", "\(seed)"),
+            ("--deterministic", deterministic ? "\(chunks) chunks" : "off"),
             // logged steps update through the monitored path, whose rounding differs
             ("--log-every", "\(logEvery)"),
         ]

@@ -68,14 +68,33 @@ struct CommunicationOptions: ParsableArguments {
     var bucketMB = 4.0
     @Option(help: "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes).")
     var overlap: OverlapMode = .auto
+    @Flag(
+        help: "Bitwise-identical training on any number of ranks that divides --chunks (same binary, BLAS and CPU): every sum over samples is taken per chunk of the global batch and added in a fixed tree.")
+    var deterministic = false
+    @Option(help: "--deterministic: chunks per global batch, a power of two; the rank count must divide it. Results depend on it, not on the rank count.")
+    var chunks = TrainingConfiguration.defaultChunks
 
     func validate() throws {
         try require(bucketMB >= 0.0625 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB from 0.0625 (64 KiB) to 2048")
+        try require(chunks >= 1 && chunks <= 1 << 20 && chunks & (chunks - 1) == 0, "--chunks", chunks, "a power of two from 1 to 1048576")
+    }
+
+    /// The combinations deterministic mode cannot make rank-count independent.
+    func validate(with network: NetworkOptions) throws {
+        guard deterministic else { return }
+        if network.bn == .local {
+            throw ValidationError("--bn local is not accepted with --deterministic: per-rank BN statistics depend on the rank count by definition; use --bn sync.")
+        }
+        if network.globalBatch < chunks {
+            throw ValidationError("--global-batch \(network.globalBatch) is not accepted with --deterministic --chunks \(chunks): the global batch needs at least one sample per chunk; lower --chunks or raise --global-batch.")
+        }
     }
 
     func apply(to c: inout TrainingConfiguration) {
         c.bucketBytes = Int(bucketMB * 1024 * 1024)
         c.overlap = overlap
+        c.deterministic = deterministic
+        c.chunks = chunks
     }
 }
 

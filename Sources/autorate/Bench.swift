@@ -41,6 +41,7 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         _ = try parseWidths(widths)
+        try communication.validate(with: network)
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
         switch (scaling, batchPerRank) {

@@ -79,6 +79,7 @@ struct Train: ParsableCommand {
 
     func validate() throws {
         _ = try parseData(data)
+        try communication.validate(with: network)
         if let widths { _ = try parseWidths(widths) }
         try require(bnRecalibrate >= 0 && bnRecalibrate <= 100_000, "--bn-recalibrate", bnRecalibrate, "0 to 100000 global batches")
         try require(initScaleSI > 0 && initScaleSI.isFinite, "--init-scale-si", initScaleSI, "a finite factor > 0")

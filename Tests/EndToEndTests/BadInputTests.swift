@@ -82,6 +82,9 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["--overlap", "maybe"], mentions: ["--overlap", "maybe", "auto", "on", "off"])
         try expectFailure(["--timeline-steps", "5-2"], mentions: ["--timeline-steps 5-2", "FIRST-LAST"])
         try expectFailure(["--timeline", "/nonexistent-dir/t.json"], mentions: ["--timeline /nonexistent-dir/t.json", "rank 0"])
+        try expectFailure(["--deterministic", "--chunks", "6"], mentions: ["--chunks 6", "power of two"])
+        try expectFailure(["--deterministic", "--bn", "local"], mentions: ["--bn local", "--deterministic", "--bn sync"])
+        try expectFailure(["--deterministic", "--global-batch", "4"], mentions: ["--global-batch 4", "--chunks 8"])
     }
 
     func testBenchScalingFlags() throws {

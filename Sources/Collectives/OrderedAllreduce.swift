@@ -1,0 +1,59 @@
+/// A sum whose bits do not depend on how MPI schedules it: the ranks' buffers are added in one
+/// fixed binary tree over rank order, `((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))`, and every
+/// rank gets the same result. When each rank holds the sum of an aligned subtree of a larger tree
+/// (deterministic training: rank r sums chunks `[r*K/P, (r+1)*K/P)`), the result is that larger
+/// tree's sum whatever P is. MPI_Allreduce promises no order: its algorithm, and so the rounding,
+/// changes with the rank count, the message size and the tuning.
+///
+/// Rabenseifner's shape, with the distance growing so that pairs follow the tree: a
+/// reduce-scatter by recursive halving (step s pairs rank r with r ^ 2^s; each keeps one half of
+/// its segment and adds the partner's copy of that half: IEEE addition is commutative, so both
+/// partners of a pair compute the same bits), then an allgather by recursive doubling back. Each
+/// rank sends and receives 2 (P-1)/P of the buffer, as a ring allreduce does.
+extension Communicator {
+    /// Collective: replaces `buffer` on every rank by the tree sum over ranks. The rank count must
+    /// be a power of two.
+    public func orderedSum<T: Reducible & BinaryFloatingPoint>(_ buffer: UnsafeMutableBufferPointer<T>) throws {
+        guard size > 1 else { return }
+        guard size & (size - 1) == 0 else {
+            throw MPIError(
+                function: "orderedSum", code: 0,
+                message: "the ordered (deterministic) sum needs a power-of-two rank count, not \(size)", rank: rank)
+        }
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        let stride = MemoryLayout<T>.stride
+        let incoming = UnsafeMutablePointer<T>.allocate(capacity: (buffer.count + 1) / 2)
+        defer { incoming.deallocate() }
+        var segment = 0..<buffer.count
+        var segments: [Range<Int>] = []  // the segment held before each step, to retrace them
+        var distance = 1
+        while distance < size {
+            let partner = rank ^ distance, mid = segment.lowerBound + segment.count / 2
+            let lower = segment.lowerBound..<mid, upper = mid..<segment.upperBound
+            let (keep, give) = rank & distance == 0 ? (lower, upper) : (upper, lower)
+            try sendReceive(
+                UnsafeRawBufferPointer(start: base + give.lowerBound, count: give.count * stride), to: partner,
+                into: UnsafeMutableRawBufferPointer(start: incoming, count: keep.count * stride), from: partner)
+            let mine = base + keep.lowerBound
+            for i in 0..<keep.count { mine[i] = mine[i] + incoming[i] }
+            segments.append(segment)
+            segment = keep
+            distance <<= 1
+        }
+        // allgather: undo the halvings, last first; the partner holds the other half
+        while let whole = segments.popLast() {
+            distance >>= 1
+            let partner = rank ^ distance
+            let other = rank & distance == 0 ? segment.upperBound..<whole.upperBound : whole.lowerBound..<segment.lowerBound
+            try sendReceive(
+                UnsafeRawBufferPointer(start: base + segment.lowerBound, count: segment.count * stride), to: partner,
+                into: UnsafeMutableRawBufferPointer(start: base + other.lowerBound, count: other.count * stride), from: partner)
+            segment = whole
+        }
+    }
+
+    /// Collective: `orderedSum` of an array.
+    public func orderedSum(_ array: inout [Double]) throws {
+        try array.withUnsafeMutableBufferPointer { try orderedSum($0) }
+    }
+}

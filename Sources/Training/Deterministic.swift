@@ -1,0 +1,115 @@
+import Collectives
+import Data
+import Layers
+import TensorCore
+
+/// Deterministic mode's split of a batch: K fixed chunks (`--chunks`), chunk c holding positions
+/// `[c*n/K, (c+1)*n/K)` of a batch of n samples whatever the rank count, and rank r of P owning the
+/// aligned run of chunks `[r*K/P, (r+1)*K/P)`. Those are exactly the positions `ShardSampler.share`
+/// gives rank r (floor(r*(K/P)*n/K) = floor(r*n/P)), so the data each rank reads does not change.
+struct ChunkPlan: Sendable {
+    let chunks: Int
+    let ranks: Int
+    let rank: Int
+
+    /// - Throws: `TrainingError.configuration` when the rank count does not divide the chunk count.
+    init(chunks: Int, ranks: Int, rank: Int) throws {
+        guard chunks % ranks == 0 else {
+            throw TrainingError.configuration(
+                "--deterministic --chunks \(chunks) cannot be split over \(ranks) ranks: the rank count must divide the chunk count (each rank takes the same number of chunks, so it must be a power of two); run on 1, 2, 4, ... \(chunks) ranks, or pass a --chunks that \(ranks) divides (results depend on --chunks, not on the rank count)"
+            )
+        }
+        self.chunks = chunks
+        self.ranks = ranks
+        self.rank = rank
+    }
+
+    /// The global positions of chunk `c` in a batch of `n`.
+    func chunk(_ c: Int, of n: Int) -> Range<Int> { (c * n / chunks)..<((c + 1) * n / chunks) }
+
+    /// This rank's positions in a batch of `n`.
+    func share(of n: Int) -> Range<Int> {
+        let per = chunks / ranks
+        return chunk(rank * per, of: n).lowerBound..<chunk((rank + 1) * per - 1, of: n).upperBound
+    }
+
+    /// This rank's chunks in a batch of `n`, as ranges of its own share (from 0).
+    func localChunks(of n: Int) -> [Range<Int>] {
+        let per = chunks / ranks, base = share(of: n).lowerBound
+        return (rank * per..<(rank + 1) * per).map { c in
+            let r = chunk(c, of: n)
+            return (r.lowerBound - base)..<(r.upperBound - base)
+        }
+    }
+}
+
+/// Synchronized BN in deterministic mode: each rank holds the tree sum of its chunks' statistics,
+/// and the ranks finish the tree in rank order.
+struct OrderedStatistics: StatisticsReducer {
+    let communicator: Communicator
+    func sumAcrossRanks(_ values: UnsafeMutableBufferPointer<Double>) throws {
+        try communicator.orderedSum(values)
+    }
+}
+
+extension Trainer {
+    /// The loss and correct count of this rank's samples, writing `dlogits`; in deterministic mode
+    /// the loss is the tree sum over this rank's chunks (a subtree, finished across ranks later).
+    func lossAndGradient(_ logits: Matrix, dlogits: Matrix) -> SoftmaxCrossEntropy.Sums {
+        let ranges = model.chunks.rowRanges(rows: logits.rows)
+        var leaves = BatchChunks.DoubleLeaves(ranges: ranges, width: 1)
+        var correct = 0
+        labels.withUnsafeBufferPointer { labels in
+            for (i, rows) in ranges.enumerated() {
+                let sums = SoftmaxCrossEntropy.forwardBackward(
+                    logits: logits.rows(rows), labels: UnsafeBufferPointer(rebasing: labels[rows]),
+                    normalizer: Double(configuration.globalBatch), dlogits: dlogits.rows(rows))
+                leaves.withLeaf(i) { $0[0] = sums.loss }
+                correct += sums.correct
+            }
+        }
+        var total = SoftmaxCrossEntropy.Sums()
+        total.loss = leaves.combined()[0]
+        total.correct = correct
+        return total
+    }
+
+    /// Collective, deterministic mode: the loss and accuracy on `data`, the same bits for any rank
+    /// count. The samples are split into the plan's chunks; each chunk is evaluated in pieces of at
+    /// most `maxBatch` counted from its start, so no forward's shape depends on the rank count, and
+    /// the chunk loss sums are added in the tree.
+    func evaluateDeterministic(_ data: Dataset, plan: ChunkPlan) throws -> (loss: Double, accuracy: Double) {
+        let share = plan.share(of: data.count)
+        let ranges = plan.localChunks(of: data.count)
+        var leaves = BatchChunks.DoubleLeaves(ranges: ranges, width: 1)
+        var correct = 0
+        for (i, chunk) in ranges.enumerated() {
+            var start = chunk.lowerBound, loss = 0.0
+            while start < chunk.upperBound {
+                let end = Swift.min(start + model.maxBatch, chunk.upperBound)
+                let first = share.lowerBound + start, last = share.lowerBound + end
+                let indices: [Int32] = (first..<last).map { Int32($0) }
+                let x = gather(data, indices[...])
+                let sums = labels.withUnsafeBufferPointer {
+                    SoftmaxCrossEntropy.forwardBackward(
+                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1, dlogits: nil)
+                }
+                loss += sums.loss
+                correct += sums.correct
+                start = end
+            }
+            leaves.withLeaf(i) { $0[0] = loss }
+        }
+        var loss = leaves.combined()
+        try communicator.orderedSum(&loss)
+        let right = try communicator.allreduce(correct, .sum)
+        return (loss[0] / Double(data.count), Double(right) / Double(data.count))
+    }
+
+    /// FNV-1a of the parameters and BN buffers: equal on every rank, and, in deterministic mode,
+    /// for every rank count.
+    var parameterFingerprint: String {
+        let hash = ReplicaCheck.fingerprint([model.parameters.values, model.buffers])
+        return "0x" + String(hash, radix: 16, uppercase: false)
+    }
+}
