@@ -22,6 +22,7 @@ extension Communicator {
         }
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         let stride = MemoryLayout<T>.stride
+        if buffer.count * stride <= Self.orderedSumLatencyBytes { return try orderedSumByDoubling(buffer) }
         let incoming = UnsafeMutablePointer<T>.allocate(capacity: (buffer.count + 1) / 2)
         defer { incoming.deallocate() }
         var segment = 0..<buffer.count
@@ -34,8 +35,7 @@ extension Communicator {
             try sendReceive(
                 UnsafeRawBufferPointer(start: base + give.lowerBound, count: give.count * stride), to: partner,
                 into: UnsafeMutableRawBufferPointer(start: incoming, count: keep.count * stride), from: partner)
-            let mine = base + keep.lowerBound
-            for i in 0..<keep.count { mine[i] = mine[i] + incoming[i] }
+            addElementwise(base + keep.lowerBound, incoming, count: keep.count)
             segments.append(segment)
             segment = keep
             distance <<= 1
@@ -52,8 +52,48 @@ extension Communicator {
         }
     }
 
+    /// Below this size (BN statistics) the sum is latency-bound: recursive doubling, log2 P
+    /// exchanges of the whole buffer, instead of 2 log2 P exchanges of halves.
+    static var orderedSumLatencyBytes: Int { 64 << 10 }
+
+    /// `orderedSum` by recursive doubling: after step s a rank holds the sum over its aligned block
+    /// of 2^(s+1) ranks, its block's half plus the partner's (the same tree).
+    private func orderedSumByDoubling<T: Reducible & BinaryFloatingPoint>(_ buffer: UnsafeMutableBufferPointer<T>) throws {
+        let base = buffer.baseAddress!, bytes = buffer.count * MemoryLayout<T>.stride
+        let incoming = UnsafeMutablePointer<T>.allocate(capacity: buffer.count)
+        defer { incoming.deallocate() }
+        var distance = 1
+        while distance < size {
+            try sendReceive(
+                UnsafeRawBufferPointer(start: base, count: bytes), to: rank ^ distance,
+                into: UnsafeMutableRawBufferPointer(start: incoming, count: bytes), from: rank ^ distance)
+            addElementwise(base, incoming, count: buffer.count)
+            distance <<= 1
+        }
+    }
+
     /// Collective: `orderedSum` of an array.
     public func orderedSum(_ array: inout [Double]) throws {
         try array.withUnsafeMutableBufferPointer { try orderedSum($0) }
     }
+}
+
+/// `dst[i] = dst[i] + src[i]`, through concrete Float and Double loops: a generic loop called
+/// across modules is not specialized, and pays a witness-table call per element.
+private func addElementwise<T: BinaryFloatingPoint>(_ dst: UnsafeMutablePointer<T>, _ src: UnsafePointer<T>, count: Int) {
+    if T.self == Float.self {
+        addFloats(UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self), UnsafeRawPointer(src).assumingMemoryBound(to: Float.self), count)
+    } else if T.self == Double.self {
+        addDoubles(UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Double.self), UnsafeRawPointer(src).assumingMemoryBound(to: Double.self), count)
+    } else {
+        for i in 0..<count { dst[i] = dst[i] + src[i] }
+    }
+}
+
+private func addFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int) {
+    for i in 0..<count { dst[i] = dst[i] + src[i] }
+}
+
+private func addDoubles(_ dst: UnsafeMutablePointer<Double>, _ src: UnsafePointer<Double>, _ count: Int) {
+    for i in 0..<count { dst[i] = dst[i] + src[i] }
 }

@@ -67,6 +67,34 @@ do {
     let onNode = try comm.ranksOnThisNode()
     if onNode < 1 || onNode > p { fail("\(onNode) ranks on this node of \(p)", comm) }
 
+    // the ordered sum: the same bits on every rank, equal to the tree ((r0 + r1) + (r2 + r3)) ...
+    // computed here from every rank's input, for sizes from 0 to past the latency threshold (both
+    // algorithms); values span 13 decades, so another order would change bits
+    func value(_ rank: Int, _ i: Int) -> Double {
+        sin(Double(i &* 7 &+ rank &* 131) + 0.5) * pow(10, Double(i % 13) - 6)
+    }
+    func tree<T: BinaryFloatingPoint>(_ ranks: Range<Int>, _ i: Int, _ type: T.Type) -> T {
+        ranks.count == 1 ? T(value(ranks.lowerBound, i)) : tree(ranks.lowerBound..<ranks.lowerBound + ranks.count / 2, i, type) + tree(ranks.lowerBound + ranks.count / 2..<ranks.upperBound, i, type)
+    }
+    func checkOrdered<T: Reducible & BinaryFloatingPoint>(_ type: T.Type) throws {
+        for n in [0, 1, 3, max(p - 1, 1), 1000, 4097, 20_000] {
+            var x = (0..<n).map { T(value(r, $0)) }
+            try x.withUnsafeMutableBufferPointer { try comm.orderedSum($0) }
+            for i in 0..<n where x[i] != tree(0..<p, i, T.self) || x[i].sign != tree(0..<p, i, T.self).sign {
+                fail("orderedSum of \(n) x \(T.self): element \(i) is \(x[i]), the tree gives \(tree(0..<p, i, T.self))", comm)
+            }
+        }
+    }
+    try checkOrdered(Float.self)
+    try checkOrdered(Double.self)
+    if p == 4 {
+        // the check can fail: adding left to right gives other bits for some element
+        let differs = (0..<20_000).contains { i in
+            Float(value(0, i)) + Float(value(1, i)) + Float(value(2, i)) + Float(value(3, i)) != tree(0..<4, i, Float.self)
+        }
+        if !differs { fail("left-to-right and tree order agree everywhere: the ordered-sum check could not fail", comm) }
+    }
+
     // an invalid call (a root that is not a rank) becomes a thrown MPIError naming the MPI
     // function, MPI's own text and the rank; the job goes on
     do {

@@ -31,6 +31,11 @@ public struct Linear: Sendable {
         if let bias { addRowVector(UnsafeBufferPointer(p.value(bias)), to: y.base, rows: y.rows) }
     }
 
+    /// Rows of the weight gradient per tile in deterministic mode: about 512 KiB of partials
+    /// (measured on 1024-wide layers, chunks of 32 samples: 1.3x the time of one unchunked GEMM,
+    /// against 1.5x untiled), a multiple of 16 (the GEMM kernel's M unroll).
+    var gradientTileRows: Int { Swift.max(16, (512 << 10) / (4 * inFeatures) / 16 * 16) }
+
     /// The row ranges of the GEMMs computing rows of `[rows, n] = [rows, k] op(B)`: the whole batch,
     /// unless deterministic mode finds (`BLAS.rowsIndependentOfSplit`) that a row's bits depend on
     /// the split; then one per chunk, whose sizes do not depend on the number of ranks.
@@ -76,19 +81,27 @@ public struct Linear: Sendable {
     }
 
     /// Deterministic mode: the weight gradient (and the bias's) as the tree sum of one GEMM per
-    /// chunk; the lowest level fused into the GEMMs (beta 1) where that addition is exact.
+    /// chunk; the lowest level fused into the GEMMs (beta 1) where that addition is exact. Tiles of
+    /// output rows (`gradientTileRows`) keep a tile's partials in cache while the tree adds them;
+    /// the tiling is the same on every rank count, so it changes no bits between them.
     private func chunkedGradients(_ x: Matrix, _ dy: Matrix, _ p: ParameterStore, _ chunks: BatchChunks) {
         let ranges = chunks.rowRanges(rows: x.rows)
-        let fused = Set(ranges.map(\.count)).allSatisfy {
-            BLAS.accumulationIsExactSum(.transposed, .none, m: outFeatures, n: inFeatures, k: $0)
-        }
-        chunks.treeSum(leaves: ranges.count, count: weight.count, into: p.gradient(weight).baseAddress!, fusedPairs: fused) {
-            i, out, accumulate in
-            let rows = ranges[i]
-            BLAS.gemm(
-                .transposed, .none, m: outFeatures, n: inFeatures, k: rows.count,
-                a: dy.row(rows.lowerBound), lda: outFeatures, b: x.row(rows.lowerBound), ldb: inFeatures,
-                beta: accumulate ? 1 : 0, c: out, ldc: inFeatures)
+        let dw = p.gradient(weight).baseAddress!
+        var first = 0
+        while first < outFeatures {
+            let tile = Swift.min(gradientTileRows, outFeatures - first)
+            let fused = Set(ranges.map(\.count)).allSatisfy {
+                BLAS.accumulationIsExactSum(.transposed, .none, m: tile, n: inFeatures, k: $0)
+            }
+            chunks.treeSum(leaves: ranges.count, count: tile * inFeatures, into: dw + first * inFeatures, fusedPairs: fused) {
+                i, out, accumulate in
+                let rows = ranges[i]
+                BLAS.gemm(
+                    .transposed, .none, m: tile, n: inFeatures, k: rows.count,
+                    a: dy.row(rows.lowerBound) + first, lda: outFeatures, b: x.row(rows.lowerBound), ldb: inFeatures,
+                    beta: accumulate ? 1 : 0, c: out, ldc: inFeatures)
+            }
+            first += tile
         }
         guard let bias else { return }
         var sums = [Double](repeating: 0, count: outFeatures)

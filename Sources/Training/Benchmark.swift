@@ -33,6 +33,8 @@ public struct BenchmarkResult: Sendable {
     public let bucketAllreduce: [(bytes: Int, seconds: Double)]
     /// With `compareLocalBN`: the median step of a `--bn local` twin run interleaved with this one.
     public let localStepSecondsMedian: Double?
+    /// With `compareDeterministic`: the median step of a `--deterministic` twin run interleaved with this one.
+    public let deterministicStepSecondsMedian: Double?
     /// The one-rank baseline measured in the same run (rank 0 alone while the others wait,
     /// interleaved): the median step of one process on the whole global batch (strong scaling) or
     /// on one rank's batch (weak).
@@ -126,6 +128,8 @@ public enum Benchmark {
         public var threads = 1
         /// Also time a `--bn local` twin, interleaved.
         public var compareLocalBN = false
+        /// Also time a `--deterministic` twin, interleaved.
+        public var compareDeterministic = false
         /// Also time a one-rank baseline on rank 0 while the others wait, interleaved (skipped at one
         /// rank: the run is its own baseline).
         public var oneRankBaseline = true
@@ -166,6 +170,14 @@ public enum Benchmark {
             l.batchNormSync = .local
             localTwin = try Trainer(l, splits: splits, communicator: communicator, console: console)
             twins.append(localTwin!)
+        }
+        var deterministicTwin: Trainer? = nil
+        if options.compareDeterministic {
+            var d = c
+            d.deterministic = true
+            d.overlap = .off
+            deterministicTwin = try Trainer(d, splits: splits, communicator: communicator, console: console)
+            twins.append(deterministicTwin!)
         }
         if options.oneRankBaseline && communicator.size > 1 {
             var one = c
@@ -256,6 +268,7 @@ public enum Benchmark {
             gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
             bucketAllreduce: bucketTimes.keys.sorted().map { ($0, median(bucketTimes[$0]!)) },
             localStepSecondsMedian: localTwin.map { _ in median(twinTimes[0]) },
+            deterministicStepSecondsMedian: deterministicTwin.map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) },
             baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
             timing: mean, buckets: trainer.buckets.ranges.count, bucketBytes: c.bucketBytes,
             overlap: trainer.reduction.overlap)

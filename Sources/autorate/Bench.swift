@@ -34,6 +34,8 @@ struct Bench: ParsableCommand {
     var noBaseline = false
     @Flag(name: .customLong("compare-local-bn"), help: "Also time a --bn local twin, interleaved in the same process.")
     var compareLocalBN = false
+    @Flag(name: .customLong("compare-deterministic"), help: "Also time a --deterministic twin, interleaved in the same process.")
+    var compareDeterministic = false
     @Option(help: "Append the result as one JSON line to this file (rank 0).")
     var json: String?
     @Option(help: "Append the result as a CSV row to this file, with a header when the file is new (rank 0).")
@@ -60,6 +62,7 @@ struct Bench: ParsableCommand {
         var options = Benchmark.Options()
         (options.steps, options.warmup, options.threads) = (steps, warmup, network.threads)
         (options.compareLocalBN, options.oneRankBaseline, options.scaling) = (compareLocalBN, !noBaseline, scaling)
+        options.compareDeterministic = compareDeterministic
         try withMPI(threads: network.threads) { communicator, console in
             let result = try Benchmark.run(
                 c, widths: try parseWidths(widths), options: options, communicator: communicator, console: console)
@@ -109,6 +112,12 @@ struct Bench: ParsableCommand {
                 String(
                     cFormat: "bench: interleaved --bn local twin: step median %.2f ms; synchronized BN costs %.3fx",
                     local * 1e3, r.stepSecondsMedian / local))
+        }
+        if let deterministic = r.deterministicStepSecondsMedian {
+            lines.append(
+                String(
+                    cFormat: "bench: interleaved --deterministic twin (--chunks %d): step median %.2f ms; deterministic mode costs %.3fx",
+                    communication.chunks, deterministic * 1e3, deterministic / r.stepSecondsMedian))
         }
         return lines.joined(separator: "\n")
     }

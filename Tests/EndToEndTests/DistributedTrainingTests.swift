@@ -47,8 +47,8 @@ final class DistributedTrainingTests: XCTestCase {
         zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .infinity
     }
 
-    func testCollectivesOnOneTwoAndFourRanks() throws {
-        for np in [1, 2, 4] {
+    func testCollectivesOnOneTwoFourAndEightRanks() throws {
+        for np in [1, 2, 4, 8] {
             let result = try Launcher.mpirun(np, "collectives-check", [])
             XCTAssertEqual(result.status, 0, result.output)
             XCTAssertTrue(result.output.contains("collectives-check: ok on \(np) ranks"), result.output)
