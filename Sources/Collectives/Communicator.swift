@@ -37,9 +37,11 @@ public protocol Communicator: AnyObject {
     func gather(_ input: [UInt8], root: Int) throws -> [[UInt8]]
 
     /// Point to point: sends `send` to `destination` and receives `receive.count` bytes from
-    /// `source` into `receive`, at once (no deadlock when two ranks exchange). The ordered sum is
-    /// built on it.
-    func sendReceive(_ send: UnsafeRawBufferPointer, to destination: Int, into receive: UnsafeMutableRawBufferPointer, from source: Int) throws
+    /// `source` into `receive`, at once (no deadlock when two ranks exchange). `receive.count` must
+    /// be what `source` sends. Any byte count: over MPI, large buffers go in 1 GiB pieces. The
+    /// ordered sum is built on it.
+    func sendReceive(
+        _ send: UnsafeRawBufferPointer, to destination: Int, into receive: UnsafeMutableRawBufferPointer, from source: Int) throws
 
     /// Collective: returns once every rank has entered it.
     func barrier() throws

@@ -109,21 +109,47 @@ public final class MPICommunicator: Communicator {
             "MPI_Allgather(\(input.count) bytes per rank)", rank: rank)
     }
 
+    /// Pieces of at most 1 GiB: MPI counts are 32-bit, and a piece this far below 2^31-1 (and below
+    /// Linux's 0x7ffff000-byte limit of one read or write) meets no transport near its edge.
+    static let maxExchangePiece = 1 << 30
+
     public func sendReceive(
         _ send: UnsafeRawBufferPointer, to destination: Int, into receive: UnsafeMutableRawBufferPointer, from source: Int
     ) throws {
-        // pieces of at most 2^31-1 bytes; both sides split the same byte counts alike
-        var sent = 0, received = 0
-        repeat {
-            let s = Swift.min(send.count - sent, Self.maxCount), r = Swift.min(receive.count - received, Self.maxCount)
+        try sendReceive(send, to: destination, into: receive, from: source, pieceBytes: Self.maxExchangePiece)
+    }
+
+    /// `sendReceive` in pieces of `pieceBytes`, so that the check can split small messages.
+    ///
+    /// The sender cuts its bytes into max(1, ceil(n / pieceBytes)) messages and the receiver, whose
+    /// count is the same n, expects as many; a side with fewer pieces than the other side of its own
+    /// call goes on with `MPI_PROC_NULL` (no message), so unequal send and receive counts (a ring
+    /// shift) match piece for piece and cannot leave a stray message for a later call.
+    package func sendReceive(
+        _ send: UnsafeRawBufferPointer, to destination: Int, into receive: UnsafeMutableRawBufferPointer, from source: Int,
+        pieceBytes: Int
+    ) throws {
+        precondition(pieceBytes > 0 && pieceBytes <= Self.maxCount, "a sendReceive piece of \(pieceBytes) bytes")
+        // checked here: MPI would take -1 (MPI_ANY_SOURCE) and -2 (MPI_PROC_NULL) as valid
+        for (role, peer) in [("destination", destination), ("source", source)] where !(0..<size).contains(peer) {
+            throw MPIError(
+                function: "MPI_Sendrecv", code: MPI_ERR_RANK,
+                message: "\(errorText(MPI_ERR_RANK)): \(role) rank \(peer) is not in this group of \(size)", rank: rank)
+        }
+        func pieces(_ bytes: Int) -> Int { Swift.max(1, (bytes + pieceBytes - 1) / pieceBytes) }
+        let sends = pieces(send.count), receives = pieces(receive.count)
+        for k in 0..<Swift.max(sends, receives) {
+            let offset = k * pieceBytes
+            let s = k < sends ? Swift.min(send.count - offset, pieceBytes) : 0
+            let r = k < receives ? Swift.min(receive.count - offset, pieceBytes) : 0
             try check(
                 MPI_Sendrecv(
-                    send.baseAddress.map { $0 + sent }, Int32(s), cmpi_byte(), Int32(destination), 0,
-                    receive.baseAddress.map { $0 + received }, Int32(r), cmpi_byte(), Int32(source), 0, comm, cmpi_status_ignore()),
+                    k < sends ? send.baseAddress.map { $0 + offset } : nil, Int32(s), cmpi_byte(),
+                    k < sends ? Int32(destination) : MPI_PROC_NULL, 0,
+                    k < receives ? receive.baseAddress.map { $0 + offset } : nil, Int32(r), cmpi_byte(),
+                    k < receives ? Int32(source) : MPI_PROC_NULL, 0, comm, cmpi_status_ignore()),
                 "MPI_Sendrecv(\(s) bytes to rank \(destination), \(r) from rank \(source))", rank: rank)
-            sent += s
-            received += r
-        } while sent < send.count || received < receive.count
+        }
     }
 
     public func gather(_ input: [UInt8], root: Int) throws -> [[UInt8]] {
@@ -131,7 +157,8 @@ public final class MPICommunicator: Communicator {
         let total = counts.reduce(0, +)
         guard total <= Self.maxCount else {
             throw MPIError(
-                function: "MPI_Gatherv", code: 0, message: "\(total) bytes in all exceed MPI's 2^31-1 limit of one gather", rank: rank)
+                function: "MPI_Gatherv", code: 0, message: "\(total) bytes in all exceed MPI's 2^31-1 limit of one gather",
+                rank: rank)
         }
         var displacements: [Int32] = [], offset: Int32 = 0
         for c in counts { displacements.append(offset); offset += Int32(c) }

@@ -14,6 +14,15 @@ extension Communicator {
     /// Collective: replaces `buffer` on every rank by the tree sum over ranks. The rank count must
     /// be a power of two.
     public func orderedSum<T: Reducible & BinaryFloatingPoint>(_ buffer: UnsafeMutableBufferPointer<T>) throws {
+        try orderedSum(buffer, doublingUpTo: Self.orderedSumLatencyBytes)
+    }
+
+    /// `orderedSum` with the switch between its two algorithms moved (0: always halving,
+    /// `Int.max`: always doubling), so that the check can run each on every size, counts below
+    /// the rank count included. Both give the same bits.
+    package func orderedSum<T: Reducible & BinaryFloatingPoint>(
+        _ buffer: UnsafeMutableBufferPointer<T>, doublingUpTo latencyBytes: Int
+    ) throws {
         guard size > 1 else { return }
         guard size & (size - 1) == 0 else {
             throw MPIError(
@@ -22,7 +31,7 @@ extension Communicator {
         }
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         let stride = MemoryLayout<T>.stride
-        if buffer.count * stride <= Self.orderedSumLatencyBytes { return try orderedSumByDoubling(buffer) }
+        if buffer.count * stride <= latencyBytes { return try orderedSumByDoubling(buffer) }
         let incoming = UnsafeMutablePointer<T>.allocate(capacity: (buffer.count + 1) / 2)
         defer { incoming.deallocate() }
         var segment = 0..<buffer.count
@@ -82,9 +91,13 @@ extension Communicator {
 /// across modules is not specialized, and pays a witness-table call per element.
 private func addElementwise<T: BinaryFloatingPoint>(_ dst: UnsafeMutablePointer<T>, _ src: UnsafePointer<T>, count: Int) {
     if T.self == Float.self {
-        addFloats(UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self), UnsafeRawPointer(src).assumingMemoryBound(to: Float.self), count)
+        addFloats(
+            UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self),
+            UnsafeRawPointer(src).assumingMemoryBound(to: Float.self), count)
     } else if T.self == Double.self {
-        addDoubles(UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Double.self), UnsafeRawPointer(src).assumingMemoryBound(to: Double.self), count)
+        addDoubles(
+            UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Double.self),
+            UnsafeRawPointer(src).assumingMemoryBound(to: Double.self), count)
     } else {
         for i in 0..<count { dst[i] = dst[i] + src[i] }
     }

@@ -62,37 +62,133 @@ do {
     if bucket2.contains(where: { $0 != Float(p - 1) }) { fail("nonblocking max gave \(bucket2.prefix(4))...", comm) }
     // gather of a different length per rank (rank 0 sends nothing)
     let pieces = try comm.gather([UInt8](repeating: UInt8(r), count: r * 3), root: p - 1)
-    if r == p - 1 && pieces != (0..<p).map({ [UInt8](repeating: UInt8($0), count: $0 * 3) }) { fail("gather gave \(pieces)", comm) }
+    if r == p - 1 && pieces != (0..<p).map({ [UInt8](repeating: UInt8($0), count: $0 * 3) }) {
+        fail("gather gave \(pieces)", comm)
+    }
     if r != p - 1 && !pieces.isEmpty { fail("a non-root rank received \(pieces.count) gathered pieces", comm) }
     let onNode = try comm.ranksOnThisNode()
     if onNode < 1 || onNode > p { fail("\(onNode) ranks on this node of \(p)", comm) }
 
+    // sendReceive: a ring shift with another byte count on every rank (rank 1 sends nothing), whole
+    // and in 7-byte pieces, where the two sides of one call have different piece counts
+    func ringBytes(_ rank: Int) -> [UInt8] {
+        (0..<(rank == 1 ? 0 : rank * 11 + 9)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ rank) }
+    }
+    let next = (r + 1) % p, previous = (r + p - 1) % p
+    for piece in [nil, 7] {
+        let out = ringBytes(r)
+        var into = [UInt8](repeating: 0xEE, count: ringBytes(previous).count)
+        try out.withUnsafeBytes { o in
+            try into.withUnsafeMutableBytes { i in
+                if let piece {
+                    try comm.sendReceive(o, to: next, into: i, from: previous, pieceBytes: piece)
+                } else {
+                    try comm.sendReceive(o, to: next, into: i, from: previous)
+                }
+            }
+        }
+        if into != ringBytes(previous) {
+            fail("sendReceive (pieces of \(piece ?? 1 << 30) bytes) from rank \(previous) gave \(into)", comm)
+        }
+    }
+    do {
+        try comm.sendReceive(
+            UnsafeRawBufferPointer(start: nil, count: 0), to: p, into: UnsafeMutableRawBufferPointer(start: nil, count: 0),
+            from: 0)
+        fail("a sendReceive to the non-existent rank \(p) did not fail", comm)
+    } catch let error as MPIError {
+        let text = "\(error)"
+        guard text.contains("MPI_Sendrecv"), text.contains("rank \(r)"), text.contains("MPI_ERR_RANK"),
+            text.contains("rank \(p) ")
+        else {
+            fail("the sendReceive error does not name the function, rank and problem: \(text)", comm)
+        }
+    }
+
     // the ordered sum: the same bits on every rank, equal to the tree ((r0 + r1) + (r2 + r3)) ...
-    // computed here from every rank's input, for sizes from 0 to past the latency threshold (both
-    // algorithms); values span 13 decades, so another order would change bits
+    // computed here from every rank's input, for sizes from 0 to past the latency threshold, by
+    // default and forced through each algorithm; values span 13 decades, so another order would
+    // change bits (the controls below show it does)
     func value(_ rank: Int, _ i: Int) -> Double {
         sin(Double(i &* 7 &+ rank &* 131) + 0.5) * pow(10, Double(i % 13) - 6)
     }
     func tree<T: BinaryFloatingPoint>(_ ranks: Range<Int>, _ i: Int, _ type: T.Type) -> T {
-        ranks.count == 1 ? T(value(ranks.lowerBound, i)) : tree(ranks.lowerBound..<ranks.lowerBound + ranks.count / 2, i, type) + tree(ranks.lowerBound + ranks.count / 2..<ranks.upperBound, i, type)
+        ranks.count == 1
+            ? T(value(ranks.lowerBound, i))
+            : tree(ranks.lowerBound..<ranks.lowerBound + ranks.count / 2, i, type)
+                + tree(ranks.lowerBound + ranks.count / 2..<ranks.upperBound, i, type)
+    }
+    func bytes<T>(_ x: [T]) -> [UInt8] { x.withUnsafeBytes { Array($0) } }
+    func fnv1a(_ bytes: [UInt8]) -> UInt64 {
+        bytes.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
     }
     func checkOrdered<T: Reducible & BinaryFloatingPoint>(_ type: T.Type) throws {
-        for n in [0, 1, 3, max(p - 1, 1), 1000, 4097, 20_000] {
-            var x = (0..<n).map { T(value(r, $0)) }
-            try x.withUnsafeMutableBufferPointer { try comm.orderedSum($0) }
-            for i in 0..<n where x[i] != tree(0..<p, i, T.self) || x[i].sign != tree(0..<p, i, T.self).sign {
-                fail("orderedSum of \(n) x \(T.self): element \(i) is \(x[i]), the tree gives \(tree(0..<p, i, T.self))", comm)
+        for n in Set([0, 1, 3, max(p - 1, 1), p, p + 1, 1000, 4097, 20_000]).sorted() {
+            let reference = (0..<n).map { tree(0..<p, $0, T.self) }
+            for (algorithm, doublingUpTo) in [("default", nil), ("halving", 0), ("doubling", Int.max)] {
+                var x = (0..<n).map { T(value(r, $0)) }
+                try x.withUnsafeMutableBufferPointer {
+                    if let doublingUpTo { try comm.orderedSum($0, doublingUpTo: doublingUpTo) } else { try comm.orderedSum($0) }
+                }
+                let what = "orderedSum (\(algorithm)) of \(n) x \(T.self)"
+                if let i = (0..<n).first(where: { bytes([x[$0]]) != bytes([reference[$0]]) }) {
+                    fail("\(what): element \(i) is \(x[i]), the tree gives \(reference[i])", comm)
+                }
+                let hashes = try comm.allgather(fnv1a(bytes(x)))
+                if Set(hashes).count != 1 { fail("\(what): the ranks' results differ (FNV-1a \(hashes))", comm) }
             }
         }
     }
-    try checkOrdered(Float.self)
-    try checkOrdered(Double.self)
-    if p == 4 {
-        // the check can fail: adding left to right gives other bits for some element
-        let differs = (0..<20_000).contains { i in
-            Float(value(0, i)) + Float(value(1, i)) + Float(value(2, i)) + Float(value(3, i)) != tree(0..<4, i, Float.self)
+    if p & (p - 1) == 0 {
+        try checkOrdered(Float.self)
+        try checkOrdered(Double.self)
+        var whole = (0..<5000).map { value(r, $0) }
+        try comm.orderedSum(&whole)
+        if bytes(whole) != bytes((0..<5000).map { tree(0..<p, $0, Double.self) }) {
+            fail("orderedSum of [Double] is not the tree", comm)
         }
-        if !differs { fail("left-to-right and tree order agree everywhere: the ordered-sum check could not fail", comm) }
+    } else {
+        do {
+            var x = [1.0, 2.0]
+            try comm.orderedSum(&x)
+            fail("orderedSum on \(p) ranks did not fail", comm)
+        } catch let error as MPIError {
+            let text = "\(error)"
+            guard text.contains("power-of-two"), text.contains("\(p)"), text.contains("rank \(r)") else {
+                fail("the orderedSum error does not name the rank count: \(text)", comm)
+            }
+            if r == 0 { print("collectives-check: orderedSum on \(p) ranks reported as: \(text)") }
+        }
+    }
+    if p >= 4 && p & (p - 1) == 0 {
+        // the check can fail: left to right, and the tree that pairs ranks half the group apart
+        // ((r0 + r2) + (r1 + r3), recursive halving with decreasing distance), give other bits
+        func strided<T: BinaryFloatingPoint>(_ ranks: [Int], _ i: Int, _ type: T.Type) -> T {
+            ranks.count == 1
+                ? T(value(ranks[0], i))
+                : strided(ranks.enumerated().filter { $0.offset % 2 == 0 }.map(\.element), i, type)
+                    + strided(ranks.enumerated().filter { $0.offset % 2 == 1 }.map(\.element), i, type)
+        }
+        func controls<T: BinaryFloatingPoint>(_ type: T.Type) -> (leftToRight: Int, strided: Int) {
+            let n = 20_000
+            let leftToRight = (0..<n).filter { i in
+                (1..<p).reduce(T(value(0, i))) { $0 + T(value($1, i)) } != tree(0..<p, i, T.self)
+            }
+            let other = (0..<n).filter { i in strided(Array(0..<p), i, T.self) != tree(0..<p, i, T.self) }
+            return (leftToRight.count, other.count)
+        }
+        for (name, counts) in [("Float", controls(Float.self)), ("Double", controls(Double.self))] {
+            if counts.leftToRight == 0 || counts.strided == 0 {
+                fail(
+                    "\(name): another order agrees with the tree everywhere (\(counts)): the ordered-sum check could not fail",
+                    comm)
+            }
+            if r == 0 {
+                print(
+                    "collectives-check: \(name) controls: left to right differs from the tree in \(counts.leftToRight) of 20000 elements, the strided tree in \(counts.strided)"
+                )
+            }
+        }
     }
 
     // an invalid call (a root that is not a rank) becomes a thrown MPIError naming the MPI

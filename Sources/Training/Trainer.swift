@@ -420,6 +420,13 @@ public final class Trainer {
         console.root(
             "parameter groups (SI: scale-invariant, lr-si \(c.invariant.learningRate) \(c.invariant.schedule); SV: scale-variant, lr-sv \(c.variant.learningRate) \(c.variant.schedule)):\n\(model.groupingDescription)"
         )
+        if plan != nil && c.overlap == .on && communicator.size > 1 {
+            console.warning("--overlap on is not used with --deterministic: the ordered gradient sum runs after backward")
+        }
+        if let plan {
+            console.root(
+                "deterministic: \(plan.chunks) chunks per global batch, \(plan.chunks / plan.ranks) on each of the \(plan.ranks) rank(s); sums over samples are added in one fixed tree, so any rank count dividing \(plan.chunks) gives the same bits")
+        }
         if !optimizer.isPaperAlgorithm {
             console.warning(
                 "momentum or weight decay is on: this is no longer the paper's plain SGD, and the norm identity of scale-invariant groups will not hold"

@@ -48,6 +48,9 @@ final class DeterministicTests: XCTestCase {
             for (np, run) in zip([2, 4, 8], runs.dropFirst()) {
                 XCTAssertEqual(Self.trajectory(run), reference, "\(name): \(np) ranks differ from 1")
             }
+            // OpenBLAS splits M and N, never k, between threads: two threads change no bits either
+            let threads = try train(1, "\(name)-threads", args + ["--deterministic", "--threads", "2"])
+            XCTAssertEqual(Self.trajectory(threads), reference, "\(name): 2 BLAS threads differ from 1")
         }
     }
 
