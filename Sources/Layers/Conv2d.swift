@@ -85,7 +85,7 @@ public final class Conv2d {
     func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, chunks: BatchChunks? = nil, eachChunk: (Range<Int>) -> Void) {
         checkShapes(x, y, "forward")
         let w = p.value(weight).baseAddress!
-        for range in pixelRanges(chunks, images: y.rows) {
+        for range in pixelRanges(chunks, images: y.rows) where !range.isEmpty {
             if isPointwise {
                 gemmOutput(rows: range.count, a: x.base + range.lowerBound * input.channels, lda: input.channels, w: w, y: y.base + range.lowerBound * outChannels)
                 eachChunk(range)
@@ -137,6 +137,10 @@ public final class Conv2d {
         var zeroed = 0
         // the weight gradient of the pixels `range` into `out` (added to it from the second lowering chunk on)
         func pass(_ range: Range<Int>, into out: UnsafeMutablePointer<Float>, beta first: Float) {
+            if range.isEmpty {  // an empty chunk's leaf is zero (no GEMM would write it)
+                if first == 0 { out.update(repeating: 0, count: weight.count) }
+                return
+            }
             if isPointwise {
                 prepare(range)
                 let dyRows = dy.base + range.lowerBound * outChannels

@@ -34,7 +34,7 @@ public struct Linear: Sendable {
     /// Rows of the weight gradient per tile in deterministic mode: about 512 KiB of partials
     /// (measured on 1024-wide layers, chunks of 32 samples: 1.3x the time of one unchunked GEMM,
     /// against 1.5x untiled), a multiple of 16 (the GEMM kernel's M unroll).
-    var gradientTileRows: Int { Swift.max(16, (512 << 10) / (4 * inFeatures) / 16 * 16) }
+    public var gradientTileRows: Int { Swift.max(16, (512 << 10) / (4 * inFeatures) / 16 * 16) }
 
     /// The row ranges of the GEMMs computing rows of `[rows, n] = [rows, k] op(B)`: the whole batch,
     /// unless deterministic mode finds (`BLAS.rowsIndependentOfSplit`) that a row's bits depend on

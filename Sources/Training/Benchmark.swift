@@ -168,6 +168,7 @@ public enum Benchmark {
         if options.compareLocalBN {
             var l = c
             l.batchNormSync = .local
+            l.deterministic = false  // per-rank statistics cannot be
             localTwin = try Trainer(l, splits: splits, communicator: communicator, console: console)
             twins.append(localTwin!)
         }
@@ -240,13 +241,19 @@ public enum Benchmark {
         for _ in 0..<Swift.max(options.steps / 2, 3) {
             try communicator.barrier()
             let clock = Stopwatch()
-            try trainer.buckets.allreduce(gradients, over: communicator)
+            if trainer.plan != nil {
+                for range in trainer.buckets.ranges { try communicator.orderedSum(gradients.slice(range)) }
+            } else {
+                try trainer.buckets.allreduce(gradients, over: communicator)
+            }
             reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
             for range in Set(trainer.buckets.ranges.map(\.count)).sorted().map({ 0..<$0 }) {
                 try communicator.barrier()
                 let clock = Stopwatch()
                 // the path training takes: nonblocking (libnbc) with overlap, blocking (tuned) without
-                if trainer.reduction.overlap {
+                if trainer.plan != nil {
+                    try communicator.orderedSum(gradients.slice(range))
+                } else if trainer.reduction.overlap {
                     try communicator.startAllreduce(gradients.slice(range), .sum).wait()
                 } else {
                     try communicator.allreduce(gradients.slice(range), .sum)

@@ -38,7 +38,11 @@ enum CheckpointFormat {
         } } } }
     }
 
+    /// Trajectory flags that checkpoints written before them lack, with the value those runs had.
+    static let addedLater = ["--deterministic": "off"]
+
     /// Parameters and BN buffers under PyTorch names: what `autorate export` writes alone.
+
     static func weights(_ model: any Network, batchesTracked: Int) -> SafeTensors {
         var file = SafeTensors()
         for (spec, buffer) in model.parameters.layout.tensors.map({ ($0, model.parameters.values) })
@@ -111,7 +115,7 @@ extension Trainer {
 
     private func checkCompatible(_ file: SafeTensors, _ path: String) throws {
         let differing = configuration.trajectoryFields(logEvery: logEvery).compactMap { flag, value -> String? in
-            let saved = file.metadata["config.\(flag)"] ?? "(absent)"
+            let saved = file.metadata["config.\(flag)"] ?? CheckpointFormat.addedLater[flag] ?? "(absent)"
             return saved == value ? nil : "\(flag) is \(value) here but \(saved) in the checkpoint"
         }
         if !differing.isEmpty {

@@ -12,8 +12,13 @@ struct ChunkPlan: Sendable {
     let ranks: Int
     let rank: Int
 
-    /// - Throws: `TrainingError.configuration` when the rank count does not divide the chunk count.
-    init(chunks: Int, ranks: Int, rank: Int) throws {
+    /// - Throws: `TrainingError.configuration` when the rank count does not divide the chunk count,
+    ///   or a batch would leave a chunk empty.
+    init(chunks: Int, ranks: Int, rank: Int, globalBatch: Int) throws {
+        guard globalBatch >= chunks else {
+            throw TrainingError.configuration(
+                "--deterministic --chunks \(chunks) needs a global batch of at least \(chunks) samples (one per chunk), not \(globalBatch); lower --chunks or raise the batch")
+        }
         guard chunks % ranks == 0 else {
             throw TrainingError.configuration(
                 "--deterministic --chunks \(chunks) cannot be split over \(ranks) ranks: the rank count must divide the chunk count (each rank takes the same number of chunks, so it must be a power of two); run on 1, 2, 4, ... \(chunks) ranks, or pass a --chunks that \(ranks) divides (results depend on --chunks, not on the rank count)"
@@ -75,10 +80,11 @@ extension Trainer {
     }
 
     /// Collective, deterministic mode: the loss and accuracy on `data`, the same bits for any rank
-    /// count. The samples are split into the plan's chunks; each chunk is evaluated in pieces of at
-    /// most `maxBatch` counted from its start, so no forward's shape depends on the rank count, and
-    /// the chunk loss sums are added in the tree.
-    func evaluateDeterministic(_ data: Dataset, plan: ChunkPlan) throws -> (loss: Double, accuracy: Double) {
+    /// count. The samples are split into the plan's chunks; each chunk is evaluated in pieces of
+    /// `piece` samples counted from its start (not `maxBatch`, which depends on the rank count), so
+    /// no forward's shape depends on the rank count, and the chunk loss sums are added in the tree.
+    func evaluateDeterministic(_ data: Dataset, plan: ChunkPlan, piece: Int) throws -> (loss: Double, accuracy: Double) {
+        precondition(piece >= 1 && piece <= model.maxBatch, "evaluation pieces of \(piece) samples exceed the network's \(model.maxBatch)")
         let share = plan.share(of: data.count)
         let ranges = plan.localChunks(of: data.count)
         var leaves = BatchChunks.DoubleLeaves(ranges: ranges, width: 1)
@@ -86,7 +92,7 @@ extension Trainer {
         for (i, chunk) in ranges.enumerated() {
             var start = chunk.lowerBound, loss = 0.0
             while start < chunk.upperBound {
-                let end = Swift.min(start + model.maxBatch, chunk.upperBound)
+                let end = Swift.min(start + piece, chunk.upperBound)
                 let first = share.lowerBound + start, last = share.lowerBound + end
                 let indices: [Int32] = (first..<last).map { Int32($0) }
                 let x = gather(data, indices[...])

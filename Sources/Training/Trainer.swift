@@ -44,6 +44,8 @@ public final class Trainer {
     private let metrics: MetricsLog?
     /// `--deterministic`: the chunks of each batch (nil otherwise).
     let plan: ChunkPlan?
+    /// Samples per evaluation forward at least (conv nets' activations are larger).
+    private static func evaluationRows(_ model: ModelKind) -> Int { model == .mlp ? 256 : 64 }
 
     /// Loads the data and builds the network and optimizer. No communication.
     /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
@@ -77,8 +79,13 @@ public final class Trainer {
         }
         // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
         // (64 images for conv nets, whose activations are larger)
-        plan = configuration.deterministic ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank) : nil
-        let rows = Swift.max((configuration.globalBatch + p - 1) / p, configuration.model == .mlp ? 256 : 64)
+        if configuration.deterministic && configuration.batchNormSync == .local {
+            throw TrainingError.configuration("--bn local cannot be deterministic: per-rank statistics depend on the rank count; use --bn sync")
+        }
+        plan =
+            configuration.deterministic
+            ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
+        let rows = Swift.max((configuration.globalBatch + p - 1) / p, Self.evaluationRows(configuration.model))
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         if configuration.augmentation != .none && train.image == nil {
             throw TrainingError.configuration(
@@ -287,7 +294,7 @@ public final class Trainer {
     /// Collective: loss and accuracy on `data` with BN running statistics; each rank takes a
     /// contiguous share (a rank may have none), and the sums are added exactly.
     public func evaluate(_ data: Dataset) throws -> (loss: Double, accuracy: Double) {
-        if let plan { return try evaluateDeterministic(data, plan: plan) }
+        if let plan { return try evaluateDeterministic(data, plan: plan, piece: Self.evaluationRows(configuration.model)) }
         let share = ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
         var totals = [0.0, 0.0, 0.0]  // loss sum, correct, count
         var start = share.lowerBound

@@ -80,8 +80,11 @@ struct CommunicationOptions: ParsableArguments {
     }
 
     /// The combinations deterministic mode cannot make rank-count independent.
-    func validate(with network: NetworkOptions) throws {
-        guard deterministic else { return }
+    func validate(with network: NetworkOptions, comparing compareDeterministic: Bool = false) throws {
+        if compareDeterministic && network.bn == .local {
+            throw ValidationError("--compare-deterministic is not accepted with --bn local: a deterministic twin needs --bn sync.")
+        }
+        guard deterministic || compareDeterministic else { return }
         if network.bn == .local {
             throw ValidationError("--bn local is not accepted with --deterministic: per-rank BN statistics depend on the rank count by definition; use --bn sync.")
         }

@@ -43,7 +43,7 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         _ = try parseWidths(widths)
-        try communication.validate(with: network)
+        try communication.validate(with: network, comparing: compareDeterministic)
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
         switch (scaling, batchPerRank) {

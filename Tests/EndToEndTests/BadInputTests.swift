@@ -93,6 +93,8 @@ final class BadInputTests: XCTestCase {
             (["--batch-per-rank", "8"], ["--batch-per-rank is for --scaling weak"]),
             (["--scaling", "weak", "--batch-per-rank", "0"], ["--batch-per-rank 0", "positive"]),
             (["--scaling", "sideways"], ["--scaling", "sideways", "strong", "weak"]),
+            (["--compare-deterministic", "--bn", "local"], ["--compare-deterministic", "--bn local", "--bn sync"]),
+            (["--deterministic", "--scaling", "weak", "--batch-per-rank", "2"], ["needs a global batch of at least 8", "not 4", "rank 0"]),
         ] {
             let result = try Launcher.mpirun(2, "autorate", ["bench", "--steps", "1"] + args, timeout: 60)
             XCTAssertNotEqual(result.status, 0, "\(args)")

@@ -23,37 +23,51 @@ final class BatchChunksTests: XCTestCase {
         return zip(a, b).map { $0 + $1 }
     }
 
-    func testLinearGradientsHaveTheSameBitsOnAnyRankCount() {
+    func testLinearHasTheSameBitsOnAnyRankCount() {
         var rng = SplitMix64(seed: 7)
-        // 61 samples: uneven chunks of 7 and 8, and uneven rank shares
-        let n = 61, inF = 37, outF = 29, k = 8
+        // 61 samples: uneven chunks of 7 and 8, and uneven rank shares; 1100 inputs: the weight
+        // gradient's tree runs over three tiles of output rows (112, 112, 26)
+        let n = 61, inF = 1100, outF = 250, k = 8
         var layout = ParameterLayout()
         let w = layout.append("w", shape: [outF, inF]), b = layout.append("b", shape: [outF])
         let linear = Linear(inFeatures: inF, outFeatures: outF, weight: w, bias: b)
+        XCTAssertEqual(linear.gradientTileRows, 112)
         let p = ParameterStore(layout: layout)
-        fillNormal(p.values.all, &rng)
+        fillNormal(p.values.all, &rng, scale: 0.03)
         let x = OwnedMatrix(rows: n, cols: inF, normal: &rng)
         let dy = OwnedMatrix(rows: n, cols: outF, normal: &rng, scale: 1e-3)
+        let y = OwnedMatrix(rows: n, cols: outF), dx = OwnedMatrix(rows: n, cols: inF)
 
-        func gradients(ranks: Int) -> [Float] {
+        // forward rows, input-gradient rows and the rank-tree sum of the parameter gradients
+        func run(ranks: Int) -> (y: [Float], dx: [Float], gradients: [Float]) {
+            y.storage.all.update(repeating: .nan)
+            dx.storage.all.update(repeating: .nan)
             let parts = (0..<ranks).map { r -> [Float] in
                 let (share, ranges) = Self.localChunks(n: n, chunks: k, rank: r, ranks: ranks)
                 let chunks = BatchChunks()
                 chunks.set(chunks: ranges)
+                linear.forward(x.matrix.rows(share), y.matrix.rows(share), p, chunks: chunks)
                 p.gradients.all.update(repeating: .nan)
-                linear.backward(x.matrix.rows(share), dy.matrix.rows(share), nil, p, accumulating: false, chunks: chunks)
+                linear.backward(
+                    x.matrix.rows(share), dy.matrix.rows(share), dx.matrix.rows(share), p, accumulating: false, chunks: chunks)
                 return p.gradients.array
             }
-            return Self.rankTree(parts)
+            return (y.values, dx.values, Self.rankTree(parts))
         }
-        let one = gradients(ranks: 1)
+        let one = run(ranks: 1)
         for ranks in [2, 4, 8] {
-            XCTAssertEqual(gradients(ranks: ranks).map(\.bitPattern), one.map(\.bitPattern), "\(ranks) ranks")
+            let other = run(ranks: ranks)
+            XCTAssertEqual(other.y.map(\.bitPattern), one.y.map(\.bitPattern), "forward, \(ranks) ranks")
+            XCTAssertEqual(other.dx.map(\.bitPattern), one.dx.map(\.bitPattern), "input gradient, \(ranks) ranks")
+            XCTAssertEqual(other.gradients.map(\.bitPattern), one.gradients.map(\.bitPattern), "parameter gradients, \(ranks) ranks")
         }
-        // and the value is the gradient: the plain single GEMM agrees to rounding
+        // and the values are the plain ones, to rounding
         p.gradients.all.update(repeating: 0)
-        linear.backward(x.matrix, dy.matrix, nil, p, accumulating: false)
-        XCTAssertLessThan(relativeDifference(one, p.gradients.array), 1e-5)
+        linear.forward(x.matrix, y.matrix, p)
+        linear.backward(x.matrix, dy.matrix, dx.matrix, p, accumulating: false)
+        XCTAssertLessThan(relativeDifference(one.gradients, p.gradients.array), 1e-5)
+        XCTAssertLessThan(relativeDifference(one.y, y.values), 1e-5)
+        XCTAssertLessThan(relativeDifference(one.dx, dx.values), 1e-5)
     }
 
     func testTreeSumFusedPairsEqualExplicitAdditions() {

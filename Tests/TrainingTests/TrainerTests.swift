@@ -91,4 +91,30 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(try finalLoss(1), try finalLoss(1))
         XCTAssertNotEqual(try finalLoss(1), try finalLoss(2))
     }
+
+    /// A checkpoint written before `--deterministic` existed (no such field) resumes as one
+    /// written with it off, and is refused by a deterministic run.
+    func testCheckpointWithoutTheDeterministicFieldResumes() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("autorate-old-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let first = try Trainer(
+            configuration { $0.steps = 10; $0.logEvery = 5; $0.checkpointDirectory = base + "/new"; $0.checkpointEvery = 5 },
+            splits: smallData(), communicator: SingleProcessCommunicator(), console: console)
+        _ = try first.run()
+        let newest = try XCTUnwrap(CheckpointDirectory(path: base + "/new", keep: 3).checkpoints().first)
+        var file = try CheckpointDirectory.load(newest)
+        XCTAssertEqual(file.metadata.removeValue(forKey: "config.--deterministic"), "off")
+        let old = try CheckpointDirectory(path: base + "/old", keep: 3).write(step: 10, file)
+        func resume(deterministic: Bool) throws -> RunSummary {
+            try Trainer(
+                configuration {
+                    $0.steps = 12; $0.logEvery = 5; $0.resume = .path(old); $0.deterministic = deterministic
+                }, splits: smallData(), communicator: SingleProcessCommunicator(), console: console
+            ).run()
+        }
+        XCTAssertEqual(try resume(deterministic: false).steps, 12)
+        XCTAssertThrowsError(try resume(deterministic: true)) { error in
+            XCTAssertTrue("\(error)".contains("--deterministic is 8 chunks here but off in the checkpoint"), "\(error)")
+        }
+    }
 }
