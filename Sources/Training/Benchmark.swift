@@ -91,6 +91,7 @@ public struct BenchmarkResult: Sendable {
                     })
             ),
             ("local_bn_step_ms_median", .number((localStepSecondsMedian ?? .nan) * 1e3)),
+            ("deterministic_step_ms_median", .number((deterministicStepSecondsMedian ?? .nan) * 1e3)),
             ("baseline_samples_per_s", .number(baselineSamplesPerSecond ?? .nan)),
             ("scaling_efficiency", .number(scalingEfficiency ?? .nan)),
             ("time_ms", timing.json(meanOver: 1)), ("exposed_comm_fraction", .number(timing.exposedFraction)),

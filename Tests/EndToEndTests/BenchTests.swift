@@ -15,7 +15,7 @@ final class BenchTests: XCTestCase {
             "--steps", "5", "--warmup", "1", "--bucket-mb", "0.0625", "--csv", csv, "--json", json,
         ]
         for np in [1, 2] {
-            let result = try Launcher.mpirun(np, "autorate", common + (np == 2 ? ["--compare-local-bn"] : []))
+            let result = try Launcher.mpirun(np, "autorate", common + (np == 2 ? ["--compare-local-bn", "--compare-deterministic"] : []))
             XCTAssertEqual(result.status, 0, result.output)
         }
         let lines = try String(contentsOfFile: csv, encoding: .utf8).split(separator: "\n").map(String.init)
@@ -46,6 +46,8 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(split["grad_comm_hidden"]!, 0, "--overlap auto is off on one node")
         XCTAssertEqual(two["overlap"] as? Bool, false)
         XCTAssertNotNil(two["local_bn_step_ms_median"] as? Double)
+        XCTAssertGreaterThan(two["deterministic_step_ms_median"] as? Double ?? 0, 0, "the interleaved --deterministic twin")
+        XCTAssertNil(records[0]["deterministic_step_ms_median"] as? Double, "no twin asked for at np = 1 (null)")
         XCTAssertGreaterThan(two["baseline_samples_per_s"] as? Double ?? 0, 0)
     }
 }
