@@ -105,7 +105,9 @@ public final class BatchChunks {
         }
 
         /// The leaf of the chunk holding `row` (the whole run `row..<` must lie in that chunk).
-        public mutating func withLeaf<R>(containing row: Int, _ body: (UnsafeMutableBufferPointer<Double>) throws -> R) rethrows -> R {
+        public mutating func withLeaf<R>(containing row: Int, _ body: (UnsafeMutableBufferPointer<Double>) throws -> R) rethrows
+            -> R
+        {
             guard let i = ranges.firstIndex(where: { $0.contains(row) }) else {
                 preconditionFailure("row \(row) is in no chunk of \(ranges)")
             }
@@ -114,7 +116,9 @@ public final class BatchChunks {
 
         public mutating func withLeaf<R>(_ i: Int, _ body: (UnsafeMutableBufferPointer<Double>) throws -> R) rethrows -> R {
             let w = width
-            return try values.withUnsafeMutableBufferPointer { try body(UnsafeMutableBufferPointer(rebasing: $0[(i * w)..<((i + 1) * w)])) }
+            return try values.withUnsafeMutableBufferPointer {
+                try body(UnsafeMutableBufferPointer(rebasing: $0[(i * w)..<((i + 1) * w)]))
+            }
         }
 
         /// The tree sum of the leaves (pairs of neighbours, then pairs of pairs, ...).

@@ -17,7 +17,8 @@ struct ChunkPlan: Sendable {
     init(chunks: Int, ranks: Int, rank: Int, globalBatch: Int) throws {
         guard globalBatch >= chunks else {
             throw TrainingError.configuration(
-                "--deterministic --chunks \(chunks) needs a global batch of at least \(chunks) samples (one per chunk), not \(globalBatch); lower --chunks or raise the batch")
+                "--deterministic --chunks \(chunks) needs a global batch of at least \(chunks) samples (one per chunk), not \(globalBatch); lower --chunks or raise the batch"
+            )
         }
         guard chunks % ranks == 0 else {
             throw TrainingError.configuration(
@@ -84,7 +85,8 @@ extension Trainer {
     /// `piece` samples counted from its start (not `maxBatch`, which depends on the rank count), so
     /// no forward's shape depends on the rank count, and the chunk loss sums are added in the tree.
     func evaluateDeterministic(_ data: Dataset, plan: ChunkPlan, piece: Int) throws -> (loss: Double, accuracy: Double) {
-        precondition(piece >= 1 && piece <= model.maxBatch, "evaluation pieces of \(piece) samples exceed the network's \(model.maxBatch)")
+        precondition(
+            piece >= 1 && piece <= model.maxBatch, "evaluation pieces of \(piece) samples exceed the network's \(model.maxBatch)")
         let share = plan.share(of: data.count)
         let ranges = plan.localChunks(of: data.count)
         var leaves = BatchChunks.DoubleLeaves(ranges: ranges, width: 1)
@@ -98,7 +100,8 @@ extension Trainer {
                 let x = gather(data, indices[...])
                 let sums = labels.withUnsafeBufferPointer {
                     SoftmaxCrossEntropy.forwardBackward(
-                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1, dlogits: nil)
+                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1,
+                        dlogits: nil)
                 }
                 loss += sums.loss
                 correct += sums.correct

@@ -27,7 +27,8 @@ final class DeterministicTests: XCTestCase {
             let groups = (r["groups"] as? [[String: Any]] ?? []).map { g in
                 ["norm2", "grad_norm2", "eff_lr", "cos", "identity_residual"].map { "\(g[$0] ?? "-")" }.joined(separator: ",")
             }
-            return ["step", "loss", "accuracy"].map { "\(r[$0] ?? "-")" }.joined(separator: " ") + " " + groups.joined(separator: ";")
+            return ["step", "loss", "accuracy"].map { "\(r[$0] ?? "-")" }.joined(separator: " ") + " "
+                + groups.joined(separator: ";")
         }
         let final = ["parameters_fnv1a", "test_loss", "test_accuracy", "train_loss"].map { "\(run.final[$0] ?? "-")" }
         return (steps + final).joined(separator: "\n")
@@ -59,7 +60,9 @@ final class DeterministicTests: XCTestCase {
             // with 2 BLAS threads per rank too (the bits may differ from 1 thread: OpenBLAS's split of
             // a conv GEMM between threads changes them), 1 and 2 ranks agree
             guard name == "cnn" else { continue }
-            let threads = try [1, 2].map { np in try train(np, "\(name)-threads-\(np)", args + ["--deterministic", "--threads", "2"]) }
+            let threads = try [1, 2].map { np in
+                try train(np, "\(name)-threads-\(np)", args + ["--deterministic", "--threads", "2"])
+            }
             XCTAssertEqual(Self.trajectory(threads[1]), Self.trajectory(threads[0]), "\(name), 2 threads: 2 ranks differ from 1")
         }
     }
@@ -82,12 +85,16 @@ final class DeterministicTests: XCTestCase {
         let args = Self.mlp + ["--deterministic", "--momentum", "0.5", "--checkpoint-every", "10"]
         let clean = try train(1, "clean", args + ["--checkpoint-dir", path("clean")])
         let dir = ["--checkpoint-dir", path("moved")]
-        let four = try Launcher.mpirun(4, "autorate", ["train", "--quiet"] + args + dir + ["--debug-kill-at", "13:2"], timeout: 120)
+        let four = try Launcher.mpirun(
+            4, "autorate", ["train", "--quiet"] + args + dir + ["--debug-kill-at", "13:2"], timeout: 120)
         XCTAssertNotEqual(four.status, 0, four.output)
-        let two = try Launcher.mpirun(2, "autorate", ["train", "--quiet"] + args + dir + ["--resume", "auto", "--debug-kill-at", "24:1"], timeout: 120)
+        let two = try Launcher.mpirun(
+            2, "autorate", ["train", "--quiet"] + args + dir + ["--resume", "auto", "--debug-kill-at", "24:1"], timeout: 120)
         XCTAssertNotEqual(two.status, 0, two.output)
         XCTAssertTrue(two.output.contains("at step 10 of 30"), two.output)
-        let one = try Launcher.mpirun(1, "autorate", ["train", "--quiet", "--metrics", path("moved.jsonl")] + args + dir + ["--resume", "auto"], timeout: 120)
+        let one = try Launcher.mpirun(
+            1, "autorate", ["train", "--quiet", "--metrics", path("moved.jsonl")] + args + dir + ["--resume", "auto"],
+            timeout: 120)
         XCTAssertEqual(one.status, 0, one.output)
         XCTAssertTrue(one.output.contains("at step 20 of 30"), one.output)
         let final = try XCTUnwrap(Launcher.metrics(path("moved.jsonl")).last)

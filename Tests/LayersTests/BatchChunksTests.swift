@@ -59,7 +59,8 @@ final class BatchChunksTests: XCTestCase {
             let other = run(ranks: ranks)
             XCTAssertEqual(other.y.map(\.bitPattern), one.y.map(\.bitPattern), "forward, \(ranks) ranks")
             XCTAssertEqual(other.dx.map(\.bitPattern), one.dx.map(\.bitPattern), "input gradient, \(ranks) ranks")
-            XCTAssertEqual(other.gradients.map(\.bitPattern), one.gradients.map(\.bitPattern), "parameter gradients, \(ranks) ranks")
+            XCTAssertEqual(
+                other.gradients.map(\.bitPattern), one.gradients.map(\.bitPattern), "parameter gradients, \(ranks) ranks")
         }
         // and the values are the plain ones, to rounding
         p.gradients.all.update(repeating: 0)
@@ -73,7 +74,9 @@ final class BatchChunksTests: XCTestCase {
     func testTreeSumFusedPairsEqualExplicitAdditions() {
         var rng = SplitMix64(seed: 3)
         let count = 1000, leaves = 8
-        let values = (0..<leaves).map { _ in (0..<count).map { _ in Float(rng.normal() * pow(10, Double(Int(rng.next() % 7)) - 3)) } }
+        let values = (0..<leaves).map { _ in
+            (0..<count).map { _ in Float(rng.normal() * pow(10, Double(Int(rng.next() % 7)) - 3)) }
+        }
         let chunks = BatchChunks()
         var fused = [Float](repeating: .nan, count: count), explicit = fused
         for (isFused, out) in [(true, 0), (false, 1)] {
