@@ -15,7 +15,7 @@ public final class BatchChunks {
     /// Local sample ranges of this rank's chunks, in order (one range, the whole batch, when not
     /// deterministic).
     public private(set) var samples: [Range<Int>] = []
-    public private(set) var deterministic = false
+    public var deterministic: Bool { !samples.isEmpty }
     /// Scratch of the Float trees, one buffer per tree level below the top (grown on demand).
     private var scratch: [FlatBuffer] = []
 
@@ -31,14 +31,10 @@ public final class BatchChunks {
             ranges.first!.lowerBound == 0 && zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound },
             "chunk ranges must tile the local batch from 0")
         samples = ranges
-        deterministic = true
     }
 
     /// Back to one chunk per batch.
-    public func clear() {
-        samples = []
-        deterministic = false
-    }
+    public func clear() { samples = [] }
 
     /// The chunks as ranges of a batch of `rows` rows (several rows per sample: the pixels of
     /// images), or the whole batch when not deterministic.
@@ -123,6 +119,7 @@ public final class BatchChunks {
 
         /// The tree sum of the leaves (pairs of neighbours, then pairs of pairs, ...).
         public func combined() -> [Double] {
+            guard ranges.count > 1 else { return values }
             var v = values
             let w = width, n = ranges.count
             var step = 1

@@ -168,17 +168,13 @@ public final class BatchNorm {
         _ x: Matrix, _ y: Matrix, _ p: ParameterStore, buffers: FlatBuffer,
         reducer: StatisticsReducer, relu: Bool = false
     ) throws {
-        var moments = [Double](repeating: 0, count: momentsCount)
+        // one leaf of moments per deterministic chunk, or one in all
+        var leaves = BatchChunks.DoubleLeaves(ranges: chunks.rowRanges(rows: x.rows), width: momentsCount)
+        for (i, range) in leaves.ranges.enumerated() {
+            leaves.withLeaf(i) { accumulateMoments(x.rows(range), into: $0, buffers: buffers) }
+        }
+        var moments = leaves.combined()
         try moments.withUnsafeMutableBufferPointer { m in
-            if chunks.deterministic {
-                var leaves = BatchChunks.DoubleLeaves(ranges: chunks.rowRanges(rows: x.rows), width: momentsCount)
-                for (i, range) in leaves.ranges.enumerated() {
-                    leaves.withLeaf(i) { accumulateMoments(x.rows(range), into: $0, buffers: buffers) }
-                }
-                m.update(fromContentsOf: leaves.combined())
-            } else {
-                accumulateMoments(x, into: m, buffers: buffers)
-            }
             try reducer.sumAcrossRanks(m)
             normalize(x, y, moments: UnsafeBufferPointer(m), p, buffers: buffers, relu: relu)
         }
@@ -442,8 +438,8 @@ public final class BatchNorm {
 
     /// Calls `body(block, sdy, sdyx)` with consecutive blocks of `sumBlock` rows of the last
     /// forward's batch, `sdy` and `sdyx` pointing into `s` (added to). In deterministic mode the
-    /// blocks restart at each chunk, each chunk sums into a leaf of its own, and `s` is set to the
-    /// tree sum of the leaves.
+    /// blocks restart at each chunk, each chunk sums into a leaf of its own, and the tree sum of the
+    /// leaves is added to `s`.
     @inline(__always)
     private func sumByChunk(
         into s: UnsafeMutableBufferPointer<Double>,
@@ -461,7 +457,7 @@ public final class BatchNorm {
         guard chunks.deterministic else { return blocks(0..<rows, s.baseAddress!) }
         var leaves = BatchChunks.DoubleLeaves(ranges: chunks.rowRanges(rows: rows), width: 2 * c)
         for (i, range) in leaves.ranges.enumerated() { leaves.withLeaf(i) { blocks(range, $0.baseAddress!) } }
-        s.update(fromContentsOf: leaves.combined())
+        for (j, total) in leaves.combined().enumerated() { s[j] += total }
     }
 
     /// Adds (sum dy, sum dy * xhat) over the rows `block` to `sdy`, `sdyx`: Float sums over the block

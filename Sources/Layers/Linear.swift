@@ -21,28 +21,30 @@ public struct Linear: Sendable {
     /// row's result depend on how the batch is split).
     public func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, chunks: BatchChunks? = nil) {
         precondition(x.cols == inFeatures && y.cols == outFeatures && x.rows == y.rows, "Linear forward shape mismatch")
-        let w = UnsafePointer(p.value(weight).baseAddress!)
-        for rows in Self.rowCalls(chunks, rows: x.rows, .transposed, n: outFeatures, k: inFeatures) {
-            BLAS.gemm(
-                .none, .transposed, m: rows.count, n: outFeatures, k: inFeatures,
-                a: x.row(rows.lowerBound), lda: inFeatures, b: w, ldb: inFeatures,
-                beta: 0, c: y.row(rows.lowerBound), ldc: outFeatures)
-        }
+        rowGemm(x, .transposed, p.value(weight).baseAddress!, into: y, chunks: chunks)
         if let bias { addRowVector(UnsafeBufferPointer(p.value(bias)), to: y.base, rows: y.rows) }
     }
 
-    /// Rows of the weight gradient per tile in deterministic mode: about 512 KiB of partials
-    /// (measured on 1024-wide layers, chunks of 32 samples: 1.3x the time of one unchunked GEMM,
-    /// against 1.5x untiled), a multiple of 16 (the GEMM kernel's M unroll).
+    /// Rows of the weight gradient per tile in deterministic mode: about 512 KiB of partials, so
+    /// that a tile's partials stay in cache while the tree adds them; a multiple of 16 (the GEMM
+    /// kernel's M unroll).
     public var gradientTileRows: Int { Swift.max(16, (512 << 10) / (4 * inFeatures) / 16 * 16) }
 
-    /// The row ranges of the GEMMs computing rows of `[rows, n] = [rows, k] op(B)`: the whole batch,
-    /// unless deterministic mode finds (`BLAS.rowsIndependentOfSplit`) that a row's bits depend on
-    /// the split; then one per chunk, whose sizes do not depend on the number of ranks.
-    static func rowCalls(_ chunks: BatchChunks?, rows: Int, _ transB: BLAS.Transpose, n: Int, k: Int) -> [Range<Int>] {
-        guard let chunks, chunks.deterministic else { return [0..<rows] }
-        let ranges = chunks.rowRanges(rows: rows)
-        return BLAS.rowsIndependentOfSplit(transB, m: rows, split: ranges.map(\.count), n: n, k: k) ? [0..<rows] : ranges
+    /// `c = a op(b)` row by row (`a: [rows, k]`, `b` the weight, `c: [rows, n]`): the forward
+    /// (`op` transposed) and the input gradient. One GEMM over the batch, unless deterministic mode
+    /// finds (`BLAS.rowsIndependentOfSplit`) that a row's bits depend on the split; then one per
+    /// chunk, whose sizes do not depend on the number of ranks.
+    private func rowGemm(_ a: Matrix, _ op: BLAS.Transpose, _ b: UnsafePointer<Float>, into c: Matrix, chunks: BatchChunks?) {
+        var calls = [0..<a.rows]
+        if let chunks, chunks.deterministic {
+            let ranges = chunks.rowRanges(rows: a.rows)
+            if !BLAS.rowsIndependentOfSplit(op, m: a.rows, split: ranges.map(\.count), n: c.cols, k: a.cols) { calls = ranges }
+        }
+        for rows in calls {
+            BLAS.gemm(
+                .none, op, m: rows.count, n: c.cols, k: a.cols, a: a.row(rows.lowerBound), lda: a.cols, b: b, ldb: inFeatures,
+                beta: 0, c: c.row(rows.lowerBound), ldc: c.cols)
+        }
     }
 
     /// `dW += dy^T x` (`dW = dy^T x` when not `accumulating`), `db += sum_rows dy`, and `dx = dy W`
@@ -70,13 +72,7 @@ public struct Linear: Sendable {
         }
         if let dx {
             precondition(dx.rows == x.rows && dx.cols == inFeatures, "Linear backward dx shape mismatch")
-            let w = UnsafePointer(p.value(weight).baseAddress!)
-            for rows in Self.rowCalls(chunks, rows: dy.rows, .none, n: inFeatures, k: outFeatures) {
-                BLAS.gemm(
-                    .none, .none, m: rows.count, n: inFeatures, k: outFeatures,
-                    a: dy.row(rows.lowerBound), lda: outFeatures, b: w, ldb: inFeatures,
-                    beta: 0, c: dx.row(rows.lowerBound), ldc: inFeatures)
-            }
+            rowGemm(dy, .none, p.value(weight).baseAddress!, into: dx, chunks: chunks)
         }
     }
 
@@ -87,12 +83,11 @@ public struct Linear: Sendable {
     private func chunkedGradients(_ x: Matrix, _ dy: Matrix, _ p: ParameterStore, _ chunks: BatchChunks) {
         let ranges = chunks.rowRanges(rows: x.rows)
         let dw = p.gradient(weight).baseAddress!
+        let depths = Set(ranges.map(\.count))
         var first = 0
         while first < outFeatures {
             let tile = Swift.min(gradientTileRows, outFeatures - first)
-            let fused = Set(ranges.map(\.count)).allSatisfy {
-                BLAS.accumulationIsExactSum(.transposed, .none, m: tile, n: inFeatures, k: $0)
-            }
+            let fused = depths.allSatisfy { BLAS.accumulationIsExactSum(.transposed, .none, m: tile, n: inFeatures, k: $0) }
             chunks.treeSum(leaves: ranges.count, count: tile * inFeatures, into: dw + first * inFeatures, fusedPairs: fused) {
                 i, out, accumulate in
                 let rows = ranges[i]
@@ -103,6 +98,7 @@ public struct Linear: Sendable {
             }
             first += tile
         }
+        // the bias: Float leaves too (Float(chunk sum in Double)), since ranks add Float partials
         guard let bias else { return }
         var sums = [Double](repeating: 0, count: outFeatures)
         chunks.treeSum(leaves: ranges.count, count: outFeatures, into: p.gradient(bias).baseAddress!, fusedPairs: true) {

@@ -35,13 +35,21 @@ public enum BLAS {
     // data, in this process with its thread count, and a caller falls back to the slower exact
     // path when a check fails. A different order would change the bits of random data almost surely.
 
-    nonisolated(unsafe) private static var checked: [String: Bool] = [:]
+    /// A checked shape: the kind of check, the GEMM's shape, and the thread count it ran with.
+    private struct CheckedShape: Hashable {
+        let sum: Bool
+        let transA: Transpose, transB: Transpose
+        let m: Int, n: Int, k: Int
+        let split: [Int]
+        let threads: Int
+    }
+    nonisolated(unsafe) private static var checked: [CheckedShape: Bool] = [:]
 
     /// Whether `C = op(A1) op(B1)` (beta 0) followed by `C += op(A2) op(B2)` (beta 1) gives
     /// exactly the Float sum of the two products computed apart, for this shape.
     public static func accumulationIsExactSum(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int) -> Bool {
         guard m > 0 && n > 0 && k > 0 else { return true }
-        let key = "sum \(transA) \(transB) \(m) \(n) \(k) \(threads)"
+        let key = CheckedShape(sum: true, transA: transA, transB: transB, m: m, n: n, k: k, split: [], threads: threads)
         if let known = checked[key] { return known }
         var rng = SplitMix64(seed: 0x5EED)
         let a1 = randomMatrix(m * k, &rng), b1 = randomMatrix(k * n, &rng)
@@ -64,7 +72,7 @@ public enum BLAS {
     public static func rowsIndependentOfSplit(_ transB: Transpose, m: Int, split: [Int], n: Int, k: Int) -> Bool {
         guard m > 0 && n > 0 && k > 0 else { return true }
         precondition(split.reduce(0, +) == m, "split \(split) does not add up to \(m) rows")
-        let key = "rows \(transB) \(m) \(split) \(n) \(k) \(threads)"
+        let key = CheckedShape(sum: false, transA: .none, transB: transB, m: m, n: n, k: k, split: split, threads: threads)
         if let known = checked[key] { return known }
         var rng = SplitMix64(seed: 0x5EED)
         let a = randomMatrix(m * k, &rng), b = randomMatrix(k * n, &rng)

@@ -169,7 +169,7 @@ public enum Benchmark {
         if options.compareLocalBN {
             var l = c
             l.batchNormSync = .local
-            l.deterministic = false  // per-rank statistics cannot be
+            l.deterministic = false  // per-rank statistics cannot be deterministic
             localTwin = try Trainer(l, splits: splits, communicator: communicator, console: console)
             twins.append(localTwin!)
         }
@@ -236,29 +236,17 @@ public enum Benchmark {
         }
         func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
         // the gradient allreduce alone: the whole gradient, and each distinct bucket size
-        let gradients = trainer.model.parameters.gradients
         var reduceTimes: [Double] = []
         var bucketTimes: [Int: [Double]] = [:]
         for _ in 0..<Swift.max(options.steps / 2, 3) {
             try communicator.barrier()
             let clock = Stopwatch()
-            if trainer.plan != nil {
-                for range in trainer.buckets.ranges { try communicator.orderedSum(gradients.slice(range)) }
-            } else {
-                try trainer.buckets.allreduce(gradients, over: communicator)
-            }
+            for range in trainer.buckets.ranges { try trainer.reduction.reduceAlone(range) }
             reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
             for range in Set(trainer.buckets.ranges.map(\.count)).sorted().map({ 0..<$0 }) {
                 try communicator.barrier()
                 let clock = Stopwatch()
-                // the path training takes: nonblocking (libnbc) with overlap, blocking (tuned) without
-                if trainer.plan != nil {
-                    try communicator.orderedSum(gradients.slice(range))
-                } else if trainer.reduction.overlap {
-                    try communicator.startAllreduce(gradients.slice(range), .sum).wait()
-                } else {
-                    try communicator.allreduce(gradients.slice(range), .sum)
-                }
+                try trainer.reduction.reduceAlone(range)
                 bucketTimes[range.count * 4, default: []].append(try communicator.allreduce(clock.seconds, .max))
             }
         }

@@ -42,7 +42,6 @@ enum CheckpointFormat {
     static let addedLater = ["--deterministic": "off"]
 
     /// Parameters and BN buffers under PyTorch names: what `autorate export` writes alone.
-
     static func weights(_ model: any Network, batchesTracked: Int) -> SafeTensors {
         var file = SafeTensors()
         for (spec, buffer) in model.parameters.layout.tensors.map({ ($0, model.parameters.values) })

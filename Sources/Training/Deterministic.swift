@@ -1,7 +1,5 @@
 import Collectives
-import Data
 import Layers
-import TensorCore
 
 /// Deterministic mode's split of a batch: K fixed chunks (`--chunks`), chunk c holding positions
 /// `[c*n/K, (c+1)*n/K)` of a batch of n samples whatever the rank count, and rank r of P owning the
@@ -78,41 +76,6 @@ extension Trainer {
         total.loss = leaves.combined()[0]
         total.correct = correct
         return total
-    }
-
-    /// Collective, deterministic mode: the loss and accuracy on `data`, the same bits for any rank
-    /// count. The samples are split into the plan's chunks; each chunk is evaluated in pieces of
-    /// `piece` samples counted from its start (not `maxBatch`, which depends on the rank count), so
-    /// no forward's shape depends on the rank count, and the chunk loss sums are added in the tree.
-    func evaluateDeterministic(_ data: Dataset, plan: ChunkPlan, piece: Int) throws -> (loss: Double, accuracy: Double) {
-        precondition(
-            piece >= 1 && piece <= model.maxBatch, "evaluation pieces of \(piece) samples exceed the network's \(model.maxBatch)")
-        let share = plan.share(of: data.count)
-        let ranges = plan.localChunks(of: data.count)
-        var leaves = BatchChunks.DoubleLeaves(ranges: ranges, width: 1)
-        var correct = 0
-        for (i, chunk) in ranges.enumerated() {
-            var start = chunk.lowerBound, loss = 0.0
-            while start < chunk.upperBound {
-                let end = Swift.min(start + piece, chunk.upperBound)
-                let first = share.lowerBound + start, last = share.lowerBound + end
-                let indices: [Int32] = (first..<last).map { Int32($0) }
-                let x = gather(data, indices[...])
-                let sums = labels.withUnsafeBufferPointer {
-                    SoftmaxCrossEntropy.forwardBackward(
-                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1,
-                        dlogits: nil)
-                }
-                loss += sums.loss
-                correct += sums.correct
-                start = end
-            }
-            leaves.withLeaf(i) { $0[0] = loss }
-        }
-        var loss = leaves.combined()
-        try communicator.orderedSum(&loss)
-        let right = try communicator.allreduce(correct, .sum)
-        return (loss[0] / Double(data.count), Double(right) / Double(data.count))
     }
 
     /// FNV-1a of the parameters and BN buffers: equal on every rank, and, in deterministic mode,

@@ -38,14 +38,6 @@ public struct GradientBuckets: Sendable {
         if start < end { ranges.append(start..<end) }
         self.ranges = ranges
     }
-
-    /// Collective: sums every bucket over all ranks, in bucket order (one blocking allreduce each).
-    public func allreduce(_ gradients: FlatBuffer, over communicator: Communicator) throws {
-        guard communicator.size > 1 else { return }
-        for range in ranges {
-            try communicator.allreduce(gradients.slice(range), .sum)
-        }
-    }
 }
 
 /// The gradient reduction of one step, overlapped with backward: when backward reports that every
@@ -138,11 +130,7 @@ final class OverlappedGradientReduction {
         if !overlap {
             for range in buckets.ranges {
                 let t0 = Stopwatch.now()
-                if ordered {
-                    try communicator.orderedSum(gradients.slice(range))
-                } else {
-                    try communicator.allreduce(gradients.slice(range), .sum)
-                }
+                try reduceAlone(range)
                 spans.append((t0, Stopwatch.now(), range.count * MemoryLayout<Float>.stride))
                 check(range)
             }
@@ -160,6 +148,19 @@ final class OverlappedGradientReduction {
             completed(item, at: item.seenDone ?? Stopwatch.now())
         }
         return Stopwatch.now() - began
+    }
+
+    /// Collective: the reduction of the gradients `range`, blocking, by the path training takes
+    /// (the ordered sum in deterministic mode, `MPI_Iallreduce` and a wait with overlap,
+    /// `MPI_Allreduce` without); also what the benchmark times alone.
+    func reduceAlone(_ range: Range<Int>) throws {
+        if ordered {
+            try communicator.orderedSum(gradients.slice(range))
+        } else if overlap {
+            try communicator.startAllreduce(gradients.slice(range), .sum).wait()
+        } else {
+            try communicator.allreduce(gradients.slice(range), .sum)
+        }
     }
 
     private func start(_ bucket: Int) throws {

@@ -44,6 +44,8 @@ public final class Trainer {
     private let metrics: MetricsLog?
     /// `--deterministic`: the chunks of each batch (nil otherwise).
     let plan: ChunkPlan?
+    /// This rank's chunks of every training batch (all have the global batch's size).
+    private let stepChunks: [Range<Int>]?
     /// Samples per evaluation forward at least (conv nets' activations are larger).
     private static func evaluationRows(_ model: ModelKind) -> Int { model == .mlp ? 256 : 64 }
 
@@ -85,6 +87,7 @@ public final class Trainer {
         plan =
             configuration.deterministic
             ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
+        stepChunks = plan?.localChunks(of: configuration.globalBatch)
         let rows = Swift.max((configuration.globalBatch + p - 1) / p, Self.evaluationRows(configuration.model))
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         if configuration.augmentation != .none && train.image == nil {
@@ -206,7 +209,7 @@ public final class Trainer {
         }
         injectFaults(t, x)
         // deterministic mode: this rank's chunks of the batch, for every sum over samples
-        if let plan { model.chunks.set(chunks: plan.localChunks(of: configuration.globalBatch)) }
+        if let stepChunks { model.chunks.set(chunks: stepChunks) }
         defer { model.chunks.clear() }
         buffersBeforeStep.all.update(fromContentsOf: model.buffers.all)
         // 2. forward; each BN sums (count, sum, sum of squares) over ranks when synchronized
@@ -292,28 +295,38 @@ public final class Trainer {
     }
 
     /// Collective: loss and accuracy on `data` with BN running statistics; each rank takes a
-    /// contiguous share (a rank may have none), and the sums are added exactly.
+    /// contiguous share (a rank may have none), and the sums are added exactly. Deterministic mode
+    /// cuts the share into the plan's chunks, evaluates each in pieces of a fixed size counted from
+    /// its start (not `maxBatch`, which depends on the rank count), and adds the chunk losses in the
+    /// tree, so the result does not depend on the rank count.
     public func evaluate(_ data: Dataset) throws -> (loss: Double, accuracy: Double) {
-        if let plan { return try evaluateDeterministic(data, plan: plan, piece: Self.evaluationRows(configuration.model)) }
-        let share = ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
-        var totals = [0.0, 0.0, 0.0]  // loss sum, correct, count
-        var start = share.lowerBound
-        while start < share.upperBound {
-            let end = Swift.min(start + model.maxBatch, share.upperBound)
-            let x = gather(data, (start..<end).map { Int32($0) }[...])
-            let logits = model.predict(x)
-            let sums = labels.withUnsafeBufferPointer {
-                SoftmaxCrossEntropy.forwardBackward(
-                    logits: logits, labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]),
-                    normalizer: 1, dlogits: nil)
+        let share = plan?.share(of: data.count) ?? ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
+        let chunks = plan?.localChunks(of: data.count) ?? [0..<share.count]
+        let piece = plan == nil ? model.maxBatch : Self.evaluationRows(configuration.model)
+        var leaves = BatchChunks.DoubleLeaves(ranges: chunks, width: 1)
+        var correct = 0
+        for (i, chunk) in chunks.enumerated() {
+            var start = chunk.lowerBound
+            while start < chunk.upperBound {
+                let end = Swift.min(start + piece, chunk.upperBound)
+                let indices = (share.lowerBound + start..<share.lowerBound + end).map { Int32($0) }
+                let x = gather(data, indices[...])
+                let sums = labels.withUnsafeBufferPointer {
+                    SoftmaxCrossEntropy.forwardBackward(
+                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1, dlogits: nil)
+                }
+                leaves.withLeaf(i) { $0[0] += sums.loss }
+                correct += sums.correct
+                start = end
             }
-            totals[0] += sums.loss
-            totals[1] += Double(sums.correct)
-            totals[2] += Double(x.rows)
-            start = end
         }
-        try communicator.allreduce(&totals, .sum)
-        return (totals[0] / totals[2], totals[1] / totals[2])
+        var totals = leaves.combined() + [Double(correct)]  // loss sum, correct
+        if plan != nil {
+            try communicator.orderedSum(&totals)  // the count is an integer: exact in any order
+        } else {
+            try communicator.allreduce(&totals, .sum)
+        }
+        return (totals[0] / Double(data.count), totals[1] / Double(data.count))
     }
 
     // MARK: helpers
@@ -404,7 +417,7 @@ public final class Trainer {
         defer { for norm in model.batchNorms { norm.averagedBatches = nil } }
         for t in totalSteps..<(totalSteps + batches) {
             let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
-            if let plan { model.chunks.set(chunks: plan.localChunks(of: configuration.globalBatch)) }
+            if let stepChunks { model.chunks.set(chunks: stepChunks) }
             defer { model.chunks.clear() }
             _ = try model.forward(gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch), reducer: statistics)
         }
@@ -515,8 +528,8 @@ public struct RunSummary: Sendable {
 
 /// Local sums between two logging steps; reduced over ranks only when logged.
 private struct Window {
-    var loss = 0.0, correct = 0.0, count = 0.0
-    /// Each step's loss sum on this rank, for the deterministic total.
+    var correct = 0.0, count = 0.0
+    /// Each step's loss sum on this rank (their sum in order is the window's).
     var stepLosses: [Double] = []
     /// This rank's time, summed over the window's steps.
     var timing = StepTiming()
@@ -524,7 +537,6 @@ private struct Window {
     mutating func add(_ r: StepResult) {
         timing = timing + r.timing
         steps += 1
-        loss += r.lossSum
         stepLosses.append(r.lossSum)
         correct += Double(r.correct)
         count += Double(r.count)
@@ -533,12 +545,12 @@ private struct Window {
     /// `ordered`: each step's loss is finished in the chunk tree (rank order), then the steps are
     /// added in order, so the logged loss does not depend on the rank count.
     func reduce(over communicator: Communicator, ordered: Bool) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
-        var sums = [loss, correct, count] + timing.values
+        var sums = [ordered ? 0 : stepLosses.reduce(0, +), correct, count] + timing.values
         try communicator.allreduce(&sums, .sum)
         if ordered {
-            var steps = stepLosses
-            try communicator.orderedSum(&steps)
-            sums[0] = steps.reduce(0, +)
+            var losses = stepLosses
+            try communicator.orderedSum(&losses)
+            sums[0] = losses.reduce(0, +)
         }
         return (sums[0] / sums[2], sums[1] / sums[2], StepTiming(values: sums.dropFirst(3)))
     }

@@ -81,15 +81,13 @@ struct CommunicationOptions: ParsableArguments {
 
     /// The combinations deterministic mode cannot make rank-count independent.
     func validate(with network: NetworkOptions, comparing compareDeterministic: Bool = false) throws {
-        if compareDeterministic && network.bn == .local {
-            throw ValidationError("--compare-deterministic is not accepted with --bn local: a deterministic twin needs --bn sync.")
-        }
         guard deterministic || compareDeterministic else { return }
+        let flag = deterministic ? "--deterministic" : "--compare-deterministic"
         if network.bn == .local {
-            throw ValidationError("--bn local is not accepted with --deterministic: per-rank BN statistics depend on the rank count by definition; use --bn sync.")
+            throw ValidationError("--bn local is not accepted with \(flag): per-rank BN statistics depend on the rank count by definition; use --bn sync.")
         }
         if network.globalBatch < chunks {
-            throw ValidationError("--global-batch \(network.globalBatch) is not accepted with --deterministic --chunks \(chunks): the global batch needs at least one sample per chunk; lower --chunks or raise --global-batch.")
+            throw ValidationError("--global-batch \(network.globalBatch) is not accepted with \(flag) --chunks \(chunks): the global batch needs at least one sample per chunk; lower --chunks or raise --global-batch.")
         }
     }
 

@@ -98,4 +98,14 @@ final class GemmTests: XCTestCase {
         BLAS.gemm(.transposed, .none, m: 2, n: 3, k: 0, a: a, lda: 2, b: b, ldb: 3, beta: 1, c: &d, ldc: 3)
         XCTAssertEqual(d, [1, 2, 3, 4, 5, 6])
     }
+
+    /// Deterministic mode's check of the fused (beta 1) tree addition: exact for one product per
+    /// element whatever the BLAS, and found inexact when k exceeds OpenBLAS's k-block (the product
+    /// is then itself added to C in pieces), so the check can fail and the exact path is taken.
+    func testFusedAccumulationCheckTellsExactFromSplit() {
+        XCTAssertTrue(BLAS.accumulationIsExactSum(.transposed, .none, m: 8, n: 8, k: 1))
+        XCTAssertFalse(BLAS.accumulationIsExactSum(.transposed, .none, m: 16, n: 16, k: 8192))
+        // rows of one call and of a split agree trivially for a single row per call
+        XCTAssertTrue(BLAS.rowsIndependentOfSplit(.transposed, m: 3, split: [1, 1, 1], n: 4, k: 1))
+    }
 }
