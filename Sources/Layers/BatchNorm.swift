@@ -365,17 +365,17 @@ public final class BatchNorm {
         }
     }
 
-    /// eps_c per channel for the current weights; `saving` keeps ||w_c||^2 and q for backward.
+    /// eps_c per channel for the current weights; `saving` (a training forward) keeps ||w_c||^2 and
+    /// q for backward, and takes the norms the last update kept when there are some.
     private func channelEpsilons(_ p: ParameterStore, saving: Bool = false) -> [Double] {
         switch epsilonMode {
         case .zero: return [Double](repeating: 0, count: channels)
         case .standard: return [Double](repeating: epsilon, count: channels)
         case .scaled:
-            let w = p.value(incomingWeight!)
-            let fanIn = incomingWeight!.count / channels  // [C, in] or a conv's [C, k, k, in]
-            let norms = (0..<channels).map { j in
-                squaredNorm(UnsafeBufferPointer(rebasing: w[j * fanIn..<(j + 1) * fanIn]))
-            }
+            let w = incomingWeight!
+            let fanIn = w.count / channels  // [C, in] or a conv's [C, k, k, in]
+            let kept = saving ? p.takeRowSquaredNorms(of: w) : nil
+            let norms = kept ?? (0..<channels).map { p.rowSquaredNorm(w, row: $0, rowLength: fanIn) }
             var q = 1.0
             if let previousAffine {
                 q =
@@ -394,15 +394,22 @@ public final class BatchNorm {
 
     /// Backward of the last training forward: reduces (sum dy, sum dy*xhat), writes `dx`, accumulates
     /// d gamma, d beta (and the incoming weight's gradient through eps_c in `.scaled` mode).
+    ///
+    /// - Parameter relu: `dy` is the gradient of the ReLU output of a `forward(..., relu: true)`; the
+    ///   ReLU's backward is applied on the fly in both passes (see `reluBackwardSums`), not in a pass
+    ///   of its own, and `dy` is not modified.
     public func backward(
         _ dy: Matrix, _ dx: Matrix, _ p: ParameterStore, reducer: StatisticsReducer,
-        deferEpsilonGradient: Bool = false
+        deferEpsilonGradient: Bool = false, relu: Bool = false
     ) throws {
+        precondition(!relu || lastReLU, "BatchNorm ReLU backward after a forward without ReLU")
+        precondition(dx.rows == rows && dx.cols == channels, "BatchNorm backward dx shape mismatch")
         var local = [Double](repeating: 0, count: backwardSumsCount)
-        local.withUnsafeMutableBufferPointer { accumulateBackwardSums(dy, into: $0) }
+        local.withUnsafeMutableBufferPointer { accumulateBackwardSums(dy, into: $0, p: relu ? p : nil) }
         var global = local
         try global.withUnsafeMutableBufferPointer { try reducer.sumAcrossRanks($0) }
-        finishBackward(dy, dx, globalSums: global, localSums: local, p, deferEpsilonGradient: deferEpsilonGradient)
+        beginInputGradient(globalSums: global, localSums: local, p, deferEpsilonGradient: deferEpsilonGradient)
+        inputGradientRows(0..<rows, dy, dx, relu: relu ? p : nil)
     }
 
     /// Phase 1 of backward: adds this rank's (sum dy, sum dy * xhat) per channel to `s`.

@@ -197,14 +197,11 @@ public final class MLP: Network {
         for i in stride(from: linears.count - 1, through: 0, by: -1) {
             if i < norms.count {
                 observer?.layerBegan()
-                // ReLU (hidden layers) then BN, both into the linear output's gradient
-                if i < linears.count - 1 {
-                    let y = rows(normOut[i], n)
-                    reluBackward(output: y.readOnly, upstream.readOnly, upstream.buffer)
-                }
+                // ReLU (hidden layers) and BN, in the BN's two passes, into the linear output's gradient
                 let dz = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i + 1])
                 useA.toggle()
-                try norms[i].backward(upstream, dz, parameters, reducer: reducer, deferEpsilonGradient: true)
+                try norms[i].backward(
+                    upstream, dz, parameters, reducer: reducer, deferEpsilonGradient: true, relu: i < linears.count - 1)
                 observer?.layerEnded(spanNames[i].norm, backward: true)
                 upstream = dz
             } else if i < linears.count - 1 {

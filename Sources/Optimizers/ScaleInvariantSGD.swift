@@ -99,6 +99,7 @@ public final class ScaleInvariantSGD {
     /// update applies them in its own pass; monitors, momentum and weight decay first add them in.
     @discardableResult
     public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor] {
+        store.rowSquaredNormsAfterUpdate.removeAll()
         if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
         var radial: [Int: RadialGradient] = [:]  // by tensor offset
         for term in store.pendingRadial { radial[term.tensor.offset] = term }
@@ -109,9 +110,7 @@ public final class ScaleInvariantSGD {
             let rule = rule(for: group.kind)
             let eta = rule.schedule.rate(base: rule.learningRate, step: step)
             if !monitor && rule.isPlain && group.tensors.contains(where: { radial[$0.offset] != nil }) {
-                for tensor in group.tensors {
-                    updatePlain(store.value(tensor), store.gradient(tensor), eta: Float(eta), radial: radial[tensor.offset])
-                }
+                for tensor in group.tensors { updatePlain(tensor, in: store, eta: Float(eta), radial: radial[tensor.offset]) }
                 continue
             }
             let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
@@ -141,22 +140,25 @@ public final class ScaleInvariantSGD {
         return monitors
     }
 
-    /// `w -= eta * (g + a_r * w)` row by row: the plain step with the radial term fused in.
-    private func updatePlain(
-        _ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
-        eta: Float, radial: RadialGradient?
-    ) {
-        let wp = w.baseAddress!, gp = g.baseAddress!
+    /// `w -= eta * (g + a_r * w)` row by row: the plain step with the radial term fused in. Each
+    /// row's new squared norm is taken while the row is in cache and kept for the next forward's
+    /// BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`): the rows with a radial term are
+    /// those of a weight feeding a `.scaled`-epsilon BN.
+    private func updatePlain(_ tensor: TensorSpec, in store: ParameterStore, eta: Float, radial: RadialGradient?) {
+        let wp = store.value(tensor).baseAddress!, gp = store.gradient(tensor).baseAddress!
         guard let radial else {
-            for i in 0..<w.count { wp[i] -= eta * gp[i] }
+            for i in 0..<tensor.count { wp[i] -= eta * gp[i] }
             return
         }
-        let rowLength = w.count / radial.coefficients.count
+        let rowLength = tensor.count / radial.coefficients.count
+        var norms = [Double](repeating: 0, count: radial.coefficients.count)
         for (r, a) in radial.coefficients.enumerated() {
             let keep = 1 - eta * a
             let row = wp + r &* rowLength, grad = gp + r &* rowLength
             for i in 0..<rowLength { row[i] = keep * row[i] - eta * grad[i] }
+            norms[r] = store.rowSquaredNorm(tensor, row: r, rowLength: rowLength)
         }
+        store.rowSquaredNormsAfterUpdate[tensor.offset] = norms
     }
 
     private func update(

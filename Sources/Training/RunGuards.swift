@@ -6,15 +6,6 @@ import TensorCore
     import Glibc
 #endif
 
-/// True when no value is NaN or infinite: `x * 0` is 0 for finite x and NaN otherwise, and a sum
-/// of such terms is NaN as soon as one is, in a loop that vectorizes (one pass, no branch).
-func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
-    guard let p = values.baseAddress else { return true }
-    var probe: Float = 0
-    for i in 0..<values.count { probe += p[i] * 0 }
-    return probe == 0
-}
-
 extension Trainer {
     /// Collective: every rank hashes each field of its configuration, its network's layout and its
     /// data; a field that differs between ranks stops every rank, naming the field and the ranks.

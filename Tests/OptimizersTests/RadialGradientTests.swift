@@ -49,4 +49,44 @@ final class RadialGradientTests: XCTestCase {
             }
         }
     }
+
+    /// The update keeps each radial row's new squared norm, the next training forward takes them
+    /// (and gives the bits of a forward that computes them afresh), and nothing is left behind.
+    func testUpdateKeepsRowNormsForTheNextForward() {
+        let widths = [10, 16, 12, 6], batch = 32
+        let mlp = MLP(
+            widths: widths, head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled, epsilon: 0.05), maxBatch: batch)
+        mlp.initialize(seed: 8)
+        var rng = SplitMix64(seed: 10)
+        let x = FlatBuffer(count: batch * widths[0]), dlogits = FlatBuffer(count: batch * widths.last!)
+        for i in 0..<x.count { x.pointer[i] = Float(rng.normal()) }
+        for i in 0..<dlogits.count { dlogits.pointer[i] = Float(rng.normal()) / Float(batch) }
+        let input = Matrix(x.pointer, rows: batch, cols: widths[0]), dl = Matrix(dlogits.pointer, rows: batch, cols: widths.last!)
+        let opt = ScaleInvariantSGD(
+            groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
+            invariant: GroupRule(learningRate: 3), variant: GroupRule(learningRate: 0.1))
+        let p = mlp.parameters
+        _ = try! mlp.forward(input, reducer: LocalStatistics())
+        try! mlp.backward(dl, reducer: LocalStatistics(), radial: .global)
+        let weights = p.pendingRadial.map(\.tensor)
+        XCTAssertEqual(weights.count, 3, "three weights feed a BN")
+        opt.apply(to: p, monitor: false)
+        for w in weights {
+            let rows = w.shape[0], rowLength = w.count / rows
+            let kept = try! XCTUnwrap(p.rowSquaredNormsAfterUpdate[w.offset], w.name)
+            XCTAssertEqual(kept.count, rows)
+            let values = p.value(w)
+            for r in 0..<rows {
+                XCTAssertEqual(kept[r], p.rowSquaredNorm(w, row: r, rowLength: rowLength), "\(w.name) row \(r)")
+                let exact = (0..<rowLength).reduce(0.0) { $0 + Double(values[r * rowLength + $1]) * Double(values[r * rowLength + $1]) }
+                XCTAssertEqual(kept[r], exact, accuracy: 1e-6 * exact, "\(w.name) row \(r) against a Double loop")
+            }
+        }
+        let buffers = mlp.buffers.array
+        let withKept = Array(try! mlp.forward(input, reducer: LocalStatistics()).readOnly)
+        XCTAssertTrue(p.rowSquaredNormsAfterUpdate.isEmpty, "the forward took every kept norm")
+        mlp.buffers.all.update(fromContentsOf: buffers)
+        let afresh = Array(try! mlp.forward(input, reducer: LocalStatistics()).readOnly)
+        XCTAssertEqual(withKept, afresh)
+    }
 }

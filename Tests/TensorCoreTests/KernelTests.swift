@@ -71,6 +71,26 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(got, Double(n))  // exact known answer
     }
 
+    /// Every non-finite kind at every position of every size (vector body and tail), against
+    /// `isFinite`; the largest finite values, subnormals and signed zeros must pass.
+    func testAllFinite() {
+        let edges: [Float] = [.greatestFiniteMagnitude, -.greatestFiniteMagnitude, .leastNonzeroMagnitude, -0.0, 0]
+        let bad: [Float] = [.nan, -.nan, .infinity, -.infinity, .signalingNaN]
+        for n in Self.sizes {
+            var x = random(n, seed: 11 + UInt64(n))
+            for (i, e) in edges.enumerated() where i < n { x[(i * 97) % n] = e }
+            XCTAssertTrue(x.withUnsafeBufferPointer(allFinite), "n=\(n)")
+            for position in Set([0, n / 2, n - 1].filter { $0 >= 0 && n > 0 }) {
+                for value in bad {
+                    var y = x
+                    y[position] = value
+                    XCTAssertEqual(y.withUnsafeBufferPointer(allFinite), y.allSatisfy(\.isFinite), "n=\(n) at \(position): \(value)")
+                    XCTAssertFalse(y.withUnsafeBufferPointer(allFinite), "n=\(n) at \(position): \(value)")
+                }
+            }
+        }
+    }
+
     func testReluBackward() {
         for n in Self.sizes {
             let x = random(n, seed: 6 + UInt64(n)), dy = random(n, seed: 7 + UInt64(n))
