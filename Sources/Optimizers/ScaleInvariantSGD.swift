@@ -63,6 +63,9 @@ public final class ScaleInvariantSGD {
         invariantRule = invariant
         variantRule = variant
         tensorOffsets = Set(groups.flatMap { $0.tensors.map(\.offset) })
+        precondition(
+            groups.map(\.count).reduce(0, +) == parameterCount && tensorOffsets.count == groups.flatMap(\.tensors).count,
+            "the groups must hold every parameter once: the plain update rewrites the whole buffer")
         if invariant.momentum != 0 || variant.momentum != 0 { velocity = FlatBuffer(count: parameterCount) }
     }
 
@@ -95,24 +98,35 @@ public final class ScaleInvariantSGD {
     /// batch) and advances the step counter. With `monitor`, returns per-group monitors (costs three
     /// extra passes over the parameters; use on logging steps).
     ///
+    /// The NaN/Inf guard is part of the update: when the step meets a value that is not finite (in
+    /// the gradient or a radial coefficient; in the paper's algorithm, any new value), `apply`
+    /// returns nil and leaves the values, the velocity and the step counter as they were.
+    ///
+    /// The paper's algorithm (plain steps) writes the new values into the gradient buffer, checking
+    /// them on the way, and then exchanges the two buffers' storage (`ParameterStore.exchangeValuesAndGradients`):
+    /// one pass that reads w and g and writes one buffer, where an in-place update after a
+    /// separate check would read g twice. **The gradient buffer then holds the previous values.**
+    /// With momentum or weight decay the update is in place, after a check of the gradient.
+    ///
     /// Pending radial gradient terms (`store.pendingRadial`) are part of the gradient: the plain
     /// update applies them in its own pass; monitors, momentum and weight decay first add them in.
     @discardableResult
-    public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor] {
+    public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor]? {
         store.rowSquaredNormsAfterUpdate.removeAll()
         if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
         var radial: [Int: RadialGradient] = [:]  // by tensor offset
         for term in store.pendingRadial { radial[term.tensor.offset] = term }
         precondition(radial.keys.allSatisfy(tensorOffsets.contains), "a pending radial gradient belongs to no parameter group")
         store.pendingRadial.removeAll()
+        guard isPaperAlgorithm || groups.allSatisfy({ allFinite(UnsafeBufferPointer(store.gradients.slice($0.range))) }) else {
+            return nil
+        }
         var monitors: [GroupMonitor] = []
+        var check = FiniteCheck()
+        var keptNorms: [Int: [Double]] = [:]
         for group in groups {
             let rule = rule(for: group.kind)
             let eta = rule.schedule.rate(base: rule.learningRate, step: step)
-            if !monitor && rule.isPlain && group.tensors.contains(where: { radial[$0.offset] != nil }) {
-                for tensor in group.tensors { updatePlain(tensor, in: store, eta: Float(eta), radial: radial[tensor.offset]) }
-                continue
-            }
             let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
             var before = (w2: 0.0, g2: 0.0, wg: 0.0)
             if monitor {
@@ -121,9 +135,18 @@ public final class ScaleInvariantSGD {
                     dot(UnsafeBufferPointer(w), UnsafeBufferPointer(g))
                 )
             }
-            update(w, g, rule: rule, eta: Float(eta), range: group.range)
+            var updated = w  // where the new values are
+            if isPaperAlgorithm {
+                for tensor in group.tensors {
+                    let norms = stepIntoGradient(tensor, in: store, eta: Float(eta), radial: radial[tensor.offset], &check)
+                    keptNorms[tensor.offset] = norms
+                }
+                updated = g
+            } else {
+                updateInPlace(w, g, rule: rule, eta: Float(eta), range: group.range)
+            }
             if monitor {
-                let after = squaredNorm(UnsafeBufferPointer(w))
+                let after = squaredNorm(UnsafeBufferPointer(updated))
                 let residual = (after - before.w2 - eta * eta * before.g2) / after
                 let cosine = before.wg / Swift.max((before.w2 * before.g2).squareRoot(), .leastNormalMagnitude)
                 // <w_t, w_{t+1}> = ||w_t||^2 - eta <w_t, g_t> for the plain step
@@ -136,32 +159,52 @@ public final class ScaleInvariantSGD {
                         angle: rule.isPlain ? Double.acos(cosAngle) : .nan))
             }
         }
+        if isPaperAlgorithm {
+            guard check.allFinite else { return nil }
+            store.exchangeValuesAndGradients()
+            store.rowSquaredNormsAfterUpdate = keptNorms
+        }
         step += 1
         return monitors
     }
 
-    /// `w -= eta * (g + a_r * w)` row by row: the plain step with the radial term fused in. Each
-    /// row's new squared norm is taken while the row is in cache and kept for the next forward's
-    /// BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`): the rows with a radial term are
-    /// those of a weight feeding a `.scaled`-epsilon BN.
-    private func updatePlain(_ tensor: TensorSpec, in store: ParameterStore, eta: Float, radial: RadialGradient?) {
+    /// The plain step of one tensor, `w - eta * (g + a_r * w)` (a_r: the radial coefficient of row
+    /// r, 0 without), written over `g` and checked by `check`. For a tensor with a radial term (a
+    /// weight feeding a `.scaled`-epsilon BN) returns each new row's squared norm, taken while the
+    /// row is in cache, for the next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
+    private func stepIntoGradient(
+        _ tensor: TensorSpec, in store: ParameterStore, eta: Float, radial: RadialGradient?, _ check: inout FiniteCheck
+    ) -> [Double]? {
         let wp = store.value(tensor).baseAddress!, gp = store.gradient(tensor).baseAddress!
         guard let radial else {
-            for i in 0..<tensor.count { wp[i] -= eta * gp[i] }
-            return
+            var carries = check.carries
+            for i in 0..<tensor.count {
+                let v = wp[i] - eta * gp[i]
+                gp[i] = v
+                carries |= FiniteCheck.carry(v)
+            }
+            check.carries = carries
+            return nil
         }
         let rowLength = tensor.count / radial.coefficients.count
         var norms = [Double](repeating: 0, count: radial.coefficients.count)
         for (r, a) in radial.coefficients.enumerated() {
             let keep = 1 - eta * a
-            let row = wp + r &* rowLength, grad = gp + r &* rowLength
-            for i in 0..<rowLength { row[i] = keep * row[i] - eta * grad[i] }
-            norms[r] = store.rowSquaredNorm(tensor, row: r, rowLength: rowLength)
+            let row = wp + r &* rowLength, out = gp + r &* rowLength
+            var carries = check.carries
+            for i in 0..<rowLength {
+                let v = keep * row[i] - eta * out[i]
+                out[i] = v
+                carries |= FiniteCheck.carry(v)
+            }
+            check.carries = carries
+            norms[r] = ParameterStore.squaredNorm(ofRow: UnsafeBufferPointer(start: out, count: rowLength))
         }
-        store.rowSquaredNormsAfterUpdate[tensor.offset] = norms
+        return norms
     }
 
-    private func update(
+    /// Momentum and weight decay (not the paper's algorithm): in place.
+    private func updateInPlace(
         _ w: UnsafeMutableBufferPointer<Float>, _ g: UnsafeMutableBufferPointer<Float>,
         rule: GroupRule, eta: Float, range: Range<Int>
     ) {

@@ -2,7 +2,8 @@
     import Glibc
 #endif
 
-/// A fixed-size, manually allocated Float buffer with a stable address: safe to hand to BLAS and to
+/// A fixed-size, manually allocated Float buffer with a stable address (until `exchangeStorage`):
+/// safe to hand to BLAS and to
 /// in-flight MPI operations (a Swift Array could move under copy-on-write). Zero-initialized,
 /// 64-byte aligned (one cache line, one AVX-512 vector); buffers of 2 MiB or more are 2 MiB aligned
 /// and marked for transparent huge pages (the system's default here is `madvise`), to spare the
@@ -10,7 +11,7 @@
 public final class FlatBuffer: @unchecked Sendable {
     // @unchecked Sendable: the buffer is written by one thread at a time (the training thread);
     // the type is shared only to hand the same memory to the communicator.
-    public let storage: UnsafeMutableBufferPointer<Float>
+    public private(set) var storage: UnsafeMutableBufferPointer<Float>
 
     public init(count: Int) {
         precondition(count >= 0, "FlatBuffer count must be non-negative, got \(count)")
@@ -34,6 +35,13 @@ public final class FlatBuffer: @unchecked Sendable {
     deinit { free(storage.baseAddress) }
 
     public var pointer: UnsafeMutablePointer<Float> { storage.baseAddress! }
+
+    /// Swaps the memory of two buffers of one size. Pointers taken from either before are then
+    /// into the other: take them afresh after (no MPI operation may be in flight on either).
+    public func exchangeStorage(with other: FlatBuffer) {
+        precondition(count == other.count, "exchanging the storage of buffers of \(count) and \(other.count) elements")
+        swap(&storage, &other.storage)
+    }
 
     /// The elements `range` as a buffer pointer into this storage.
     public func slice(_ range: Range<Int>) -> UnsafeMutableBufferPointer<Float> {

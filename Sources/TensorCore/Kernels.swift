@@ -50,16 +50,25 @@ public func dot(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>
 @inlinable
 public func squaredNorm(_ x: UnsafeBufferPointer<Float>) -> Double { dot(x, x) }
 
-/// True when no value is NaN or infinite. A Float is not finite exactly when its exponent bits are
-/// all ones; adding one to the lowest exponent bit then carries into the sign bit, and only then.
-/// The OR of those carries is an integer reduction, which vectorizes; a Float sum of `x * 0` (the
-/// probe this replaced) keeps IEEE order and ran one add at a time (5% of an MLP step).
+/// True when no value is NaN or infinite (see `FiniteCheck`).
 @inlinable
 public func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
     guard let p = values.baseAddress else { return true }
-    var carries: UInt32 = 0
-    for i in 0..<values.count { carries |= (p[i].bitPattern & 0x7f80_0000) &+ 0x0080_0000 }
-    return carries & 0x8000_0000 == 0
+    var check = FiniteCheck()
+    for i in 0..<values.count { check.carries |= FiniteCheck.carry(p[i]) }
+    return check.allFinite
+}
+
+/// A NaN/Inf check that a loop feeds one value at a time. A Float is not finite exactly when its
+/// exponent bits are all ones; adding one to the lowest exponent bit then carries into the sign
+/// bit, and only then. The OR of those carries is an integer reduction, which vectorizes; a Float
+/// sum of `x * 0` (the probe this replaced) keeps IEEE order and ran one add at a time.
+public struct FiniteCheck: Sendable {
+    public var carries: UInt32 = 0
+    @inlinable public init() {}
+    @inlinable @inline(__always)
+    public static func carry(_ v: Float) -> UInt32 { (v.bitPattern & 0x7f80_0000) &+ 0x0080_0000 }
+    @inlinable public var allFinite: Bool { carries & 0x8000_0000 == 0 }
 }
 
 /// `dx[i] = y[i] > 0 ? dy[i] : 0`, from the ReLU *output* `y`; `dy` and `dx` may be the same buffer.

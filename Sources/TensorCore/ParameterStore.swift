@@ -73,13 +73,20 @@ public final class ParameterStore: @unchecked Sendable {
     public func value(_ spec: TensorSpec) -> UnsafeMutableBufferPointer<Float> { values.slice(spec.range) }
     public func gradient(_ spec: TensorSpec) -> UnsafeMutableBufferPointer<Float> { gradients.slice(spec.range) }
 
-    /// ||row r||^2 of `tensor` cut into rows of `rowLength` values, accumulated in Double
-    /// (`squaredNorm`). Not inlinable on purpose: the update and the forward run this one compiled
-    /// loop, so a norm the update kept has the bits the forward would compute.
+    /// ||row r||^2 of `tensor` cut into rows of `rowLength` values (see `squaredNorm(ofRow:)`).
     public func rowSquaredNorm(_ tensor: TensorSpec, row r: Int, rowLength: Int) -> Double {
         precondition(r >= 0 && (r + 1) * rowLength <= tensor.count, "row \(r) of \(rowLength) values is outside \(tensor.name)")
-        return squaredNorm(UnsafeBufferPointer(start: values.pointer + tensor.offset + r &* rowLength, count: rowLength))
+        return Self.squaredNorm(ofRow: UnsafeBufferPointer(start: values.pointer + tensor.offset + r &* rowLength, count: rowLength))
     }
+
+    /// A row's squared norm, accumulated in Double (`squaredNorm`). Not inlinable on purpose: the
+    /// update and the forward run this one compiled loop, so a norm the update kept has the bits
+    /// the forward would compute.
+    public static func squaredNorm(ofRow row: UnsafeBufferPointer<Float>) -> Double { TensorCore.squaredNorm(row) }
+
+    /// Exchanges the storage of `values` and `gradients` (the buffer objects stay; what they point
+    /// to swaps): how the plain update commits values it wrote over the gradient.
+    public func exchangeValuesAndGradients() { values.exchangeStorage(with: gradients) }
 
     /// The row norms the last update kept for `tensor` (see `rowSquaredNormsAfterUpdate`), once.
     public func takeRowSquaredNorms(of tensor: TensorSpec) -> [Double]? {

@@ -68,11 +68,6 @@ final class OverlappedGradientReduction {
     }
     /// Each bucket's reduction as it was observed: start, completion seen, bytes.
     private(set) var spans: [(start: Double, end: Double, bytes: Int)] = []
-    /// The NaN/Inf guard's verdict on the summed gradient, checked piece by piece as each piece
-    /// becomes final (a bucket just reduced, or one layer's gradients on a single rank) while it is
-    /// still in cache, instead of in a separate pass over the whole gradient.
-    private(set) var gradientsFinite = true
-    private var checkedFrom = 0  // every gradient at or above this index has been checked
     /// Between `begin` and `finish`: a backward outside a training step (a probe) reduces nothing.
     private var active = false
 
@@ -94,8 +89,6 @@ final class OverlappedGradientReduction {
         precondition(inFlight.isEmpty, "a gradient reduction is still in flight from the previous step")
         next = 0
         readyFrom = .max
-        gradientsFinite = true
-        checkedFrom = gradients.count
         active = true
         backwardEnded = .infinity
         spans.removeAll(keepingCapacity: true)
@@ -105,15 +98,7 @@ final class OverlappedGradientReduction {
     /// time during backward: over TCP a BN reduction sent later waits behind every byte queued
     /// before it on the same connection, and it is on the critical path.
     func gradientsFinal(from offset: Int) throws {
-        guard active else { return }
-        if communicator.size == 1 {  // nothing to sum: check this layer's gradients now
-            if offset < checkedFrom {
-                check(offset..<checkedFrom)
-                checkedFrom = offset
-            }
-            return
-        }
-        guard overlap else { return }
+        guard active && overlap else { return }
         readyFrom = offset
         try poll()
     }
@@ -123,16 +108,12 @@ final class OverlappedGradientReduction {
     func finish() throws -> Double {
         let began = Stopwatch.now()
         defer { active = false }
-        guard communicator.size > 1 else {
-            check(0..<checkedFrom)
-            return 0
-        }
+        guard communicator.size > 1 else { return 0 }
         if !overlap {
             for range in buckets.ranges {
                 let t0 = Stopwatch.now()
                 try reduceAlone(range)
                 spans.append((t0, Stopwatch.now(), range.count * MemoryLayout<Float>.stride))
-                check(range)
             }
             return Stopwatch.now() - began
         }
@@ -184,13 +165,7 @@ final class OverlappedGradientReduction {
         }
     }
 
-    private func check(_ range: Range<Int>) {
-        guard gradientsFinite && !range.isEmpty else { return }
-        gradientsFinite = allFinite(UnsafeBufferPointer(gradients.slice(range)))
-    }
-
     private func completed(_ item: InFlight, at end: Double) {
-        check(buckets.ranges[item.bucket])
         spans.append((item.started, end, buckets.ranges[item.bucket].count * MemoryLayout<Float>.stride))
     }
 

@@ -233,24 +233,16 @@ public final class Trainer {
         }
         if !sharedStatistics { try sumRadialCoefficients() }
         // deterministic mode: BN gamma and beta gradients from the global sums, the same on every rank
-        let pendingFinite = model.parameters.pendingTerms.allSatisfy { $0.values.allSatisfy(\.isFinite) }
         model.parameters.addPendingTerms()
-        // 5b. the NaN/Inf guard: the summed gradient is the same on every rank, so every rank
-        //     decides alike without communicating (each bucket was checked as it was reduced); a
-        //     skipped step also undoes its BN statistics
-        let finite =
-            reduction.gradientsFinite && pendingFinite
-            && model.parameters.pendingRadial.allSatisfy { $0.coefficients.withUnsafeBufferPointer(allFinite) }
-        var result = StepResult(lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: [], skipped: !finite)
-        if finite {
-            watchdog?.progress(step: t + 1, "the update")
-            // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
-            //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass)
-            result.monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
-        } else {
-            model.buffers.all.update(fromContentsOf: buffersBeforeStep.all)
-            model.parameters.pendingRadial.removeAll()
-        }
+        // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
+        //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass).
+        //    It is also the NaN/Inf guard: the summed gradient is the same on every rank, so every
+        //    rank decides alike without communicating; a skipped step also undoes its BN statistics
+        watchdog?.progress(step: t + 1, "the update")
+        let monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
+        var result = StepResult(
+            lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors ?? [], skipped: monitors == nil)
+        if monitors == nil { model.buffers.all.update(fromContentsOf: buffersBeforeStep.all) }
         timing.step = Stopwatch.now() - began
         timing.bnCommunication = statistics.seconds
         timing.gradientHidden = reduction.hiddenSeconds

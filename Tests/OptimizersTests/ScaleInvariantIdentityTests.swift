@@ -36,7 +36,7 @@ private func trainMonitors(
         }
         zero(mlp.parameters.gradients.all)
         try! mlp.backward(dl, reducer: LocalStatistics())
-        all.append(opt.apply(to: mlp.parameters, monitor: true))
+        all.append(opt.apply(to: mlp.parameters, monitor: true)!)
     }
     return all
 }

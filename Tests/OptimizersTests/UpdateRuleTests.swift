@@ -32,8 +32,43 @@ final class UpdateRuleTests: XCTestCase {
         let w1 = store.values.array
         for i in 0..<6 { XCTAssertEqual(w1[i], w0[i] - Float(0.3) * g[i]) }
         for i in 6..<10 { XCTAssertEqual(w1[i], w0[i] - Float(0.05) * g[i]) }
-        XCTAssertEqual(store.gradients.array, g, "the gradient is not modified")
+        XCTAssertEqual(store.gradients.array, w0, "the plain update leaves the previous values in the gradient buffer")
         XCTAssertEqual(opt.step, 1)
+    }
+
+    /// The NaN/Inf guard: a NaN or an infinity anywhere in the gradient, or in a radial coefficient,
+    /// makes `apply` return nil and change nothing (values, velocity, step), plain or with momentum.
+    func testNonFiniteStepChangesNothing() {
+        for momentum in [0.0, 0.9] {
+            for bad in [Float.nan, .infinity, -.infinity] {
+                for position in [0, 5, 6, 9] {
+                    let (store, groups) = makeStore(seed: 4)
+                    let opt = ScaleInvariantSGD(
+                        groups: groups, parameterCount: store.layout.count,
+                        invariant: GroupRule(learningRate: 0.3, momentum: momentum), variant: GroupRule(learningRate: 0))
+                    XCTAssertNotNil(opt.apply(to: store, monitor: false))
+                    for i in 0..<store.layout.count { store.gradients.pointer[i] = Float(i) / 10 }
+                    let w = store.values.array, v = opt.momentumBuffer?.array
+                    store.gradients.pointer[position] = bad
+                    for monitor in [false, true] {
+                        XCTAssertNil(opt.apply(to: store, monitor: monitor), "\(bad) at \(position), momentum \(momentum)")
+                        XCTAssertEqual(store.values.array, w)
+                        XCTAssertEqual(opt.momentumBuffer?.array, v)
+                        XCTAssertEqual(opt.step, 1)
+                        store.gradients.pointer[position] = bad  // the plain path wrote over the gradient
+                    }
+                }
+            }
+            let (store, groups) = makeStore(seed: 5)
+            let opt = ScaleInvariantSGD(
+                groups: groups, parameterCount: store.layout.count,
+                invariant: GroupRule(learningRate: 0.3, momentum: momentum), variant: GroupRule(learningRate: 0.1))
+            let w = store.values.array
+            store.pendingRadial = [RadialGradient(tensor: groups[0].tensors[0], coefficients: [0.5, .nan])]
+            XCTAssertNil(opt.apply(to: store, monitor: false), "a NaN radial coefficient, momentum \(momentum)")
+            XCTAssertEqual(store.values.array, w)
+            XCTAssertTrue(store.pendingRadial.isEmpty)
+        }
     }
 
     /// Momentum (heavy ball, v = mu v + g + lambda w, w -= eta v) over two steps, and weight decay
@@ -88,7 +123,7 @@ final class UpdateRuleTests: XCTestCase {
         XCTAssertEqual(opt.currentRate(.scaleInvariant), 0.4)
         XCTAssertEqual(opt.currentRate(.scaleVariant), 0.2)
         let w0 = store.values.array, g = store.gradients.array
-        let m = opt.apply(to: store, monitor: true)
+        let m = try! XCTUnwrap(opt.apply(to: store, monitor: true))
         for i in 0..<6 { XCTAssertEqual(store.values.pointer[i], w0[i] - Float(0.4) * g[i]) }
         // Monitor fields against Double recomputation (Double accumulation of fp32 data: rel 1e-6).
         var w2 = 0.0, g2 = 0.0, wg = 0.0
