@@ -24,41 +24,87 @@ extension Communicator {
         _ buffer: UnsafeMutableBufferPointer<T>, doublingUpTo latencyBytes: Int
     ) throws {
         guard size > 1 else { return }
-        guard size & (size - 1) == 0 else {
-            throw MPIError(
-                function: "orderedSum", code: 0,
-                message: "the ordered (deterministic) sum needs a power-of-two rank count, not \(size)", rank: rank)
-        }
-        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        try requirePowerOfTwo()
+        guard buffer.count > 0 else { return }
+        if buffer.count * MemoryLayout<T>.stride <= latencyBytes { return try orderedSumByDoubling(buffer) }
+        let segment = try orderedReduceScatter(buffer, split: Self.middle)
+        try orderedAllgather(buffer, from: segment, split: Self.middle)
+    }
+
+    /// Where `orderedSum` cuts a segment in two: its middle.
+    public static func middle(_ segment: Range<Int>) -> Int { segment.lowerBound + segment.count / 2 }
+
+    /// Collective, the first phase of `orderedSum` (recursive halving): afterwards this rank's
+    /// segment of `buffer`, which it returns, holds the tree sum over ranks; the rest holds partial
+    /// sums. `split(segment)` says where each segment is cut (within it, ends included; the same
+    /// function on every rank), so that a caller can keep rows whole. The rank count must be a
+    /// power of two.
+    public func orderedReduceScatter<T: Reducible & BinaryFloatingPoint>(
+        _ buffer: UnsafeMutableBufferPointer<T>, split: (Range<Int>) -> Int
+    ) throws -> Range<Int> {
+        try requirePowerOfTwo()
         let stride = MemoryLayout<T>.stride
-        if buffer.count * stride <= latencyBytes { return try orderedSumByDoubling(buffer) }
-        let incoming = UnsafeMutablePointer<T>.allocate(capacity: (buffer.count + 1) / 2)
+        let incoming = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(buffer.count, 1))
         defer { incoming.deallocate() }
+        let base = buffer.baseAddress ?? incoming
         var segment = 0..<buffer.count
-        var segments: [Range<Int>] = []  // the segment held before each step, to retrace them
         var distance = 1
         while distance < size {
-            let partner = rank ^ distance, mid = segment.lowerBound + segment.count / 2
-            let lower = segment.lowerBound..<mid, upper = mid..<segment.upperBound
-            let (keep, give) = rank & distance == 0 ? (lower, upper) : (upper, lower)
+            let (keep, give) = halves(of: segment, split: split, distance: distance)
             try sendReceive(
-                UnsafeRawBufferPointer(start: base + give.lowerBound, count: give.count * stride), to: partner,
-                into: UnsafeMutableRawBufferPointer(start: incoming, count: keep.count * stride), from: partner)
+                UnsafeRawBufferPointer(start: base + give.lowerBound, count: give.count * stride), to: rank ^ distance,
+                into: UnsafeMutableRawBufferPointer(start: incoming, count: keep.count * stride), from: rank ^ distance)
             addElementwise(base + keep.lowerBound, incoming, count: keep.count)
-            segments.append(segment)
             segment = keep
             distance <<= 1
         }
-        // allgather: undo the halvings, last first; the partner holds the other half
-        while let whole = segments.popLast() {
-            distance >>= 1
-            let partner = rank ^ distance
-            let other = rank & distance == 0 ? segment.upperBound..<whole.upperBound : whole.lowerBound..<segment.lowerBound
-            try sendReceive(
-                UnsafeRawBufferPointer(start: base + segment.lowerBound, count: segment.count * stride), to: partner,
-                into: UnsafeMutableRawBufferPointer(start: base + other.lowerBound, count: other.count * stride), from: partner)
-            segment = whole
+        return segment
+    }
+
+    /// Collective, the second phase (recursive doubling): every rank's `segment` (as returned by
+    /// `orderedReduceScatter` with the same `split`) is copied to every other rank.
+    public func orderedAllgather<T: Reducible & BinaryFloatingPoint>(
+        _ buffer: UnsafeMutableBufferPointer<T>, from segment: Range<Int>, split: (Range<Int>) -> Int
+    ) throws {
+        try requirePowerOfTwo()
+        guard let base = buffer.baseAddress else { return }
+        let stride = MemoryLayout<T>.stride
+        // the segments held before each halving, retraced
+        var segments: [Range<Int>] = []
+        var whole = 0..<buffer.count
+        var distance = 1
+        while distance < size {
+            segments.append(whole)
+            whole = halves(of: whole, split: split, distance: distance).keep
+            distance <<= 1
         }
+        precondition(whole == segment, "orderedAllgather: segment \(segment) is not this rank's (\(whole))")
+        var held = segment
+        while let outer = segments.popLast() {
+            distance >>= 1
+            let other = rank & distance == 0 ? held.upperBound..<outer.upperBound : outer.lowerBound..<held.lowerBound
+            try sendReceive(
+                UnsafeRawBufferPointer(start: base + held.lowerBound, count: held.count * stride), to: rank ^ distance,
+                into: UnsafeMutableRawBufferPointer(start: base + other.lowerBound, count: other.count * stride),
+                from: rank ^ distance)
+            held = outer
+        }
+    }
+
+    /// The half of `segment` this rank keeps at the halving step with partner `rank ^ distance`,
+    /// and the half it gives.
+    private func halves(of segment: Range<Int>, split: (Range<Int>) -> Int, distance: Int) -> (keep: Range<Int>, give: Range<Int>) {
+        let mid = split(segment)
+        precondition(segment.contains(mid) || mid == segment.upperBound, "split \(mid) outside \(segment)")
+        let lower = segment.lowerBound..<mid, upper = mid..<segment.upperBound
+        return rank & distance == 0 ? (lower, upper) : (upper, lower)
+    }
+
+    private func requirePowerOfTwo() throws {
+        guard size & (size - 1) != 0 else { return }
+        throw MPIError(
+            function: "orderedSum", code: 0,
+            message: "the ordered (deterministic) sum needs a power-of-two rank count, not \(size)", rank: rank)
     }
 
     /// Below this size (BN statistics) the sum is latency-bound: recursive doubling, log2 P

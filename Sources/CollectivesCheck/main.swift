@@ -139,9 +139,33 @@ do {
             }
         }
     }
+    // the two phases apart, cut at multiples of a row length (rows stay whole; a segment inside
+    // one row gives an empty half): after the reduce-scatter each rank's segment is the tree sum,
+    // the segments tile the buffer, and the allgather gives every rank the whole tree sum
+    func checkPhases(rows: Int) throws {
+        for n in [0, 5, 1000, 20_000] {
+            let split = { (segment: Range<Int>) -> Int in
+                let mid = segment.lowerBound + segment.count / 2, down = mid - mid % rows
+                return down >= segment.lowerBound ? down : segment.upperBound
+            }
+            var x = (0..<n).map { Float(value(r, $0)) }
+            let reference = (0..<n).map { tree(0..<p, $0, Float.self) }
+            let what = "orderedReduceScatter/orderedAllgather of \(n) Floats cut at rows of \(rows)"
+            let mine = try x.withUnsafeMutableBufferPointer { try comm.orderedReduceScatter($0, split: split) }
+            if mine.lowerBound % rows != 0 && mine.lowerBound != n { fail("\(what): segment \(mine) cuts a row", comm) }
+            if let i = mine.first(where: { bytes([x[$0]]) != bytes([reference[$0]]) }) {
+                fail("\(what): element \(i) of segment \(mine) is \(x[i]), the tree gives \(reference[i])", comm)
+            }
+            let counts = try comm.allgather(mine.count)
+            if counts.reduce(0, +) != n { fail("\(what): the segments hold \(counts), not \(n) elements", comm) }
+            try x.withUnsafeMutableBufferPointer { try comm.orderedAllgather($0, from: mine, split: split) }
+            if bytes(x) != bytes(reference) { fail("\(what): the allgather is not the tree sum", comm) }
+        }
+    }
     if p & (p - 1) == 0 {
         try checkOrdered(Float.self)
         try checkOrdered(Double.self)
+        for rows in [1, 7, 4096] { try checkPhases(rows: rows) }
         var whole = (0..<5000).map { value(r, $0) }
         try comm.orderedSum(&whole)
         if bytes(whole) != bytes((0..<5000).map { tree(0..<p, $0, Double.self) }) {

@@ -138,7 +138,8 @@ public final class ScaleInvariantSGD {
             var updated = w  // where the new values are
             if isPaperAlgorithm {
                 for tensor in group.tensors {
-                    let norms = stepIntoGradient(tensor, in: store, eta: Float(eta), radial: radial[tensor.offset], &check)
+                    let norms = stepIntoGradient(
+                        tensor, 0..<tensor.count, in: store, eta: Float(eta), radial: radial[tensor.offset], &check)
                     keptNorms[tensor.offset] = norms
                 }
                 updated = g
@@ -161,24 +162,65 @@ public final class ScaleInvariantSGD {
         }
         if isPaperAlgorithm {
             guard check.allFinite else { return nil }
-            store.exchangeValuesAndGradients()
-            store.rowSquaredNormsAfterUpdate = keptNorms
+            commitPlainStep(store, rowNorms: keptNorms)
+            return monitors
         }
         step += 1
         return monitors
     }
 
-    /// The plain step of one tensor, `w - eta * (g + a_r * w)` (a_r: the radial coefficient of row
-    /// r, 0 without), written over `g` and checked by `check`. For a tensor with a radial term (a
-    /// weight feeding a `.scaled`-epsilon BN) returns each new row's squared norm, taken while the
-    /// row is in cache, for the next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
+    /// This rank's part of a plain step sharded over ranks (the caller reduce-scatters the
+    /// gradient, calls this, gathers every rank's new values into the gradient buffer, and commits
+    /// with `commitPlainStep`): the new values of the elements `shard`, from the summed gradient
+    /// there, written over it and checked. `shard` must hold whole rows of every tensor with a
+    /// pending radial term. Returns whether the new values are finite, and for each radial tensor,
+    /// its rows in `shard` and their new squared norms. Consumes the pending radial terms.
+    public func stepShard(
+        _ store: ParameterStore, shard: Range<Int>
+    ) -> (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])]) {
+        precondition(isPaperAlgorithm, "only the plain step is sharded")
+        store.rowSquaredNormsAfterUpdate.removeAll()
+        var radial: [Int: RadialGradient] = [:]  // by tensor offset
+        for term in store.pendingRadial { radial[term.tensor.offset] = term }
+        store.pendingRadial.removeAll()
+        var check = FiniteCheck()
+        var rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] = []
+        for group in groups {
+            let eta = Float(currentRate(group.kind))
+            for tensor in group.tensors {
+                let lower = Swift.max(tensor.offset, shard.lowerBound), upper = Swift.min(tensor.range.upperBound, shard.upperBound)
+                guard lower < upper else { continue }
+                let elements = (lower - tensor.offset)..<(upper - tensor.offset)
+                if let norms = stepIntoGradient(tensor, elements, in: store, eta: eta, radial: radial[tensor.offset], &check) {
+                    let rowLength = tensor.count / radial[tensor.offset]!.coefficients.count
+                    rowNorms.append((tensor, elements.lowerBound / rowLength..<elements.upperBound / rowLength, norms))
+                }
+            }
+        }
+        return (check.allFinite, rowNorms)
+    }
+
+    /// Commits a plain step whose new values are all in the gradient buffer: exchanges the two
+    /// buffers, keeps the row norms for the next forward, and advances the step counter.
+    public func commitPlainStep(_ store: ParameterStore, rowNorms: [Int: [Double]]) {
+        store.exchangeValuesAndGradients()
+        store.rowSquaredNormsAfterUpdate = rowNorms
+        step += 1
+    }
+
+    /// The plain step of the elements `elements` of one tensor, `w - eta * (g + a_r * w)` (a_r: the
+    /// radial coefficient of row r, 0 without), written over `g` and checked by `check`. For a
+    /// tensor with a radial term (a weight feeding a `.scaled`-epsilon BN; `elements` then holds
+    /// whole rows) returns each new row's squared norm, taken while the row is in cache, for the
+    /// next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
     private func stepIntoGradient(
-        _ tensor: TensorSpec, in store: ParameterStore, eta: Float, radial: RadialGradient?, _ check: inout FiniteCheck
+        _ tensor: TensorSpec, _ elements: Range<Int>, in store: ParameterStore, eta: Float, radial: RadialGradient?,
+        _ check: inout FiniteCheck
     ) -> [Double]? {
         let wp = store.value(tensor).baseAddress!, gp = store.gradient(tensor).baseAddress!
         guard let radial else {
             var carries = check.carries
-            for i in 0..<tensor.count {
+            for i in elements {
                 let v = wp[i] - eta * gp[i]
                 gp[i] = v
                 carries |= FiniteCheck.carry(v)
@@ -187,9 +229,13 @@ public final class ScaleInvariantSGD {
             return nil
         }
         let rowLength = tensor.count / radial.coefficients.count
-        var norms = [Double](repeating: 0, count: radial.coefficients.count)
-        for (r, a) in radial.coefficients.enumerated() {
-            let keep = 1 - eta * a
+        precondition(
+            elements.lowerBound % rowLength == 0 && elements.upperBound % rowLength == 0,
+            "the elements \(elements) of \(tensor.name) cut its rows of \(rowLength)")
+        let rows = elements.lowerBound / rowLength..<elements.upperBound / rowLength
+        var norms = [Double](repeating: 0, count: rows.count)
+        for r in rows {
+            let keep = 1 - eta * radial.coefficients[r]
             let row = wp + r &* rowLength, out = gp + r &* rowLength
             var carries = check.carries
             for i in 0..<rowLength {
@@ -198,7 +244,7 @@ public final class ScaleInvariantSGD {
                 carries |= FiniteCheck.carry(v)
             }
             check.carries = carries
-            norms[r] = ParameterStore.squaredNorm(ofRow: UnsafeBufferPointer(start: out, count: rowLength))
+            norms[r - rows.lowerBound] = ParameterStore.squaredNorm(ofRow: UnsafeBufferPointer(start: out, count: rowLength))
         }
         return norms
     }

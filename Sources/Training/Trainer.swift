@@ -34,6 +34,8 @@ public final class Trainer {
     private var communicationPrepared = false
     /// The gradient allreduce, bucket by bucket, overlapped with backward (`--overlap`).
     let reduction: OverlappedGradientReduction
+    /// The plain steps sharded over ranks, when the run's shape allows (set by `prepareCommunication`).
+    private var sharded: ShardedUpdate?
     /// `--timeline`: a Chrome trace of a window of steps.
     let timeline: Timeline?
     /// Every rank normalizes with the same BN statistics (synchronized, or a single rank).
@@ -221,25 +223,46 @@ public final class Trainer {
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when
         //    synchronized; each gradient bucket starts its allreduce as soon as backward has filled it
         watchdog?.progress(step: t + 1, "the backward pass (synchronized BN: MPI_Allreduce of the gradient sums)")
-        reduction.begin()
+        let sharding = monitor ? nil : sharded  // monitors need every rank's whole gradient
+        if sharding == nil { reduction.begin() }
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
         // 5. the gradient allreduce: the buckets backward did not start, then the wait for all (and,
         //    with per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
-        watchdog?.progress(step: t + 1, "the gradient MPI_Allreduce")
         var timing = StepTiming()
-        timing.gradientExposed = try reduction.finish()
-        for span in reduction.spans where timeline?.recording == true {
-            timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
+        if sharding == nil {
+            watchdog?.progress(step: t + 1, "the gradient MPI_Allreduce")
+            timing.gradientExposed = try reduction.finish()
+            for span in reduction.spans where timeline?.recording == true {
+                timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
+            }
         }
         if !sharedStatistics { try sumRadialCoefficients() }
-        // deterministic mode: BN gamma and beta gradients from the global sums, the same on every rank
+        // deterministic mode: BN gamma and beta gradients from the global sums, the same on every
+        // rank, where the ranks' gradients hold zeros; a sharded step sums over ranks after this,
+        // so rank 0 alone adds them (the tree then adds zeros to them: the same bits)
+        if sharding != nil && communicator.rank != 0 { model.parameters.pendingTerms.removeAll() }
         model.parameters.addPendingTerms()
         // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
         //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass).
         //    It is also the NaN/Inf guard: the summed gradient is the same on every rank, so every
         //    rank decides alike without communicating; a skipped step also undoes its BN statistics
-        watchdog?.progress(step: t + 1, "the update")
-        let monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
+        var monitors: [GroupMonitor]?
+        if let sharding {
+            // sharded: reduce-scatter the gradient, update this rank's segment, allgather the values
+            watchdog?.progress(step: t + 1, "the sharded update (reduce-scatter, update, allgather)")
+            let outcome = try measured("update", "update") {
+                try sharding.step(model.parameters, optimizer) { name, start, end, bytes in
+                    if timeline?.recording == true {
+                        timeline?.span(name, "communication", .communication, from: start, to: end, bytes: bytes)
+                    }
+                }
+            }
+            timing.gradientExposed = outcome.communicationSeconds
+            monitors = outcome.applied ? [] : nil
+        } else {
+            watchdog?.progress(step: t + 1, "the update")
+            monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
+        }
         var result = StepResult(
             lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors ?? [], skipped: monitors == nil)
         if monitors == nil { model.buffers.all.update(fromContentsOf: buffersBeforeStep.all) }
@@ -261,6 +284,9 @@ public final class Trainer {
         }
         if configuration.overlap == .auto && communicator.size > 1 && plan == nil {
             reduction.overlap = try communicator.ranksOnThisNode() < communicator.size
+        }
+        if ShardedUpdate.applies(ranks: communicator.size, overlap: reduction.overlap, optimizer: optimizer) {
+            sharded = ShardedUpdate(layout: model.parameters.layout, communicator: communicator)
         }
     }
 
@@ -445,7 +471,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded == nil ? "" : "; update sharded over the \(communicator.size) ranks")), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
         )
     }
 

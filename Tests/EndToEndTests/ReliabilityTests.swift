@@ -52,6 +52,27 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
     }
 
+    /// The same in a step whose update is sharded over ranks (no monitors between log steps): the
+    /// ranks agree to skip, and deterministic runs on 2 and 4 ranks end with the same bits, which
+    /// they would not if a rank had kept its segment's update.
+    func testNonFiniteShardedStepIsSkippedByEveryRank() throws {
+        var fingerprints: [String] = []
+        for np in [2, 4] {
+            let metrics = directory.appendingPathComponent("nan-sharded-\(np).jsonl").path
+            let run = try Launcher.mpirun(
+                np, "autorate",
+                ["train", "--steps", "12", "--quiet", "--log-every", "6", "--deterministic", "--metrics", metrics, "--debug-nan-at", "4:\(np - 1)"])
+            XCTAssertEqual(run.status, 0, run.output)
+            XCTAssertTrue(run.output.contains("step 4: the summed gradient is not finite"), run.output)
+            let records = try Launcher.metrics(metrics)
+            XCTAssertEqual(records.filter { $0["event"] as? String == "skipped_step" }.count, 1)
+            let final = try XCTUnwrap(records.last)
+            XCTAssertTrue((final["test_loss"] as? Double)?.isFinite ?? false, "the model is intact")
+            fingerprints.append(try XCTUnwrap(final["parameters_fnv1a"] as? String))
+        }
+        XCTAssertEqual(fingerprints[0], fingerprints[1])
+    }
+
     /// One rank sleeps at step 3: both ranks' watchdogs end the job after --stall-timeout, each naming
     /// itself, the step and what it waits in; mpirun returns within seconds of the timeout.
     func testStalledRankEndsTheJob() throws {

@@ -140,4 +140,44 @@ final class UpdateRuleTests: XCTestCase {
         for i in 0..<6 { after += Double(store.values.pointer[i]) * Double(store.values.pointer[i]) }
         XCTAssertEqual(m[0].identityResidual, -2 * 0.4 * wg / after, accuracy: 1e-5)
     }
+
+    /// A plain step sharded in two (cut at a row boundary of the radial weight) gives the bits and
+    /// row norms of the whole step, and each shard reports only its own non-finite values.
+    func testShardedPlainStepEqualsTheWholeStep() {
+        let widths = [10, 16, 12, 6]
+        func store(seed: UInt64) -> (MLP, ScaleInvariantSGD) {
+            let mlp = MLP(widths: widths, head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled), maxBatch: 1)
+            var rng = SplitMix64(seed: seed)
+            for i in 0..<mlp.parameters.layout.count {
+                mlp.parameters.values.pointer[i] = Float(rng.normal())
+                mlp.parameters.gradients.pointer[i] = Float(rng.normal())
+            }
+            let w = mlp.parameters.layout.spec(named: "3.weight")!
+            mlp.parameters.pendingRadial = [RadialGradient(tensor: w, coefficients: (0..<12).map { Float($0) / 100 })]
+            let opt = ScaleInvariantSGD(
+                groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
+                invariant: GroupRule(learningRate: 0.7), variant: GroupRule(learningRate: 0.2))
+            return (mlp, opt)
+        }
+        let (whole, wholeOpt) = store(seed: 6)
+        XCTAssertNotNil(wholeOpt.apply(to: whole.parameters, monitor: false))
+        let (parts, partsOpt) = store(seed: 6)
+        let p = parts.parameters, w = p.layout.spec(named: "3.weight")!
+        let cut = w.offset + 5 * 16  // after row 5 of the [12, 16] weight
+        let a = partsOpt.stepShard(p, shard: 0..<cut)
+        p.pendingRadial = [RadialGradient(tensor: w, coefficients: (0..<12).map { Float($0) / 100 })]
+        let b = partsOpt.stepShard(p, shard: cut..<p.layout.count)
+        XCTAssertTrue(a.finite && b.finite)
+        XCTAssertEqual(a.rowNorms.map(\.rows), [0..<5])
+        XCTAssertEqual(b.rowNorms.map(\.rows), [5..<12])
+        partsOpt.commitPlainStep(p, rowNorms: [w.offset: a.rowNorms[0].norms + b.rowNorms[0].norms])
+        XCTAssertEqual(p.values.array, whole.parameters.values.array)
+        XCTAssertEqual(p.rowSquaredNormsAfterUpdate[w.offset], whole.parameters.rowSquaredNormsAfterUpdate[w.offset])
+        XCTAssertEqual(partsOpt.step, 1)
+
+        let (bad, badOpt) = store(seed: 7)
+        bad.parameters.gradients.pointer[cut + 3] = .nan
+        XCTAssertTrue(badOpt.stepShard(bad.parameters, shard: 0..<cut).finite)
+        XCTAssertFalse(badOpt.stepShard(bad.parameters, shard: cut..<bad.parameters.layout.count).finite)
+    }
 }

@@ -1,0 +1,96 @@
+import Collectives
+import Optimizers
+import TensorCore
+
+/// The plain update sharded over ranks (the shape of ZeRO stage 1): instead of every rank summing
+/// the whole gradient and updating every parameter, the ranks reduce-scatter the gradient, each
+/// updates its own segment, and an allgather of the new values gives every rank all of them. The
+/// same bytes cross the wire as in the allreduce, and each rank's update pass shrinks to 1/P (7%
+/// of an np=2 MLP step whole). The sum is `orderedSum`'s fixed rank tree, so deterministic runs
+/// keep their bits.
+///
+/// Segments are cut at row boundaries, so that each weight row feeding a `.scaled`-epsilon BN is
+/// updated by one rank, which computes its new squared norm as an unsharded update would; one
+/// small allreduce then hands every rank all the norms (each row's sum has one non-zero term, so
+/// it is exact) with the count of ranks that met a value that is not finite.
+///
+/// Used for steps without monitors when the rank count is a power of two, the optimizer runs the
+/// paper's plain steps and the gradient is not reduced during backward (`--overlap` off).
+final class ShardedUpdate {
+    private let communicator: Communicator
+    private let layout: ParameterLayout
+
+    init(layout: ParameterLayout, communicator: Communicator) {
+        self.layout = layout
+        self.communicator = communicator
+    }
+
+    /// Whether a run of this shape shards its plain steps.
+    static func applies(ranks: Int, overlap: Bool, optimizer: ScaleInvariantSGD) -> Bool {
+        ranks > 1 && ranks & (ranks - 1) == 0 && !overlap && optimizer.isPaperAlgorithm
+    }
+
+    /// Collective: one plain step from the gradients backward left (each rank's own sums), for
+    /// every rank. Returns false, with the values unchanged, when a new value is not finite, and
+    /// the seconds spent communicating; `span` draws each collective on the timeline.
+    func step(
+        _ store: ParameterStore, _ optimizer: ScaleInvariantSGD,
+        span: (String, Double, Double, Int) -> Void
+    ) throws -> (applied: Bool, communicationSeconds: Double) {
+        let gradients = store.gradients.all
+        let bytes = gradients.count * MemoryLayout<Float>.stride
+        var seconds = 0.0
+        func timed<T>(_ name: String, bytes: Int, _ body: () throws -> T) rethrows -> T {
+            let start = Stopwatch.now()
+            defer {
+                seconds += Stopwatch.now() - start
+                span(name, start, Stopwatch.now(), bytes)
+            }
+            return try body()
+        }
+        // the radial tensors and their row counts, the same on every rank (as the radial terms are)
+        let radial = store.pendingRadial.map { ($0.tensor, rows: $0.coefficients.count) }.sorted { $0.0.offset < $1.0.offset }
+        let segment = try timed("reduce-scatter gradients", bytes: bytes) {
+            try communicator.orderedReduceScatter(gradients, split: rowBoundary)
+        }
+        let mine = optimizer.stepShard(store, shard: segment)
+        // one Double per row of every radial tensor (where each tensor's rows start in it), then
+        // the count of ranks that met a value that is not finite
+        var first: [Int: Int] = [:]
+        var rows = 0
+        for (tensor, count) in radial {
+            first[tensor.offset] = rows
+            rows += count
+        }
+        var agreed = [Double](repeating: 0, count: rows + 1)
+        for part in mine.rowNorms {
+            let at = first[part.tensor.offset]! + part.rows.lowerBound
+            for (k, norm) in part.norms.enumerated() { agreed[at + k] = norm }
+        }
+        agreed[rows] = mine.finite ? 0 : 1
+        try timed("allreduce row norms and the NaN/Inf verdict", bytes: agreed.count * 8) {
+            try communicator.allreduce(&agreed, .sum)
+        }
+        guard agreed[rows] == 0 else { return (false, seconds) }
+        try timed("allgather new values", bytes: bytes) {
+            try communicator.orderedAllgather(gradients, from: segment, split: rowBoundary)
+        }
+        var norms: [Int: [Double]] = [:]
+        for (tensor, count) in radial { norms[tensor.offset] = Array(agreed[first[tensor.offset]!..<first[tensor.offset]! + count]) }
+        optimizer.commitPlainStep(store, rowNorms: norms)
+        return (true, seconds)
+    }
+
+    /// Where to cut `segment`: the row boundary at or below its middle, in the tensor there (a row
+    /// is the tensor's count over its first dimension), or the next one, or the segment's end.
+    private func rowBoundary(_ segment: Range<Int>) -> Int {
+        let mid = segment.lowerBound + segment.count / 2
+        guard let tensor = layout.tensors.last(where: { $0.offset <= mid }), mid < tensor.range.upperBound,
+            let rows = tensor.shape.first, rows > 0
+        else { return mid }
+        let rowLength = tensor.count / rows
+        let down = tensor.offset + (mid - tensor.offset) / rowLength * rowLength
+        if down >= segment.lowerBound { return down }
+        return Swift.min(down + rowLength, segment.upperBound)
+    }
+}
