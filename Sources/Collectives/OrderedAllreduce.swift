@@ -27,7 +27,9 @@ extension Communicator {
         try requirePowerOfTwo()
         guard buffer.count > 0 else { return }
         if buffer.count * MemoryLayout<T>.stride <= latencyBytes { return try orderedSumByDoubling(buffer) }
-        let segment = try orderedReduceScatter(buffer, split: Self.middle)
+        let scratch = UnsafeMutableBufferPointer<T>.allocate(capacity: (buffer.count + 1) / 2)  // the larger half
+        defer { scratch.deallocate() }
+        let segment = try orderedReduceScatter(buffer, split: Self.middle, scratch: scratch)
         try orderedAllgather(buffer, from: segment, split: Self.middle)
     }
 
@@ -38,19 +40,22 @@ extension Communicator {
     /// segment of `buffer`, which it returns, holds the tree sum over ranks; the rest holds partial
     /// sums. `split(segment)` says where each segment is cut (within it, ends included; the same
     /// function on every rank), so that a caller can keep rows whole. The rank count must be a
-    /// power of two.
+    /// power of two. `scratch` receives the partner's halves: as large as the largest half kept
+    /// (with cuts at an end, the whole buffer); a buffer of that size is allocated when it is nil.
     public func orderedReduceScatter<T: Reducible & BinaryFloatingPoint>(
-        _ buffer: UnsafeMutableBufferPointer<T>, split: (Range<Int>) -> Int
+        _ buffer: UnsafeMutableBufferPointer<T>, split: (Range<Int>) -> Int, scratch: UnsafeMutableBufferPointer<T>? = nil
     ) throws -> Range<Int> {
         try requirePowerOfTwo()
         let stride = MemoryLayout<T>.stride
-        let incoming = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(buffer.count, 1))
-        defer { incoming.deallocate() }
+        let owned = scratch == nil ? UnsafeMutableBufferPointer<T>.allocate(capacity: Swift.max(buffer.count, 1)) : nil
+        defer { owned?.deallocate() }
+        let incoming = (scratch ?? owned!).baseAddress!, room = (scratch ?? owned!).count
         let base = buffer.baseAddress ?? incoming
         var segment = 0..<buffer.count
         var distance = 1
         while distance < size {
             let (keep, give) = halves(of: segment, split: split, distance: distance)
+            precondition(keep.count <= room, "orderedReduceScatter: a scratch of \(room) elements for a half of \(keep.count)")
             try sendReceive(
                 UnsafeRawBufferPointer(start: base + give.lowerBound, count: give.count * stride), to: rank ^ distance,
                 into: UnsafeMutableRawBufferPointer(start: incoming, count: keep.count * stride), from: rank ^ distance)

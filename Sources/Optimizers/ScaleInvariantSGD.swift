@@ -105,7 +105,8 @@ public final class ScaleInvariantSGD {
     /// The paper's algorithm (plain steps) writes the new values into the gradient buffer, checking
     /// them on the way, and then exchanges the two buffers' storage (`ParameterStore.exchangeValuesAndGradients`):
     /// one pass that reads w and g and writes one buffer, where an in-place update after a
-    /// separate check would read g twice. **The gradient buffer then holds the previous values.**
+    /// separate check would read g twice. **After a committed step the gradient buffer holds the
+    /// previous values; after a skipped one, values partly written.**
     /// With momentum or weight decay the update is in place, after a check of the gradient.
     ///
     /// Pending radial gradient terms (`store.pendingRadial`) are part of the gradient: the plain

@@ -79,9 +79,11 @@ public final class ParameterStore: @unchecked Sendable {
         return Self.squaredNorm(ofRow: UnsafeBufferPointer(start: values.pointer + tensor.offset + r &* rowLength, count: rowLength))
     }
 
-    /// A row's squared norm, accumulated in Double (`squaredNorm`). Not inlinable on purpose: the
-    /// update and the forward run this one compiled loop, so a norm the update kept has the bits
-    /// the forward would compute.
+    /// A row's squared norm, accumulated in Double (`squaredNorm`). Never inlined, on purpose:
+    /// `squaredNorm`'s relaxed sums may be ordered differently in each place they are compiled,
+    /// and the update and the forward must run this one compiled loop, so that a norm the update
+    /// kept has the bits the forward would compute.
+    @inline(never)
     public static func squaredNorm(ofRow row: UnsafeBufferPointer<Float>) -> Double { TensorCore.squaredNorm(row) }
 
     /// Exchanges the storage of `values` and `gradients` (the buffer objects stay; what they point

@@ -124,6 +124,7 @@ extension Trainer {
     }
 
     private func apply(_ file: SafeTensors, _ path: String) throws {
+        model.parameters.rowSquaredNormsAfterUpdate.removeAll()  // kept for values replaced here
         for (spec, buffer) in model.parameters.layout.tensors.map({ ($0, model.parameters.values) })
             + model.bufferLayout.tensors.map({ ($0, model.buffers) })
         {

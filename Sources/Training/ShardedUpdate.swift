@@ -19,10 +19,14 @@ import TensorCore
 final class ShardedUpdate {
     private let communicator: Communicator
     private let layout: ParameterLayout
+    /// Receives the partner's halves in the reduce-scatter (allocated once: a gradient-sized
+    /// allocation per step would be an mmap and fresh page faults for large models).
+    private let scratch: FlatBuffer
 
     init(layout: ParameterLayout, communicator: Communicator) {
         self.layout = layout
         self.communicator = communicator
+        scratch = FlatBuffer(count: layout.count)
     }
 
     /// Whether a run of this shape shards its plain steps.
@@ -32,28 +36,34 @@ final class ShardedUpdate {
 
     /// Collective: one plain step from the gradients backward left (each rank's own sums), for
     /// every rank. Returns false, with the values unchanged, when a new value is not finite, and
-    /// the seconds spent communicating; `span` draws each collective on the timeline.
+    /// the seconds spent communicating. On the timeline: the update's span and each collective's.
     func step(
-        _ store: ParameterStore, _ optimizer: ScaleInvariantSGD,
-        span: (String, Double, Double, Int) -> Void
+        _ store: ParameterStore, _ optimizer: ScaleInvariantSGD, timeline: Timeline?
     ) throws -> (applied: Bool, communicationSeconds: Double) {
         let gradients = store.gradients.all
         let bytes = gradients.count * MemoryLayout<Float>.stride
         var seconds = 0.0
-        func timed<T>(_ name: String, bytes: Int, _ body: () throws -> T) rethrows -> T {
+        func communicating<T>(_ name: String, bytes: Int, _ body: () throws -> T) rethrows -> T {
             let start = Stopwatch.now()
             defer {
-                seconds += Stopwatch.now() - start
-                span(name, start, Stopwatch.now(), bytes)
+                let end = Stopwatch.now()
+                seconds += end - start
+                timeline?.span(name, "communication", .communication, from: start, to: end, bytes: bytes)
             }
             return try body()
         }
-        // the radial tensors and their row counts, the same on every rank (as the radial terms are)
+        // the radial tensors and their row counts, the same on every rank (as the radial terms are);
+        // segments are cut at rows of the tensors' first dimension (`rowBoundary`), which must be
+        // the radial terms' rows
         let radial = store.pendingRadial.map { ($0.tensor, rows: $0.coefficients.count) }.sorted { $0.0.offset < $1.0.offset }
-        let segment = try timed("reduce-scatter gradients", bytes: bytes) {
-            try communicator.orderedReduceScatter(gradients, split: rowBoundary)
+        for (tensor, rows) in radial {
+            precondition(tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
         }
-        let mine = optimizer.stepShard(store, shard: segment)
+        let segment = try communicating("reduce-scatter gradients", bytes: bytes) {
+            try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch.all)
+        }
+        let mine = timeline?.measure("update", "update") { optimizer.stepShard(store, shard: segment) }
+            ?? optimizer.stepShard(store, shard: segment)
         // one Double per row of every radial tensor (where each tensor's rows start in it), then
         // the count of ranks that met a value that is not finite
         var first: [Int: Int] = [:]
@@ -68,11 +78,11 @@ final class ShardedUpdate {
             for (k, norm) in part.norms.enumerated() { agreed[at + k] = norm }
         }
         agreed[rows] = mine.finite ? 0 : 1
-        try timed("allreduce row norms and the NaN/Inf verdict", bytes: agreed.count * 8) {
+        try communicating("allreduce row norms and the NaN/Inf verdict", bytes: agreed.count * 8) {
             try communicator.allreduce(&agreed, .sum)
         }
         guard agreed[rows] == 0 else { return (false, seconds) }
-        try timed("allgather new values", bytes: bytes) {
+        try communicating("allgather new values", bytes: bytes) {
             try communicator.orderedAllgather(gradients, from: segment, split: rowBoundary)
         }
         var norms: [Int: [Double]] = [:]
@@ -83,7 +93,7 @@ final class ShardedUpdate {
 
     /// Where to cut `segment`: the row boundary at or below its middle, in the tensor there (a row
     /// is the tensor's count over its first dimension), or the next one, or the segment's end.
-    private func rowBoundary(_ segment: Range<Int>) -> Int {
+    func rowBoundary(_ segment: Range<Int>) -> Int {
         let mid = segment.lowerBound + segment.count / 2
         guard let tensor = layout.tensors.last(where: { $0.offset <= mid }), mid < tensor.range.upperBound,
             let rows = tensor.shape.first, rows > 0

@@ -145,7 +145,7 @@ public final class Trainer {
             let result = try trainStep(t, monitor: logging)
             if result.skipped {
                 badSteps += 1
-                console.warning("step \(t + 1): the summed gradient is not finite (NaN or Inf); the step is skipped on every rank and its BN statistics restored (\(badSteps) in a row, --max-bad-steps \(configuration.maxBadSteps))")
+                console.warning("step \(t + 1): the summed gradient, or the update it gives, is not finite (NaN or Inf); the step is skipped on every rank and its BN statistics restored (\(badSteps) in a row, --max-bad-steps \(configuration.maxBadSteps))")
                 metrics?.write(.object([("event", .string("skipped_step")), ("step", .integer(t + 1)), ("consecutive", .integer(badSteps))]))
                 if badSteps >= configuration.maxBadSteps {
                     throw TrainingError.nonFinite(step: t + 1, what: "the gradient of \(badSteps) consecutive steps")
@@ -226,6 +226,7 @@ public final class Trainer {
         let sharding = monitor ? nil : sharded  // monitors need every rank's whole gradient
         if sharding == nil { reduction.begin() }
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
+        injectGradientFault(t)
         // 5. the gradient allreduce: the buckets backward did not start, then the wait for all (and,
         //    with per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
         var timing = StepTiming()
@@ -245,18 +246,13 @@ public final class Trainer {
         // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
         //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass).
         //    It is also the NaN/Inf guard: the summed gradient is the same on every rank, so every
-        //    rank decides alike without communicating; a skipped step also undoes its BN statistics
+        //    rank decides alike without communicating (a sharded update shares its ranks' verdicts
+        //    in a small allreduce); a skipped step also undoes its BN statistics
         var monitors: [GroupMonitor]?
         if let sharding {
             // sharded: reduce-scatter the gradient, update this rank's segment, allgather the values
             watchdog?.progress(step: t + 1, "the sharded update (reduce-scatter, update, allgather)")
-            let outcome = try measured("update", "update") {
-                try sharding.step(model.parameters, optimizer) { name, start, end, bytes in
-                    if timeline?.recording == true {
-                        timeline?.span(name, "communication", .communication, from: start, to: end, bytes: bytes)
-                    }
-                }
-            }
+            let outcome = try sharding.step(model.parameters, optimizer, timeline: timeline)
             timing.gradientExposed = outcome.communicationSeconds
             monitors = outcome.applied ? [] : nil
         } else {
@@ -416,6 +412,7 @@ public final class Trainer {
 
     /// Collective: rank 0's parameters and BN buffers go to every rank; then a fingerprint check.
     private func synchronizeReplicas() throws {
+        model.parameters.rowSquaredNormsAfterUpdate.removeAll()  // kept for values replaced here
         for buffer in [model.parameters.values, model.buffers] {
             try communicator.broadcast(UnsafeMutableRawBufferPointer(buffer.all), root: 0)
         }

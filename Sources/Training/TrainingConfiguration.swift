@@ -69,6 +69,9 @@ public struct TrainingConfiguration: Sendable {
     public var stallTimeout = 300.0
     /// Test-only faults (hidden flags): NaN in the input of (step, rank); a rank that sleeps at (step, rank).
     public var debugNaN: (step: Int, rank: Int)? = nil
+    /// Test-only: NaN in the last element of the gradient of (step, rank) after backward, before
+    /// the sum over ranks (in a sharded update, one rank's segment alone then holds it).
+    public var debugNaNGradient: (step: Int, rank: Int)? = nil
     public var debugStall: (step: Int, rank: Int)? = nil
     /// Test-only: the rank SIGKILLs itself at (step, rank), as a preempted node would die.
     public var debugKill: (step: Int, rank: Int)? = nil

@@ -70,6 +70,8 @@ struct Train: ParsableCommand {
     var stallTimeout = 300.0
     @Option(name: .customLong("debug-nan-at"), help: .hidden)
     var debugNaNAt: String?
+    @Option(name: .customLong("debug-nan-gradient-at"), help: .hidden)
+    var debugNaNGradientAt: String?
     @Option(name: .customLong("debug-stall-at"), help: .hidden)
     var debugStallAt: String?
     @Option(name: .customLong("debug-kill-at"), help: .hidden)
@@ -85,7 +87,10 @@ struct Train: ParsableCommand {
         try require(initScaleSI > 0 && initScaleSI.isFinite, "--init-scale-si", initScaleSI, "a finite factor > 0")
         try require(maxBadSteps >= 1, "--max-bad-steps", maxBadSteps, "at least 1")
         try require(stallTimeout >= 0 && stallTimeout.isFinite, "--stall-timeout", stallTimeout, "seconds >= 0 (0: no watchdog)")
-        for (flag, value) in [("--debug-nan-at", debugNaNAt), ("--debug-stall-at", debugStallAt), ("--debug-kill-at", debugKillAt)] {
+        for (flag, value) in [
+            ("--debug-nan-at", debugNaNAt), ("--debug-nan-gradient-at", debugNaNGradientAt), ("--debug-stall-at", debugStallAt),
+            ("--debug-kill-at", debugKillAt),
+        ] {
             if let value, Self.stepAndRank(value) == nil { throw ValidationError("\(flag) \(value) is not accepted: use STEP:RANK.") }
         }
         try require(checkpointEvery >= 1, "--checkpoint-every", checkpointEvery, "a positive number of steps")
@@ -116,6 +121,7 @@ struct Train: ParsableCommand {
         c.maxBadSteps = maxBadSteps
         c.stallTimeout = stallTimeout
         c.debugNaN = debugNaNAt.flatMap(Self.stepAndRank)
+        c.debugNaNGradient = debugNaNGradientAt.flatMap(Self.stepAndRank)
         c.debugStall = debugStallAt.flatMap(Self.stepAndRank)
         c.debugKill = debugKillAt.flatMap(Self.stepAndRank)
         c.checkpointDirectory = checkpointDir

@@ -59,6 +59,23 @@ final class CheckpointTests: XCTestCase {
         for (name, bytes) in a { XCTAssertEqual(bytes, b[name], "\(name) differs after kill and resume") }
     }
 
+    /// The paper's plain steps, sharded over the 2 ranks between log steps, with the row norms
+    /// the update hands to the next forward: killed in step 23, resumed from step 20, the final
+    /// checkpoint has the bytes of a run that was never interrupted.
+    func testPlainShardedStepsResumeBitwiseIdentical() throws {
+        let plain = ["train", "--steps", "30", "--quiet", "--log-every", "10", "--checkpoint-every", "5"]
+        let clean = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain-clean")])
+        XCTAssertEqual(clean.status, 0, clean.output)
+        let killed = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--debug-kill-at", "23:1"], timeout: 60)
+        XCTAssertNotEqual(killed.status, 0, killed.output)
+        let resumed = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--resume", "auto"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertTrue(resumed.output.contains("at step 20 of 30"), resumed.output)
+        let a = try Self.tensors(Self.newest(dir("plain-clean"))), b = try Self.tensors(Self.newest(dir("plain")))
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        for (name, bytes) in a { XCTAssertEqual(bytes, b[name], "\(name) differs after kill and resume") }
+    }
+
     func testIncompatibleResumeIsRefusedAndExportWritesWeights() throws {
         let first = try Launcher.mpirun(2, "autorate", Self.run + ["--checkpoint-dir", dir("c"), "--steps", "10"])
         XCTAssertEqual(first.status, 0, first.output)

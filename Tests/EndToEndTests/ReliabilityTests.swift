@@ -39,7 +39,7 @@ final class ReliabilityTests: XCTestCase {
         let skipped = try Launcher.mpirun(
             2, "autorate", ["train", "--steps", "12", "--quiet", "--log-every", "1", "--metrics", metrics, "--debug-nan-at", "4:1"])
         XCTAssertEqual(skipped.status, 0, skipped.output)
-        XCTAssertTrue(skipped.output.contains("step 4: the summed gradient is not finite"), skipped.output)
+        XCTAssertTrue(skipped.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), skipped.output)
         let records = try Launcher.metrics(metrics)
         XCTAssertEqual(records.filter { $0["event"] as? String == "skipped_step" }.count, 1)
         XCTAssertEqual(records.filter { $0["event"] == nil }.count, 11, "the 11 good steps are logged")
@@ -52,18 +52,24 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
     }
 
-    /// The same in a step whose update is sharded over ranks (no monitors between log steps): the
-    /// ranks agree to skip, and deterministic runs on 2 and 4 ranks end with the same bits, which
-    /// they would not if a rank had kept its segment's update.
+    /// A step whose update is sharded over ranks (no monitors between log steps), with a NaN put
+    /// into one rank's gradient after backward: after the reduce-scatter a single rank's segment
+    /// holds it, and the ranks must agree to skip. Deterministic runs on 2 and 4 ranks end with
+    /// the same bits as each other; a rank that kept its segment's update would make the replicas
+    /// differ (the run's end-of-training replica check fails) and the fingerprints too.
     func testNonFiniteShardedStepIsSkippedByEveryRank() throws {
         var fingerprints: [String] = []
         for np in [2, 4] {
             let metrics = directory.appendingPathComponent("nan-sharded-\(np).jsonl").path
             let run = try Launcher.mpirun(
                 np, "autorate",
-                ["train", "--steps", "12", "--quiet", "--log-every", "6", "--deterministic", "--metrics", metrics, "--debug-nan-at", "4:\(np - 1)"])
+                [
+                    "train", "--steps", "12", "--quiet", "--log-every", "6", "--deterministic", "--metrics", metrics,
+                    "--debug-nan-gradient-at", "4:\(np - 1)",
+                ])
             XCTAssertEqual(run.status, 0, run.output)
-            XCTAssertTrue(run.output.contains("step 4: the summed gradient is not finite"), run.output)
+            XCTAssertTrue(run.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), run.output)
+            XCTAssertTrue(run.output.contains("update sharded over the \(np) ranks"), run.output)
             let records = try Launcher.metrics(metrics)
             XCTAssertEqual(records.filter { $0["event"] as? String == "skipped_step" }.count, 1)
             let final = try XCTUnwrap(records.last)
