@@ -115,10 +115,7 @@ public final class ScaleInvariantSGD {
     public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor]? {
         store.rowSquaredNormsAfterUpdate.removeAll()
         if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
-        var radial: [Int: RadialGradient] = [:]  // by tensor offset
-        for term in store.pendingRadial { radial[term.tensor.offset] = term }
-        precondition(radial.keys.allSatisfy(tensorOffsets.contains), "a pending radial gradient belongs to no parameter group")
-        store.pendingRadial.removeAll()
+        let radial = takeRadialTerms(store)
         guard isPaperAlgorithm || groups.allSatisfy({ allFinite(UnsafeBufferPointer(store.gradients.slice($0.range))) }) else {
             return nil
         }
@@ -138,10 +135,8 @@ public final class ScaleInvariantSGD {
             }
             var updated = w  // where the new values are
             if isPaperAlgorithm {
-                for tensor in group.tensors {
-                    let norms = stepIntoGradient(
-                        tensor, 0..<tensor.count, in: store, eta: Float(eta), radial: radial[tensor.offset], &check)
-                    keptNorms[tensor.offset] = norms
+                for part in stepIntoGradient(group, group.range, in: store, eta: Float(eta), radial: radial, &check) {
+                    keptNorms[part.tensor.offset] = part.norms
                 }
                 updated = g
             } else {
@@ -181,24 +176,21 @@ public final class ScaleInvariantSGD {
     ) -> (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])]) {
         precondition(isPaperAlgorithm, "only the plain step is sharded")
         store.rowSquaredNormsAfterUpdate.removeAll()
-        var radial: [Int: RadialGradient] = [:]  // by tensor offset
-        for term in store.pendingRadial { radial[term.tensor.offset] = term }
-        store.pendingRadial.removeAll()
+        let radial = takeRadialTerms(store)
         var check = FiniteCheck()
-        var rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] = []
-        for group in groups {
-            let eta = Float(currentRate(group.kind))
-            for tensor in group.tensors {
-                let lower = Swift.max(tensor.offset, shard.lowerBound), upper = Swift.min(tensor.range.upperBound, shard.upperBound)
-                guard lower < upper else { continue }
-                let elements = (lower - tensor.offset)..<(upper - tensor.offset)
-                if let norms = stepIntoGradient(tensor, elements, in: store, eta: eta, radial: radial[tensor.offset], &check) {
-                    let rowLength = tensor.count / radial[tensor.offset]!.coefficients.count
-                    rowNorms.append((tensor, elements.lowerBound / rowLength..<elements.upperBound / rowLength, norms))
-                }
-            }
+        let rowNorms = groups.flatMap { group in
+            stepIntoGradient(group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, &check)
         }
         return (check.allFinite, rowNorms)
+    }
+
+    /// The pending radial terms by tensor offset, taken from `store`.
+    private func takeRadialTerms(_ store: ParameterStore) -> [Int: RadialGradient] {
+        var radial: [Int: RadialGradient] = [:]
+        for term in store.pendingRadial { radial[term.tensor.offset] = term }
+        precondition(radial.keys.allSatisfy(tensorOffsets.contains), "a pending radial gradient belongs to no parameter group")
+        store.pendingRadial.removeAll()
+        return radial
     }
 
     /// Commits a plain step whose new values are all in the gradient buffer: exchanges the two
@@ -209,45 +201,51 @@ public final class ScaleInvariantSGD {
         step += 1
     }
 
-    /// The plain step of the elements `elements` of one tensor, `w - eta * (g + a_r * w)` (a_r: the
-    /// radial coefficient of row r, 0 without), written over `g` and checked by `check`. For a
-    /// tensor with a radial term (a weight feeding a `.scaled`-epsilon BN; `elements` then holds
-    /// whole rows) returns each new row's squared norm, taken while the row is in cache, for the
-    /// next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
+    /// The plain step of the elements `range` of a group's tensors, `w - eta * (g + a_r * w)` (a_r:
+    /// the radial coefficient of row r, 0 without), written over `g` and checked by `check`. For
+    /// each tensor with a radial term (a weight feeding a `.scaled`-epsilon BN; `range` then holds
+    /// whole rows of it) returns the rows in `range` and their new squared norms, taken while each
+    /// row is in cache, for the next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
     private func stepIntoGradient(
-        _ tensor: TensorSpec, _ elements: Range<Int>, in store: ParameterStore, eta: Float, radial: RadialGradient?,
+        _ group: ParameterGroup, _ range: Range<Int>, in store: ParameterStore, eta: Float, radial: [Int: RadialGradient],
         _ check: inout FiniteCheck
-    ) -> [Double]? {
-        let wp = store.value(tensor).baseAddress!, gp = store.gradient(tensor).baseAddress!
-        guard let radial else {
-            var carries = check.carries
-            for i in elements {
-                let v = wp[i] - eta * gp[i]
-                gp[i] = v
-                carries |= FiniteCheck.carry(v)
+    ) -> [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] {
+        var rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] = []
+        for tensor in group.tensors {
+            let lower = Swift.max(tensor.offset, range.lowerBound), upper = Swift.min(tensor.range.upperBound, range.upperBound)
+            guard lower < upper else { continue }
+            let wp = store.values.pointer, gp = store.gradients.pointer
+            guard let term = radial[tensor.offset] else {
+                var carries = check.carries
+                for i in lower..<upper {
+                    let v = wp[i] - eta * gp[i]
+                    gp[i] = v
+                    carries |= FiniteCheck.carry(v)
+                }
+                check.carries = carries
+                continue
             }
-            check.carries = carries
-            return nil
-        }
-        let rowLength = tensor.count / radial.coefficients.count
-        precondition(
-            elements.lowerBound % rowLength == 0 && elements.upperBound % rowLength == 0,
-            "the elements \(elements) of \(tensor.name) cut its rows of \(rowLength)")
-        let rows = elements.lowerBound / rowLength..<elements.upperBound / rowLength
-        var norms = [Double](repeating: 0, count: rows.count)
-        for r in rows {
-            let keep = 1 - eta * radial.coefficients[r]
-            let row = wp + r &* rowLength, out = gp + r &* rowLength
-            var carries = check.carries
-            for i in 0..<rowLength {
-                let v = keep * row[i] - eta * out[i]
-                out[i] = v
-                carries |= FiniteCheck.carry(v)
+            let rowLength = tensor.count / term.coefficients.count
+            precondition(
+                (lower - tensor.offset) % rowLength == 0 && (upper - tensor.offset) % rowLength == 0,
+                "the elements \(lower)..<\(upper) cut the rows of \(rowLength) of \(tensor.name)")
+            let rows = (lower - tensor.offset) / rowLength..<(upper - tensor.offset) / rowLength
+            var norms = [Double](repeating: 0, count: rows.count)
+            for r in rows {
+                let keep = 1 - eta * term.coefficients[r]
+                let row = wp + tensor.offset + r &* rowLength, out = gp + tensor.offset + r &* rowLength
+                var carries = check.carries
+                for i in 0..<rowLength {
+                    let v = keep * row[i] - eta * out[i]
+                    out[i] = v
+                    carries |= FiniteCheck.carry(v)
+                }
+                check.carries = carries
+                norms[r - rows.lowerBound] = ParameterStore.squaredNorm(ofRow: UnsafeBufferPointer(start: out, count: rowLength))
             }
-            check.carries = carries
-            norms[r - rows.lowerBound] = ParameterStore.squaredNorm(ofRow: UnsafeBufferPointer(start: out, count: rowLength))
+            rowNorms.append((tensor, rows, norms))
         }
-        return norms
+        return rowNorms
     }
 
     /// Momentum and weight decay (not the paper's algorithm): in place.

@@ -3,11 +3,11 @@
 #endif
 
 /// A fixed-size, manually allocated Float buffer with a stable address (until `exchangeStorage`):
-/// safe to hand to BLAS and to
-/// in-flight MPI operations (a Swift Array could move under copy-on-write). Zero-initialized,
-/// 64-byte aligned (one cache line, one AVX-512 vector); buffers of 2 MiB or more are 2 MiB aligned
-/// and marked for transparent huge pages (the system's default here is `madvise`), to spare the
-/// per-parameter passes, which are bound by memory, most TLB misses.
+/// safe to hand to BLAS and to in-flight MPI operations (a Swift Array could move under
+/// copy-on-write). Zero-initialized, 64-byte aligned (one cache line, one AVX-512 vector); buffers
+/// of 2 MiB or more are 2 MiB aligned and marked for transparent huge pages (the system's default
+/// here is `madvise`), to spare the per-parameter passes, which are bound by memory, most TLB
+/// misses.
 public final class FlatBuffer: @unchecked Sendable {
     // @unchecked Sendable: the buffer is written by one thread at a time (the training thread);
     // the type is shared only to hand the same memory to the communicator.

@@ -54,7 +54,7 @@ public final class ParameterStore: @unchecked Sendable {
 
     /// Deterministic mode: gradient terms computed from globally reduced sums, the same on every
     /// rank (BN gamma and beta, the `.scaled`-epsilon term of the previous BN), added in this order
-    /// by `addPendingTerms()` after the gradient allreduce, to which the ranks contributed zeros.
+    /// by `addPendingTerms` after the sum over ranks, to which the ranks contributed zeros.
     public var pendingTerms: [(tensor: TensorSpec, values: [Float])] = []
 
     /// The squared norm of each row of some tensors, by tensor offset, as the optimizer's last
@@ -95,11 +95,14 @@ public final class ParameterStore: @unchecked Sendable {
         rowSquaredNormsAfterUpdate.removeValue(forKey: tensor.offset)
     }
 
-    /// Adds every pending term into `gradients`, in order, and forgets them.
-    public func addPendingTerms() {
+    /// Adds every pending term into `gradients`, in order, and forgets them; with `range`, only
+    /// their elements there (a rank's segment of a sharded update, the one part of the summed
+    /// gradient it holds).
+    public func addPendingTerms(in range: Range<Int>? = nil) {
+        let range = range ?? 0..<layout.count
         for term in pendingTerms {
-            let g = gradient(term.tensor)
-            for i in 0..<g.count { g[i] = g[i] + term.values[i] }
+            let lower = Swift.max(term.tensor.offset, range.lowerBound), upper = Swift.min(term.tensor.range.upperBound, range.upperBound)
+            for i in lower..<Swift.max(lower, upper) { gradients.pointer[i] += term.values[i - term.tensor.offset] }
         }
         pendingTerms.removeAll()
     }

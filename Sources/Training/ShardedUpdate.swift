@@ -62,8 +62,10 @@ final class ShardedUpdate {
         let segment = try communicating("reduce-scatter gradients", bytes: bytes) {
             try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch.all)
         }
-        let mine = timeline?.measure("update", "update") { optimizer.stepShard(store, shard: segment) }
-            ?? optimizer.stepShard(store, shard: segment)
+        // deterministic mode's terms from global sums go where the sum over ranks is complete
+        store.addPendingTerms(in: segment)
+        let update = { optimizer.stepShard(store, shard: segment) }
+        let mine = timeline?.measure("update", "update", update) ?? update()
         // one Double per row of every radial tensor (where each tensor's rows start in it), then
         // the count of ranks that met a value that is not finite
         var first: [Int: Int] = [:]

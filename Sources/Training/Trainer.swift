@@ -236,13 +236,12 @@ public final class Trainer {
             for span in reduction.spans where timeline?.recording == true {
                 timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
             }
+            // deterministic mode: BN gamma and beta gradients from the global sums, the same on
+            // every rank, where the ranks' gradients held zeros (a sharded step adds them to its
+            // segment once summed)
+            model.parameters.addPendingTerms()
         }
         if !sharedStatistics { try sumRadialCoefficients() }
-        // deterministic mode: BN gamma and beta gradients from the global sums, the same on every
-        // rank, where the ranks' gradients hold zeros; a sharded step sums over ranks after this,
-        // so rank 0 alone adds them (the tree then adds zeros to them: the same bits)
-        if sharding != nil && communicator.rank != 0 { model.parameters.pendingTerms.removeAll() }
-        model.parameters.addPendingTerms()
         // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
         //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass).
         //    It is also the NaN/Inf guard: the summed gradient is the same on every rank, so every
