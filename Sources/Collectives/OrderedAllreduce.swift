@@ -96,13 +96,28 @@ extension Communicator {
         }
     }
 
-    /// The half of `segment` this rank keeps at the halving step with partner `rank ^ distance`,
-    /// and the half it gives.
-    private func halves(of segment: Range<Int>, split: (Range<Int>) -> Int, distance: Int) -> (keep: Range<Int>, give: Range<Int>) {
+    /// The segment of a buffer of `count` elements that `orderedReduceScatter` with `split` leaves
+    /// to rank `r` (the rank count must be a power of two).
+    public func orderedSegment(of r: Int, count: Int, split: (Range<Int>) -> Int) -> Range<Int> {
+        precondition(size & (size - 1) == 0 && (0..<size).contains(r), "rank \(r) of \(size): not a power-of-two group's rank")
+        var segment = 0..<count
+        var distance = 1
+        while distance < size {
+            segment = halves(of: segment, split: split, distance: distance, rank: r).keep
+            distance <<= 1
+        }
+        return segment
+    }
+
+    /// The half of `segment` rank `rank` (this one by default) keeps at the halving step with
+    /// partner `rank ^ distance`, and the half it gives.
+    private func halves(
+        of segment: Range<Int>, split: (Range<Int>) -> Int, distance: Int, rank: Int? = nil
+    ) -> (keep: Range<Int>, give: Range<Int>) {
         let mid = split(segment)
         precondition(segment.contains(mid) || mid == segment.upperBound, "split \(mid) outside \(segment)")
         let lower = segment.lowerBound..<mid, upper = mid..<segment.upperBound
-        return rank & distance == 0 ? (lower, upper) : (upper, lower)
+        return (rank ?? self.rank) & distance == 0 ? (lower, upper) : (upper, lower)
     }
 
     private func requirePowerOfTwo() throws {
@@ -136,6 +151,42 @@ extension Communicator {
     public func orderedSum(_ array: inout [Double]) throws {
         try array.withUnsafeMutableBufferPointer { try orderedSum($0) }
     }
+}
+
+/// `destination[i]` = the sum of `sources[k][i]` over the sources (one per rank, in rank order, a
+/// power of two of them) in `orderedSum`'s tree, `((s0 + s1) + (s2 + s3)) + ...`: the bits the
+/// ordered reduce-scatter gives, computed from buffers a rank can read in place (node shared
+/// memory). `destination` may be one of the sources.
+public func orderedTreeSum(_ sources: [UnsafePointer<Float>], into destination: UnsafeMutablePointer<Float>, count: Int) {
+    let p = sources.count
+    precondition(p > 0 && p & (p - 1) == 0, "a tree sum of \(p) sources: a power of two is needed")
+    if p == 1 {
+        if UnsafePointer(destination) != sources[0] { destination.update(from: sources[0], count: count) }
+        return
+    }
+    if p == 2 { return addPair(sources[0], sources[1], into: destination, count) }
+    // in blocks that stay in cache: each half's sum into scratch, then their sum into `destination`
+    // (which a source may be: every block is read before it is written)
+    let block = 2048
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * block * p)
+    defer { scratch.deallocate() }
+    func sum(_ ranks: Range<Int>, from start: Int, count n: Int, into out: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
+        if ranks.count == 2 { return addPair(sources[ranks.lowerBound] + start, sources[ranks.lowerBound + 1] + start, into: out, n) }
+        let mid = ranks.lowerBound + ranks.count / 2
+        sum(ranks.lowerBound..<mid, from: start, count: n, into: spare, spare: spare + 2 * block)
+        sum(mid..<ranks.upperBound, from: start, count: n, into: spare + block, spare: spare + 2 * block)
+        addPair(spare, spare + block, into: out, n)
+    }
+    var start = 0
+    while start < count {
+        let n = Swift.min(block, count - start)
+        sum(0..<p, from: start, count: n, into: destination + start, spare: scratch)
+        start += n
+    }
+}
+
+private func addPair(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, _ count: Int) {
+    for i in 0..<count { out[i] = a[i] + b[i] }
 }
 
 /// `dst[i] = dst[i] + src[i]`, through concrete Float and Double loops: a generic loop called

@@ -153,6 +153,12 @@ do {
             let what = "orderedReduceScatter/orderedAllgather of \(n) Floats cut at rows of \(rows)"
             let mine = try x.withUnsafeMutableBufferPointer { try comm.orderedReduceScatter($0, split: split) }
             if mine.lowerBound % rows != 0 && mine.lowerBound != n { fail("\(what): segment \(mine) cuts a row", comm) }
+            // every rank can name every rank's segment without communicating
+            let named = (0..<p).map { comm.orderedSegment(of: $0, count: n, split: split) }
+            let actual = try comm.allgather(Int64(mine.lowerBound)), ends = try comm.allgather(Int64(mine.upperBound))
+            if named.map({ Int64($0.lowerBound) }) != actual || named.map({ Int64($0.upperBound) }) != ends {
+                fail("\(what): orderedSegment names \(named), the ranks hold \(zip(actual, ends).map { $0..<$1 })", comm)
+            }
             if let i = mine.first(where: { bytes([x[$0]]) != bytes([reference[$0]]) }) {
                 fail("\(what): element \(i) of segment \(mine) is \(x[i]), the tree gives \(reference[i])", comm)
             }
@@ -212,6 +218,39 @@ do {
                     "collectives-check: \(name) controls: left to right differs from the tree in \(counts.leftToRight) of 20000 elements, the strided tree in \(counts.strided)"
                 )
             }
+        }
+    }
+
+    // node shared memory: each rank writes its slice, and after a barrier every rank reads all of
+    // them in place; the tree sum over the slices has the ordered sum's bits, also written over
+    // this rank's part of its own slice (a source, that other ranks do not read then). A segment no file system can hold fails on every rank alike.
+    if p & (p - 1) == 0 {
+        let n = 20_000
+        let memory = try comm.mapNodeSharedMemory(bytesPerRank: n * MemoryLayout<Float>.stride)
+        func slice(_ rank: Int) -> UnsafeMutablePointer<Float> { memory.slice(of: rank).assumingMemoryBound(to: Float.self) }
+        for i in 0..<n { slice(r)[i] = Float(value(r, i)) }
+        NodeSharedMemory.fence()
+        try comm.barrier()
+        NodeSharedMemory.fence()
+        var sum = [Float](repeating: 0, count: n)
+        orderedTreeSum((0..<p).map { UnsafePointer(slice($0)) }, into: &sum, count: n)
+        let reference = (0..<n).map { tree(0..<p, $0, Float.self) }
+        if bytes(sum) != bytes(reference) { fail("orderedTreeSum over node shared memory is not the tree", comm) }
+        // as the sharded update does: each rank sums its own part of the buffer, over its slice
+        let part = r * n / p..<(r + 1) * n / p
+        orderedTreeSum((0..<p).map { UnsafePointer(slice($0) + part.lowerBound) }, into: slice(r) + part.lowerBound, count: part.count)
+        if bytes(Array(UnsafeBufferPointer(start: slice(r) + part.lowerBound, count: part.count))) != bytes(Array(reference[part])) {
+            fail("orderedTreeSum written over this rank's own slice is not the tree", comm)
+        }
+        do {
+            _ = try comm.mapNodeSharedMemory(bytesPerRank: 1 << 50)
+            fail("a node shared segment of \(p) PiB did not fail", comm)
+        } catch let error as SharedMemoryError {
+            let text = "\(error)"
+            guard text.contains("rank \(r)"), text.contains("\(p << 50) bytes") else {
+                fail("the shared memory error does not name the rank and size: \(text)", comm)
+            }
+            if r == 0 { print("collectives-check: an impossible shared segment reported as: \(text)") }
         }
     }
 

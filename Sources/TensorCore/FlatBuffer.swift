@@ -12,6 +12,9 @@ public final class FlatBuffer: @unchecked Sendable {
     // @unchecked Sendable: the buffer is written by one thread at a time (the training thread);
     // the type is shared only to hand the same memory to the communicator.
     public private(set) var storage: UnsafeMutableBufferPointer<Float>
+    /// What keeps `storage` alive when this buffer did not allocate it (`move(into:keeper:)`);
+    /// nil: allocated here, freed in deinit. Travels with the storage in `exchangeStorage`.
+    private var keeper: AnyObject?
 
     public init(count: Int) {
         precondition(count >= 0, "FlatBuffer count must be non-negative, got \(count)")
@@ -32,7 +35,19 @@ public final class FlatBuffer: @unchecked Sendable {
 
     public let count: Int
 
-    deinit { free(storage.baseAddress) }
+    deinit { if keeper == nil { free(storage.baseAddress) } }
+
+    /// Copies the elements into `memory` (at least `count` elements, as aligned as a BLAS
+    /// operand needs) and uses it from now on, keeping `keeper` (which owns it) alive; the memory
+    /// this buffer held is freed. Pointers taken before are stale.
+    public func move(into memory: UnsafeMutableBufferPointer<Float>, keeper: AnyObject) {
+        precondition(memory.count >= storage.count, "moving \(storage.count) elements into \(memory.count)")
+        let target = UnsafeMutableBufferPointer(rebasing: memory[0..<storage.count])
+        _ = target.update(fromContentsOf: storage)
+        if self.keeper == nil { free(storage.baseAddress) }
+        storage = target
+        self.keeper = keeper
+    }
 
     public var pointer: UnsafeMutablePointer<Float> { storage.baseAddress! }
 
@@ -41,6 +56,7 @@ public final class FlatBuffer: @unchecked Sendable {
     public func exchangeStorage(with other: FlatBuffer) {
         precondition(count == other.count, "exchanging the storage of buffers of \(count) and \(other.count) elements")
         swap(&storage, &other.storage)
+        swap(&keeper, &other.keeper)
     }
 
     /// The elements `range` as a buffer pointer into this storage.

@@ -16,17 +16,46 @@ import TensorCore
 ///
 /// Used for steps without monitors when the rank count is a power of two, the optimizer runs the
 /// paper's plain steps and the gradient is not reduced during backward (`--overlap` off).
+///
+/// When every rank is on one node (`--intra-node shared-memory`, the default), the parameter and
+/// gradient buffers live in node shared memory and no gradient byte goes through MPI: after one
+/// barrier each rank adds every rank's copy of its segment in place, in the ordered sum's tree (the
+/// same bits), and after the verdict each rank copies the other segments' new values from their
+/// owners' buffers. Against the halving and doubling on `MPI_Sendrecv`, this skips MPI's copy
+/// into its own buffers and the receive scratch: fewer passes over memory, the resource that
+/// bounds this step on a shared node.
 final class ShardedUpdate {
     private let communicator: Communicator
     private let layout: ParameterLayout
     /// Receives the partner's halves in the reduce-scatter (allocated once: a gradient-sized
     /// allocation per step would be an mmap and fresh page faults for large models).
-    private let scratch: FlatBuffer
+    private let scratch: FlatBuffer?
+    /// The node's shared buffers: each rank's slice holds its values and gradients (two regions of
+    /// `regionFloats`, which exchange roles at every update), nil when reductions go through MPI.
+    let shared: NodeSharedMemory?
+    private let regionFloats: Int
+    /// Every rank's segment (`orderedSegment` with `rowBoundary`).
+    private var segments: [Range<Int>] = []
 
-    init(layout: ParameterLayout, communicator: Communicator) {
-        self.layout = layout
+    /// With `sharedMemory`, collective: maps the node's shared buffers and moves `store`'s values
+    /// and gradients there (every rank must be on this node).
+    init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool) throws {
+        layout = store.layout
         self.communicator = communicator
-        scratch = FlatBuffer(count: layout.count)
+        let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
+        regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
+        if sharedMemory {
+            let memory = try communicator.mapNodeSharedMemory(bytesPerRank: 2 * regionFloats * MemoryLayout<Float>.stride)
+            shared = memory
+            scratch = nil
+            let mine = memory.slice(of: memory.rank).bindMemory(to: Float.self, capacity: 2 * regionFloats)
+            store.values.move(into: UnsafeMutableBufferPointer(start: mine, count: regionFloats), keeper: memory)
+            store.gradients.move(into: UnsafeMutableBufferPointer(start: mine + regionFloats, count: regionFloats), keeper: memory)
+        } else {
+            shared = nil
+            scratch = FlatBuffer(count: layout.count)
+        }
+        segments = (0..<communicator.size).map { communicator.orderedSegment(of: $0, count: layout.count, split: rowBoundary) }
     }
 
     /// Whether a run of this shape shards its plain steps.
@@ -59,9 +88,14 @@ final class ShardedUpdate {
         for (tensor, rows) in radial {
             precondition(tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
         }
-        let segment = try communicating("reduce-scatter gradients", bytes: bytes) {
-            try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch.all)
-        }
+        let segment =
+            if let shared {
+                try communicating("sum gradients in node shared memory", bytes: bytes) { try sumInPlace(store, shared) }
+            } else {
+                try communicating("reduce-scatter gradients", bytes: bytes) {
+                    try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch!.all)
+                }
+            }
         // deterministic mode's terms from global sums go where the sum over ranks is complete
         store.addPendingTerms(in: segment)
         let update = { optimizer.stepShard(store, shard: segment) }
@@ -80,17 +114,62 @@ final class ShardedUpdate {
             for (k, norm) in part.norms.enumerated() { agreed[at + k] = norm }
         }
         agreed[rows] = mine.finite ? 0 : 1
+        // with shared memory, also the barrier after which every rank's new segment can be read
+        NodeSharedMemory.fence()
         try communicating("allreduce row norms and the NaN/Inf verdict", bytes: agreed.count * 8) {
             try communicator.allreduce(&agreed, .sum)
         }
+        NodeSharedMemory.fence()
         guard agreed[rows] == 0 else { return (false, seconds) }
-        try communicating("allgather new values", bytes: bytes) {
-            try communicator.orderedAllgather(gradients, from: segment, split: rowBoundary)
+        if let shared {
+            communicating("copy new values from node shared memory", bytes: bytes) { gatherInPlace(store, shared) }
+        } else {
+            try communicating("allgather new values", bytes: bytes) {
+                try communicator.orderedAllgather(gradients, from: segment, split: rowBoundary)
+            }
         }
         var norms: [Int: [Double]] = [:]
         for (tensor, count) in radial { norms[tensor.offset] = Array(agreed[first[tensor.offset]!..<first[tensor.offset]! + count]) }
         optimizer.commitPlainStep(store, rowNorms: norms)
         return (true, seconds)
+    }
+
+    /// After a barrier (every rank's gradient is final), this rank's segment of its gradient
+    /// becomes the tree sum of every rank's copy of it, read in place. Returns the segment.
+    private func sumInPlace(_ store: ParameterStore, _ shared: NodeSharedMemory) throws -> Range<Int> {
+        let region = gradientRegion(store, shared)
+        NodeSharedMemory.fence()
+        // the barrier, and a check of the protocol: every rank's gradient is in the same region of
+        // its slice (every update exchanges the two on every rank)
+        let sum = try communicator.allreduce(region, .sum)
+        precondition(sum == 0 || sum == communicator.size, "the ranks' gradients are in different regions of node shared memory")
+        NodeSharedMemory.fence()
+        let segment = segments[communicator.rank]
+        let sources = (0..<communicator.size).map { UnsafePointer(gradient(of: $0, region: region, shared) + segment.lowerBound) }
+        orderedTreeSum(sources, into: store.gradients.pointer + segment.lowerBound, count: segment.count)
+        return segment
+    }
+
+    /// After the verdict's barrier: copies every other rank's segment of new values from its
+    /// gradient buffer into this rank's. Nothing waits after it: an owner writes that buffer again
+    /// only after the next step's barrier (its next backward writes the other region).
+    private func gatherInPlace(_ store: ParameterStore, _ shared: NodeSharedMemory) {
+        let region = gradientRegion(store, shared)
+        let mine = store.gradients.pointer
+        for (owner, segment) in segments.enumerated() where owner != communicator.rank && !segment.isEmpty {
+            (mine + segment.lowerBound).update(from: gradient(of: owner, region: region, shared) + segment.lowerBound, count: segment.count)
+        }
+    }
+
+    /// Which region of this rank's slice the gradient is in now (0 or 1).
+    private func gradientRegion(_ store: ParameterStore, _ shared: NodeSharedMemory) -> Int {
+        let offset = shared.slice(of: shared.rank).distance(to: UnsafeMutableRawPointer(store.gradients.pointer))
+        precondition(offset == 0 || offset == regionFloats * MemoryLayout<Float>.stride, "the gradient is not in node shared memory")
+        return offset == 0 ? 0 : 1
+    }
+
+    private func gradient(of rank: Int, region: Int, _ shared: NodeSharedMemory) -> UnsafeMutablePointer<Float> {
+        shared.slice(of: rank).assumingMemoryBound(to: Float.self) + region * regionFloats
     }
 
     /// Where to cut `segment`: the row boundary at or below its middle, in the tensor there (a row

@@ -281,7 +281,15 @@ public final class Trainer {
             reduction.overlap = try communicator.ranksOnThisNode() < communicator.size
         }
         if ShardedUpdate.applies(ranks: communicator.size, overlap: reduction.overlap, optimizer: optimizer) {
-            sharded = ShardedUpdate(layout: model.parameters.layout, communicator: communicator)
+            let ranksHere = try communicator.ranksOnThisNode()  // collective: every rank asks
+            let oneNode = configuration.intraNode == .sharedMemory && ranksHere == communicator.size
+            do {
+                sharded = try ShardedUpdate(store: model.parameters, communicator: communicator, sharedMemory: oneNode)
+            } catch let error as SharedMemoryError {
+                // every rank threw (the setup agrees on failure): go on through MPI, and say so
+                console.warning("\(error); the sharded update goes through MPI instead (--intra-node mpi)")
+                sharded = try ShardedUpdate(store: model.parameters, communicator: communicator, sharedMemory: false)
+            }
         }
     }
 
@@ -467,7 +475,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded == nil ? "" : "; update sharded over the \(communicator.size) ranks")), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.shared == nil ? "" : ", gradients summed in node shared memory")" } ?? "")), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
         )
     }
 

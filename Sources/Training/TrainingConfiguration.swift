@@ -12,6 +12,14 @@ public enum OverlapMode: String, Sendable, CaseIterable {
     case off
 }
 
+/// How the sharded update moves gradients between ranks that share a node (`--intra-node`).
+public enum IntraNodeMode: String, Sendable, CaseIterable {
+    /// Read the other ranks' buffers in place, in node shared memory (when every rank is on one node).
+    case sharedMemory = "shared-memory"
+    /// Through MPI messages (Open MPI's shared-memory transport copies them).
+    case mpi
+}
+
 /// Everything that defines a training run. Built and validated by the CLI before MPI starts.
 public struct TrainingConfiguration: Sendable {
     public var data: DataSource = .synthetic
@@ -48,6 +56,8 @@ public struct TrainingConfiguration: Sendable {
     public var bucketBytes = 4 << 20
     /// Start each bucket's allreduce while backward goes on (`--overlap`).
     public var overlap: OverlapMode = .auto
+    /// `--intra-node`: how the sharded update reduces among ranks of one node.
+    public var intraNode: IntraNodeMode = .sharedMemory
     /// `--deterministic`: bitwise-identical results for any rank count that divides `chunks`.
     public var deterministic = false
     /// `--chunks`: the fixed chunks of each global batch in deterministic mode (a power of two).

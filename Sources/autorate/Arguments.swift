@@ -8,6 +8,7 @@ extension HeadKind: ExpressibleByArgument {}
 extension ModelKind: ExpressibleByArgument {}
 extension ShortcutKind: ExpressibleByArgument {}
 extension OverlapMode: ExpressibleByArgument {}
+extension IntraNodeMode: ExpressibleByArgument {}
 extension Augmentation: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
 extension BatchNormSync: ExpressibleByArgument {}
@@ -68,6 +69,10 @@ struct CommunicationOptions: ParsableArguments {
     var bucketMB = 4.0
     @Option(help: "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes).")
     var overlap: OverlapMode = .auto
+    @Option(
+        name: .customLong("intra-node"),
+        help: "How the sharded update sums gradients when every rank is on one node: 'shared-memory' (read each other's buffers in place) or 'mpi' (messages).")
+    var intraNode: IntraNodeMode = .sharedMemory
     @Flag(
         help: "Bitwise-identical training on any number of ranks that divides --chunks (same binary, BLAS and CPU): every sum over samples is taken per chunk of the global batch and added in a fixed tree.")
     var deterministic = false
@@ -94,6 +99,7 @@ struct CommunicationOptions: ParsableArguments {
     func apply(to c: inout TrainingConfiguration) {
         c.bucketBytes = Int(bucketMB * 1024 * 1024)
         c.overlap = overlap
+        c.intraNode = intraNode
         c.deterministic = deterministic
         c.chunks = chunks
     }

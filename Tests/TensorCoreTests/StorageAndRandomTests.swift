@@ -37,6 +37,32 @@ final class StorageAndRandomTests: XCTestCase {
         XCTAssertEqual(Int(bitPattern: FlatBuffer(count: 1 << 20).pointer) % (2 << 20), 0)
     }
 
+    /// Memory the buffer did not allocate (node shared memory): the contents move, the owner stays
+    /// alive while a buffer uses it (also after an exchange) and goes when none does.
+    func testFlatBufferMovesIntoMemoryItDoesNotOwnAndKeepsItsOwnerAlive() {
+        final class Owner {
+            let memory = UnsafeMutableBufferPointer<Float>.allocate(capacity: 8)
+            deinit { memory.deallocate() }
+        }
+        weak var watched: Owner?
+        var other: FlatBuffer? = FlatBuffer(count: 5)
+        do {
+            let owner = Owner()
+            watched = owner
+            let a = FlatBuffer(count: 5)
+            for i in 0..<5 { a.pointer[i] = Float(i + 1) }
+            a.move(into: owner.memory, keeper: owner)
+            XCTAssertEqual(a.pointer, owner.memory.baseAddress)
+            XCTAssertEqual(a.array, [1, 2, 3, 4, 5])
+            a.exchangeStorage(with: other!)
+            XCTAssertEqual(other!.pointer, owner.memory.baseAddress)
+            XCTAssertEqual(other!.array, [1, 2, 3, 4, 5])
+        }
+        XCTAssertNotNil(watched, "the buffer that holds the memory keeps its owner")
+        other = nil
+        XCTAssertNil(watched, "no buffer holds the memory: its owner is released")
+    }
+
     func testSplitMixIsDeterministicAndSeedDependent() {
         var a = SplitMix64(seed: 42), b = SplitMix64(seed: 42), c = SplitMix64(seed: 43)
         let xa = (0..<100).map { _ in a.next() }, xb = (0..<100).map { _ in b.next() }, xc = (0..<100).map { _ in c.next() }

@@ -7,12 +7,12 @@ import XCTest
 /// Where the sharded update cuts its segments: at a row of the tensor at the middle (a row is the
 /// tensor's count over its first dimension), or the next row, or the segment's end.
 final class ShardedUpdateTests: XCTestCase {
-    func testSegmentsAreCutAtRowBoundaries() {
+    func testSegmentsAreCutAtRowBoundaries() throws {
         var layout = ParameterLayout()
         layout.append("a", shape: [3, 4])  // 0..<12, rows of 4
         layout.append("b", shape: [5])  // 12..<17, rows of 1
         layout.append("c", shape: [2, 2, 3])  // 17..<29, rows of 6
-        let sharded = ShardedUpdate(layout: layout, communicator: SingleProcessCommunicator())
+        let sharded = try ShardedUpdate(store: ParameterStore(layout: layout), communicator: SingleProcessCommunicator(), sharedMemory: false)
         XCTAssertEqual(sharded.rowBoundary(0..<29), 14, "the middle, in b")
         XCTAssertEqual(sharded.rowBoundary(0..<12), 4, "row 1 of a, below the middle (6)")
         XCTAssertEqual(sharded.rowBoundary(17..<29), 23, "row 1 of c: the middle")
@@ -20,5 +20,22 @@ final class ShardedUpdateTests: XCTestCase {
         XCTAssertEqual(sharded.rowBoundary(18..<30), 23, "the row of c above the segment's start")
         XCTAssertEqual(sharded.rowBoundary(18..<22), 22, "a segment inside one row of c goes whole to one side")
         XCTAssertEqual(sharded.rowBoundary(0..<0), 0)
+    }
+
+    /// With node shared memory (one rank here), the store's values and gradients move into this
+    /// rank's slice with their contents, and the first region holds the values.
+    func testStoreMovesIntoNodeSharedMemory() throws {
+        var layout = ParameterLayout()
+        layout.append("w", shape: [4, 3])
+        let store = ParameterStore(layout: layout)
+        for i in 0..<12 {
+            store.values.pointer[i] = Float(i)
+            store.gradients.pointer[i] = -Float(i)
+        }
+        let sharded = try ShardedUpdate(store: store, communicator: SingleProcessCommunicator(), sharedMemory: true)
+        let shared = try XCTUnwrap(sharded.shared)
+        XCTAssertEqual(UnsafeMutableRawPointer(store.values.pointer), shared.slice(of: 0))
+        XCTAssertEqual(store.values.array, (0..<12).map { Float($0) })
+        XCTAssertEqual(store.gradients.array, (0..<12).map { -Float($0) })
     }
 }

@@ -1,0 +1,121 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+import Synchronization
+
+/// One memory segment that every rank of a group on one node maps, cut into one slice per rank:
+/// ranks read each other's slices in place, without a message or a copy through MPI's buffers.
+/// The segment is a POSIX shared-memory object that rank 0 creates, reserves in full (so that a
+/// full `/dev/shm` is an error here, not a SIGBUS later) and unlinks as soon as every rank has
+/// mapped it: nothing is left behind when a rank dies, and unmapping is local (a release needs no
+/// collective, unlike `MPI_Win_free`).
+///
+/// Reads of another rank's slice must be ordered after its writes by a collective between them
+/// (`synchronize`, or any blocking collective after `fence`).
+public final class NodeSharedMemory: @unchecked Sendable {
+    // @unchecked Sendable: the mapping is fixed; who writes which bytes when is the caller's protocol.
+    public let ranks: Int
+    public let rank: Int
+    /// The bytes of each rank's slice (a multiple of the 2 MiB alignment).
+    public let bytesPerRank: Int
+    private let base: UnsafeMutableRawPointer
+    private let totalBytes: Int
+
+    fileprivate init(base: UnsafeMutableRawPointer, ranks: Int, rank: Int, bytesPerRank: Int) {
+        self.base = base
+        self.ranks = ranks
+        self.rank = rank
+        self.bytesPerRank = bytesPerRank
+        totalBytes = ranks * bytesPerRank
+    }
+
+    deinit { munmap(base, totalBytes) }
+
+    /// The start of rank `r`'s slice.
+    public func slice(of r: Int) -> UnsafeMutableRawPointer {
+        precondition((0..<ranks).contains(r), "rank \(r) has no slice among \(ranks)")
+        return base + r * bytesPerRank
+    }
+
+    /// Slices are aligned to this (a huge page, where the system backs shared memory with them).
+    public static let alignment = 2 << 20
+
+    /// A full memory fence: this rank's writes before it are visible to a rank that reads after a
+    /// collective that follows it.
+    public static func fence() { atomicMemoryFence(ordering: .sequentiallyConsistent) }
+}
+
+/// Why the shared segment could not be set up, on the rank that says so.
+public struct SharedMemoryError: Error, CustomStringConvertible {
+    public let call: String
+    public let errno: Int32
+    public let bytes: Int
+    public let rank: Int
+    public var description: String {
+        let reason = errno == 0 ? "another rank failed" : String(cString: strerror(errno))
+        return "node shared memory: \(call) of \(bytes) bytes failed on rank \(rank): \(reason)"
+    }
+}
+
+extension Communicator {
+    /// Collective: maps one shared segment of `bytesPerRank` (rounded up to
+    /// `NodeSharedMemory.alignment`) per rank. Every rank of the group must be on this node. Throws
+    /// `SharedMemoryError` on every rank when any rank fails (so none is left waiting).
+    public func mapNodeSharedMemory(bytesPerRank: Int) throws -> NodeSharedMemory {
+        precondition(bytesPerRank >= 0, "a shared slice of \(bytesPerRank) bytes")
+        let align = NodeSharedMemory.alignment
+        let slice = Swift.max(1, (bytesPerRank + align - 1) / align) * align
+        let (total, overflow) = slice.multipliedReportingOverflow(by: size)
+        precondition(!overflow, "a shared segment of \(size) x \(slice) bytes")
+        // rank 0 names and reserves the object; its errno (0: none) travels with the name
+        var header = [UInt8](repeating: 0, count: 72)
+        if rank == 0 {
+            let name = "/autorate-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let failure = Self.createSharedObject(name, bytes: total)
+            withUnsafeBytes(of: failure.errno.littleEndian) { header.replaceSubrange(0..<4, with: $0) }
+            header.replaceSubrange(4..<8, with: [failure.call])
+            header.replaceSubrange(8..<(8 + name.utf8.count), with: name.utf8)
+        }
+        try broadcast(&header, root: 0)
+        let created = header[0..<4].withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) }
+        let name = String(decoding: header[8...].prefix { $0 != 0 }, as: UTF8.self)
+        let calls = ["shm_open", "posix_fallocate", "ftruncate"]
+        if created != 0 {
+            throw SharedMemoryError(call: calls[Int(header[4]) % calls.count] + " \(name)", errno: rank == 0 ? created : 0, bytes: total, rank: rank)
+        }
+        var mapped: UnsafeMutableRawPointer? = nil
+        var failure: (call: String, errno: Int32)? = nil
+        let fd = shm_open(name, O_RDWR, 0)
+        if fd < 0 {
+            failure = ("shm_open \(name)", Glibc.errno)
+        } else {
+            let address = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            if address == MAP_FAILED { failure = ("mmap", Glibc.errno) } else { mapped = address }
+            close(fd)
+        }
+        // every rank has opened the object (or failed) once this returns: it can go from the namespace
+        let failedRanks = try allreduce(failure == nil ? 0 : 1, .sum)
+        if rank == 0 { shm_unlink(name) }
+        guard failedRanks == 0, let mapped else {
+            if let mapped { munmap(mapped, total) }
+            throw SharedMemoryError(call: failure?.call ?? "mmap", errno: failure?.errno ?? 0, bytes: total, rank: rank)
+        }
+        return NodeSharedMemory(base: mapped, ranks: size, rank: rank, bytesPerRank: slice)
+    }
+
+    /// Creates the named object with `bytes` reserved; on failure removes it and returns which call
+    /// failed (an index into the caller's list) and its errno.
+    private static func createSharedObject(_ name: String, bytes: Int) -> (call: UInt8, errno: Int32) {
+        let fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        guard fd >= 0 else { return (0, Glibc.errno) }
+        defer { close(fd) }
+        // posix_fallocate returns the error instead of setting errno
+        let reserved = posix_fallocate(fd, 0, off_t(bytes))
+        if reserved == 0 { return (0, 0) }
+        // file systems without fallocate: size it, and the pages come on first touch
+        if reserved == EOPNOTSUPP || reserved == EINVAL, ftruncate(fd, off_t(bytes)) == 0 { return (0, 0) }
+        let code = reserved == EOPNOTSUPP || reserved == EINVAL ? Glibc.errno : reserved
+        shm_unlink(name)
+        return (reserved == EOPNOTSUPP || reserved == EINVAL ? 2 : 1, code)
+    }
+}

@@ -1,0 +1,51 @@
+import Foundation
+import XCTest
+
+/// The sharded update's two ways of moving gradients between ranks of one node: through node
+/// shared memory (the default) and through MPI messages (`--intra-node mpi`). Both add the ranks'
+/// gradients in the ordered sum's tree, so a run ends with the same bits either way.
+final class NodeSharedMemoryTests: XCTestCase {
+    var directory: URL!
+
+    override func setUpWithError() throws { directory = try Launcher.temporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    /// 2 and 4 ranks, a BN head (its weight's rows carry the scaled-epsilon radial term, so the
+    /// segments are cut at rows and the row norms travel), sharded steps between log steps: the
+    /// final parameters and BN buffers have the same FNV-1a either way, and only the default run
+    /// says it summed in shared memory. A transport that summed a wrong part, missed a rank or
+    /// gathered stale values would change the bits (or fail the end-of-run replica check).
+    func testSharedMemoryAndMPIGiveTheSameBits() throws {
+        for np in [2, 4] {
+            var fingerprints: [String: String] = [:]
+            for transport in ["shared-memory", "mpi"] {
+                let metrics = directory.appendingPathComponent("\(transport)-\(np).jsonl").path
+                let run = try Launcher.mpirun(
+                    np, "autorate",
+                    [
+                        "train", "--steps", "25", "--head", "bn", "--log-every", "10", "--quiet", "--intra-node", transport,
+                        "--metrics", metrics,
+                    ])
+                XCTAssertEqual(run.status, 0, run.output)
+                XCTAssertTrue(run.output.contains("update sharded over the \(np) ranks"), run.output)
+                XCTAssertEqual(
+                    run.output.contains("gradients summed in node shared memory"), transport == "shared-memory", run.output)
+                let final = try XCTUnwrap(try Launcher.metrics(metrics).last)
+                fingerprints[transport] = try XCTUnwrap(final["parameters_fnv1a"] as? String)
+            }
+            XCTAssertEqual(fingerprints["shared-memory"], fingerprints["mpi"], "\(np) ranks")
+        }
+    }
+
+    /// No shared-memory object outlives a run: rank 0 removes its name once every rank has mapped it.
+    func testNoSharedObjectIsLeftBehind() throws {
+        let before = try Self.sharedObjects()
+        let run = try Launcher.mpirun(2, "autorate", ["train", "--steps", "5", "--quiet"])
+        XCTAssertEqual(run.status, 0, run.output)
+        XCTAssertEqual(try Self.sharedObjects().subtracting(before), [])
+    }
+
+    private static func sharedObjects() throws -> Set<String> {
+        Set(try FileManager.default.contentsOfDirectory(atPath: "/dev/shm").filter { $0.hasPrefix("autorate-") })
+    }
+}
