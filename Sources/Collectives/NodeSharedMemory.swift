@@ -5,10 +5,9 @@ import Synchronization
 
 /// One memory segment that every rank of a group on one node maps, cut into one slice per rank:
 /// ranks read each other's slices in place, without a message or a copy through MPI's buffers.
-/// The segment is a POSIX shared-memory object that rank 0 creates, reserves in full (so that a
-/// full `/dev/shm` is an error here, not a SIGBUS later) and unlinks as soon as every rank has
-/// mapped it: nothing is left behind when a rank dies, and unmapping is local (a release needs no
-/// collective, unlike `MPI_Win_free`).
+/// The segment is a POSIX shared-memory object that rank 0 creates and unlinks as soon as every
+/// rank has mapped it (nothing is left behind when a rank dies later, and unmapping is local: a
+/// release needs no collective, unlike `MPI_Win_free`); each rank reserves its own slice in full.
 ///
 /// Reads of another rank's slice must be ordered after its writes by a collective between them
 /// (`synchronize`, or any blocking collective after `fence`).
@@ -67,55 +66,54 @@ extension Communicator {
         let slice = Swift.max(1, (bytesPerRank + align - 1) / align) * align
         let (total, overflow) = slice.multipliedReportingOverflow(by: size)
         precondition(!overflow, "a shared segment of \(size) x \(slice) bytes")
-        // rank 0 names and reserves the object; its errno (0: none) travels with the name
+        // rank 0 creates the object and sends its name, with shm_open's errno (0: none)
         var header = [UInt8](repeating: 0, count: 72)
+        var name = ""
         if rank == 0 {
-            let name = "/autorate-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-            let failure = Self.createSharedObject(name, bytes: total)
-            withUnsafeBytes(of: failure.errno.littleEndian) { header.replaceSubrange(0..<4, with: $0) }
-            header.replaceSubrange(4..<8, with: [failure.call])
+            name = "/autorate-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0o600)
+            let code = fd < 0 ? Glibc.errno : 0
+            if fd >= 0 { close(fd) }
+            withUnsafeBytes(of: code.littleEndian) { header.replaceSubrange(0..<4, with: $0) }
             header.replaceSubrange(8..<(8 + name.utf8.count), with: name.utf8)
         }
+        // the name leaves the namespace however this ends: by then every rank has opened it, or failed
+        defer { if rank == 0 { shm_unlink(name) } }
         try broadcast(&header, root: 0)
         let created = header[0..<4].withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) }
-        let name = String(decoding: header[8...].prefix { $0 != 0 }, as: UTF8.self)
-        let calls = ["shm_open", "posix_fallocate", "ftruncate"]
+        name = String(decoding: header[8...].prefix { $0 != 0 }, as: UTF8.self)
         if created != 0 {
-            throw SharedMemoryError(call: calls[Int(header[4]) % calls.count] + " \(name)", errno: rank == 0 ? created : 0, bytes: total, rank: rank)
+            throw SharedMemoryError(call: "shm_open \(name)", errno: rank == 0 ? created : 0, bytes: total, rank: rank)
         }
+        // each rank reserves its own slice in full (its pages come from its own NUMA node, and a full
+        // /dev/shm is an error here, not a SIGBUS at first touch), then maps the whole segment
         var mapped: UnsafeMutableRawPointer? = nil
-        var failure: (call: String, errno: Int32)? = nil
+        var failure: (call: String, errno: Int32, bytes: Int)? = nil
         let fd = shm_open(name, O_RDWR, 0)
         if fd < 0 {
-            failure = ("shm_open \(name)", Glibc.errno)
+            failure = ("shm_open \(name)", Glibc.errno, total)
         } else {
-            let address = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-            if address == MAP_FAILED { failure = ("mmap", Glibc.errno) } else { mapped = address }
+            // posix_fallocate returns the error instead of setting errno
+            let reserved = posix_fallocate(fd, off_t(rank * slice), off_t(slice))
+            if reserved != 0 {
+                failure = ("posix_fallocate \(name)", reserved, slice)
+            } else {
+                let address = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                if address == MAP_FAILED { failure = ("mmap \(name)", Glibc.errno, total) } else { mapped = address }
+            }
             close(fd)
         }
-        // every rank has opened the object (or failed) once this returns: it can go from the namespace
-        let failedRanks = try allreduce(failure == nil ? 0 : 1, .sum)
-        if rank == 0 { shm_unlink(name) }
+        let failedRanks: Int
+        do {
+            failedRanks = try allreduce(failure == nil ? 0 : 1, .sum)
+        } catch {
+            if let mapped { munmap(mapped, total) }
+            throw error
+        }
         guard failedRanks == 0, let mapped else {
             if let mapped { munmap(mapped, total) }
-            throw SharedMemoryError(call: failure?.call ?? "mmap", errno: failure?.errno ?? 0, bytes: total, rank: rank)
+            throw SharedMemoryError(call: failure?.call ?? "mmap \(name)", errno: failure?.errno ?? 0, bytes: failure?.bytes ?? total, rank: rank)
         }
         return NodeSharedMemory(base: mapped, ranks: size, rank: rank, bytesPerRank: slice)
-    }
-
-    /// Creates the named object with `bytes` reserved; on failure removes it and returns which call
-    /// failed (an index into the caller's list) and its errno.
-    private static func createSharedObject(_ name: String, bytes: Int) -> (call: UInt8, errno: Int32) {
-        let fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0o600)
-        guard fd >= 0 else { return (0, Glibc.errno) }
-        defer { close(fd) }
-        // posix_fallocate returns the error instead of setting errno
-        let reserved = posix_fallocate(fd, 0, off_t(bytes))
-        if reserved == 0 { return (0, 0) }
-        // file systems without fallocate: size it, and the pages come on first touch
-        if reserved == EOPNOTSUPP || reserved == EINVAL, ftruncate(fd, off_t(bytes)) == 0 { return (0, 0) }
-        let code = reserved == EOPNOTSUPP || reserved == EINVAL ? Glibc.errno : reserved
-        shm_unlink(name)
-        return (reserved == EOPNOTSUPP || reserved == EINVAL ? 2 : 1, code)
     }
 }

@@ -154,38 +154,48 @@ extension Communicator {
 }
 
 /// `destination[i]` = the sum of `sources[k][i]` over the sources (one per rank, in rank order, a
-/// power of two of them) in `orderedSum`'s tree, `((s0 + s1) + (s2 + s3)) + ...`: the bits the
-/// ordered reduce-scatter gives, computed from buffers a rank can read in place (node shared
-/// memory). `destination` may be one of the sources.
-public func orderedTreeSum(_ sources: [UnsafePointer<Float>], into destination: UnsafeMutablePointer<Float>, count: Int) {
+/// power of two of them) in `orderedSum`'s tree, `((s0 + s1) + (s2 + s3)) + ...`, for each `i` in
+/// `range`: the bits the ordered reduce-scatter gives, computed from buffers a rank can read in
+/// place (node shared memory). `destination` may be one of the sources. Allocates nothing, so
+/// that it can be called per row.
+public func orderedTreeSum(_ sources: [UnsafePointer<Float>], _ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
     let p = sources.count
     precondition(p > 0 && p & (p - 1) == 0, "a tree sum of \(p) sources: a power of two is needed")
-    if p == 1 {
-        if UnsafePointer(destination) != sources[0] { destination.update(from: sources[0], count: count) }
-        return
-    }
-    if p == 2 { return addPair(sources[0], sources[1], into: destination, count) }
-    // in blocks that stay in cache: each half's sum into scratch, then their sum into `destination`
-    // (which a source may be: every block is read before it is written)
-    let block = 2048
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * block * p)
-    defer { scratch.deallocate() }
-    func sum(_ ranks: Range<Int>, from start: Int, count n: Int, into out: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
-        if ranks.count == 2 { return addPair(sources[ranks.lowerBound] + start, sources[ranks.lowerBound + 1] + start, into: out, n) }
-        let mid = ranks.lowerBound + ranks.count / 2
-        sum(ranks.lowerBound..<mid, from: start, count: n, into: spare, spare: spare + 2 * block)
-        sum(mid..<ranks.upperBound, from: start, count: n, into: spare + block, spare: spare + 2 * block)
-        addPair(spare, spare + block, into: out, n)
-    }
-    var start = 0
-    while start < count {
-        let n = Swift.min(block, count - start)
-        sum(0..<p, from: start, count: n, into: destination + start, spare: scratch)
-        start += n
+    let out = destination + range.lowerBound
+    switch p {
+    case 1:
+        if UnsafePointer(destination) != sources[0] { out.update(from: sources[0] + range.lowerBound, count: range.count) }
+    case 2:
+        addPair(sources[0] + range.lowerBound, sources[1] + range.lowerBound, into: out, range.count)
+    default:
+        // in blocks that stay in cache: each half's sum into scratch, then their sum into
+        // `destination` (which a source may be: every block is read before it is written)
+        let block = 1024, levels = p.trailingZeroBitCount
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * block * levels) { scratch in
+            func sum(_ ranks: Range<Int>, at start: Int, count n: Int, into out: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
+                if ranks.count == 2 {
+                    return addPair(sources[ranks.lowerBound] + start, sources[ranks.lowerBound + 1] + start, into: out, n)
+                }
+                let mid = ranks.lowerBound + ranks.count / 2
+                sum(ranks.lowerBound..<mid, at: start, count: n, into: spare, spare: spare + 2 * block)
+                sum(mid..<ranks.upperBound, at: start, count: n, into: spare + block, spare: spare + 2 * block)
+                addPair(spare, spare + block, into: out, n)
+            }
+            var start = range.lowerBound
+            while start < range.upperBound {
+                let n = Swift.min(block, range.upperBound - start)
+                sum(0..<p, at: start, count: n, into: destination + start, spare: scratch.baseAddress!)
+                start += n
+            }
+        }
     }
 }
 
+/// `out[i] = a[i] + b[i]`; `out` may be `a` or `b` (then the in-place loop: the vectorizer's
+/// overlap check would send `out == a` to its scalar loop).
 private func addPair(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, _ count: Int) {
+    if UnsafePointer(out) == a { return addFloats(out, b, count) }
+    if UnsafePointer(out) == b { return addFloats(out, a, count) }  // IEEE addition commutes: the same bits
     for i in 0..<count { out[i] = a[i] + b[i] }
 }
 

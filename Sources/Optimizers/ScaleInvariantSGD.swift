@@ -135,7 +135,7 @@ public final class ScaleInvariantSGD {
             }
             var updated = w  // where the new values are
             if isPaperAlgorithm {
-                for part in stepIntoGradient(group, group.range, in: store, eta: Float(eta), radial: radial, &check) {
+                for part in stepIntoGradient(group, group.range, in: store, eta: Float(eta), radial: radial, nil, &check) {
                     keptNorms[part.tensor.offset] = part.norms
                 }
                 updated = g
@@ -171,15 +171,20 @@ public final class ScaleInvariantSGD {
     /// there, written over it and checked. `shard` must hold whole rows of every tensor with a
     /// pending radial term. Returns whether the new values are finite, and for each radial tensor,
     /// its rows in `shard` and their new squared norms. Consumes the pending radial terms.
+    ///
+    /// `completing`, when given, is called with consecutive pieces of `shard` (each within one
+    /// tensor; a row of a radial tensor), each just before the step reads the gradient there: the
+    /// caller finishes the gradient piece by piece (the sum over ranks), and the step reads it back
+    /// from cache instead of memory.
     public func stepShard(
-        _ store: ParameterStore, shard: Range<Int>
+        _ store: ParameterStore, shard: Range<Int>, completing: ((Range<Int>) -> Void)? = nil
     ) -> (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])]) {
         precondition(isPaperAlgorithm, "only the plain step is sharded")
         store.rowSquaredNormsAfterUpdate.removeAll()
         let radial = takeRadialTerms(store)
         var check = FiniteCheck()
         let rowNorms = groups.flatMap { group in
-            stepIntoGradient(group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, &check)
+            stepIntoGradient(group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, completing, &check)
         }
         return (check.allFinite, rowNorms)
     }
@@ -208,7 +213,7 @@ public final class ScaleInvariantSGD {
     /// row is in cache, for the next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
     private func stepIntoGradient(
         _ group: ParameterGroup, _ range: Range<Int>, in store: ParameterStore, eta: Float, radial: [Int: RadialGradient],
-        _ check: inout FiniteCheck
+        _ completing: ((Range<Int>) -> Void)? = nil, _ check: inout FiniteCheck
     ) -> [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] {
         var rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] = []
         for tensor in group.tensors {
@@ -217,10 +222,16 @@ public final class ScaleInvariantSGD {
             let wp = store.values.pointer, gp = store.gradients.pointer
             guard let term = radial[tensor.offset] else {
                 var carries = check.carries
-                for i in lower..<upper {
-                    let v = wp[i] - eta * gp[i]
-                    gp[i] = v
-                    carries |= FiniteCheck.carry(v)
+                var start = lower
+                while start < upper {
+                    let end = completing == nil ? upper : Swift.min(upper, start + Self.piece)
+                    completing?(start..<end)
+                    for i in start..<end {
+                        let v = wp[i] - eta * gp[i]
+                        gp[i] = v
+                        carries |= FiniteCheck.carry(v)
+                    }
+                    start = end
                 }
                 check.carries = carries
                 continue
@@ -234,6 +245,7 @@ public final class ScaleInvariantSGD {
             for r in rows {
                 let keep = 1 - eta * term.coefficients[r]
                 let row = wp + tensor.offset + r &* rowLength, out = gp + tensor.offset + r &* rowLength
+                completing?(tensor.offset + r &* rowLength..<tensor.offset + (r + 1) &* rowLength)
                 var carries = check.carries
                 for i in 0..<rowLength {
                     let v = keep * row[i] - eta * out[i]
@@ -247,6 +259,10 @@ public final class ScaleInvariantSGD {
         }
         return rowNorms
     }
+
+    /// Elements per `completing` piece outside radial rows: a piece of every rank's gradient, the
+    /// values and the result stay in the first-level cache.
+    static let piece = 2048
 
     /// Momentum and weight decay (not the paper's algorithm): in place.
     private func updateInPlace(

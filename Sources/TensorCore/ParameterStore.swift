@@ -95,16 +95,16 @@ public final class ParameterStore: @unchecked Sendable {
         rowSquaredNormsAfterUpdate.removeValue(forKey: tensor.offset)
     }
 
-    /// Adds every pending term into `gradients`, in order, and forgets them; with `range`, only
-    /// their elements there (a rank's segment of a sharded update, the one part of the summed
-    /// gradient it holds).
-    public func addPendingTerms(in range: Range<Int>? = nil) {
+    /// Adds every pending term into `gradients`, in order, and forgets them (unless `forgetting`
+    /// is false: the caller adds them piece by piece); with `range`, only their elements there (a
+    /// rank's segment of a sharded update, the one part of the summed gradient it holds).
+    public func addPendingTerms(in range: Range<Int>? = nil, forgetting: Bool = true) {
         let range = range ?? 0..<layout.count
         for term in pendingTerms {
             let lower = Swift.max(term.tensor.offset, range.lowerBound), upper = Swift.min(term.tensor.range.upperBound, range.upperBound)
             for i in lower..<Swift.max(lower, upper) { gradients.pointer[i] += term.values[i - term.tensor.offset] }
         }
-        pendingTerms.removeAll()
+        if forgetting { pendingTerms.removeAll() }
     }
 
     /// Adds every pending radial term into `gradients` and forgets them.

@@ -20,7 +20,8 @@ import TensorCore
 /// When every rank is on one node (`--intra-node shared-memory`, the default), the parameter and
 /// gradient buffers live in node shared memory and no gradient byte goes through MPI: after one
 /// barrier each rank adds every rank's copy of its segment in place, in the ordered sum's tree (the
-/// same bits), and after the verdict each rank copies the other segments' new values from their
+/// same bits), piece by piece inside the update's pass (each piece of the sum is read back from
+/// cache), and after the verdict each rank copies the other segments' new values from their
 /// owners' buffers. Against the halving and doubling on `MPI_Sendrecv`, this skips MPI's copy
 /// into its own buffers and the receive scratch: fewer passes over memory, the resource that
 /// bounds this step on a shared node.
@@ -48,7 +49,9 @@ final class ShardedUpdate {
             let memory = try communicator.mapNodeSharedMemory(bytesPerRank: 2 * regionFloats * MemoryLayout<Float>.stride)
             shared = memory
             scratch = nil
-            let mine = memory.slice(of: memory.rank).bindMemory(to: Float.self, capacity: 2 * regionFloats)
+            // every rank's slice is read as Floats here: bind the whole segment
+            _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: memory.ranks * memory.bytesPerRank / MemoryLayout<Float>.stride)
+            let mine = memory.slice(of: memory.rank).assumingMemoryBound(to: Float.self)
             store.values.move(into: UnsafeMutableBufferPointer(start: mine, count: regionFloats), keeper: memory)
             store.gradients.move(into: UnsafeMutableBufferPointer(start: mine + regionFloats, count: regionFloats), keeper: memory)
         } else {
@@ -88,18 +91,27 @@ final class ShardedUpdate {
         for (tensor, rows) in radial {
             precondition(tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
         }
-        let segment =
-            if let shared {
-                try communicating("sum gradients in node shared memory", bytes: bytes) { try sumInPlace(store, shared) }
-            } else {
-                try communicating("reduce-scatter gradients", bytes: bytes) {
-                    try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch!.all)
+        let mine: (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])])
+        if let shared {
+            // the sum over ranks inside the update's pass, piece by piece (`sumPiece`): counted as
+            // communication, update included, as the pass cannot be split
+            let sources = try communicating("barrier: every rank's gradient is final", bytes: 0) { try awaitGradients(store, shared) }
+            mine = communicating("sum gradients in node shared memory, and update", bytes: bytes) {
+                optimizer.stepShard(store, shard: segments[communicator.rank]) { piece in
+                    orderedTreeSum(sources, piece, into: store.gradients.pointer)
+                    // deterministic mode's terms from global sums go where the sum over ranks is complete
+                    store.addPendingTerms(in: piece, forgetting: false)
                 }
             }
-        // deterministic mode's terms from global sums go where the sum over ranks is complete
-        store.addPendingTerms(in: segment)
-        let update = { optimizer.stepShard(store, shard: segment) }
-        let mine = timeline?.measure("update", "update", update) ?? update()
+            store.pendingTerms.removeAll()
+        } else {
+            let segment = try communicating("reduce-scatter gradients", bytes: bytes) {
+                try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch!.all)
+            }
+            store.addPendingTerms(in: segment)
+            let update = { optimizer.stepShard(store, shard: segment) }
+            mine = timeline?.measure("update", "update", update) ?? update()
+        }
         // one Double per row of every radial tensor (where each tensor's rows start in it), then
         // the count of ranks that met a value that is not finite
         var first: [Int: Int] = [:]
@@ -125,7 +137,7 @@ final class ShardedUpdate {
             communicating("copy new values from node shared memory", bytes: bytes) { gatherInPlace(store, shared) }
         } else {
             try communicating("allgather new values", bytes: bytes) {
-                try communicator.orderedAllgather(gradients, from: segment, split: rowBoundary)
+                try communicator.orderedAllgather(gradients, from: segments[communicator.rank], split: rowBoundary)
             }
         }
         var norms: [Int: [Double]] = [:]
@@ -134,9 +146,9 @@ final class ShardedUpdate {
         return (true, seconds)
     }
 
-    /// After a barrier (every rank's gradient is final), this rank's segment of its gradient
-    /// becomes the tree sum of every rank's copy of it, read in place. Returns the segment.
-    private func sumInPlace(_ store: ParameterStore, _ shared: NodeSharedMemory) throws -> Range<Int> {
+    /// The barrier after which every rank's gradient is final; returns every rank's gradient
+    /// buffer, in rank order, to read in place.
+    private func awaitGradients(_ store: ParameterStore, _ shared: NodeSharedMemory) throws -> [UnsafePointer<Float>] {
         let region = gradientRegion(store, shared)
         NodeSharedMemory.fence()
         // the barrier, and a check of the protocol: every rank's gradient is in the same region of
@@ -144,15 +156,15 @@ final class ShardedUpdate {
         let sum = try communicator.allreduce(region, .sum)
         precondition(sum == 0 || sum == communicator.size, "the ranks' gradients are in different regions of node shared memory")
         NodeSharedMemory.fence()
-        let segment = segments[communicator.rank]
-        let sources = (0..<communicator.size).map { UnsafePointer(gradient(of: $0, region: region, shared) + segment.lowerBound) }
-        orderedTreeSum(sources, into: store.gradients.pointer + segment.lowerBound, count: segment.count)
-        return segment
+        return (0..<communicator.size).map { UnsafePointer(gradient(of: $0, region: region, shared)) }
     }
 
     /// After the verdict's barrier: copies every other rank's segment of new values from its
     /// gradient buffer into this rank's. Nothing waits after it: an owner writes that buffer again
-    /// only after the next step's barrier (its next backward writes the other region).
+    /// only after the next step's barrier (its next backward writes the other region). The rule
+    /// this rests on: between steps nothing writes `values` without a collective that every rank
+    /// enters after its gather (the start-up broadcasts and a checkpoint's load run before the
+    /// first step; a monitor step's update follows its gradient allreduce).
     private func gatherInPlace(_ store: ParameterStore, _ shared: NodeSharedMemory) {
         let region = gradientRegion(store, shared)
         let mine = store.gradients.pointer
