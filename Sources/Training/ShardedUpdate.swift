@@ -39,14 +39,15 @@ final class ShardedUpdate {
     private var segments: [Range<Int>] = []
 
     /// With `sharedMemory`, collective: maps the node's shared buffers and moves `store`'s values
-    /// and gradients there (every rank must be on this node).
-    init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool) throws {
+    /// and gradients there (every rank must be on this node); `extraBytes` more per rank are asked
+    /// for (a test's impossible request).
+    init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool, extraBytes: Int = 0) throws {
         layout = store.layout
         self.communicator = communicator
         let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
         regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
         if sharedMemory {
-            let memory = try communicator.mapNodeSharedMemory(bytesPerRank: 2 * regionFloats * MemoryLayout<Float>.stride)
+            let memory = try communicator.mapNodeSharedMemory(bytesPerRank: 2 * regionFloats * MemoryLayout<Float>.stride + extraBytes)
             shared = memory
             scratch = nil
             // every rank's slice is read as Floats here: bind the whole segment

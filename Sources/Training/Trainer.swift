@@ -284,7 +284,9 @@ public final class Trainer {
             let ranksHere = try communicator.ranksOnThisNode()  // collective: every rank asks
             let oneNode = configuration.intraNode == .sharedMemory && ranksHere == communicator.size
             do {
-                sharded = try ShardedUpdate(store: model.parameters, communicator: communicator, sharedMemory: oneNode)
+                sharded = try ShardedUpdate(
+                    store: model.parameters, communicator: communicator, sharedMemory: oneNode,
+                    extraBytes: configuration.debugSharedMemoryExtra)
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
                 console.warning("\(error); the sharded update goes through MPI instead (--intra-node mpi)")

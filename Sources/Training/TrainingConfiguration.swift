@@ -85,6 +85,9 @@ public struct TrainingConfiguration: Sendable {
     public var debugStall: (step: Int, rank: Int)? = nil
     /// Test-only: the rank SIGKILLs itself at (step, rank), as a preempted node would die.
     public var debugKill: (step: Int, rank: Int)? = nil
+    /// Test-only: bytes asked of node shared memory per rank on top of what the buffers need (an
+    /// impossible amount makes the setup fail for real, on every rank).
+    public var debugSharedMemoryExtra = 0
     /// `--resume auto|PATH`.
     public var resume: ResumeSource? = nil
     /// Print progress lines (rank 0). Off for benchmarks and tests that read only the metrics file.

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Collectives
+import Foundation
 
 @main
 struct Autorate: ParsableCommand {
@@ -13,4 +15,34 @@ struct Autorate: ParsableCommand {
         subcommands: [Train.self, Bench.self, PlotScaling.self, Repro.self, Export.self],
         defaultSubcommand: Train.self
     )
+
+    /// ArgumentParser's `main`, with each message written in one `write` (under mpirun every rank
+    /// rejects a bad flag at once, and messages written in pieces interleave character by
+    /// character) and, for errors, the rank that the launcher's environment names (MPI has not
+    /// started yet).
+    static func main() {
+        let failure: Error
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+            return
+        } catch {
+            failure = error
+        }
+        let code = exitCode(for: failure)
+        var message = fullMessage(for: failure)
+        if code != .success, let rank = launcherRank() { message = "autorate: rank \(rank.rank) of \(rank.size), before MPI started: " + message }
+        if !message.isEmpty { writeAll(code == .success ? 1 : 2, message + "\n") }
+        Foundation.exit(code.rawValue)
+    }
+
+    /// This process's rank and the rank count from Open MPI's or PMIx's environment, when launched
+    /// with more than one rank.
+    private static func launcherRank() -> (rank: Int, size: Int)? {
+        let environment = ProcessInfo.processInfo.environment
+        guard let rank = (environment["OMPI_COMM_WORLD_RANK"] ?? environment["PMIX_RANK"]).flatMap({ Int($0) }),
+            let size = (environment["OMPI_COMM_WORLD_SIZE"] ?? environment["SLURM_NTASKS"]).flatMap({ Int($0) }), size > 1
+        else { return nil }
+        return (rank, size)
+    }
 }

@@ -76,6 +76,8 @@ struct Train: ParsableCommand {
     var debugStallAt: String?
     @Option(name: .customLong("debug-kill-at"), help: .hidden)
     var debugKillAt: String?
+    @Option(name: .customLong("debug-shared-memory-extra"), help: .hidden)
+    var debugSharedMemoryExtra = 0
     @Flag(help: "Print only the summary, not a progress line per logged step.")
     var quiet = false
 
@@ -93,6 +95,7 @@ struct Train: ParsableCommand {
         ] {
             if let value, Self.stepAndRank(value) == nil { throw ValidationError("\(flag) \(value) is not accepted: use STEP:RANK.") }
         }
+        try require(debugSharedMemoryExtra >= 0, "--debug-shared-memory-extra", debugSharedMemoryExtra, "bytes >= 0")
         try require(checkpointEvery >= 1, "--checkpoint-every", checkpointEvery, "a positive number of steps")
         try require(keepCheckpoints >= 1, "--keep-checkpoints", keepCheckpoints, "at least 1")
         if resume == "auto" && checkpointDir == nil {
@@ -124,6 +127,7 @@ struct Train: ParsableCommand {
         c.debugNaNGradient = debugNaNGradientAt.flatMap(Self.stepAndRank)
         c.debugStall = debugStallAt.flatMap(Self.stepAndRank)
         c.debugKill = debugKillAt.flatMap(Self.stepAndRank)
+        c.debugSharedMemoryExtra = debugSharedMemoryExtra
         c.checkpointDirectory = checkpointDir
         c.checkpointEvery = checkpointEvery
         c.keepCheckpoints = keepCheckpoints

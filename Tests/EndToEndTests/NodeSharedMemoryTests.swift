@@ -37,6 +37,29 @@ final class NodeSharedMemoryTests: XCTestCase {
         }
     }
 
+    /// A segment /dev/shm cannot hold (a hidden flag asks for 1 PiB more per rank): every rank's
+    /// setup fails alike, rank 0 warns naming the call and the size, and the run goes on through
+    /// MPI to the bits of `--intra-node mpi`; nothing is left in /dev/shm.
+    func testSharedMemoryThatCannotBeHadFallsBackToMPI() throws {
+        let before = try Self.sharedObjects()
+        var fingerprints: [String] = []
+        for extra in [["--debug-shared-memory-extra", "\(1 << 50)"], ["--intra-node", "mpi"]] {
+            let metrics = directory.appendingPathComponent("fallback-\(fingerprints.count).jsonl").path
+            let run = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--log-every", "6", "--quiet", "--metrics", metrics] + extra)
+            XCTAssertEqual(run.status, 0, run.output)
+            XCTAssertTrue(run.output.contains("update sharded over the 2 ranks"), run.output)
+            XCTAssertFalse(run.output.contains("gradients summed in node shared memory"), run.output)
+            if fingerprints.isEmpty {
+                XCTAssertTrue(run.output.contains("warning: node shared memory: posix_fallocate"), run.output)
+                XCTAssertTrue(run.output.contains("failed on rank 0"), run.output)
+                XCTAssertTrue(run.output.contains("the sharded update goes through MPI instead"), run.output)
+            }
+            fingerprints.append(try XCTUnwrap(try Launcher.metrics(metrics).last?["parameters_fnv1a"] as? String))
+        }
+        XCTAssertEqual(fingerprints[0], fingerprints[1])
+        XCTAssertEqual(try Self.sharedObjects().subtracting(before), [])
+    }
+
     /// No shared-memory object outlives a run: rank 0 removes its name once every rank has mapped it.
     func testNoSharedObjectIsLeftBehind() throws {
         let before = try Self.sharedObjects()
