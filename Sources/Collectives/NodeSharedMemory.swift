@@ -9,8 +9,8 @@ import Synchronization
 /// rank has mapped it (nothing is left behind when a rank dies later, and unmapping is local: a
 /// release needs no collective, unlike `MPI_Win_free`); each rank reserves its own slice in full.
 ///
-/// Reads of another rank's slice must be ordered after its writes by a collective between them
-/// (`synchronize`, or any blocking collective after `fence`).
+/// Reads of another rank's slice must be ordered after its writes by a blocking collective between
+/// them, with `fence` on both sides of it.
 public final class NodeSharedMemory: @unchecked Sendable {
     // @unchecked Sendable: the mapping is fixed; who writes which bytes when is the caller's protocol.
     public let ranks: Int

@@ -47,15 +47,15 @@ extension Communicator {
     ) throws -> Range<Int> {
         try requirePowerOfTwo()
         let stride = MemoryLayout<T>.stride
-        let owned = scratch == nil ? UnsafeMutableBufferPointer<T>.allocate(capacity: Swift.max(buffer.count, 1)) : nil
-        defer { owned?.deallocate() }
-        let incoming = (scratch ?? owned!).baseAddress!, room = (scratch ?? owned!).count
+        let room = scratch ?? .allocate(capacity: Swift.max(buffer.count, 1))
+        defer { if scratch == nil { room.deallocate() } }
+        let incoming = room.baseAddress!
         let base = buffer.baseAddress ?? incoming
         var segment = 0..<buffer.count
         var distance = 1
         while distance < size {
             let (keep, give) = halves(of: segment, split: split, distance: distance)
-            precondition(keep.count <= room, "orderedReduceScatter: a scratch of \(room) elements for a half of \(keep.count)")
+            precondition(keep.count <= room.count, "orderedReduceScatter: a scratch of \(room.count) elements for a half of \(keep.count)")
             try sendReceive(
                 UnsafeRawBufferPointer(start: base + give.lowerBound, count: give.count * stride), to: rank ^ distance,
                 into: UnsafeMutableRawBufferPointer(start: incoming, count: keep.count * stride), from: rank ^ distance)

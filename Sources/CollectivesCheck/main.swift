@@ -10,6 +10,25 @@ func fail(_ message: String, _ comm: Communicator) -> Never {
     comm.abort(code: 2)
 }
 
+/// Runs `body`, which must throw an `E` whose text holds every one of `fragments` (the function,
+/// the problem, the rank); rank 0 prints the text after `label` when one is given.
+func expectError<E: Error>(
+    _ type: E.Type, from what: String, naming fragments: [String], printedAs label: String? = nil, _ comm: Communicator,
+    _ body: () throws -> Void
+) throws {
+    do {
+        try body()
+    } catch let error as E {
+        let text = "\(error)"
+        if let missing = fragments.first(where: { !text.contains($0) }) {
+            fail("the error of \(what) does not name '\(missing)': \(text)", comm)
+        }
+        if let label, comm.rank == 0 { print("collectives-check: \(label) reported as: \(text)") }
+        return
+    }
+    fail("\(what) did not fail", comm)
+}
+
 do {
     try MPIRuntime.initialize(threadLevel: .serialized)
     let comm = try MPIRuntime.world()
@@ -91,18 +110,13 @@ do {
             fail("sendReceive (pieces of \(piece ?? 1 << 30) bytes) from rank \(previous) gave \(into)", comm)
         }
     }
-    do {
+    try expectError(
+        MPIError.self, from: "a sendReceive to the non-existent rank \(p)", naming: ["MPI_Sendrecv", "rank \(r)", "MPI_ERR_RANK", "rank \(p) "],
+        comm
+    ) {
         try comm.sendReceive(
             UnsafeRawBufferPointer(start: nil, count: 0), to: p, into: UnsafeMutableRawBufferPointer(start: nil, count: 0),
             from: 0)
-        fail("a sendReceive to the non-existent rank \(p) did not fail", comm)
-    } catch let error as MPIError {
-        let text = "\(error)"
-        guard text.contains("MPI_Sendrecv"), text.contains("rank \(r)"), text.contains("MPI_ERR_RANK"),
-            text.contains("rank \(p) ")
-        else {
-            fail("the sendReceive error does not name the function, rank and problem: \(text)", comm)
-        }
     }
 
     // the ordered sum: the same bits on every rank, equal to the tree ((r0 + r1) + (r2 + r3)) ...
@@ -178,16 +192,12 @@ do {
             fail("orderedSum of [Double] is not the tree", comm)
         }
     } else {
-        do {
+        try expectError(
+            MPIError.self, from: "orderedSum on \(p) ranks", naming: ["power-of-two", "\(p)", "rank \(r)"],
+            printedAs: "orderedSum on \(p) ranks", comm
+        ) {
             var x = [1.0, 2.0]
             try comm.orderedSum(&x)
-            fail("orderedSum on \(p) ranks did not fail", comm)
-        } catch let error as MPIError {
-            let text = "\(error)"
-            guard text.contains("power-of-two"), text.contains("\(p)"), text.contains("rank \(r)") else {
-                fail("the orderedSum error does not name the rank count: \(text)", comm)
-            }
-            if r == 0 { print("collectives-check: orderedSum on \(p) ranks reported as: \(text)") }
         }
     }
     if p >= 4 && p & (p - 1) == 0 {
@@ -223,7 +233,8 @@ do {
 
     // node shared memory: each rank writes its slice, and after a barrier every rank reads all of
     // them in place; the tree sum over the slices has the ordered sum's bits, also written over
-    // this rank's part of its own slice (a source, that other ranks do not read then). A segment no file system can hold fails on every rank alike.
+    // this rank's part of its own slice (a source, that other ranks do not read then). A segment
+    // no file system can hold fails on every rank alike.
     if p & (p - 1) == 0 {
         let n = 20_000
         let memory = try comm.mapNodeSharedMemory(bytesPerRank: n * MemoryLayout<Float>.stride)
@@ -243,30 +254,18 @@ do {
         if bytes(Array(UnsafeBufferPointer(start: slice(r) + part.lowerBound, count: part.count))) != bytes(Array(reference[part])) {
             fail("orderedTreeSum written over this rank's own slice is not the tree", comm)
         }
-        do {
-            _ = try comm.mapNodeSharedMemory(bytesPerRank: 1 << 50)
-            fail("a node shared segment of 1 PiB per rank did not fail", comm)
-        } catch let error as SharedMemoryError {
-            let text = "\(error)"
-            guard text.contains("rank \(r)"), text.contains("posix_fallocate"), text.contains("\(1 << 50) bytes") else {
-                fail("the shared memory error does not name the rank and size: \(text)", comm)
-            }
-            if r == 0 { print("collectives-check: an impossible shared segment reported as: \(text)") }
-        }
+        try expectError(
+            SharedMemoryError.self, from: "a node shared segment of 1 PiB per rank",
+            naming: ["posix_fallocate", "\(1 << 50) bytes", "rank \(r)"], printedAs: "an impossible shared segment", comm
+        ) { _ = try comm.mapNodeSharedMemory(bytesPerRank: 1 << 50) }
     }
 
     // an invalid call (a root that is not a rank) becomes a thrown MPIError naming the MPI
     // function, MPI's own text and the rank; the job goes on
-    do {
-        try comm.broadcast(&b, root: p)
-        fail("a broadcast from the non-existent rank \(p) did not fail", comm)
-    } catch let error as MPIError {
-        let text = "\(error)"
-        guard text.contains("MPI_Bcast"), text.contains("rank \(r)"), text.lowercased().contains("root") else {
-            fail("the error does not name the function, rank and problem: \(text)", comm)
-        }
-        if r == 0 { print("collectives-check: invalid root reported as: \(text)") }
-    }
+    try expectError(
+        MPIError.self, from: "a broadcast from the non-existent rank \(p)", naming: ["MPI_Bcast", "rank \(r)", "MPI_ERR_ROOT"],
+        printedAs: "invalid root", comm
+    ) { try comm.broadcast(&b, root: p) }
     try comm.barrier()
 
     if r == 0 { print("collectives-check: ok on \(p) ranks (\(MPIRuntime.libraryVersion))") }

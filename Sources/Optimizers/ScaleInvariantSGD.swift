@@ -213,7 +213,7 @@ public final class ScaleInvariantSGD {
     /// row is in cache, for the next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
     private func stepIntoGradient(
         _ group: ParameterGroup, _ range: Range<Int>, in store: ParameterStore, eta: Float, radial: [Int: RadialGradient],
-        _ completing: ((Range<Int>) -> Void)? = nil, _ check: inout FiniteCheck
+        _ completing: ((Range<Int>) -> Void)?, _ check: inout FiniteCheck
     ) -> [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] {
         var rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] = []
         for tensor in group.tensors {

@@ -28,13 +28,16 @@ import TensorCore
 final class ShardedUpdate {
     private let communicator: Communicator
     private let layout: ParameterLayout
-    /// Receives the partner's halves in the reduce-scatter (allocated once: a gradient-sized
-    /// allocation per step would be an mmap and fresh page faults for large models).
-    private let scratch: FlatBuffer?
-    /// The node's shared buffers: each rank's slice holds its values and gradients (two regions of
-    /// `regionFloats`, which exchange roles at every update), nil when reductions go through MPI.
-    let shared: NodeSharedMemory?
-    private let regionFloats: Int
+    /// How gradients and new values move between ranks.
+    private enum Transport {
+        /// MPI messages; `scratch` receives the partner's halves in the reduce-scatter (allocated
+        /// once: a gradient-sized allocation per step would be an mmap and fresh page faults).
+        case messages(scratch: FlatBuffer)
+        /// Node shared memory: each rank's slice holds its values and gradients, two regions of
+        /// `regionFloats` that exchange roles at every update.
+        case sharedMemory(NodeSharedMemory, regionFloats: Int)
+    }
+    private let transport: Transport
     /// Every rank's segment (`orderedSegment` with `rowBoundary`).
     private var segments: [Range<Int>] = []
 
@@ -44,22 +47,26 @@ final class ShardedUpdate {
     init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool, extraBytes: Int = 0) throws {
         layout = store.layout
         self.communicator = communicator
-        let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
-        regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
         if sharedMemory {
+            let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
+            let regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
             let memory = try communicator.mapNodeSharedMemory(bytesPerRank: 2 * regionFloats * MemoryLayout<Float>.stride + extraBytes)
-            shared = memory
-            scratch = nil
             // every rank's slice is read as Floats here: bind the whole segment
             _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: memory.ranks * memory.bytesPerRank / MemoryLayout<Float>.stride)
             let mine = memory.slice(of: memory.rank).assumingMemoryBound(to: Float.self)
             store.values.move(into: UnsafeMutableBufferPointer(start: mine, count: regionFloats), keeper: memory)
             store.gradients.move(into: UnsafeMutableBufferPointer(start: mine + regionFloats, count: regionFloats), keeper: memory)
+            transport = .sharedMemory(memory, regionFloats: regionFloats)
         } else {
-            shared = nil
-            scratch = FlatBuffer(count: layout.count)
+            transport = .messages(scratch: FlatBuffer(count: layout.count))
         }
         segments = (0..<communicator.size).map { communicator.orderedSegment(of: $0, count: layout.count, split: rowBoundary) }
+    }
+
+    /// The node shared memory the gradients are summed in, if they are.
+    var sharedMemory: NodeSharedMemory? {
+        if case .sharedMemory(let memory, _) = transport { return memory }
+        return nil
     }
 
     /// Whether a run of this shape shards its plain steps.
@@ -93,10 +100,15 @@ final class ShardedUpdate {
             precondition(tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
         }
         let mine: (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])])
-        if let shared {
-            // the sum over ranks inside the update's pass, piece by piece (`sumPiece`): counted as
+        // in node shared memory: every rank's gradient buffer, read in place
+        var sources: [UnsafePointer<Float>] = []
+        switch transport {
+        case .sharedMemory(let memory, let regionFloats):
+            sources = try communicating("barrier: every rank's gradient is final", bytes: 0) {
+                try awaitGradients(store, memory, regionFloats: regionFloats)
+            }
+            // the sum over ranks inside the update's pass, piece by piece: counted as
             // communication, update included, as the pass cannot be split
-            let sources = try communicating("barrier: every rank's gradient is final", bytes: 0) { try awaitGradients(store, shared) }
             mine = communicating("sum gradients in node shared memory, and update", bytes: bytes) {
                 optimizer.stepShard(store, shard: segments[communicator.rank]) { piece in
                     orderedTreeSum(sources, piece, into: store.gradients.pointer)
@@ -105,9 +117,9 @@ final class ShardedUpdate {
                 }
             }
             store.pendingTerms.removeAll()
-        } else {
+        case .messages(let scratch):
             let segment = try communicating("reduce-scatter gradients", bytes: bytes) {
-                try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch!.all)
+                try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch.all)
             }
             store.addPendingTerms(in: segment)
             let update = { optimizer.stepShard(store, shard: segment) }
@@ -134,8 +146,8 @@ final class ShardedUpdate {
         }
         NodeSharedMemory.fence()
         guard agreed[rows] == 0 else { return (false, seconds) }
-        if let shared {
-            communicating("copy new values from node shared memory", bytes: bytes) { gatherInPlace(store, shared) }
+        if sharedMemory != nil {
+            communicating("copy new values from node shared memory", bytes: bytes) { gatherInPlace(store, from: sources) }
         } else {
             try communicating("allgather new values", bytes: bytes) {
                 try communicator.orderedAllgather(gradients, from: segments[communicator.rank], split: rowBoundary)
@@ -149,40 +161,35 @@ final class ShardedUpdate {
 
     /// The barrier after which every rank's gradient is final; returns every rank's gradient
     /// buffer, in rank order, to read in place.
-    private func awaitGradients(_ store: ParameterStore, _ shared: NodeSharedMemory) throws -> [UnsafePointer<Float>] {
-        let region = gradientRegion(store, shared)
+    private func awaitGradients(
+        _ store: ParameterStore, _ memory: NodeSharedMemory, regionFloats: Int
+    ) throws -> [UnsafePointer<Float>] {
+        // which region of this rank's slice the gradient is in now (0 or 1)
+        let offset = memory.slice(of: memory.rank).distance(to: UnsafeMutableRawPointer(store.gradients.pointer))
+        precondition(offset == 0 || offset == regionFloats * MemoryLayout<Float>.stride, "the gradient is not in node shared memory")
+        let region = offset == 0 ? 0 : 1
         NodeSharedMemory.fence()
         // the barrier, and a check of the protocol: every rank's gradient is in the same region of
         // its slice (every update exchanges the two on every rank)
         let sum = try communicator.allreduce(region, .sum)
         precondition(sum == 0 || sum == communicator.size, "the ranks' gradients are in different regions of node shared memory")
         NodeSharedMemory.fence()
-        return (0..<communicator.size).map { UnsafePointer(gradient(of: $0, region: region, shared)) }
+        return (0..<communicator.size).map {
+            UnsafePointer(memory.slice(of: $0).assumingMemoryBound(to: Float.self) + region * regionFloats)
+        }
     }
 
     /// After the verdict's barrier: copies every other rank's segment of new values from its
-    /// gradient buffer into this rank's. Nothing waits after it: an owner writes that buffer again
+    /// gradient buffer (`sources`, as `awaitGradients` returned them) into this rank's. Nothing waits after it: an owner writes that buffer again
     /// only after the next step's barrier (its next backward writes the other region). The rule
     /// this rests on: between steps nothing writes `values` without a collective that every rank
     /// enters after its gather (the start-up broadcasts and a checkpoint's load run before the
     /// first step; a monitor step's update follows its gradient allreduce).
-    private func gatherInPlace(_ store: ParameterStore, _ shared: NodeSharedMemory) {
-        let region = gradientRegion(store, shared)
+    private func gatherInPlace(_ store: ParameterStore, from sources: [UnsafePointer<Float>]) {
         let mine = store.gradients.pointer
         for (owner, segment) in segments.enumerated() where owner != communicator.rank && !segment.isEmpty {
-            (mine + segment.lowerBound).update(from: gradient(of: owner, region: region, shared) + segment.lowerBound, count: segment.count)
+            (mine + segment.lowerBound).update(from: sources[owner] + segment.lowerBound, count: segment.count)
         }
-    }
-
-    /// Which region of this rank's slice the gradient is in now (0 or 1).
-    private func gradientRegion(_ store: ParameterStore, _ shared: NodeSharedMemory) -> Int {
-        let offset = shared.slice(of: shared.rank).distance(to: UnsafeMutableRawPointer(store.gradients.pointer))
-        precondition(offset == 0 || offset == regionFloats * MemoryLayout<Float>.stride, "the gradient is not in node shared memory")
-        return offset == 0 ? 0 : 1
-    }
-
-    private func gradient(of rank: Int, region: Int, _ shared: NodeSharedMemory) -> UnsafeMutablePointer<Float> {
-        shared.slice(of: rank).assumingMemoryBound(to: Float.self) + region * regionFloats
     }
 
     /// Where to cut `segment`: the row boundary at or below its middle, in the tensor there (a row

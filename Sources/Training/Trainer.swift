@@ -249,8 +249,9 @@ public final class Trainer {
         //    in a small allreduce); a skipped step also undoes its BN statistics
         var monitors: [GroupMonitor]?
         if let sharding {
-            // sharded: reduce-scatter the gradient, update this rank's segment, allgather the values
-            watchdog?.progress(step: t + 1, "the sharded update (reduce-scatter, update, allgather)")
+            // sharded: sum this rank's segment of the gradient over ranks, update it, gather the
+            // other segments' new values (in node shared memory, or reduce-scatter and allgather)
+            watchdog?.progress(step: t + 1, "the sharded update (the segment's sum over ranks, its update, the gather of the rest)")
             let outcome = try sharding.step(model.parameters, optimizer, timeline: timeline)
             timing.gradientExposed = outcome.communicationSeconds
             monitors = outcome.applied ? [] : nil
@@ -277,15 +278,15 @@ public final class Trainer {
             let own = try communicator.duplicate()
             statistics.inner = plan == nil ? SynchronizedStatistics(communicator: own) : OrderedStatistics(communicator: own)
         }
+        let oneNode = try communicator.size == 1 || communicator.ranksOnThisNode() == communicator.size  // collective
         if configuration.overlap == .auto && communicator.size > 1 && plan == nil {
-            reduction.overlap = try communicator.ranksOnThisNode() < communicator.size
+            reduction.overlap = !oneNode
         }
         if ShardedUpdate.applies(ranks: communicator.size, overlap: reduction.overlap, optimizer: optimizer) {
-            let ranksHere = try communicator.ranksOnThisNode()  // collective: every rank asks
-            let oneNode = configuration.intraNode == .sharedMemory && ranksHere == communicator.size
             do {
                 sharded = try ShardedUpdate(
-                    store: model.parameters, communicator: communicator, sharedMemory: oneNode,
+                    store: model.parameters, communicator: communicator,
+                    sharedMemory: configuration.intraNode == .sharedMemory && oneNode,
                     extraBytes: configuration.debugSharedMemoryExtra)
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
@@ -477,7 +478,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.shared == nil ? "" : ", gradients summed in node shared memory")" } ?? "")), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory")" } ?? "")), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
         )
     }
 

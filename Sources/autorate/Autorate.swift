@@ -30,9 +30,14 @@ struct Autorate: ParsableCommand {
             failure = error
         }
         let code = exitCode(for: failure)
-        var message = fullMessage(for: failure)
-        if code != .success, let rank = launcherRank() { message = "autorate: rank \(rank.rank) of \(rank.size), before MPI started: " + message }
-        if !message.isEmpty { writeAll(code == .success ? 1 : 2, message + "\n") }
+        let message = fullMessage(for: failure)
+        if code != .success, let rank = launcherRank() {
+            // in the form of the errors after MPI started
+            let text = message.hasPrefix("Error: ") ? String(message.dropFirst("Error: ".count)) : message
+            RankConsole(program: "autorate", rank: rank.rank, size: rank.size).error("before MPI started: " + text)
+        } else if !message.isEmpty {
+            writeAll(code == .success ? 1 : 2, message + "\n")
+        }
         Foundation.exit(code.rawValue)
     }
 

@@ -33,7 +33,7 @@ final class ShardedUpdateTests: XCTestCase {
             store.gradients.pointer[i] = -Float(i)
         }
         let sharded = try ShardedUpdate(store: store, communicator: SingleProcessCommunicator(), sharedMemory: true)
-        let shared = try XCTUnwrap(sharded.shared)
+        let shared = try XCTUnwrap(sharded.sharedMemory)
         XCTAssertEqual(UnsafeMutableRawPointer(store.values.pointer), shared.slice(of: 0))
         XCTAssertEqual(store.values.array, (0..<12).map { Float($0) })
         XCTAssertEqual(store.gradients.array, (0..<12).map { -Float($0) })
