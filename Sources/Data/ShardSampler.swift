@@ -32,12 +32,18 @@ public struct ShardSampler: Sendable {
 
     /// The sample indices rank `rank` of `ranks` uses at global step `step` (counting across epochs).
     public mutating func indices(step: Int, rank: Int, ranks: Int) -> ArraySlice<Int32> {
+        indices(step: step, positions: Self.share(of: globalBatch, rank: rank, ranks: ranks))
+    }
+
+    /// The sample indices at the global-batch positions `mine` of global step `step` (uneven shares:
+    /// `--balance on`).
+    public mutating func indices(step: Int, positions mine: Range<Int>) -> ArraySlice<Int32> {
+        precondition(mine.lowerBound >= 0 && mine.upperBound <= globalBatch, "positions \(mine) outside the global batch of \(globalBatch)")
         let epoch = step / stepsPerEpoch, inEpoch = step % stepsPerEpoch
         if epoch != cachedEpoch {
             permutation = Self.permutation(count: sampleCount, seed: seed, epoch: epoch)
             cachedEpoch = epoch
         }
-        let mine = Self.share(of: globalBatch, rank: rank, ranks: ranks)
         let start = inEpoch * globalBatch
         return permutation[(start + mine.lowerBound)..<(start + mine.upperBound)]
     }

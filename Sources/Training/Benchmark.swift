@@ -35,6 +35,10 @@ public struct BenchmarkResult: Sendable {
     public let localStepSecondsMedian: Double?
     /// With `compareDeterministic`: the median step of a `--deterministic` twin run interleaved with this one.
     public let deterministicStepSecondsMedian: Double?
+    /// With `compareBalance`: the median step of a twin with the other `--balance` setting, interleaved.
+    public let balanceTwinStepSecondsMedian: Double?
+    /// `--balance` of the timed run.
+    public let balance: BalanceMode
     /// The one-rank baseline measured in the same run (rank 0 alone while the others wait,
     /// interleaved): the median step of one process on the whole global batch (strong scaling) or
     /// on one rank's batch (weak).
@@ -92,6 +96,8 @@ public struct BenchmarkResult: Sendable {
             ),
             ("local_bn_step_ms_median", .number((localStepSecondsMedian ?? .nan) * 1e3)),
             ("deterministic_step_ms_median", .number((deterministicStepSecondsMedian ?? .nan) * 1e3)),
+            ("balance", .string(balance.rawValue)),
+            ("balance_twin_step_ms_median", .number((balanceTwinStepSecondsMedian ?? .nan) * 1e3)),
             ("baseline_samples_per_s", .number(baselineSamplesPerSecond ?? .nan)),
             ("scaling_efficiency", .number(scalingEfficiency ?? .nan)),
             ("time_ms", timing.json(meanOver: 1)), ("exposed_comm_fraction", .number(timing.exposedFraction)),
@@ -101,7 +107,7 @@ public struct BenchmarkResult: Sendable {
 
     /// The columns of `csvRow`.
     public static let csvHeader =
-        "model,scaling,ranks,global_batch,samples_per_s,step_ms_median,step_ms_p10,step_ms_p90,gemm_bound_samples_per_s,fraction_of_gemm_bound,baseline_samples_per_s,scaling_efficiency,compute_ms,bn_comm_ms,grad_comm_hidden_ms,grad_comm_exposed_ms,exposed_comm_fraction,allreduce_bus_gb_per_s,buckets,bucket_mb,overlap"
+        "model,scaling,ranks,global_batch,samples_per_s,step_ms_median,step_ms_p10,step_ms_p90,gemm_bound_samples_per_s,fraction_of_gemm_bound,baseline_samples_per_s,scaling_efficiency,compute_ms,bn_comm_ms,grad_comm_hidden_ms,grad_comm_exposed_ms,exposed_comm_fraction,allreduce_bus_gb_per_s,buckets,bucket_mb,overlap,balance"
 
     public var csvRow: String {
         func f(_ x: Double?) -> String { x.map { $0.isFinite ? String(cFormat: "%.6g", $0) : "" } ?? "" }
@@ -111,7 +117,7 @@ public struct BenchmarkResult: Sendable {
             f(quantile(0.1) * 1e3), f(quantile(0.9) * 1e3), f(gemmBoundSamplesPerSecond), f(fractionOfGemmBound),
             f(baselineSamplesPerSecond), f(scalingEfficiency), f(t.compute * 1e3), f(t.bnCommunication * 1e3),
             f(t.gradientHidden * 1e3), f(t.gradientExposed * 1e3), f(t.exposedFraction), f(busBandwidth), "\(buckets)",
-            f(Double(bucketBytes) / 1_048_576), overlap ? "on" : "off",
+            f(Double(bucketBytes) / 1_048_576), overlap ? "on" : "off", balance.rawValue,
         ].joined(separator: ",")
     }
 }
@@ -131,6 +137,8 @@ public enum Benchmark {
         public var compareLocalBN = false
         /// Also time a `--deterministic` twin, interleaved.
         public var compareDeterministic = false
+        /// Also time a twin with the other `--balance` setting, interleaved.
+        public var compareBalance = false
         /// Also time a one-rank baseline on rank 0 while the others wait, interleaved (skipped at one
         /// rank: the run is its own baseline).
         public var oneRankBaseline = true
@@ -170,6 +178,7 @@ public enum Benchmark {
             var l = c
             l.batchNormSync = .local
             l.deterministic = false  // per-rank statistics cannot be deterministic
+            l.balance = .off  // nor balanced
             localTwin = try Trainer(l, splits: splits, communicator: communicator, console: console)
             twins.append(localTwin!)
         }
@@ -178,8 +187,16 @@ public enum Benchmark {
             var d = c
             d.deterministic = true
             d.overlap = .off
+            d.balance = .off
             deterministicTwin = try Trainer(d, splits: splits, communicator: communicator, console: console)
             twins.append(deterministicTwin!)
+        }
+        var balanceTwin: Trainer? = nil
+        if options.compareBalance {
+            var b = c
+            b.balance = c.balance == .on ? .off : .on
+            balanceTwin = try Trainer(b, splits: splits, communicator: communicator, console: console)
+            twins.append(balanceTwin!)
         }
         if options.oneRankBaseline && communicator.size > 1 {
             var one = c
@@ -265,6 +282,8 @@ public enum Benchmark {
             bucketAllreduce: bucketTimes.keys.sorted().map { ($0, median(bucketTimes[$0]!)) },
             localStepSecondsMedian: localTwin.map { _ in median(twinTimes[0]) },
             deterministicStepSecondsMedian: deterministicTwin.map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) },
+            balanceTwinStepSecondsMedian: balanceTwin.map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) },
+            balance: c.balance,
             baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
             timing: mean, buckets: trainer.buckets.ranges.count, bucketBytes: c.bucketBytes,
             overlap: trainer.reduction.overlap)

@@ -57,6 +57,7 @@ extension Trainer {
             watchdog?.progress(step: t + 1, "a test-only stall (--debug-stall-at)")
             while true { sleep(3600) }
         }
+        if let f = configuration.debugSlowRank, f.rank == communicator.rank { usleep(UInt32(f.microsecondsPerSample * x.rows)) }
     }
 }
 

@@ -48,6 +48,10 @@ public final class Trainer {
     let plan: ChunkPlan?
     /// This rank's chunks of every training batch (all have the global batch's size).
     private let stepChunks: [Range<Int>]?
+    /// `--balance on` with several ranks: every rank's share of the global batch, from their speeds.
+    private(set) var shares: BatchShares?
+    /// The shares the last step ran with (`shares` already holds the next step's).
+    private var lastShares: [Int] = []
     /// Samples per evaluation forward at least (conv nets' activations are larger).
     private static func evaluationRows(_ model: ModelKind) -> Int { model == .mlp ? 256 : 64 }
 
@@ -90,7 +94,17 @@ public final class Trainer {
             configuration.deterministic
             ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
         stepChunks = plan?.localChunks(of: configuration.globalBatch)
-        let rows = Swift.max((configuration.globalBatch + p - 1) / p, Self.evaluationRows(configuration.model))
+        if configuration.balance == .on && configuration.deterministic {
+            throw TrainingError.configuration(
+                "--balance on cannot be combined with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off")
+        }
+        if configuration.balance == .on && configuration.batchNormSync == .local {
+            throw TrainingError.configuration(
+                "--balance on needs --bn sync: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off")
+        }
+        shares = configuration.balance == .on && p > 1 ? BatchShares(globalBatch: configuration.globalBatch, ranks: p) : nil
+        let largestShare = shares?.limits.upperBound ?? (configuration.globalBatch + p - 1) / p
+        let rows = Swift.max(largestShare, Self.evaluationRows(configuration.model))
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         if configuration.augmentation != .none && train.image == nil {
             throw TrainingError.configuration(
@@ -206,7 +220,9 @@ public final class Trainer {
         statistics.reset()
         // 1. shard: this rank's slice of global batch t
         let x = try measured("data", "data") {
-            let mine = sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
+            let mine =
+                shares.map { sampler.indices(step: t, positions: $0.positions(of: communicator.rank)) }
+                ?? sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
             return gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch)
         }
         injectFaults(t, x)
@@ -265,8 +281,27 @@ public final class Trainer {
         timing.step = Stopwatch.now() - began
         timing.bnCommunication = statistics.seconds
         timing.gradientHidden = reduction.hiddenSeconds
+        if let shares {
+            lastShares = shares.counts
+            try rebalance(&timing)
+        }
         result.timing = timing
         return result
+    }
+
+    /// Collective (`--balance on`): every rank's compute seconds of this step in one allgather, from
+    /// which every rank sets the same shares for the next step. Its time joins the step and the small
+    /// collectives on the critical path (`bnCommunication`).
+    private func rebalance(_ timing: inout StepTiming) throws {
+        let start = Stopwatch.now()
+        var all = [Double](repeating: 0, count: communicator.size)
+        let mine = [timing.compute]
+        try mine.withUnsafeBytes { input in try all.withUnsafeMutableBytes { try communicator.allgather(input, into: $0) } }
+        shares?.observe(computeSeconds: all)
+        let end = Stopwatch.now()
+        timing.step += end - start
+        timing.bnCommunication += end - start
+        timeline?.span("allgather step times (--balance)", "communication", .communication, from: start, to: end, bytes: all.count * 8)
     }
 
     /// Collective the first time: BN statistics get a communicator of their own (a duplicate), so
@@ -482,6 +517,11 @@ public final class Trainer {
         )
     }
 
+    /// `--balance on`'s shares for the progress line: every rank's up to 8 ranks, else the range.
+    static func describe(shares: [Int]) -> String {
+        shares.count <= 8 ? shares.map(String.init).joined(separator: "/") : "\(shares.min()!)-\(shares.max()!)"
+    }
+
     private func report(
         step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,
         monitors: [GroupMonitor], timing: JSONValue
@@ -494,11 +534,13 @@ public final class Trainer {
                 String(
                     cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
                     step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta)
-                    + (configuration.logIntrinsicGradient ? String(cFormat: "  G_I^2 %.3e", intrinsic) : ""))
+                    + (configuration.logIntrinsicGradient ? String(cFormat: "  G_I^2 %.3e", intrinsic) : "")
+                    + (shares == nil ? "" : "  shares " + Self.describe(shares: lastShares)))
         }
         let intrinsicField: [(String, JSONValue)] = configuration.logIntrinsicGradient ? [("intrinsic_grad2", .number(intrinsic))] : []
+        let sharesField: [(String, JSONValue)] = shares == nil ? [] : [("shares", .array(lastShares.map { .integer($0) }))]
         metrics?.write(
-            .object(intrinsicField + [
+            .object(intrinsicField + sharesField + [
                 ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
                 ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
                 ("lr_si", .number(optimizer.currentRate(.scaleInvariant))),

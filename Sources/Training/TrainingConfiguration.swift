@@ -20,6 +20,16 @@ public enum IntraNodeMode: String, Sendable, CaseIterable {
     case mpi
 }
 
+/// How the global batch is split over ranks (`--balance`).
+public enum BalanceMode: String, Sendable, CaseIterable {
+    /// Even shares (differing by at most one sample): the same split every step, so a run repeats
+    /// its bits.
+    case off
+    /// Shares follow each rank's measured speed (`BatchShares`); the sums' grouping then depends on
+    /// timing, so runs agree to rounding, not bit for bit.
+    case on
+}
+
 /// Everything that defines a training run. Built and validated by the CLI before MPI starts.
 public struct TrainingConfiguration: Sendable {
     public var data: DataSource = .synthetic
@@ -58,6 +68,8 @@ public struct TrainingConfiguration: Sendable {
     public var overlap: OverlapMode = .auto
     /// `--intra-node`: how the sharded update reduces among ranks of one node.
     public var intraNode: IntraNodeMode = .sharedMemory
+    /// `--balance`: even shares of the global batch, or shares that follow each rank's speed.
+    public var balance: BalanceMode = .off
     /// `--deterministic`: bitwise-identical results for any rank count that divides `chunks`.
     public var deterministic = false
     /// `--chunks`: the fixed chunks of each global batch in deterministic mode (a power of two).
@@ -88,6 +100,8 @@ public struct TrainingConfiguration: Sendable {
     /// Test-only: bytes asked of node shared memory per rank on top of what the buffers need (an
     /// impossible amount makes the setup fail for real, on every rank).
     public var debugSharedMemoryExtra = 0
+    /// Test-only: this rank sleeps `microsecondsPerSample` per sample of its share every step (a slower CPU).
+    public var debugSlowRank: (rank: Int, microsecondsPerSample: Int)? = nil
     /// `--resume auto|PATH`.
     public var resume: ResumeSource? = nil
     /// Print progress lines (rank 0). Off for benchmarks and tests that read only the metrics file.

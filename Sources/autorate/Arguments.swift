@@ -9,6 +9,7 @@ extension ModelKind: ExpressibleByArgument {}
 extension ShortcutKind: ExpressibleByArgument {}
 extension OverlapMode: ExpressibleByArgument {}
 extension IntraNodeMode: ExpressibleByArgument {}
+extension BalanceMode: ExpressibleByArgument {}
 extension Augmentation: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
 extension BatchNormSync: ExpressibleByArgument {}
@@ -73,6 +74,9 @@ struct CommunicationOptions: ParsableArguments {
         name: .customLong("intra-node"),
         help: "How the sharded update sums gradients when every rank is on one node: 'shared-memory' (read each other's buffers in place) or 'mpi' (messages).")
     var intraNode: IntraNodeMode = .sharedMemory
+    @Option(
+        help: "Each rank's share of the global batch: 'off' (even shares; runs repeat their bits) or 'on' (shares follow each rank's measured speed, so a slower core or node stops holding the others back; needs --bn sync, not with --deterministic).")
+    var balance: BalanceMode = .off
     @Flag(
         help: "Bitwise-identical training on any number of ranks that divides --chunks (same binary, BLAS and CPU): every sum over samples is taken per chunk of the global batch and added in a fixed tree.")
     var deterministic = false
@@ -86,6 +90,12 @@ struct CommunicationOptions: ParsableArguments {
 
     /// The combinations deterministic mode cannot make rank-count independent.
     func validate(with network: NetworkOptions, comparing compareDeterministic: Bool = false) throws {
+        if balance == .on && deterministic {
+            throw ValidationError("--balance on is not accepted with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off.")
+        }
+        if balance == .on && network.bn == .local {
+            throw ValidationError("--balance on is not accepted with --bn local: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off.")
+        }
         guard deterministic || compareDeterministic else { return }
         let flag = deterministic ? "--deterministic" : "--compare-deterministic"
         if network.bn == .local {
@@ -100,6 +110,7 @@ struct CommunicationOptions: ParsableArguments {
         c.bucketBytes = Int(bucketMB * 1024 * 1024)
         c.overlap = overlap
         c.intraNode = intraNode
+        c.balance = balance
         c.deterministic = deterministic
         c.chunks = chunks
     }

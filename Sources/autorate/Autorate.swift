@@ -31,11 +31,13 @@ struct Autorate: ParsableCommand {
         }
         let code = exitCode(for: failure)
         let message = fullMessage(for: failure)
-        if code != .success, let rank = launcherRank() {
+        if message.isEmpty {
+            // an ExitCode thrown after the error was reported (by the rank that met it)
+        } else if code != .success, let rank = launcherRank() {
             // in the form of the errors after MPI started
             let text = message.hasPrefix("Error: ") ? String(message.dropFirst("Error: ".count)) : message
             RankConsole(program: "autorate", rank: rank.rank, size: rank.size).error("before MPI started: " + text)
-        } else if !message.isEmpty {
+        } else {
             writeAll(code == .success ? 1 : 2, message + "\n")
         }
         Foundation.exit(code.rawValue)

@@ -36,6 +36,8 @@ struct Bench: ParsableCommand {
     var compareLocalBN = false
     @Flag(name: .customLong("compare-deterministic"), help: "Also time a --deterministic twin, interleaved in the same process.")
     var compareDeterministic = false
+    @Flag(name: .customLong("compare-balance"), help: "Also time a twin with the other --balance setting, interleaved in the same process.")
+    var compareBalance = false
     @Option(help: "Append the result as one JSON line to this file (rank 0).")
     var json: String?
     @Option(help: "Append the result as a CSV row to this file, with a header when the file is new (rank 0).")
@@ -44,6 +46,9 @@ struct Bench: ParsableCommand {
     func validate() throws {
         _ = try parseWidths(widths)
         try communication.validate(with: network, comparing: compareDeterministic)
+        if compareBalance && (network.bn == .local || communication.deterministic) {
+            throw ValidationError("--compare-balance is not accepted with \(network.bn == .local ? "--bn local" : "--deterministic"): its twin would run --balance on, which needs --bn sync and no --deterministic.")
+        }
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
         switch (scaling, batchPerRank) {
@@ -63,6 +68,7 @@ struct Bench: ParsableCommand {
         (options.steps, options.warmup, options.threads) = (steps, warmup, network.threads)
         (options.compareLocalBN, options.oneRankBaseline, options.scaling) = (compareLocalBN, !noBaseline, scaling)
         options.compareDeterministic = compareDeterministic
+        options.compareBalance = compareBalance
         try withMPI(threads: network.threads) { communicator, console in
             let result = try Benchmark.run(
                 c, widths: try parseWidths(widths), options: options, communicator: communicator, console: console)
@@ -118,6 +124,12 @@ struct Bench: ParsableCommand {
                 String(
                     cFormat: "bench: interleaved --deterministic twin (--chunks %d): step median %.2f ms; deterministic mode costs %.3fx",
                     communication.chunks, deterministic * 1e3, deterministic / r.stepSecondsMedian))
+        }
+        if let twin = r.balanceTwinStepSecondsMedian {
+            let (on, off) = r.balance == .on ? (r.stepSecondsMedian, twin) : (twin, r.stepSecondsMedian)
+            lines.append(
+                "bench: interleaved --balance \(r.balance == .on ? "off" : "on") twin: "
+                    + String(cFormat: "step median %.2f ms; --balance on gives %.3fx the samples/s of --balance off", twin * 1e3, off / on))
         }
         return lines.joined(separator: "\n")
     }

@@ -78,6 +78,9 @@ struct Train: ParsableCommand {
     var debugKillAt: String?
     @Option(name: .customLong("debug-shared-memory-extra"), help: .hidden)
     var debugSharedMemoryExtra = 0
+    /// RANK:MICROSECONDS: that rank sleeps this long per sample of its share every step (a slower CPU).
+    @Option(name: .customLong("debug-slow-rank"), help: .hidden)
+    var debugSlowRank: String?
     @Flag(help: "Print only the summary, not a progress line per logged step.")
     var quiet = false
 
@@ -96,6 +99,9 @@ struct Train: ParsableCommand {
             if let value, Self.stepAndRank(value) == nil { throw ValidationError("\(flag) \(value) is not accepted: use STEP:RANK.") }
         }
         try require(debugSharedMemoryExtra >= 0, "--debug-shared-memory-extra", debugSharedMemoryExtra, "bytes >= 0")
+        if let debugSlowRank, Self.stepAndRank(debugSlowRank) == nil {
+            throw ValidationError("--debug-slow-rank \(debugSlowRank) is not accepted: use RANK:MICROSECONDS.")
+        }
         try require(checkpointEvery >= 1, "--checkpoint-every", checkpointEvery, "a positive number of steps")
         try require(keepCheckpoints >= 1, "--keep-checkpoints", keepCheckpoints, "at least 1")
         if resume == "auto" && checkpointDir == nil {
@@ -128,6 +134,7 @@ struct Train: ParsableCommand {
         c.debugStall = debugStallAt.flatMap(Self.stepAndRank)
         c.debugKill = debugKillAt.flatMap(Self.stepAndRank)
         c.debugSharedMemoryExtra = debugSharedMemoryExtra
+        c.debugSlowRank = debugSlowRank.flatMap(Self.stepAndRank).map { (rank: $0.step, microsecondsPerSample: $0.rank) }
         c.checkpointDirectory = checkpointDir
         c.checkpointEvery = checkpointEvery
         c.keepCheckpoints = keepCheckpoints

@@ -18,6 +18,10 @@ final class BadInputTests: XCTestCase {
             XCTAssertTrue(
                 result.output.contains(fragment), "output lacks '\(fragment)':\n\(result.output)", file: file, line: line)
         }
+        // the exit after an error already reported prints nothing more (it once printed an empty
+        // "before MPI started:" error on every rank)
+        let empty = result.output.split(separator: "\n").filter { $0.trimmingCharacters(in: .whitespaces).hasSuffix("before MPI started:") }
+        XCTAssertTrue(empty.isEmpty, "an error line without a message:\n\(result.output)", file: file, line: line)
     }
 
     /// Writes a small MNIST-format directory; `mutate` may damage it.
@@ -85,6 +89,10 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["--deterministic", "--chunks", "6"], mentions: ["--chunks 6", "power of two"])
         try expectFailure(["--deterministic", "--bn", "local"], mentions: ["--bn local", "--deterministic", "--bn sync"])
         try expectFailure(["--deterministic", "--global-batch", "4"], mentions: ["--global-batch 4", "--chunks 8"])
+        try expectFailure(["--balance", "sometimes"], mentions: ["--balance", "sometimes", "off", "on"])
+        try expectFailure(["--balance", "on", "--bn", "local"], mentions: ["--balance on", "--bn local", "--bn sync"])
+        try expectFailure(["--balance", "on", "--deterministic"], mentions: ["--balance on", "--deterministic", "--balance off"])
+        try expectFailure(["--debug-slow-rank", "1"], mentions: ["--debug-slow-rank 1", "RANK:MICROSECONDS"])
     }
 
     func testBenchScalingFlags() throws {
@@ -94,6 +102,7 @@ final class BadInputTests: XCTestCase {
             (["--scaling", "weak", "--batch-per-rank", "0"], ["--batch-per-rank 0", "positive"]),
             (["--scaling", "sideways"], ["--scaling", "sideways", "strong", "weak"]),
             (["--compare-deterministic", "--bn", "local"], ["--compare-deterministic", "--bn local", "--bn sync"]),
+            (["--compare-balance", "--bn", "local"], ["--compare-balance", "--bn local", "--bn sync"]),
             (["--deterministic", "--scaling", "weak", "--batch-per-rank", "2"], ["needs a global batch of at least 8", "not 4", "rank 0"]),
         ] {
             let result = try Launcher.mpirun(2, "autorate", ["bench", "--steps", "1"] + args, timeout: 60)

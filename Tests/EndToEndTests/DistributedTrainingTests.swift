@@ -75,6 +75,33 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertLessThan(one.last!, one.first!, "the loss went down")
     }
 
+    /// `--balance on`: a rank made slower (it sleeps 400 us per sample of its share, 50 times the
+    /// step's compute) is left with the smallest share allowed, half the even one, within a few
+    /// steps; and the run is still the one-process run: the shares only regroup the sums. The
+    /// tolerance is 1e-3, not 1e-4: the shares, and so the rounding, follow timing, and a
+    /// rounding-level difference that moves a pre-activation across zero shows at ~1e-4 (see the
+    /// test above); a sample dropped, doubled or averaged over the wrong count shows at 1e-2.
+    func testBalancedSharesFollowSpeedAndKeepTheOneProcessTrajectory() throws {
+        let one = try trajectory(np: 1, ["--seed", "1"], steps: 30)
+        let metrics = directory.appendingPathComponent("balanced.jsonl").path
+        let result = try Launcher.mpirun(
+            2, "autorate",
+            [
+                "train", "--steps", "30", "--log-every", "1", "--quiet", "--metrics", metrics, "--seed", "1",
+                "--balance", "on", "--debug-slow-rank", "1:400",
+            ])
+        XCTAssertEqual(result.status, 0, result.output)
+        let records = try Launcher.metrics(metrics)
+        let shares = records.compactMap { $0["shares"] as? [Int] }
+        XCTAssertEqual(shares.count, 30, "every logged step records the shares")
+        XCTAssertEqual(shares.first, [128, 128], "the first step is split evenly")
+        XCTAssertEqual(shares.last, [192, 64], "the slow rank keeps half the even share, the least allowed")
+        XCTAssertTrue(shares.allSatisfy { $0.reduce(0, +) == 256 }, "\(shares)")
+        let many = try Launcher.losses(metrics) + [XCTUnwrap(records.last?["test_loss"] as? Double)]
+        let difference = Self.maxRelativeDifference(many, one)
+        XCTAssertLessThan(difference, 1e-3, "--balance on drifted from np=1 by \(difference)")
+    }
+
     /// Negative control: with per-rank BN statistics, 2 ranks are not the 1-process run.
     func testLocalBNDiffersFromOneProcess() throws {
         let one = try trajectory(np: 1, ["--bn", "local"], steps: 20)
