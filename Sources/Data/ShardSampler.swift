@@ -7,6 +7,7 @@ import TensorCore
 /// tail of an epoch is dropped, so every step has exactly B samples). Rank r of P takes the
 /// contiguous share [r*B/P, (r+1)*B/P) of those positions: shares differ by at most one sample and
 /// their union is the global batch whatever P is, so P ranks see exactly what one process sees.
+/// With `--balance on` the trainer passes uneven contiguous shares to `indices(step:positions:)`.
 public struct ShardSampler: Sendable {
     public let sampleCount: Int
     public let globalBatch: Int

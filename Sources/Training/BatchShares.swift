@@ -67,7 +67,7 @@ struct BatchShares {
         func shares(_ lambda: Double) -> [Double] { weights.map { Swift.min(Swift.max(lambda * $0, lo), hi) } }
         let smallest = weights.min() ?? 1
         var (low, high) = (0.0, hi / Swift.max(smallest, .leastNormalMagnitude))  // every share at hi
-        for _ in 0..<200 {
+        for _ in 0..<100 {  // halves the bracket to Double resolution
             let mid = (low + high) / 2
             if shares(mid).reduce(0, +) < Double(total) { low = mid } else { high = mid }
         }

@@ -107,7 +107,7 @@ public struct BenchmarkResult: Sendable {
 
     /// The columns of `csvRow`.
     public static let csvHeader =
-        "model,scaling,ranks,global_batch,samples_per_s,step_ms_median,step_ms_p10,step_ms_p90,gemm_bound_samples_per_s,fraction_of_gemm_bound,baseline_samples_per_s,scaling_efficiency,compute_ms,bn_comm_ms,grad_comm_hidden_ms,grad_comm_exposed_ms,exposed_comm_fraction,allreduce_bus_gb_per_s,buckets,bucket_mb,overlap,balance"
+        "model,scaling,ranks,global_batch,samples_per_s,step_ms_median,step_ms_p10,step_ms_p90,gemm_bound_samples_per_s,fraction_of_gemm_bound,baseline_samples_per_s,scaling_efficiency,compute_ms,bn_comm_ms,grad_comm_hidden_ms,grad_comm_exposed_ms,exposed_comm_fraction,allreduce_bus_gb_per_s,buckets,bucket_mb,overlap"
 
     public var csvRow: String {
         func f(_ x: Double?) -> String { x.map { $0.isFinite ? String(cFormat: "%.6g", $0) : "" } ?? "" }
@@ -117,7 +117,7 @@ public struct BenchmarkResult: Sendable {
             f(quantile(0.1) * 1e3), f(quantile(0.9) * 1e3), f(gemmBoundSamplesPerSecond), f(fractionOfGemmBound),
             f(baselineSamplesPerSecond), f(scalingEfficiency), f(t.compute * 1e3), f(t.bnCommunication * 1e3),
             f(t.gradientHidden * 1e3), f(t.gradientExposed * 1e3), f(t.exposedFraction), f(busBandwidth), "\(buckets)",
-            f(Double(bucketBytes) / 1_048_576), overlap ? "on" : "off", balance.rawValue,
+            f(Double(bucketBytes) / 1_048_576), overlap ? "on" : "off",
         ].joined(separator: ",")
     }
 }
@@ -192,7 +192,7 @@ public enum Benchmark {
             twins.append(deterministicTwin!)
         }
         var balanceTwin: Trainer? = nil
-        if options.compareBalance {
+        if options.compareBalance && communicator.size > 1 {  // one rank has nothing to balance
             var b = c
             b.balance = c.balance == .on ? .off : .on
             balanceTwin = try Trainer(b, splits: splits, communicator: communicator, console: console)

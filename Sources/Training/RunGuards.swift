@@ -17,6 +17,8 @@ extension Trainer {
                 ("--checkpoint-dir", configuration.checkpointDirectory ?? "none"), ("--checkpoint-every", "\(configuration.checkpointEvery)"),
                 ("--resume", configuration.resume.map { "\($0)" } ?? "none"), ("--max-bad-steps", "\(configuration.maxBadSteps)"),
                 ("--bucket-mb", "\(configuration.bucketBytes)"), ("--overlap", configuration.overlap.rawValue),
+                // a rank that balances enters an allgather every step that the others would not
+                ("--balance", configuration.balance.rawValue),
                 // a different nonblocking allreduce algorithm on one rank would hang the others
                 ("OMPI_MCA_coll_libnbc_iallreduce_algorithm", getenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm").map { String(cString: $0) } ?? "unset"),
                 ("--timeline", configuration.timelinePath.map { "\($0) \(configuration.timelineWindow)" } ?? "none"),
@@ -57,7 +59,9 @@ extension Trainer {
             watchdog?.progress(step: t + 1, "a test-only stall (--debug-stall-at)")
             while true { sleep(3600) }
         }
-        if let f = configuration.debugSlowRank, f.rank == communicator.rank { usleep(UInt32(f.microsecondsPerSample * x.rows)) }
+        if let f = configuration.debugSlowRank, f.rank == communicator.rank {
+            usleep(UInt32(Swift.min(f.microsecondsPerSample * x.rows, 10_000_000)))
+        }
     }
 }
 

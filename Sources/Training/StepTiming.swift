@@ -5,6 +5,8 @@ import Layers
 /// data, update); BN statistics are reduced on the critical path; gradient communication is split
 /// into the part that ran while backward was still computing (`gradientHidden`) and the wait after
 /// backward (`gradientExposed`). The step time is compute + bnCommunication + gradientExposed.
+/// `bnCommunication` also holds `--balance on`'s allgather of compute times (one small collective
+/// per step, as latency-bound as the BN reductions).
 public struct StepTiming: Sendable {
     public var step = 0.0
     public var bnCommunication = 0.0

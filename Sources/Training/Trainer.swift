@@ -87,13 +87,6 @@ public final class Trainer {
         }
         // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
         // (64 images for conv nets, whose activations are larger)
-        if configuration.deterministic && configuration.batchNormSync == .local {
-            throw TrainingError.configuration("--bn local cannot be deterministic: per-rank statistics depend on the rank count; use --bn sync")
-        }
-        plan =
-            configuration.deterministic
-            ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
-        stepChunks = plan?.localChunks(of: configuration.globalBatch)
         if configuration.balance == .on && configuration.deterministic {
             throw TrainingError.configuration(
                 "--balance on cannot be combined with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off")
@@ -102,6 +95,13 @@ public final class Trainer {
             throw TrainingError.configuration(
                 "--balance on needs --bn sync: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off")
         }
+        if configuration.deterministic && configuration.batchNormSync == .local {
+            throw TrainingError.configuration("--bn local cannot be deterministic: per-rank statistics depend on the rank count; use --bn sync")
+        }
+        plan =
+            configuration.deterministic
+            ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
+        stepChunks = plan?.localChunks(of: configuration.globalBatch)
         shares = configuration.balance == .on && p > 1 ? BatchShares(globalBatch: configuration.globalBatch, ranks: p) : nil
         let largestShare = shares?.limits.upperBound ?? (configuration.globalBatch + p - 1) / p
         let rows = Swift.max(largestShare, Self.evaluationRows(configuration.model))
@@ -169,7 +169,7 @@ public final class Trainer {
             badSteps = 0
             window.add(result)
             if logging {
-                let global = try window.reduce(over: communicator, ordered: plan != nil)
+                let global = try window.reduce(over: communicator, ordered: plan != nil, globalBatch: configuration.globalBatch)
                 let timing = try timingRecord(window, sums: global.timing)
                 window = Window()
                 guard global.loss.isFinite else { throw TrainingError.nonFinite(step: t, what: "the training loss") }
@@ -283,6 +283,7 @@ public final class Trainer {
         timing.gradientHidden = reduction.hiddenSeconds
         if let shares {
             lastShares = shares.counts
+            watchdog?.progress(step: t + 1, "the --balance allgather of every rank's compute time")
             try rebalance(&timing)
         }
         result.timing = timing
@@ -294,9 +295,7 @@ public final class Trainer {
     /// collectives on the critical path (`bnCommunication`).
     private func rebalance(_ timing: inout StepTiming) throws {
         let start = Stopwatch.now()
-        var all = [Double](repeating: 0, count: communicator.size)
-        let mine = [timing.compute]
-        try mine.withUnsafeBytes { input in try all.withUnsafeMutableBytes { try communicator.allgather(input, into: $0) } }
+        let all = try communicator.allgather(timing.compute)
         shares?.observe(computeSeconds: all)
         let end = Stopwatch.now()
         timing.step += end - start
@@ -513,7 +512,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory")" } ?? "")), OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
         )
     }
 
@@ -611,9 +610,15 @@ private struct Window {
     /// Collective: the global mean loss and accuracy over the window, and the time sums over ranks.
     /// `ordered`: each step's loss is finished in the chunk tree (rank order), then the steps are
     /// added in order, so the logged loss does not depend on the rank count.
-    func reduce(over communicator: Communicator, ordered: Bool) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
+    /// Every step's shares must add up to `globalBatch` (a check on the sampler and `--balance`:
+    /// ranks that disagreed on the shares would skip or repeat samples).
+    func reduce(over communicator: Communicator, ordered: Bool, globalBatch: Int) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
         var sums = [ordered ? 0 : stepLosses.reduce(0, +), correct, count] + timing.values
         try communicator.allreduce(&sums, .sum)
+        guard sums[2] == Double(steps * globalBatch) else {
+            throw TrainingError.configuration(
+                "the ranks' shares of the last \(steps) steps add up to \(Int(sums[2])) samples, not \(steps) x \(globalBatch): the ranks disagree on how the global batch is split")
+        }
         if ordered {
             var losses = stepLosses
             try communicator.orderedSum(&losses)

@@ -31,9 +31,9 @@ struct Autorate: ParsableCommand {
         }
         let code = exitCode(for: failure)
         let message = fullMessage(for: failure)
-        if message.isEmpty {
-            // an ExitCode thrown after the error was reported (by the rank that met it)
-        } else if code != .success, let rank = launcherRank() {
+        // empty: an ExitCode thrown after the error was reported (by the rank that met it)
+        guard !message.isEmpty else { Foundation.exit(code.rawValue) }
+        if code != .success, let rank = launcherRank() {
             // in the form of the errors after MPI started
             let text = message.hasPrefix("Error: ") ? String(message.dropFirst("Error: ".count)) : message
             RankConsole(program: "autorate", rank: rank.rank, size: rank.size).error("before MPI started: " + text)

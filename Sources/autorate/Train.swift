@@ -99,8 +99,8 @@ struct Train: ParsableCommand {
             if let value, Self.stepAndRank(value) == nil { throw ValidationError("\(flag) \(value) is not accepted: use STEP:RANK.") }
         }
         try require(debugSharedMemoryExtra >= 0, "--debug-shared-memory-extra", debugSharedMemoryExtra, "bytes >= 0")
-        if let debugSlowRank, Self.stepAndRank(debugSlowRank) == nil {
-            throw ValidationError("--debug-slow-rank \(debugSlowRank) is not accepted: use RANK:MICROSECONDS.")
+        if let debugSlowRank, Self.rankAndMicroseconds(debugSlowRank) == nil {
+            throw ValidationError("--debug-slow-rank \(debugSlowRank) is not accepted: use RANK:MICROSECONDS (microseconds per sample, at most 100000).")
         }
         try require(checkpointEvery >= 1, "--checkpoint-every", checkpointEvery, "a positive number of steps")
         try require(keepCheckpoints >= 1, "--keep-checkpoints", keepCheckpoints, "at least 1")
@@ -134,7 +134,7 @@ struct Train: ParsableCommand {
         c.debugStall = debugStallAt.flatMap(Self.stepAndRank)
         c.debugKill = debugKillAt.flatMap(Self.stepAndRank)
         c.debugSharedMemoryExtra = debugSharedMemoryExtra
-        c.debugSlowRank = debugSlowRank.flatMap(Self.stepAndRank).map { (rank: $0.step, microsecondsPerSample: $0.rank) }
+        c.debugSlowRank = debugSlowRank.flatMap(Self.rankAndMicroseconds)
         c.checkpointDirectory = checkpointDir
         c.checkpointEvery = checkpointEvery
         c.keepCheckpoints = keepCheckpoints
@@ -166,6 +166,12 @@ struct Train: ParsableCommand {
     }
 
     /// `STEP:RANK` of the test-only fault flags.
+    /// `--debug-slow-rank RANK:MICROSECONDS`.
+    static func rankAndMicroseconds(_ text: String) -> (rank: Int, microsecondsPerSample: Int)? {
+        let parts = text.split(separator: ":").compactMap { Int($0) }
+        return parts.count == 2 && parts[0] >= 0 && (0...100_000).contains(parts[1]) ? (parts[0], parts[1]) : nil
+    }
+
     static func stepAndRank(_ text: String) -> (step: Int, rank: Int)? {
         let parts = text.split(separator: ":").compactMap { Int($0) }
         return parts.count == 2 && parts[0] >= 0 && parts[1] >= 0 ? (parts[0], parts[1]) : nil

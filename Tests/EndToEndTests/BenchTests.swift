@@ -15,7 +15,7 @@ final class BenchTests: XCTestCase {
             "--steps", "5", "--warmup", "1", "--bucket-mb", "0.0625", "--csv", csv, "--json", json,
         ]
         for np in [1, 2] {
-            let result = try Launcher.mpirun(np, "autorate", common + (np == 2 ? ["--compare-local-bn", "--compare-deterministic"] : []))
+            let result = try Launcher.mpirun(np, "autorate", common + (np == 2 ? ["--compare-local-bn", "--compare-deterministic", "--balance", "on", "--compare-balance"] : []))
             XCTAssertEqual(result.status, 0, result.output)
         }
         let lines = try String(contentsOfFile: csv, encoding: .utf8).split(separator: "\n").map(String.init)
@@ -49,5 +49,8 @@ final class BenchTests: XCTestCase {
         XCTAssertGreaterThan(two["deterministic_step_ms_median"] as? Double ?? 0, 0, "the interleaved --deterministic twin")
         XCTAssertNil(records[0]["deterministic_step_ms_median"] as? Double, "no twin asked for at np = 1 (null)")
         XCTAssertGreaterThan(two["baseline_samples_per_s"] as? Double ?? 0, 0)
+        XCTAssertEqual(two["balance"] as? String, "on")
+        XCTAssertGreaterThan(two["balance_twin_step_ms_median"] as? Double ?? 0, 0, "the interleaved --balance off twin")
+        XCTAssertEqual(records[0]["balance"] as? String, "off")
     }
 }
