@@ -64,21 +64,27 @@ struct BatchShares {
         let n = weights.count
         precondition(n * limits.lowerBound <= total && total <= n * limits.upperBound, "\(total) cannot be split within \(limits)")
         let lo = Double(limits.lowerBound), hi = Double(limits.upperBound)
-        func shares(_ lambda: Double) -> [Double] { weights.map { Swift.min(Swift.max(lambda * $0, lo), hi) } }
+        func share(_ w: Double, _ lambda: Double) -> Double { Swift.min(Swift.max(lambda * w, lo), hi) }
         let smallest = weights.min() ?? 1
         var (low, high) = (0.0, hi / Swift.max(smallest, .leastNormalMagnitude))  // every share at hi
         for _ in 0..<100 {  // halves the bracket to Double resolution
             let mid = (low + high) / 2
-            if shares(mid).reduce(0, +) < Double(total) { low = mid } else { high = mid }
+            if weights.reduce(0, { $0 + share($1, mid) }) < Double(total) { low = mid } else { high = mid }
         }
-        let real = shares(high)
+        let real = weights.map { share($0, high) }
         var counts = real.map { Int($0.rounded(.down)) }
-        let remainder = total - counts.reduce(0, +)
+        var sum = counts.reduce(0, +)
         let order = (0..<n).sorted { (real[$0] - real[$0].rounded(.down), $1) > (real[$1] - real[$1].rounded(.down), $0) }
-        for i in order.prefix(Swift.max(remainder, 0)) where counts[i] < limits.upperBound { counts[i] += 1 }
-        // rounding at the edges (a share a hair under a limit): settle the last samples one at a time
-        while counts.reduce(0, +) < total, let i = counts.indices.first(where: { counts[$0] < limits.upperBound }) { counts[i] += 1 }
-        while counts.reduce(0, +) > total, let i = counts.indices.first(where: { counts[$0] > limits.lowerBound }) { counts[i] -= 1 }
+        // the remainder to the largest fractional parts, then, for rounding at the edges (a share a
+        // hair under a limit), to the first ranks with room
+        for i in order + Array(0..<n) where sum < total && counts[i] < limits.upperBound {
+            counts[i] += 1
+            sum += 1
+        }
+        for i in 0..<n where sum > total && counts[i] > limits.lowerBound {
+            counts[i] -= 1
+            sum -= 1
+        }
         return counts
     }
 }

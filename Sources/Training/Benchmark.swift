@@ -128,17 +128,37 @@ public enum ScalingMode: String, Sendable, CaseIterable {
 }
 
 public enum Benchmark {
+    /// A trainer timed next to the run, its steps interleaved with the run's, that differs from it
+    /// in one setting (and in what that setting cannot go with). Its raw value is the flag that asks for it.
+    public enum Twin: String, Sendable, CaseIterable {
+        case localBN = "--compare-local-bn"
+        case deterministic = "--compare-deterministic"
+        /// The other `--balance` setting (none at one rank: there is nothing to balance).
+        case balance = "--compare-balance"
+
+        /// The twin's configuration, from the run's.
+        public func configuration(of run: TrainingConfiguration) -> TrainingConfiguration {
+            var c = run
+            switch self {
+            case .localBN:
+                c.batchNormSync = .local
+                (c.deterministic, c.balance) = (false, .off)  // per-rank statistics are neither
+            case .deterministic:
+                (c.deterministic, c.overlap, c.balance) = (true, .off, .off)
+            case .balance:
+                c.balance = run.balance == .on ? .off : .on
+            }
+            return c
+        }
+    }
+
     /// What to time besides the training steps.
     public struct Options: Sendable {
         public var steps = 30
         public var warmup = 5
         public var threads = 1
-        /// Also time a `--bn local` twin, interleaved.
-        public var compareLocalBN = false
-        /// Also time a `--deterministic` twin, interleaved.
-        public var compareDeterministic = false
-        /// Also time a twin with the other `--balance` setting, interleaved.
-        public var compareBalance = false
+        /// Twins to time too, interleaved with the run.
+        public var twins: [Twin] = []
         /// Also time a one-rank baseline on rank 0 while the others wait, interleaved (skipped at one
         /// rank: the run is its own baseline).
         public var oneRankBaseline = true
@@ -173,31 +193,12 @@ public enum Benchmark {
         }
         let trainer = try Trainer(c, splits: splits, communicator: communicator, console: console)
         var twins: [Trainer] = []
-        var localTwin: Trainer? = nil, baseline: Trainer? = nil
-        if options.compareLocalBN {
-            var l = c
-            l.batchNormSync = .local
-            l.deterministic = false  // per-rank statistics cannot be deterministic
-            l.balance = .off  // nor balanced
-            localTwin = try Trainer(l, splits: splits, communicator: communicator, console: console)
-            twins.append(localTwin!)
+        var twinOf: [Twin: Trainer] = [:]
+        for kind in options.twins where kind != .balance || communicator.size > 1 {
+            twinOf[kind] = try Trainer(kind.configuration(of: c), splits: splits, communicator: communicator, console: console)
+            twins.append(twinOf[kind]!)
         }
-        var deterministicTwin: Trainer? = nil
-        if options.compareDeterministic {
-            var d = c
-            d.deterministic = true
-            d.overlap = .off
-            d.balance = .off
-            deterministicTwin = try Trainer(d, splits: splits, communicator: communicator, console: console)
-            twins.append(deterministicTwin!)
-        }
-        var balanceTwin: Trainer? = nil
-        if options.compareBalance && communicator.size > 1 {  // one rank has nothing to balance
-            var b = c
-            b.balance = c.balance == .on ? .off : .on
-            balanceTwin = try Trainer(b, splits: splits, communicator: communicator, console: console)
-            twins.append(balanceTwin!)
-        }
+        var baseline: Trainer? = nil
         if options.oneRankBaseline && communicator.size > 1 {
             var one = c
             one.globalBatch = options.scaling == .strong ? c.globalBatch : perRank
@@ -271,6 +272,7 @@ public enum Benchmark {
         try communicator.allreduce(&sums, .sum)
         let mean = StepTiming(values: sums).scaled(by: 1 / Double(options.steps * communicator.size))
         let gemmMedian = median(gemmTimes)
+        func twinMedian(_ kind: Twin) -> Double? { twinOf[kind].map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) } }
         return BenchmarkResult(
             ranks: communicator.size, scaling: options.scaling, globalBatch: c.globalBatch, model: trainer.model.architecture,
             modelKind: c.model.rawValue, batchNormSync: c.batchNormSync.rawValue, threads: options.threads,
@@ -280,10 +282,8 @@ public enum Benchmark {
             peakGFlops: peak.flops / median(peakTimes) / 1e9, allreduceSecondsMedian: median(reduceTimes),
             gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
             bucketAllreduce: bucketTimes.keys.sorted().map { ($0, median(bucketTimes[$0]!)) },
-            localStepSecondsMedian: localTwin.map { _ in median(twinTimes[0]) },
-            deterministicStepSecondsMedian: deterministicTwin.map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) },
-            balanceTwinStepSecondsMedian: balanceTwin.map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) },
-            balance: c.balance,
+            localStepSecondsMedian: twinMedian(.localBN), deterministicStepSecondsMedian: twinMedian(.deterministic),
+            balanceTwinStepSecondsMedian: twinMedian(.balance), balance: c.balance,
             baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
             timing: mean, buckets: trainer.buckets.ranges.count, bucketBytes: c.bucketBytes,
             overlap: trainer.reduction.overlap)

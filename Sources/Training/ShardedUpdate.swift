@@ -146,9 +146,10 @@ final class ShardedUpdate {
         }
         NodeSharedMemory.fence()
         guard agreed[rows] == 0 else { return (false, seconds) }
-        if sharedMemory != nil {
+        switch transport {
+        case .sharedMemory:
             communicating("copy new values from node shared memory", bytes: bytes) { gatherInPlace(store, from: sources) }
-        } else {
+        case .messages:
             try communicating("allgather new values", bytes: bytes) {
                 try communicator.orderedAllgather(gradients, from: segments[communicator.rank], split: rowBoundary)
             }

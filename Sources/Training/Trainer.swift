@@ -50,8 +50,6 @@ public final class Trainer {
     private let stepChunks: [Range<Int>]?
     /// `--balance on` with several ranks: every rank's share of the global batch, from their speeds.
     private(set) var shares: BatchShares?
-    /// The shares the last step ran with (`shares` already holds the next step's).
-    private var lastShares: [Int] = []
     /// Samples per evaluation forward at least (conv nets' activations are larger).
     private static func evaluationRows(_ model: ModelKind) -> Int { model == .mlp ? 256 : 64 }
 
@@ -87,17 +85,7 @@ public final class Trainer {
         }
         // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
         // (64 images for conv nets, whose activations are larger)
-        if configuration.balance == .on && configuration.deterministic {
-            throw TrainingError.configuration(
-                "--balance on cannot be combined with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off")
-        }
-        if configuration.balance == .on && configuration.batchNormSync == .local {
-            throw TrainingError.configuration(
-                "--balance on needs --bn sync: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off")
-        }
-        if configuration.deterministic && configuration.batchNormSync == .local {
-            throw TrainingError.configuration("--bn local cannot be deterministic: per-rank statistics depend on the rank count; use --bn sync")
-        }
+        if let conflict = configuration.conflict { throw TrainingError.configuration(conflict) }
         plan =
             configuration.deterministic
             ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
@@ -179,7 +167,7 @@ public final class Trainer {
                 lastLoss = global.loss
                 report(
                     step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
-                    elapsed: now, monitors: result.monitors, timing: timing)
+                    elapsed: now, monitors: result.monitors, shares: result.shares, timing: timing)
             }
             if let checkpoints, (t + 1) % configuration.checkpointEvery == 0 || t + 1 == totalSteps, communicator.isRoot {
                 let path = try measured("checkpoint", "checkpoint") { try saveCheckpoint(completedSteps: t + 1, into: checkpoints) }
@@ -282,7 +270,7 @@ public final class Trainer {
         timing.bnCommunication = statistics.seconds
         timing.gradientHidden = reduction.hiddenSeconds
         if let shares {
-            lastShares = shares.counts
+            result.shares = shares.counts
             watchdog?.progress(step: t + 1, "the --balance allgather of every rank's compute time")
             try rebalance(&timing)
         }
@@ -523,7 +511,7 @@ public final class Trainer {
 
     private func report(
         step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,
-        monitors: [GroupMonitor], timing: JSONValue
+        monitors: [GroupMonitor], shares: [Int]?, timing: JSONValue
     ) {
         let epoch = Double(step) / Double(sampler.stepsPerEpoch)
         let intrinsic = IntrinsicGradient.squared(monitors)
@@ -534,10 +522,10 @@ public final class Trainer {
                     cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
                     step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta)
                     + (configuration.logIntrinsicGradient ? String(cFormat: "  G_I^2 %.3e", intrinsic) : "")
-                    + (shares == nil ? "" : "  shares " + Self.describe(shares: lastShares)))
+                    + (shares.map { "  shares " + Self.describe(shares: $0) } ?? ""))
         }
         let intrinsicField: [(String, JSONValue)] = configuration.logIntrinsicGradient ? [("intrinsic_grad2", .number(intrinsic))] : []
-        let sharesField: [(String, JSONValue)] = shares == nil ? [] : [("shares", .array(lastShares.map { .integer($0) }))]
+        let sharesField: [(String, JSONValue)] = shares.map { [("shares", .array($0.map { .integer($0) }))] } ?? []
         metrics?.write(
             .object(intrinsicField + sharesField + [
                 ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
@@ -571,6 +559,8 @@ public struct StepResult {
     public var skipped = false
     /// Where this rank's step time went.
     public var timing = StepTiming()
+    /// `--balance on`: every rank's share of the batch in this step.
+    public var shares: [Int]?
 }
 
 /// The end of a run.

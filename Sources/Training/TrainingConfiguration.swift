@@ -109,6 +109,22 @@ public struct TrainingConfiguration: Sendable {
 
     public init() {}
 
+    /// A combination of flags no run can honour, as a message naming both and what to use instead;
+    /// nil when there is none. The CLI checks it before MPI starts (also for a bench's twins), and
+    /// `Trainer` when it is built.
+    public var conflict: String? {
+        if deterministic && batchNormSync == .local {
+            return "--bn local cannot be combined with --deterministic: per-rank BN statistics depend on the rank count by definition; use --bn sync"
+        }
+        if balance == .on && deterministic {
+            return "--balance on cannot be combined with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off"
+        }
+        if balance == .on && batchNormSync == .local {
+            return "--balance on cannot be combined with --bn local: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off"
+        }
+        return nil
+    }
+
     public static let defaultHidden = [256, 256]
 
     /// The widths this run uses for data of `dimension` inputs and `classes` classes.

@@ -88,21 +88,20 @@ struct CommunicationOptions: ParsableArguments {
         try require(chunks >= 1 && chunks <= 1 << 20 && chunks & (chunks - 1) == 0, "--chunks", chunks, "a power of two from 1 to 1048576")
     }
 
-    /// The combinations deterministic mode cannot make rank-count independent.
-    func validate(with network: NetworkOptions, comparing compareDeterministic: Bool = false) throws {
-        if balance == .on && deterministic {
-            throw ValidationError("--balance on is not accepted with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off.")
-        }
-        if balance == .on && network.bn == .local {
-            throw ValidationError("--balance on is not accepted with --bn local: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off.")
-        }
-        guard deterministic || compareDeterministic else { return }
-        let flag = deterministic ? "--deterministic" : "--compare-deterministic"
-        if network.bn == .local {
-            throw ValidationError("--bn local is not accepted with \(flag): per-rank BN statistics depend on the rank count by definition; use --bn sync.")
-        }
-        if network.globalBatch < chunks {
-            throw ValidationError("--global-batch \(network.globalBatch) is not accepted with \(flag) --chunks \(chunks): the global batch needs at least one sample per chunk; lower --chunks or raise --global-batch.")
+    /// Rejects what no run can honour, in the run and in each of a bench's `twins`: a combination
+    /// of flags (`TrainingConfiguration.conflict`), and a global batch that deterministic mode
+    /// cannot cut into `--chunks`.
+    func validate(with network: NetworkOptions, twins: [Benchmark.Twin] = []) throws {
+        var run = TrainingConfiguration()
+        run.batchNormSync = network.bn
+        run.globalBatch = network.globalBatch
+        apply(to: &run)
+        let configurations = [(flag: String?.none, run)] + twins.map { (flag: Optional($0.rawValue), $0.configuration(of: run)) }
+        for (flag, c) in configurations {
+            let small = c.deterministic && c.globalBatch < c.chunks
+            guard let problem = c.conflict ?? (small ? "--global-batch \(c.globalBatch) is not accepted with --deterministic --chunks \(c.chunks): the global batch needs at least one sample per chunk; lower --chunks or raise --global-batch" : nil)
+            else { continue }
+            throw ValidationError((flag.map { "\($0) runs a twin that is not accepted: " } ?? "") + problem + ".")
         }
     }
 

@@ -43,12 +43,15 @@ struct Bench: ParsableCommand {
     @Option(help: "Append the result as a CSV row to this file, with a header when the file is new (rank 0).")
     var csv: String?
 
+    /// The twins the --compare flags ask for.
+    private var twins: [Benchmark.Twin] {
+        let asked: [(Bool, Benchmark.Twin)] = [(compareLocalBN, .localBN), (compareDeterministic, .deterministic), (compareBalance, .balance)]
+        return asked.filter { $0.0 }.map { $0.1 }
+    }
+
     func validate() throws {
         _ = try parseWidths(widths)
-        try communication.validate(with: network, comparing: compareDeterministic)
-        if compareBalance && (network.bn == .local || communication.deterministic) {
-            throw ValidationError("--compare-balance is not accepted with \(network.bn == .local ? "--bn local" : "--deterministic"): its twin would run --balance on, which needs --bn sync and no --deterministic.")
-        }
+        try communication.validate(with: network, twins: twins)
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
         switch (scaling, batchPerRank) {
@@ -66,9 +69,7 @@ struct Bench: ParsableCommand {
         if let batchPerRank { c.globalBatch = batchPerRank }
         var options = Benchmark.Options()
         (options.steps, options.warmup, options.threads) = (steps, warmup, network.threads)
-        (options.compareLocalBN, options.oneRankBaseline, options.scaling) = (compareLocalBN, !noBaseline, scaling)
-        options.compareDeterministic = compareDeterministic
-        options.compareBalance = compareBalance
+        (options.twins, options.oneRankBaseline, options.scaling) = (twins, !noBaseline, scaling)
         try withMPI(threads: network.threads) { communicator, console in
             let result = try Benchmark.run(
                 c, widths: try parseWidths(widths), options: options, communicator: communicator, console: console)

@@ -165,16 +165,18 @@ struct Train: ParsableCommand {
         return first...last
     }
 
-    /// `STEP:RANK` of the test-only fault flags.
-    /// `--debug-slow-rank RANK:MICROSECONDS`.
-    static func rankAndMicroseconds(_ text: String) -> (rank: Int, microsecondsPerSample: Int)? {
-        let parts = text.split(separator: ":").compactMap { Int($0) }
-        return parts.count == 2 && parts[0] >= 0 && (0...100_000).contains(parts[1]) ? (parts[0], parts[1]) : nil
-    }
-
-    static func stepAndRank(_ text: String) -> (step: Int, rank: Int)? {
+    /// `A:B`, two numbers >= 0 (the test-only fault flags).
+    private static func pair(_ text: String) -> (Int, Int)? {
         let parts = text.split(separator: ":").compactMap { Int($0) }
         return parts.count == 2 && parts[0] >= 0 && parts[1] >= 0 ? (parts[0], parts[1]) : nil
+    }
+
+    /// `STEP:RANK`.
+    static func stepAndRank(_ text: String) -> (step: Int, rank: Int)? { pair(text) }
+
+    /// `--debug-slow-rank RANK:MICROSECONDS`, at most 100,000 microseconds per sample.
+    static func rankAndMicroseconds(_ text: String) -> (rank: Int, microsecondsPerSample: Int)? {
+        pair(text).flatMap { $0.1 <= 100_000 ? $0 : nil }
     }
 
     func run() throws {
