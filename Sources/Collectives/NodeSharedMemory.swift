@@ -3,8 +3,9 @@
 #endif
 import Synchronization
 
-/// One memory segment that every rank of a group on one node maps, cut into one slice per rank:
-/// ranks read each other's slices in place, without a message or a copy through MPI's buffers.
+/// One memory segment that every rank of a group on one node maps, cut into one slice per rank and,
+/// when asked for, a common region after the slices: ranks read each other's slices in place,
+/// without a message or a copy through MPI's buffers.
 /// The segment is a POSIX shared-memory object that rank 0 creates and unlinks as soon as every
 /// rank has mapped it (nothing is left behind when a rank dies later, and unmapping is local: a
 /// release needs no collective, unlike `MPI_Win_free`); each rank reserves its own slice in full.
@@ -17,15 +18,18 @@ public final class NodeSharedMemory: @unchecked Sendable {
     public let rank: Int
     /// The bytes of each rank's slice (a multiple of the 2 MiB alignment).
     public let bytesPerRank: Int
+    /// The bytes of the common region (a multiple of the alignment; 0: none).
+    public let commonBytes: Int
     private let base: UnsafeMutableRawPointer
     private let totalBytes: Int
 
-    fileprivate init(base: UnsafeMutableRawPointer, ranks: Int, rank: Int, bytesPerRank: Int) {
+    fileprivate init(base: UnsafeMutableRawPointer, ranks: Int, rank: Int, bytesPerRank: Int, commonBytes: Int) {
         self.base = base
         self.ranks = ranks
         self.rank = rank
         self.bytesPerRank = bytesPerRank
-        totalBytes = ranks * bytesPerRank
+        self.commonBytes = commonBytes
+        totalBytes = ranks * bytesPerRank + commonBytes
     }
 
     deinit { munmap(base, totalBytes) }
@@ -34,6 +38,12 @@ public final class NodeSharedMemory: @unchecked Sendable {
     public func slice(of r: Int) -> UnsafeMutableRawPointer {
         precondition((0..<ranks).contains(r), "rank \(r) has no slice among \(ranks)")
         return base + r * bytesPerRank
+    }
+
+    /// The start of the common region (after every slice).
+    public var common: UnsafeMutableRawPointer {
+        precondition(commonBytes > 0, "this segment has no common region")
+        return base + ranks * bytesPerRank
     }
 
     /// Slices are aligned to this (a huge page, where the system backs shared memory with them).
@@ -57,15 +67,18 @@ public struct SharedMemoryError: Error, CustomStringConvertible {
 }
 
 extension Communicator {
-    /// Collective: maps one shared segment of `bytesPerRank` (rounded up to
-    /// `NodeSharedMemory.alignment`) per rank. Every rank of the group must be on this node. Throws
-    /// `SharedMemoryError` on every rank when any rank fails (so none is left waiting).
-    public func mapNodeSharedMemory(bytesPerRank: Int) throws -> NodeSharedMemory {
-        precondition(bytesPerRank >= 0, "a shared slice of \(bytesPerRank) bytes")
+    /// Collective: maps one shared segment of `bytesPerRank` per rank and `commonBytes` after them
+    /// (each rounded up to `NodeSharedMemory.alignment`; rank 0 reserves the common region). Every
+    /// rank of the group must be on this node. Throws `SharedMemoryError` on every rank when any
+    /// rank fails (so none is left waiting).
+    public func mapNodeSharedMemory(bytesPerRank: Int, commonBytes: Int = 0) throws -> NodeSharedMemory {
+        precondition(bytesPerRank >= 0 && commonBytes >= 0, "a shared slice of \(bytesPerRank) bytes and \(commonBytes) in common")
         let align = NodeSharedMemory.alignment
         let slice = Swift.max(1, (bytesPerRank + align - 1) / align) * align
-        let (total, overflow) = slice.multipliedReportingOverflow(by: size)
-        precondition(!overflow, "a shared segment of \(size) x \(slice) bytes")
+        let common = (commonBytes + align - 1) / align * align
+        let (slices, overflow) = slice.multipliedReportingOverflow(by: size)
+        let (total, overflowCommon) = slices.addingReportingOverflow(common)
+        precondition(!overflow && !overflowCommon, "a shared segment of \(size) x \(slice) + \(common) bytes")
         // rank 0 creates the object and sends its name, with shm_open's errno (0: none)
         var header = [UInt8](repeating: 0, count: 72)
         var name = ""
@@ -85,19 +98,22 @@ extension Communicator {
         if created != 0 {
             throw SharedMemoryError(call: "shm_open \(name)", errno: rank == 0 ? created : 0, bytes: total, rank: rank)
         }
-        // each rank reserves its own slice in full (its pages come from its own NUMA node, and a full
-        // /dev/shm is an error here, not a SIGBUS at first touch), then maps the whole segment
+        // each rank reserves its own slice in full, rank 0 the common region too (a full /dev/shm
+        // is an error here, not a SIGBUS at first touch), then maps the whole segment
         var mapped: UnsafeMutableRawPointer? = nil
         var failure: (call: String, errno: Int32, bytes: Int)? = nil
         let fd = shm_open(name, O_RDWR, 0)
         if fd < 0 {
             failure = ("shm_open \(name)", Glibc.errno, total)
         } else {
-            // posix_fallocate returns the error instead of setting errno
-            let reserved = posix_fallocate(fd, off_t(rank * slice), off_t(slice))
-            if reserved != 0 {
-                failure = ("posix_fallocate \(name)", reserved, slice)
-            } else {
+            var regions = [(offset: rank * slice, bytes: slice)]
+            if rank == 0 && common > 0 { regions.append((slices, common)) }
+            for region in regions where failure == nil {
+                // posix_fallocate returns the error instead of setting errno
+                let reserved = posix_fallocate(fd, off_t(region.offset), off_t(region.bytes))
+                if reserved != 0 { failure = ("posix_fallocate \(name)", reserved, region.bytes) }
+            }
+            if failure == nil {
                 let address = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
                 if address == MAP_FAILED { failure = ("mmap \(name)", Glibc.errno, total) } else { mapped = address }
             }
@@ -114,6 +130,6 @@ extension Communicator {
             if let mapped { munmap(mapped, total) }
             throw SharedMemoryError(call: failure?.call ?? "mmap \(name)", errno: failure?.errno ?? 0, bytes: failure?.bytes ?? total, rank: rank)
         }
-        return NodeSharedMemory(base: mapped, ranks: size, rank: rank, bytesPerRank: slice)
+        return NodeSharedMemory(base: mapped, ranks: size, rank: rank, bytesPerRank: slice, commonBytes: common)
     }
 }

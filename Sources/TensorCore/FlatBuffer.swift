@@ -33,6 +33,15 @@ public final class FlatBuffer: @unchecked Sendable {
         self.count = count
     }
 
+    /// A buffer over `memory`, which `keeper` owns and keeps alive: nothing is allocated, copied
+    /// or zeroed (`memory` must be as aligned as a BLAS operand needs).
+    public init(wrapping memory: UnsafeMutableBufferPointer<Float>, keeper: AnyObject) {
+        precondition(memory.baseAddress != nil, "wrapping a buffer without memory")
+        storage = memory
+        self.keeper = keeper
+        count = memory.count
+    }
+
     public let count: Int
 
     deinit { if keeper == nil { free(storage.baseAddress) } }

@@ -17,13 +17,14 @@ import TensorCore
 /// Used for steps without monitors when the rank count is a power of two, the optimizer runs the
 /// paper's plain steps and the gradient is not reduced during backward (`--overlap` off).
 ///
-/// When every rank is on one node (`--intra-node shared-memory`, the default), the parameter and
-/// gradient buffers live in node shared memory and no gradient byte goes through MPI: after one
-/// barrier each rank adds every rank's copy of its segment in place, in the ordered sum's tree (the
-/// same bits), piece by piece inside the update's pass (each piece of the sum is read back from
-/// cache), and after the verdict each rank copies the other segments' new values from their
-/// owners' buffers. Against the halving and doubling on `MPI_Sendrecv`, this skips MPI's copy
-/// into its own buffers and the receive scratch: fewer passes over memory, the resource that
+/// When every rank is on one node (`--intra-node shared-memory`, the default), the node holds one
+/// copy of the parameters, in shared memory, and each rank's gradient lives in its own slice of it;
+/// no gradient byte goes through MPI. After one barrier each rank sums every rank's gradient over
+/// its segment, in the ordered sum's tree (the same bits), piece by piece inside the update's pass
+/// (each piece of the sum is read back from cache), and writes the segment's new values into the
+/// node's second copy of the parameters; after the verdict every rank reads its parameters from
+/// that copy. Against the halving and doubling on `MPI_Sendrecv`, this skips MPI's copy into its
+/// own buffers, the receive scratch and the gather: fewer passes over memory, the resource that
 /// bounds this step on a shared node.
 final class ShardedUpdate {
     private let communicator: Communicator
@@ -33,34 +34,48 @@ final class ShardedUpdate {
         /// MPI messages; `scratch` receives the partner's halves in the reduce-scatter (allocated
         /// once: a gradient-sized allocation per step would be an mmap and fresh page faults).
         case messages(scratch: FlatBuffer)
-        /// Node shared memory: each rank's slice holds its values and gradients, two regions of
-        /// `regionFloats` that exchange roles at every update.
-        case sharedMemory(NodeSharedMemory, regionFloats: Int)
+        /// Node shared memory: each rank's slice holds its gradient; the common region holds two
+        /// copies of the parameters, the store's `values` and `standby`, which a committed step
+        /// exchanges (the new values are written into `standby`).
+        case sharedMemory(NodeSharedMemory, standby: FlatBuffer)
     }
     private let transport: Transport
     /// Every rank's segment (`orderedSegment` with `rowBoundary`).
-    private var segments: [Range<Int>] = []
+    private let segments: [Range<Int>]
 
-    /// With `sharedMemory`, collective: maps the node's shared buffers and moves `store`'s values
-    /// and gradients there (every rank must be on this node); `extraBytes` more per rank are asked
-    /// for (a test's impossible request).
+    /// With `sharedMemory`, collective: maps the node's shared buffers, moves `store`'s gradient
+    /// into this rank's slice and its values into the node's copy (each rank writes its segment of
+    /// it: the values must be the same on every rank, as after the start-up broadcast). Every rank
+    /// must be on this node; `extraBytes` more per rank are asked for (a test's impossible request).
     init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool, extraBytes: Int = 0) throws {
         layout = store.layout
         self.communicator = communicator
-        if sharedMemory {
-            let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
-            let regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
-            let memory = try communicator.mapNodeSharedMemory(bytesPerRank: 2 * regionFloats * MemoryLayout<Float>.stride + extraBytes)
-            // every rank's slice is read as Floats here: bind the whole segment
-            _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: memory.ranks * memory.bytesPerRank / MemoryLayout<Float>.stride)
-            let mine = memory.slice(of: memory.rank).assumingMemoryBound(to: Float.self)
-            store.values.move(into: UnsafeMutableBufferPointer(start: mine, count: regionFloats), keeper: memory)
-            store.gradients.move(into: UnsafeMutableBufferPointer(start: mine + regionFloats, count: regionFloats), keeper: memory)
-            transport = .sharedMemory(memory, regionFloats: regionFloats)
-        } else {
-            transport = .messages(scratch: FlatBuffer(count: layout.count))
+        let layout = store.layout
+        segments = (0..<communicator.size).map {
+            communicator.orderedSegment(of: $0, count: layout.count, split: { Self.rowBoundary($0, in: layout) })
         }
-        segments = (0..<communicator.size).map { communicator.orderedSegment(of: $0, count: layout.count, split: rowBoundary) }
+        guard sharedMemory else {
+            transport = .messages(scratch: FlatBuffer(count: layout.count))
+            return
+        }
+        let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
+        let regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
+        let regionBytes = regionFloats * MemoryLayout<Float>.stride
+        let memory = try communicator.mapNodeSharedMemory(bytesPerRank: regionBytes + extraBytes, commonBytes: 2 * regionBytes)
+        // every rank's slice and the common region are read as Floats here: bind the whole segment
+        _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: (memory.ranks * memory.bytesPerRank + memory.commonBytes) / MemoryLayout<Float>.stride)
+        let mine = memory.slice(of: memory.rank).assumingMemoryBound(to: Float.self)
+        store.gradients.move(into: UnsafeMutableBufferPointer(start: mine, count: regionFloats), keeper: memory)
+        let common = memory.common.assumingMemoryBound(to: Float.self)
+        let current = FlatBuffer(wrapping: UnsafeMutableBufferPointer(start: common, count: layout.count), keeper: memory)
+        let segment = segments[communicator.rank]
+        _ = current.slice(segment).update(fromContentsOf: store.values.slice(segment))
+        NodeSharedMemory.fence()
+        try communicator.barrier()  // every segment is written
+        NodeSharedMemory.fence()
+        store.values.exchangeStorage(with: current)  // `current` now holds, and frees, the private copy
+        let standby = FlatBuffer(wrapping: UnsafeMutableBufferPointer(start: common + regionFloats, count: layout.count), keeper: memory)
+        transport = .sharedMemory(memory, standby: standby)
     }
 
     /// The node shared memory the gradients are summed in, if they are.
@@ -100,13 +115,20 @@ final class ShardedUpdate {
             precondition(tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
         }
         let mine: (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])])
-        // in node shared memory: every rank's gradient buffer, read in place
-        var sources: [UnsafePointer<Float>] = []
+        // in node shared memory, the gradient buffer is the standby copy of the parameters during
+        // the update: the gradient goes back to this rank's slice however the step ends
+        var slice: FlatBuffer? = nil
+        defer { if let slice { store.gradients.exchangeStorage(with: slice) } }
         switch transport {
-        case .sharedMemory(let memory, let regionFloats):
-            sources = try communicating("barrier: every rank's gradient is final", bytes: 0) {
-                try awaitGradients(store, memory, regionFloats: regionFloats)
+        case .sharedMemory(let memory, let standby):
+            // every rank's gradient buffer, read in place
+            let sources = try communicating("barrier: every rank's gradient is final", bytes: 0) {
+                try awaitGradients(store, memory)
             }
+            // the sum and the new values go to the standby copy (the update writes over the summed
+            // gradient), which the commit below makes the values
+            store.gradients.exchangeStorage(with: standby)
+            slice = standby
             // the sum over ranks inside the update's pass, piece by piece: counted as
             // communication, update included, as the pass cannot be split
             mine = communicating("sum gradients in node shared memory, and update", bytes: bytes) {
@@ -146,10 +168,7 @@ final class ShardedUpdate {
         }
         NodeSharedMemory.fence()
         guard agreed[rows] == 0 else { return (false, seconds) }
-        switch transport {
-        case .sharedMemory:
-            communicating("copy new values from node shared memory", bytes: bytes) { gatherInPlace(store, from: sources) }
-        case .messages:
+        if case .messages = transport {
             try communicating("allgather new values", bytes: bytes) {
                 try communicator.orderedAllgather(gradients, from: segments[communicator.rank], split: rowBoundary)
             }
@@ -162,40 +181,47 @@ final class ShardedUpdate {
 
     /// The barrier after which every rank's gradient is final; returns every rank's gradient
     /// buffer, in rank order, to read in place.
-    private func awaitGradients(
-        _ store: ParameterStore, _ memory: NodeSharedMemory, regionFloats: Int
-    ) throws -> [UnsafePointer<Float>] {
-        // which region of this rank's slice the gradient is in now (0 or 1)
-        let offset = memory.slice(of: memory.rank).distance(to: UnsafeMutableRawPointer(store.gradients.pointer))
-        precondition(offset == 0 || offset == regionFloats * MemoryLayout<Float>.stride, "the gradient is not in node shared memory")
-        let region = offset == 0 ? 0 : 1
+    private func awaitGradients(_ store: ParameterStore, _ memory: NodeSharedMemory) throws -> [UnsafePointer<Float>] {
+        precondition(
+            UnsafeMutableRawPointer(store.gradients.pointer) == memory.slice(of: memory.rank),
+            "the gradient is not in this rank's slice of node shared memory")
+        // which of the node's two copies of the parameters this rank reads (0 or 1)
+        let copy = UnsafeMutableRawPointer(store.values.pointer) == memory.common ? 0 : 1
         NodeSharedMemory.fence()
-        // the barrier, and a check of the protocol: every rank's gradient is in the same region of
-        // its slice (every update exchanges the two on every rank)
-        let sum = try communicator.allreduce(region, .sum)
-        precondition(sum == 0 || sum == communicator.size, "the ranks' gradients are in different regions of node shared memory")
+        // the barrier, and a check of the protocol: every rank reads the same copy (every commit
+        // exchanges the two on every rank)
+        let sum = try communicator.allreduce(copy, .sum)
+        precondition(sum == 0 || sum == communicator.size, "the ranks read different copies of the parameters in node shared memory")
         NodeSharedMemory.fence()
-        return (0..<communicator.size).map {
-            UnsafePointer(memory.slice(of: $0).assumingMemoryBound(to: Float.self) + region * regionFloats)
-        }
+        return (0..<communicator.size).map { UnsafePointer(memory.slice(of: $0).assumingMemoryBound(to: Float.self)) }
     }
 
-    /// After the verdict's barrier: copies every other rank's segment of new values from its
-    /// gradient buffer (`sources`, as `awaitGradients` returned them) into this rank's. Nothing waits after it: an owner writes that buffer again
-    /// only after the next step's barrier (its next backward writes the other region). The rule
-    /// this rests on: between steps nothing writes `values` without a collective that every rank
-    /// enters after its gather (the start-up broadcasts and a checkpoint's load run before the
-    /// first step; a monitor step's update follows its gradient allreduce).
-    private func gatherInPlace(_ store: ParameterStore, from sources: [UnsafePointer<Float>]) {
-        let mine = store.gradients.pointer
-        for (owner, segment) in segments.enumerated() where owner != communicator.rank && !segment.isEmpty {
-            (mine + segment.lowerBound).update(from: sources[owner] + segment.lowerBound, count: segment.count)
-        }
+    /// Collective, after an update that was not sharded (a monitor step's, from the whole summed
+    /// gradient, the same on every rank) committed its new values into the gradient buffer: in node
+    /// shared memory, each rank writes its segment of them into the standby copy, and after a
+    /// barrier every rank reads its parameters from that copy and its gradient is back in its slice.
+    /// Through MPI there is nothing to do: each rank's values are its own.
+    func publishUnshardedStep(_ store: ParameterStore) throws {
+        guard case .sharedMemory(let memory, let standby) = transport else { return }
+        // the commit exchanged the buffers: the new values are in this rank's slice, the gradient
+        // buffer is the copy every rank read this step
+        precondition(
+            UnsafeMutableRawPointer(store.values.pointer) == memory.slice(of: memory.rank),
+            "no unsharded step committed its values into this rank's slice")
+        let segment = segments[communicator.rank]
+        _ = standby.slice(segment).update(fromContentsOf: store.values.slice(segment))
+        NodeSharedMemory.fence()
+        try communicator.barrier()  // every segment of the new copy is written
+        NodeSharedMemory.fence()
+        store.values.exchangeStorage(with: standby)  // values: the new copy; standby: the slice
+        store.gradients.exchangeStorage(with: standby)  // gradient: the slice; standby: the old copy
     }
 
     /// Where to cut `segment`: the row boundary at or below its middle, in the tensor there (a row
     /// is the tensor's count over its first dimension), or the next one, or the segment's end.
-    func rowBoundary(_ segment: Range<Int>) -> Int {
+    func rowBoundary(_ segment: Range<Int>) -> Int { Self.rowBoundary(segment, in: layout) }
+
+    static func rowBoundary(_ segment: Range<Int>, in layout: ParameterLayout) -> Int {
         let mid = segment.lowerBound + segment.count / 2
         guard let tensor = layout.tensors.last(where: { $0.offset <= mid }), mid < tensor.range.upperBound,
             let rows = tensor.shape.first, rows > 0

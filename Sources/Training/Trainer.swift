@@ -254,7 +254,8 @@ public final class Trainer {
         var monitors: [GroupMonitor]?
         if let sharding {
             // sharded: sum this rank's segment of the gradient over ranks, update it, gather the
-            // other segments' new values (in node shared memory, or reduce-scatter and allgather)
+            // other segments' new values (reduce-scatter and allgather; in node shared memory, every
+            // rank reads the new values from the node's one copy of the parameters)
             watchdog?.progress(step: t + 1, "the sharded update (the segment's sum over ranks, its update, the gather of the rest)")
             let outcome = try sharding.step(model.parameters, optimizer, timeline: timeline)
             timing.gradientExposed = outcome.communicationSeconds
@@ -262,6 +263,8 @@ public final class Trainer {
         } else {
             watchdog?.progress(step: t + 1, "the update")
             monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
+            // in node shared memory, the ranks' new values become the node's copy of the parameters
+            if monitors != nil { try sharded?.publishUnshardedStep(model.parameters) }
         }
         var result = StepResult(
             lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors ?? [], skipped: monitors == nil)
@@ -500,7 +503,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory, one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
         )
     }
 

@@ -22,8 +22,8 @@ final class ShardedUpdateTests: XCTestCase {
         XCTAssertEqual(sharded.rowBoundary(0..<0), 0)
     }
 
-    /// With node shared memory (one rank here), the store's values and gradients move into this
-    /// rank's slice with their contents, and the first region holds the values.
+    /// With node shared memory (one rank here), the store's gradient moves into this rank's slice
+    /// and its values into the node's first copy of the parameters, with their contents.
     func testStoreMovesIntoNodeSharedMemory() throws {
         var layout = ParameterLayout()
         layout.append("w", shape: [4, 3])
@@ -34,7 +34,9 @@ final class ShardedUpdateTests: XCTestCase {
         }
         let sharded = try ShardedUpdate(store: store, communicator: SingleProcessCommunicator(), sharedMemory: true)
         let shared = try XCTUnwrap(sharded.sharedMemory)
-        XCTAssertEqual(UnsafeMutableRawPointer(store.values.pointer), shared.slice(of: 0))
+        XCTAssertEqual(UnsafeMutableRawPointer(store.values.pointer), shared.common)
+        XCTAssertEqual(UnsafeMutableRawPointer(store.gradients.pointer), shared.slice(of: 0))
+        XCTAssertGreaterThanOrEqual(shared.commonBytes, 2 * 12 * MemoryLayout<Float>.stride, "room for two copies")
         XCTAssertEqual(store.values.array, (0..<12).map { Float($0) })
         XCTAssertEqual(store.gradients.array, (0..<12).map { -Float($0) })
     }
