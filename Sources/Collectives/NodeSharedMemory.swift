@@ -67,15 +67,20 @@ public struct SharedMemoryError: Error, CustomStringConvertible {
 }
 
 extension Communicator {
-    /// Collective: maps one shared segment of `bytesPerRank` per rank and `commonBytes` after them
-    /// (each rounded up to `NodeSharedMemory.alignment`; rank 0 reserves the common region). Every
-    /// rank of the group must be on this node. Throws `SharedMemoryError` on every rank when any
-    /// rank fails (so none is left waiting).
-    public func mapNodeSharedMemory(bytesPerRank: Int, commonBytes: Int = 0) throws -> NodeSharedMemory {
-        precondition(bytesPerRank >= 0 && commonBytes >= 0, "a shared slice of \(bytesPerRank) bytes and \(commonBytes) in common")
+    /// Collective: maps one shared segment of `bytesPerRank` per rank and, after them, a common
+    /// region of `commonParts` parts of `commonBytes` each (each rounded up to
+    /// `NodeSharedMemory.alignment`). Each rank reserves its slice and the r-th of P equal pieces
+    /// of every common part, so that a rank that works on that piece finds its pages on its own
+    /// NUMA node. Every rank of the group must be on this node. Throws `SharedMemoryError` on every
+    /// rank when any rank fails (so none is left waiting).
+    public func mapNodeSharedMemory(bytesPerRank: Int, commonBytes: Int = 0, commonParts: Int = 1) throws -> NodeSharedMemory {
+        precondition(
+            bytesPerRank >= 0 && commonBytes >= 0 && commonParts >= 1,
+            "a shared slice of \(bytesPerRank) bytes and \(commonParts) x \(commonBytes) in common")
         let align = NodeSharedMemory.alignment
         let slice = Swift.max(1, (bytesPerRank + align - 1) / align) * align
-        let common = (commonBytes + align - 1) / align * align
+        let part = (commonBytes + align - 1) / align * align
+        let common = part * commonParts
         let (slices, overflow) = slice.multipliedReportingOverflow(by: size)
         let (total, overflowCommon) = slices.addingReportingOverflow(common)
         precondition(!overflow && !overflowCommon, "a shared segment of \(size) x \(slice) + \(common) bytes")
@@ -98,8 +103,9 @@ extension Communicator {
         if created != 0 {
             throw SharedMemoryError(call: "shm_open \(name)", errno: rank == 0 ? created : 0, bytes: total, rank: rank)
         }
-        // each rank reserves its own slice in full, rank 0 the common region too (a full /dev/shm
-        // is an error here, not a SIGBUS at first touch), then maps the whole segment
+        // each rank reserves its own slice in full and its pieces of the common region (its pages
+        // then come from its own NUMA node, and a full /dev/shm is an error here, not a SIGBUS at
+        // first touch), then maps the whole segment
         var mapped: UnsafeMutableRawPointer? = nil
         var failure: (call: String, errno: Int32, bytes: Int)? = nil
         let fd = shm_open(name, O_RDWR, 0)
@@ -107,7 +113,11 @@ extension Communicator {
             failure = ("shm_open \(name)", Glibc.errno, total)
         } else {
             var regions = [(offset: rank * slice, bytes: slice)]
-            if rank == 0 && common > 0 { regions.append((slices, common)) }
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            for p in 0..<(part > 0 ? commonParts : 0) {
+                let from = part * rank / size / page * page, to = rank == size - 1 ? part : part * (rank + 1) / size / page * page
+                if to > from { regions.append((slices + p * part + from, to - from)) }
+            }
             for region in regions where failure == nil {
                 // posix_fallocate returns the error instead of setting errno
                 let reserved = posix_fallocate(fd, off_t(region.offset), off_t(region.bytes))

@@ -45,8 +45,12 @@ final class ShardedUpdate {
 
     /// With `sharedMemory`, collective: maps the node's shared buffers, moves `store`'s gradient
     /// into this rank's slice and its values into the node's copy (each rank writes its segment of
-    /// it: the values must be the same on every rank, as after the start-up broadcast). Every rank
-    /// must be on this node; `extraBytes` more per rank are asked for (a test's impossible request).
+    /// it, so the values must be the same on every rank, as after the start-up broadcast: checked,
+    /// `TrainingError.replicasDiffer` on every rank otherwise). Every rank must be on this node;
+    /// `extraBytes` more per rank are asked for (a test's impossible request).
+    ///
+    /// From then on the ranks' `values` are one memory: a rank that writes it writes every rank's
+    /// parameters, so only `step` and `publishUnshardedStep` may.
     init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool, extraBytes: Int = 0) throws {
         layout = store.layout
         self.communicator = communicator
@@ -61,13 +65,14 @@ final class ShardedUpdate {
         let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
         let regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
         let regionBytes = regionFloats * MemoryLayout<Float>.stride
-        let memory = try communicator.mapNodeSharedMemory(bytesPerRank: regionBytes + extraBytes, commonBytes: 2 * regionBytes)
+        let memory = try communicator.mapNodeSharedMemory(bytesPerRank: regionBytes + extraBytes, commonBytes: regionBytes, commonParts: 2)
         // every rank's slice and the common region are read as Floats here: bind the whole segment
         _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: (memory.ranks * memory.bytesPerRank + memory.commonBytes) / MemoryLayout<Float>.stride)
         let mine = memory.slice(of: memory.rank).assumingMemoryBound(to: Float.self)
         store.gradients.move(into: UnsafeMutableBufferPointer(start: mine, count: regionFloats), keeper: memory)
         let common = memory.common.assumingMemoryBound(to: Float.self)
         let current = FlatBuffer(wrapping: UnsafeMutableBufferPointer(start: common, count: layout.count), keeper: memory)
+        try ReplicaCheck.verify([store.values], over: communicator, when: "before the parameters move into node shared memory")
         let segment = segments[communicator.rank]
         _ = current.slice(segment).update(fromContentsOf: store.values.slice(segment))
         NodeSharedMemory.fence()
@@ -200,9 +205,12 @@ final class ShardedUpdate {
     /// gradient, the same on every rank) committed its new values into the gradient buffer: in node
     /// shared memory, each rank writes its segment of them into the standby copy, and after a
     /// barrier every rank reads its parameters from that copy and its gradient is back in its slice.
-    /// Through MPI there is nothing to do: each rank's values are its own.
-    func publishUnshardedStep(_ store: ParameterStore) throws {
-        guard case .sharedMemory(let memory, let standby) = transport else { return }
+    /// Returns the seconds spent (the barrier's wait included); on the timeline, one span. Through
+    /// MPI there is nothing to do: each rank's values are its own. An error here ends the run: the
+    /// step is committed and the buffers are left as the commit put them.
+    func publishUnshardedStep(_ store: ParameterStore, timeline: Timeline? = nil) throws -> Double {
+        guard case .sharedMemory(let memory, let standby) = transport else { return 0 }
+        let start = Stopwatch.now()
         // the commit exchanged the buffers: the new values are in this rank's slice, the gradient
         // buffer is the copy every rank read this step
         precondition(
@@ -215,6 +223,11 @@ final class ShardedUpdate {
         NodeSharedMemory.fence()
         store.values.exchangeStorage(with: standby)  // values: the new copy; standby: the slice
         store.gradients.exchangeStorage(with: standby)  // gradient: the slice; standby: the old copy
+        let end = Stopwatch.now()
+        timeline?.span(
+            "publish new values to node shared memory", "communication", .communication, from: start, to: end,
+            bytes: segment.count * MemoryLayout<Float>.stride)
+        return end - start
     }
 
     /// Where to cut `segment`: the row boundary at or below its middle, in the tensor there (a row

@@ -256,7 +256,7 @@ public final class Trainer {
             // sharded: sum this rank's segment of the gradient over ranks, update it, gather the
             // other segments' new values (reduce-scatter and allgather; in node shared memory, every
             // rank reads the new values from the node's one copy of the parameters)
-            watchdog?.progress(step: t + 1, "the sharded update (the segment's sum over ranks, its update, the gather of the rest)")
+            watchdog?.progress(step: t + 1, "the sharded update (the segment's sum over ranks, its update, every rank's new values)")
             let outcome = try sharding.step(model.parameters, optimizer, timeline: timeline)
             timing.gradientExposed = outcome.communicationSeconds
             monitors = outcome.applied ? [] : nil
@@ -264,7 +264,9 @@ public final class Trainer {
             watchdog?.progress(step: t + 1, "the update")
             monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
             // in node shared memory, the ranks' new values become the node's copy of the parameters
-            if monitors != nil { try sharded?.publishUnshardedStep(model.parameters) }
+            if monitors != nil, let sharded {
+                timing.gradientExposed += try sharded.publishUnshardedStep(model.parameters, timeline: timeline)
+            }
         }
         var result = StepResult(
             lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors ?? [], skipped: monitors == nil)
@@ -296,6 +298,9 @@ public final class Trainer {
 
     /// Collective the first time: BN statistics get a communicator of their own (a duplicate), so
     /// that their small, latency-bound reductions are matched apart from the gradient buckets.
+    /// With a sharded update in node shared memory, the ranks' parameters become one memory here:
+    /// whatever writes `model.parameters.values` on one rank (a checkpoint's load, the start-up
+    /// broadcast) must come before.
     public func prepareCommunication() throws {
         guard !communicationPrepared else { return }
         communicationPrepared = true

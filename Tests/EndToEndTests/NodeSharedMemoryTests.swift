@@ -13,8 +13,8 @@ final class NodeSharedMemoryTests: XCTestCase {
     /// 2 and 4 ranks, a BN head (its weight's rows carry the scaled-epsilon radial term, so the
     /// segments are cut at rows and the row norms travel), sharded steps between log steps: the
     /// final parameters and BN buffers have the same FNV-1a either way, and only the default run
-    /// says it summed in shared memory. A transport that summed a wrong part, missed a rank or
-    /// gathered stale values would change the bits (or fail the end-of-run replica check). No
+    /// says it summed in shared memory. A transport that summed a wrong part, missed a rank or left
+    /// a logging step's new values out of the node's copy of the parameters would change the bits. No
     /// shared-memory object outlives the runs: rank 0 removes its name once every rank has mapped it.
     func testSharedMemoryAndMPIGiveTheSameBits() throws {
         let before = try Self.sharedObjects()

@@ -56,8 +56,9 @@ final class ReliabilityTests: XCTestCase {
     /// into one rank's gradient after backward: after the reduction a single rank's segment holds
     /// it, and the ranks must agree to skip. Deterministic runs on 2 and 4 ranks, through node
     /// shared memory and through MPI, end with the same bits; a rank that kept its segment's
-    /// update would make the replicas differ (the run's end-of-training replica check fails) and
-    /// the fingerprints too.
+    /// update would make the replicas differ through MPI (the run's end-of-training replica check
+    /// fails), or the ranks read different copies of the parameters in node shared memory (a
+    /// precondition stops the run), and the fingerprints differ.
     func testNonFiniteShardedStepIsSkippedByEveryRank() throws {
         var fingerprints: [String] = []
         for np in [2, 4] {

@@ -1,4 +1,6 @@
 import Collectives
+import Layers
+import Optimizers
 import TensorCore
 import XCTest
 
@@ -36,8 +38,44 @@ final class ShardedUpdateTests: XCTestCase {
         let shared = try XCTUnwrap(sharded.sharedMemory)
         XCTAssertEqual(UnsafeMutableRawPointer(store.values.pointer), shared.common)
         XCTAssertEqual(UnsafeMutableRawPointer(store.gradients.pointer), shared.slice(of: 0))
-        XCTAssertGreaterThanOrEqual(shared.commonBytes, 2 * 12 * MemoryLayout<Float>.stride, "room for two copies")
+        XCTAssertEqual(shared.commonBytes, 2 * NodeSharedMemory.alignment, "two copies, each in its own aligned region")
         XCTAssertEqual(store.values.array, (0..<12).map { Float($0) })
         XCTAssertEqual(store.gradients.array, (0..<12).map { -Float($0) })
+    }
+
+    /// The buffers' dance in node shared memory (one rank): a sharded step writes the new values
+    /// into the node's second copy and reads from it after; a skipped step keeps the copy; a
+    /// logging step's unsharded update is published into the other copy. After each, the gradient
+    /// is back in this rank's slice.
+    func testStepsMoveBetweenTheTwoCopiesOfTheParameters() throws {
+        var layout = ParameterLayout()
+        layout.append("w", shape: [4, 3])
+        let store = ParameterStore(layout: layout)
+        let optimizer = ScaleInvariantSGD(
+            groups: [ParameterGroup(name: "w", kind: .scaleInvariant, tensors: layout.tensors)], parameterCount: 12,
+            invariant: GroupRule(learningRate: 0.5), variant: GroupRule(learningRate: 0.1))
+        for i in 0..<12 { store.values.pointer[i] = Float(i) }
+        let sharded = try ShardedUpdate(store: store, communicator: SingleProcessCommunicator(), sharedMemory: true)
+        let shared = try XCTUnwrap(sharded.sharedMemory)
+        let first = shared.common, second = shared.common + NodeSharedMemory.alignment
+        func gradient(_ g: (Int) -> Float) { for i in 0..<12 { store.gradients.pointer[i] = g(i) } }
+        func place() -> [UnsafeMutableRawPointer] { [UnsafeMutableRawPointer(store.values.pointer), UnsafeMutableRawPointer(store.gradients.pointer)] }
+
+        gradient { Float($0 % 3) }
+        XCTAssertTrue(try sharded.step(store, optimizer, timeline: nil).applied)
+        XCTAssertEqual(place(), [second, shared.slice(of: 0)])
+        let afterOne = (0..<12).map { Float($0) - 0.5 * Float($0 % 3) }
+        XCTAssertEqual(store.values.array, afterOne)
+
+        gradient { $0 == 7 ? .nan : 1 }
+        XCTAssertFalse(try sharded.step(store, optimizer, timeline: nil).applied)
+        XCTAssertEqual(place(), [second, shared.slice(of: 0)], "a skipped step keeps the copy")
+        XCTAssertEqual(store.values.array, afterOne)
+
+        gradient { _ in 2 }
+        XCTAssertNotNil(optimizer.apply(to: store, monitor: true))
+        _ = try sharded.publishUnshardedStep(store)
+        XCTAssertEqual(place(), [first, shared.slice(of: 0)], "a logging step's values go to the other copy")
+        XCTAssertEqual(store.values.array, afterOne.map { $0 - 1 })
     }
 }
