@@ -121,9 +121,10 @@ final class ShardedUpdate {
         }
         let mine: (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])])
         // in node shared memory, the gradient buffer is the standby copy of the parameters during
-        // the update: the gradient goes back to this rank's slice however the step ends
-        var slice: FlatBuffer? = nil
-        defer { if let slice { store.gradients.exchangeStorage(with: slice) } }
+        // the update, and `standbyHoldingTheSlice` holds the gradient's slice: the gradient goes
+        // back to it however the step ends
+        var standbyHoldingTheSlice: FlatBuffer? = nil
+        defer { if let standbyHoldingTheSlice { store.gradients.exchangeStorage(with: standbyHoldingTheSlice) } }
         switch transport {
         case .sharedMemory(let memory, let standby):
             // every rank's gradient buffer, read in place
@@ -133,7 +134,7 @@ final class ShardedUpdate {
             // the sum and the new values go to the standby copy (the update writes over the summed
             // gradient), which the commit below makes the values
             store.gradients.exchangeStorage(with: standby)
-            slice = standby
+            standbyHoldingTheSlice = standby
             // the sum over ranks inside the update's pass, piece by piece: counted as
             // communication, update included, as the pass cannot be split
             mine = communicating("sum gradients in node shared memory, and update", bytes: bytes) {
