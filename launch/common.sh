@@ -36,7 +36,8 @@ if [ -n "${AUTORATE_TARGET_CPU:-}" ]; then
     exit 2
   fi
   BUILD_DIR="$ROOT/.build-cpu-$AUTORATE_TARGET_CPU"
-  BUILD_FLAGS=(--scratch-path "$BUILD_DIR" -Xswiftc -target-cpu -Xswiftc "$AUTORATE_TARGET_CPU" -Xcc "-march=$AUTORATE_TARGET_CPU")
+  # AUTORATE_ONE_CPU: the binary says it was built for one CPU (startup line, bench JSON "build")
+  BUILD_FLAGS=(--scratch-path "$BUILD_DIR" -Xswiftc -target-cpu -Xswiftc "$AUTORATE_TARGET_CPU" -Xcc "-march=$AUTORATE_TARGET_CPU" -Xswiftc -DAUTORATE_ONE_CPU)
 fi
 AUTORATE="$BUILD_DIR/release/autorate"
 

@@ -74,7 +74,7 @@ public struct BenchmarkResult: Sendable {
         JSONValue.object([
             ("ranks", .integer(ranks)), ("scaling", .string(scaling.rawValue)), ("global_batch", .integer(globalBatch)),
             ("model", .string(model)), ("model_kind", .string(modelKind)), ("bn", .string(batchNormSync)),
-            ("threads", .integer(threads)), ("samples_per_s", .number(samplesPerSecond)),
+            ("threads", .integer(threads)), ("build", .string(BuildTarget.name)), ("samples_per_s", .number(samplesPerSecond)),
             ("step_ms_median", .number(stepSecondsMedian * 1e3)), ("step_ms_min", .number(stepSeconds.first! * 1e3)),
             ("step_ms_p10", .number(quantile(0.1) * 1e3)), ("step_ms_p90", .number(quantile(0.9) * 1e3)),
             ("step_ms_max", .number(stepSeconds.last! * 1e3)), ("gemm_ms_median", .number(gemmSecondsMedian * 1e3)),

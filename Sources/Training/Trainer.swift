@@ -508,7 +508,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory, one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory, one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
         )
     }
 

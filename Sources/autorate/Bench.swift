@@ -93,6 +93,7 @@ struct Bench: ParsableCommand {
                     r.globalBatch, r.samplesPerSecond, r.stepSecondsMedian * 1e3, r.quantile(0.1) * 1e3, r.quantile(0.9) * 1e3,
                     r.gemmBoundSamplesPerSecond, r.gemmGFlops, r.fractionOfGemmBound, r.flopsPerSample / 1e9, r.fractionOfPeak,
                     r.peakGFlops, r.allreduceSecondsMedian * 1e3, r.busBandwidth) + BLAS.coreName
+                + (BuildTarget.portable ? "" : "; Swift loops built for one CPU")
         ]
         let t = r.timing
         lines.append(

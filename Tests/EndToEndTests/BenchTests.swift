@@ -52,5 +52,6 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(two["balance"] as? String, "on")
         XCTAssertGreaterThan(two["balance_twin_step_ms_median"] as? Double ?? 0, 0, "the interleaved --balance off twin")
         XCTAssertEqual(records[0]["balance"] as? String, "off")
+        XCTAssertEqual(records.map { $0["build"] as? String }, records.map { _ in "portable" }, "the tests' build targets any x86-64")
     }
 }
