@@ -4,11 +4,12 @@
 import Synchronization
 
 /// One memory segment that every rank of a group on one node maps, cut into one slice per rank and,
-/// when asked for, a common region after the slices: ranks read each other's slices in place,
-/// without a message or a copy through MPI's buffers.
+/// when asked for, common parts after the slices (one memory for all ranks): ranks read each
+/// other's slices in place, without a message or a copy through MPI's buffers.
 /// The segment is a POSIX shared-memory object that rank 0 creates and unlinks as soon as every
 /// rank has mapped it (nothing is left behind when a rank dies later, and unmapping is local: a
-/// release needs no collective, unlike `MPI_Win_free`); each rank reserves its own slice in full.
+/// release needs no collective, unlike `MPI_Win_free`); each rank reserves its own slice in full,
+/// and its 1/P piece of every common part.
 ///
 /// Reads of another rank's slice must be ordered after its writes by a blocking collective between
 /// them, with `fence` on both sides of it.
@@ -18,18 +19,20 @@ public final class NodeSharedMemory: @unchecked Sendable {
     public let rank: Int
     /// The bytes of each rank's slice (a multiple of the 2 MiB alignment).
     public let bytesPerRank: Int
-    /// The bytes of the common region (a multiple of the alignment; 0: none).
-    public let commonBytes: Int
+    /// The number of common parts, and the bytes of each (a multiple of the alignment).
+    public let commonParts: Int
+    public let bytesPerPart: Int
     private let base: UnsafeMutableRawPointer
     private let totalBytes: Int
 
-    fileprivate init(base: UnsafeMutableRawPointer, ranks: Int, rank: Int, bytesPerRank: Int, commonBytes: Int) {
+    fileprivate init(base: UnsafeMutableRawPointer, ranks: Int, rank: Int, bytesPerRank: Int, commonParts: Int, bytesPerPart: Int) {
         self.base = base
         self.ranks = ranks
         self.rank = rank
         self.bytesPerRank = bytesPerRank
-        self.commonBytes = commonBytes
-        totalBytes = ranks * bytesPerRank + commonBytes
+        self.commonParts = commonParts
+        self.bytesPerPart = bytesPerPart
+        totalBytes = ranks * bytesPerRank + commonParts * bytesPerPart
     }
 
     deinit { munmap(base, totalBytes) }
@@ -40,10 +43,10 @@ public final class NodeSharedMemory: @unchecked Sendable {
         return base + r * bytesPerRank
     }
 
-    /// The start of the common region (after every slice).
-    public var common: UnsafeMutableRawPointer {
-        precondition(commonBytes > 0, "this segment has no common region")
-        return base + ranks * bytesPerRank
+    /// The start of common part `i` (the parts follow the slices).
+    public func commonPart(_ i: Int) -> UnsafeMutableRawPointer {
+        precondition((0..<commonParts).contains(i), "common part \(i) of \(commonParts)")
+        return base + ranks * bytesPerRank + i * bytesPerPart
     }
 
     /// Slices are aligned to this (a huge page, where the system backs shared memory with them).
@@ -67,19 +70,19 @@ public struct SharedMemoryError: Error, CustomStringConvertible {
 }
 
 extension Communicator {
-    /// Collective: maps one shared segment of `bytesPerRank` per rank and, after them, a common
-    /// region of `commonParts` parts of `commonBytes` each (each rounded up to
+    /// Collective: maps one shared segment of `bytesPerRank` per rank and, after them,
+    /// `commonParts` parts of `bytesPerPart` each that all ranks share (each rounded up to
     /// `NodeSharedMemory.alignment`). Each rank reserves its slice and the r-th of P equal pieces
     /// of every common part, so that a rank that works on that piece finds its pages on its own
     /// NUMA node. Every rank of the group must be on this node. Throws `SharedMemoryError` on every
     /// rank when any rank fails (so none is left waiting).
-    public func mapNodeSharedMemory(bytesPerRank: Int, commonBytes: Int = 0, commonParts: Int = 1) throws -> NodeSharedMemory {
+    public func mapNodeSharedMemory(bytesPerRank: Int, commonParts: Int = 0, bytesPerPart: Int = 0) throws -> NodeSharedMemory {
         precondition(
-            bytesPerRank >= 0 && commonBytes >= 0 && commonParts >= 1,
-            "a shared slice of \(bytesPerRank) bytes and \(commonParts) x \(commonBytes) in common")
+            bytesPerRank >= 0 && commonParts >= 0 && bytesPerPart >= 0,
+            "a shared slice of \(bytesPerRank) bytes and \(commonParts) x \(bytesPerPart) in common")
         let align = NodeSharedMemory.alignment
         let slice = Swift.max(1, (bytesPerRank + align - 1) / align) * align
-        let part = (commonBytes + align - 1) / align * align
+        let part = (bytesPerPart + align - 1) / align * align
         let common = part * commonParts
         let (slices, overflow) = slice.multipliedReportingOverflow(by: size)
         let (total, overflowCommon) = slices.addingReportingOverflow(common)
@@ -114,10 +117,9 @@ extension Communicator {
         } else {
             var regions = [(offset: rank * slice, bytes: slice)]
             let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-            for p in 0..<(part > 0 ? commonParts : 0) {
-                let from = part * rank / size / page * page, to = rank == size - 1 ? part : part * (rank + 1) / size / page * page
-                if to > from { regions.append((slices + p * part + from, to - from)) }
-            }
+            // this rank's piece of every common part, cut at pages
+            let from = part * rank / size / page * page, to = rank == size - 1 ? part : part * (rank + 1) / size / page * page
+            for i in 0..<commonParts where to > from { regions.append((slices + i * part + from, to - from)) }
             for region in regions where failure == nil {
                 // posix_fallocate returns the error instead of setting errno
                 let reserved = posix_fallocate(fd, off_t(region.offset), off_t(region.bytes))
@@ -140,6 +142,6 @@ extension Communicator {
             if let mapped { munmap(mapped, total) }
             throw SharedMemoryError(call: failure?.call ?? "mmap \(name)", errno: failure?.errno ?? 0, bytes: failure?.bytes ?? total, rank: rank)
         }
-        return NodeSharedMemory(base: mapped, ranks: size, rank: rank, bytesPerRank: slice, commonBytes: common)
+        return NodeSharedMemory(base: mapped, ranks: size, rank: rank, bytesPerRank: slice, commonParts: commonParts, bytesPerPart: part)
     }
 }

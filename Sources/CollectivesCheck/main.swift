@@ -233,20 +233,20 @@ do {
 
     // node shared memory: each rank writes its slice, and after a barrier every rank reads all of
     // them in place; the tree sum over the slices has the ordered sum's bits, also written over
-    // this rank's part of its own slice (a source, that other ranks do not read then). The common
-    // region is one memory for all: each rank writes its part of it, and every rank reads it whole.
+    // this rank's part of its own slice (a source, that other ranks do not read then). A common
+    // part is one memory for all: each rank writes its piece of it, and every rank reads it whole.
     // A segment no file system can hold fails on every rank alike.
     if p & (p - 1) == 0 {
         let n = 20_000
-        let memory = try comm.mapNodeSharedMemory(bytesPerRank: n * MemoryLayout<Float>.stride, commonBytes: n * MemoryLayout<Float>.stride)
+        let memory = try comm.mapNodeSharedMemory(bytesPerRank: n * MemoryLayout<Float>.stride, commonParts: 1, bytesPerPart: n * MemoryLayout<Float>.stride)
         func slice(_ rank: Int) -> UnsafeMutablePointer<Float> { memory.slice(of: rank).assumingMemoryBound(to: Float.self) }
-        let common = memory.common.bindMemory(to: Float.self, capacity: n)
+        let common = memory.commonPart(0).bindMemory(to: Float.self, capacity: n)
         for i in 0..<n { slice(r)[i] = Float(value(r, i)) }
         for i in r * n / p..<(r + 1) * n / p { common[i] = Float(i) }
         NodeSharedMemory.fence()
         try comm.barrier()
         NodeSharedMemory.fence()
-        if !(0..<n).allSatisfy({ common[$0] == Float($0) }) { fail("the common region of node shared memory is not one memory for all ranks", comm) }
+        if !(0..<n).allSatisfy({ common[$0] == Float($0) }) { fail("a common part of node shared memory is not one memory for all ranks", comm) }
         var sum = [Float](repeating: 0, count: n)
         orderedTreeSum((0..<p).map { UnsafePointer(slice($0)) }, 0..<n, into: &sum)
         let reference = (0..<n).map { tree(0..<p, $0, Float.self) }

@@ -34,10 +34,10 @@ final class ShardedUpdate {
         /// MPI messages; `scratch` receives the partner's halves in the reduce-scatter (allocated
         /// once: a gradient-sized allocation per step would be an mmap and fresh page faults).
         case messages(scratch: FlatBuffer)
-        /// Node shared memory: each rank's slice holds its gradient; the common region holds two
-        /// copies of the parameters, the store's `values` and `standby`, which a committed step
-        /// exchanges (the new values are written into `standby`).
-        case sharedMemory(NodeSharedMemory, standby: FlatBuffer)
+        /// Node shared memory: each rank's slice holds its gradient (`gradients`, in rank order, read
+        /// in place); the two common parts hold two copies of the parameters, the store's `values`
+        /// and `standby`, which a committed step exchanges (the new values are written into `standby`).
+        case sharedMemory(NodeSharedMemory, standby: FlatBuffer, gradients: [UnsafePointer<Float>])
     }
     private let transport: Transport
     /// Every rank's segment (`orderedSegment` with `rowBoundary`).
@@ -52,9 +52,9 @@ final class ShardedUpdate {
     /// From then on the ranks' `values` are one memory: a rank that writes it writes every rank's
     /// parameters, so only `step` and `publishUnshardedStep` may.
     init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool, extraBytes: Int = 0) throws {
-        layout = store.layout
-        self.communicator = communicator
         let layout = store.layout
+        self.layout = layout
+        self.communicator = communicator
         segments = (0..<communicator.size).map {
             communicator.orderedSegment(of: $0, count: layout.count, split: { Self.rowBoundary($0, in: layout) })
         }
@@ -62,16 +62,19 @@ final class ShardedUpdate {
             transport = .messages(scratch: FlatBuffer(count: layout.count))
             return
         }
-        let alignment = NodeSharedMemory.alignment / MemoryLayout<Float>.stride
-        let regionFloats = (Swift.max(layout.count, 1) + alignment - 1) / alignment * alignment
-        let regionBytes = regionFloats * MemoryLayout<Float>.stride
-        let memory = try communicator.mapNodeSharedMemory(bytesPerRank: regionBytes + extraBytes, commonBytes: regionBytes, commonParts: 2)
-        // every rank's slice and the common region are read as Floats here: bind the whole segment
-        _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: (memory.ranks * memory.bytesPerRank + memory.commonBytes) / MemoryLayout<Float>.stride)
+        let floats = Swift.max(layout.count, 1)  // as many as the store's buffers hold
+        let bytes = floats * MemoryLayout<Float>.stride
+        let memory = try communicator.mapNodeSharedMemory(bytesPerRank: bytes + extraBytes, commonParts: 2, bytesPerPart: bytes)
+        // every rank's slice and the common parts are read as Floats here: bind the whole segment
+        let segmentFloats = (memory.ranks * memory.bytesPerRank + memory.commonParts * memory.bytesPerPart) / MemoryLayout<Float>.stride
+        _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: segmentFloats)
         let mine = memory.slice(of: memory.rank).assumingMemoryBound(to: Float.self)
-        store.gradients.move(into: UnsafeMutableBufferPointer(start: mine, count: regionFloats), keeper: memory)
-        let common = memory.common.assumingMemoryBound(to: Float.self)
-        let current = FlatBuffer(wrapping: UnsafeMutableBufferPointer(start: common, count: layout.count), keeper: memory)
+        store.gradients.move(into: UnsafeMutableBufferPointer(start: mine, count: floats), keeper: memory)
+        func copy(_ i: Int) -> FlatBuffer {
+            let start = memory.commonPart(i).assumingMemoryBound(to: Float.self)
+            return FlatBuffer(wrapping: UnsafeMutableBufferPointer(start: start, count: layout.count), keeper: memory)
+        }
+        let current = copy(0)
         try ReplicaCheck.verify([store.values], over: communicator, when: "before the parameters move into node shared memory")
         let segment = segments[communicator.rank]
         _ = current.slice(segment).update(fromContentsOf: store.values.slice(segment))
@@ -79,13 +82,13 @@ final class ShardedUpdate {
         try communicator.barrier()  // every segment is written
         NodeSharedMemory.fence()
         store.values.exchangeStorage(with: current)  // `current` now holds, and frees, the private copy
-        let standby = FlatBuffer(wrapping: UnsafeMutableBufferPointer(start: common + regionFloats, count: layout.count), keeper: memory)
-        transport = .sharedMemory(memory, standby: standby)
+        let gradients = (0..<memory.ranks).map { UnsafePointer(memory.slice(of: $0).assumingMemoryBound(to: Float.self)) }
+        transport = .sharedMemory(memory, standby: copy(1), gradients: gradients)
     }
 
     /// The node shared memory the gradients are summed in, if they are.
     var sharedMemory: NodeSharedMemory? {
-        if case .sharedMemory(let memory, _) = transport { return memory }
+        if case .sharedMemory(let memory, _, _) = transport { return memory }
         return nil
     }
 
@@ -126,11 +129,8 @@ final class ShardedUpdate {
         var standbyHoldingTheSlice: FlatBuffer? = nil
         defer { if let standbyHoldingTheSlice { store.gradients.exchangeStorage(with: standbyHoldingTheSlice) } }
         switch transport {
-        case .sharedMemory(let memory, let standby):
-            // every rank's gradient buffer, read in place
-            let sources = try communicating("barrier: every rank's gradient is final", bytes: 0) {
-                try awaitGradients(store, memory)
-            }
+        case .sharedMemory(let memory, let standby, let sources):
+            try communicating("barrier: every rank's gradient is final", bytes: 0) { try awaitGradients(store, memory) }
             // the sum and the new values go to the standby copy (the update writes over the summed
             // gradient), which the commit below makes the values
             store.gradients.exchangeStorage(with: standby)
@@ -185,21 +185,19 @@ final class ShardedUpdate {
         return (true, seconds)
     }
 
-    /// The barrier after which every rank's gradient is final; returns every rank's gradient
-    /// buffer, in rank order, to read in place.
-    private func awaitGradients(_ store: ParameterStore, _ memory: NodeSharedMemory) throws -> [UnsafePointer<Float>] {
+    /// The barrier after which every rank's gradient is final.
+    private func awaitGradients(_ store: ParameterStore, _ memory: NodeSharedMemory) throws {
         precondition(
             UnsafeMutableRawPointer(store.gradients.pointer) == memory.slice(of: memory.rank),
             "the gradient is not in this rank's slice of node shared memory")
         // which of the node's two copies of the parameters this rank reads (0 or 1)
-        let copy = UnsafeMutableRawPointer(store.values.pointer) == memory.common ? 0 : 1
+        let copy = UnsafeMutableRawPointer(store.values.pointer) == memory.commonPart(0) ? 0 : 1
         NodeSharedMemory.fence()
         // the barrier, and a check of the protocol: every rank reads the same copy (every commit
         // exchanges the two on every rank)
         let sum = try communicator.allreduce(copy, .sum)
         precondition(sum == 0 || sum == communicator.size, "the ranks read different copies of the parameters in node shared memory")
         NodeSharedMemory.fence()
-        return (0..<communicator.size).map { UnsafePointer(memory.slice(of: $0).assumingMemoryBound(to: Float.self)) }
     }
 
     /// Collective, after an update that was not sharded (a monitor step's, from the whole summed
@@ -210,7 +208,7 @@ final class ShardedUpdate {
     /// MPI there is nothing to do: each rank's values are its own. An error here ends the run: the
     /// step is committed and the buffers are left as the commit put them.
     func publishUnshardedStep(_ store: ParameterStore, timeline: Timeline? = nil) throws -> Double {
-        guard case .sharedMemory(let memory, let standby) = transport else { return 0 }
+        guard case .sharedMemory(let memory, let standby, _) = transport else { return 0 }
         let start = Stopwatch.now()
         // the commit exchanged the buffers: the new values are in this rank's slice, the gradient
         // buffer is the copy every rank read this step

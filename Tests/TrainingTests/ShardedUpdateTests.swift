@@ -36,9 +36,9 @@ final class ShardedUpdateTests: XCTestCase {
         }
         let sharded = try ShardedUpdate(store: store, communicator: SingleProcessCommunicator(), sharedMemory: true)
         let shared = try XCTUnwrap(sharded.sharedMemory)
-        XCTAssertEqual(UnsafeMutableRawPointer(store.values.pointer), shared.common)
+        XCTAssertEqual(UnsafeMutableRawPointer(store.values.pointer), shared.commonPart(0))
         XCTAssertEqual(UnsafeMutableRawPointer(store.gradients.pointer), shared.slice(of: 0))
-        XCTAssertEqual(shared.commonBytes, 2 * NodeSharedMemory.alignment, "two copies, each in its own aligned region")
+        XCTAssertEqual(shared.commonParts, 2, "two copies of the parameters")
         XCTAssertEqual(store.values.array, (0..<12).map { Float($0) })
         XCTAssertEqual(store.gradients.array, (0..<12).map { -Float($0) })
     }
@@ -57,7 +57,7 @@ final class ShardedUpdateTests: XCTestCase {
         for i in 0..<12 { store.values.pointer[i] = Float(i) }
         let sharded = try ShardedUpdate(store: store, communicator: SingleProcessCommunicator(), sharedMemory: true)
         let shared = try XCTUnwrap(sharded.sharedMemory)
-        let first = shared.common, second = shared.common + NodeSharedMemory.alignment
+        let first = shared.commonPart(0), second = shared.commonPart(1)
         func gradient(_ g: (Int) -> Float) { for i in 0..<12 { store.gradients.pointer[i] = g(i) } }
         func place() -> [UnsafeMutableRawPointer] { [UnsafeMutableRawPointer(store.values.pointer), UnsafeMutableRawPointer(store.gradients.pointer)] }
 
