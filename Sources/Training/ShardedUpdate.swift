@@ -201,31 +201,41 @@ final class ShardedUpdate {
     }
 
     /// Collective, after an update that was not sharded (a monitor step's, from the whole summed
-    /// gradient, the same on every rank) committed its new values into the gradient buffer: in node
-    /// shared memory, each rank writes its segment of them into the standby copy, and after a
-    /// barrier every rank reads its parameters from that copy and its gradient is back in its slice.
-    /// Returns the seconds spent (the barrier's wait included); on the timeline, one span. Through
-    /// MPI there is nothing to do: each rank's values are its own. An error here ends the run: the
-    /// step is committed and the buffers are left as the commit put them.
-    func publishUnshardedStep(_ store: ParameterStore, timeline: Timeline? = nil) throws -> Double {
+    /// gradient, the same on every rank): in node shared memory, when the update was `applied` (it
+    /// committed its new values into the gradient buffer), each rank writes its segment of them into
+    /// the standby copy, and once every rank's verdict is in, every rank reads its parameters from
+    /// that copy and its gradient is back in its slice. The verdicts are gathered, not assumed: a
+    /// rank that alone skipped the step would otherwise read another copy than the rest (every rank
+    /// throws `TrainingError.replicasDiffer` then). Returns the seconds spent (the wait for the other
+    /// ranks included); on the timeline, one span. Through MPI there is nothing to do: each rank's
+    /// values are its own. An error here ends the run: the buffers are left as the update left them.
+    func publishUnshardedStep(_ store: ParameterStore, applied: Bool, timeline: Timeline? = nil) throws -> Double {
         guard case .sharedMemory(let memory, let standby, _) = transport else { return 0 }
         let start = Stopwatch.now()
-        // the commit exchanged the buffers: the new values are in this rank's slice, the gradient
-        // buffer is the copy every rank read this step
-        precondition(
-            UnsafeMutableRawPointer(store.values.pointer) == memory.slice(of: memory.rank),
-            "no unsharded step committed its values into this rank's slice")
         let segment = segments[communicator.rank]
-        _ = standby.slice(segment).update(fromContentsOf: store.values.slice(segment))
+        if applied {
+            // the commit exchanged the buffers: the new values are in this rank's slice, the
+            // gradient buffer is the copy every rank read this step
+            precondition(
+                UnsafeMutableRawPointer(store.values.pointer) == memory.slice(of: memory.rank),
+                "no unsharded step committed its values into this rank's slice")
+            _ = standby.slice(segment).update(fromContentsOf: store.values.slice(segment))
+        }
         NodeSharedMemory.fence()
-        try communicator.barrier()  // every segment of the new copy is written
+        let verdicts = try communicator.allgather(applied)  // and every segment of the new copy is written
         NodeSharedMemory.fence()
-        store.values.exchangeStorage(with: standby)  // values: the new copy; standby: the slice
-        store.gradients.exchangeStorage(with: standby)  // gradient: the slice; standby: the old copy
+        let differing = verdicts.indices.filter { verdicts[$0] != verdicts[0] }
+        guard differing.isEmpty else {
+            throw TrainingError.replicasDiffer(ranks: differing, when: "in whether a logging step's new values were finite")
+        }
+        if applied {
+            store.values.exchangeStorage(with: standby)  // values: the new copy; standby: the slice
+            store.gradients.exchangeStorage(with: standby)  // gradient: the slice; standby: the old copy
+        }
         let end = Stopwatch.now()
         timeline?.span(
             "publish new values to node shared memory", "communication", .communication, from: start, to: end,
-            bytes: segment.count * MemoryLayout<Float>.stride)
+            bytes: applied ? segment.count * MemoryLayout<Float>.stride : 0)
         return end - start
     }
 

@@ -264,8 +264,9 @@ public final class Trainer {
             watchdog?.progress(step: t + 1, "the update")
             monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
             // in node shared memory, the ranks' new values become the node's copy of the parameters
-            if monitors != nil, let sharded {
-                timing.gradientExposed += try sharded.publishUnshardedStep(model.parameters, timeline: timeline)
+            // (after a check that every rank took the same verdict)
+            if let sharded {
+                timing.gradientExposed += try sharded.publishUnshardedStep(model.parameters, applied: monitors != nil, timeline: timeline)
             }
         }
         var result = StepResult(

@@ -72,9 +72,15 @@ final class ShardedUpdateTests: XCTestCase {
         XCTAssertEqual(place(), [second, shared.slice(of: 0)], "a skipped step keeps the copy")
         XCTAssertEqual(store.values.array, afterOne)
 
+        gradient { $0 == 3 ? .infinity : 2 }
+        XCTAssertNil(optimizer.apply(to: store, monitor: true))
+        _ = try sharded.publishUnshardedStep(store, applied: false)
+        XCTAssertEqual(place(), [second, shared.slice(of: 0)], "a skipped logging step keeps the copy")
+        XCTAssertEqual(store.values.array, afterOne)
+
         gradient { _ in 2 }
         XCTAssertNotNil(optimizer.apply(to: store, monitor: true))
-        _ = try sharded.publishUnshardedStep(store)
+        _ = try sharded.publishUnshardedStep(store, applied: true)
         XCTAssertEqual(place(), [first, shared.slice(of: 0)], "a logging step's values go to the other copy")
         XCTAssertEqual(store.values.array, afterOne.map { $0 - 1 })
     }
