@@ -47,20 +47,25 @@ public struct Linear: Sendable {
         }
     }
 
-    /// `dW += dy^T x` (`dW = dy^T x` when not `accumulating`), `db += sum_rows dy`, and `dx = dy W`
+    /// `dW += dy^T x` (`dW = dy^T x` when not `accumulating`; left alone without `weightGradient`,
+    /// for `weightGradient(rows:over:into:)` to compute later), `db += sum_rows dy`, and `dx = dy W`
     /// when `dx` is given (not for the first layer).
     public func backward(
-        _ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool = true, chunks: BatchChunks? = nil
+        _ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool = true, chunks: BatchChunks? = nil,
+        weightGradient: Bool = true
     ) {
         precondition(x.rows == dy.rows && dy.cols == outFeatures, "Linear backward shape mismatch")
         if let chunks, chunks.deterministic {
+            precondition(weightGradient, "deterministic mode computes its weight gradients in chunks")
             precondition(!accumulating, "deterministic mode writes gradients, it does not accumulate them")
             chunkedGradients(x, dy, p, chunks)
         } else {
-            BLAS.gemm(
-                .transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
-                a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
-                beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
+            if weightGradient {
+                BLAS.gemm(
+                    .transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
+                    a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
+                    beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
+            }
             if let bias {
                 var sums = [Double](repeating: 0, count: outFeatures)
                 sums.withUnsafeMutableBufferPointer {
@@ -73,6 +78,33 @@ public struct Linear: Sendable {
         if let dx {
             precondition(dx.rows == x.rows && dx.cols == inFeatures, "Linear backward dx shape mismatch")
             rowGemm(dy, .none, p.value(weight).baseAddress!, into: dx, chunks: chunks)
+        }
+    }
+
+    /// The weight gradient's rows `rows` over every batch of `parts` (each a batch's input and
+    /// output gradient, as `backward` took them; in practice each rank's), into `dw`, the weight
+    /// gradient's first element: the parts' GEMMs added in `tree`'s tree, the tree the ranks' whole
+    /// gradients are summed in, and its lowest level fused into the GEMMs (beta 1) where that
+    /// addition is exact, so that the bits are those of each part's own gradient, summed.
+    public func weightGradient(
+        rows: Range<Int>, over parts: [(x: Matrix, dy: Matrix)], into dw: UnsafeMutablePointer<Float>, tree: BatchChunks
+    ) {
+        precondition(rows.lowerBound >= 0 && rows.upperBound <= outFeatures, "rows \(rows) of a \(outFeatures)-row weight")
+        guard !rows.isEmpty, !parts.isEmpty else { return }
+        for part in parts {
+            precondition(
+                part.x.rows == part.dy.rows && part.x.cols == inFeatures && part.dy.cols == outFeatures, "Linear weight gradient shape mismatch")
+        }
+        let fused = Set(parts.map(\.x.rows)).allSatisfy {
+            BLAS.accumulationIsExactSum(.transposed, .none, m: rows.count, n: inFeatures, k: $0)
+        }
+        tree.treeSum(leaves: parts.count, count: rows.count * inFeatures, into: dw + rows.lowerBound * inFeatures, fusedPairs: fused) {
+            i, out, accumulate in
+            let part = parts[i]
+            BLAS.gemm(
+                .transposed, .none, m: rows.count, n: inFeatures, k: part.x.rows,
+                a: part.dy.base + rows.lowerBound, lda: outFeatures, b: part.x.base, ldb: inFeatures,
+                beta: accumulate ? 1 : 0, c: out, ldc: inFeatures)
         }
     }
 

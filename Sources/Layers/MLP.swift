@@ -18,7 +18,7 @@ public enum HeadKind: String, Sendable, CaseIterable {
 /// SI/SV tagging follows paper.md §1: a weight feeding a BN is SI; a BN's (gamma, beta) are SI jointly
 /// when its output passes through ReLU and a bias-free Linear into another BN; the last BN's
 /// (gamma, beta) and a biased head are SV.
-public final class MLP: Network {
+public final class MLP: NodeBatchGradients {
     public let widths: [Int]
     public let head: HeadKind
     /// False for the plain baseline without BN.
@@ -34,7 +34,10 @@ public final class MLP: Network {
     private let norms: [BatchNorm]  // one per hidden layer, plus one for a BN head
     public var batchNorms: [BatchNorm] { norms }
     private let linearOut: [ActivationBuffer]
-    private let normOut: [ActivationBuffer]  // BN output, ReLU applied in place for hidden layers
+    private var normOut: [ActivationBuffer]  // BN output, ReLU applied in place for hidden layers
+    /// With shared activations (`shareActivations`), every rank's region, in rank order, and this rank's index.
+    private var shared: (regions: [SharedRegion], rank: Int)?
+    public var defersWeightGradients = false
     private let gradA: ActivationBuffer  // ping-pong gradient buffers of the widest layer
     private let gradB: ActivationBuffer
     private var inputRows = 0
@@ -141,6 +144,15 @@ public final class MLP: Network {
     /// Training forward of a local batch `x: [n, in]`; returns the logits `[n, classes]`.
     /// Collective when `reducer` is synchronized: one small reduction per BN layer.
     public func forward(_ x: Matrix, reducer: StatisticsReducer) throws -> Matrix {
+        var x = x
+        if let shared {
+            // the first layer's input goes where the other ranks read it, with the sample count
+            let mine = shared.regions[shared.rank]
+            precondition(x.rows <= maxBatch && x.cols == inputFeatures, "a batch of \(x.rows) x \(x.cols) for the shared input")
+            mine.inputs[0].update(from: x.base, count: x.count)
+            mine.rows.pointee = x.rows
+            x = Matrix(mine.inputs[0], rows: x.rows, cols: x.cols)
+        }
         lastInput = x
         inputRows = x.rows
         return try run(x, chunks: chunks) { norm, z, y, relu in
@@ -192,13 +204,20 @@ public final class MLP: Network {
             zero(parameters.gradient(norm.beta))
         }
         let n = inputRows
+        precondition(!defersWeightGradients || shared != nil, "weight gradients are deferred only with shared activations")
         var upstream = dlogits  // gradient with respect to the current layer's output
         var useA = true
+        // with shared activations, each Linear's output gradient goes where the other ranks read it
+        let outputGradients = shared.map { $0.regions[$0.rank].outputGradients }
+        if let outputGradients, linears.count > norms.count {
+            outputGradients[linears.count - 1].update(from: dlogits.base, count: dlogits.count)
+            upstream = Matrix(outputGradients[linears.count - 1], rows: dlogits.rows, cols: dlogits.cols)
+        }
         for i in stride(from: linears.count - 1, through: 0, by: -1) {
             if i < norms.count {
                 observer?.layerBegan()
                 // ReLU (hidden layers) and BN, in the BN's two passes, into the linear output's gradient
-                let dz = Matrix((useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i + 1])
+                let dz = Matrix(outputGradients?[i] ?? (useA ? gradA : gradB).storage.pointer, rows: n, cols: widths[i + 1])
                 useA.toggle()
                 try norms[i].backward(
                     upstream, dz, parameters, reducer: reducer, deferEpsilonGradient: true, relu: i < linears.count - 1)
@@ -214,7 +233,8 @@ public final class MLP: Network {
                 useA.toggle()
             }
             observer?.layerBegan()
-            linears[i].backward(input, upstream, dx, parameters, accumulating: false, chunks: chunks)
+            linears[i].backward(
+                input, upstream, dx, parameters, accumulating: false, chunks: chunks, weightGradient: !defersWeightGradients)
             if i < norms.count { norms[i].applyEpsilonGradient(parameters, radial: radial) }
             observer?.layerEnded(spanNames[i].linear, backward: true)
             // the layout is in forward order: every gradient from this Linear's weight on is final
@@ -230,12 +250,64 @@ public final class MLP: Network {
     }
 
     /// Forward, weight gradient, and input gradient but for the first layer, as `Linear` calls them.
-    public func gemmWorkload(rows: Int) -> [GemmCall] {
+    public func gemmWorkload(rows: Int) -> [GemmCall] { gemmWorkload(rows: rows, weightGradients: true) }
+
+    public func gemmWorkloadDeferringWeightGradients(rows: Int) -> [GemmCall] { gemmWorkload(rows: rows, weightGradients: false) }
+
+    private func gemmWorkload(rows: Int, weightGradients: Bool) -> [GemmCall] {
         let forward = linears.map { GemmCall(.none, .transposed, m: rows, n: $0.outFeatures, k: $0.inFeatures, beta: 0) }
         let backward = linears.enumerated().reversed().flatMap { i, l in
-            [GemmCall(.transposed, .none, m: l.outFeatures, n: l.inFeatures, k: rows, beta: 0)]
+            (weightGradients ? [GemmCall(.transposed, .none, m: l.outFeatures, n: l.inFeatures, k: rows, beta: 0)] : [])
                 + (i > 0 ? [GemmCall(.none, .none, m: rows, n: l.inFeatures, k: l.outFeatures, beta: 0)] : [])
         }
         return forward + backward
+    }
+
+    // MARK: weight gradients over the node's batch (`NodeBatchGradients`)
+
+    /// One rank's shared activations: its sample count, then each Linear's input and each Linear's
+    /// output gradient, `maxBatch` rows each.
+    private struct SharedRegion {
+        let rows: UnsafeMutablePointer<Int>
+        let inputs: [UnsafeMutablePointer<Float>]
+        let outputGradients: [UnsafeMutablePointer<Float>]
+    }
+
+    /// 16 floats for the count (a cache line), then the matrices. 0 for the plain baseline, whose
+    /// Linear inputs are not BN outputs.
+    public var sharedActivationFloats: Int {
+        normalized ? 16 + maxBatch * (widths.dropLast().reduce(0, +) + widths.dropFirst().reduce(0, +)) : 0
+    }
+
+    public func shareActivations(in regions: [UnsafeMutablePointer<Float>], rank: Int, keeper: AnyObject) {
+        precondition(sharedActivationFloats > 0 && regions.indices.contains(rank), "no shared activations for rank \(rank) of \(regions.count)")
+        let layout = regions.map { base in
+            var at = base + 16
+            func take(_ cols: Int) -> UnsafeMutablePointer<Float> {
+                defer { at += maxBatch * cols }
+                return at
+            }
+            let inputs = widths.dropLast().map(take), outputGradients = widths.dropFirst().map(take)
+            return SharedRegion(
+                rows: UnsafeMutableRawPointer(base).bindMemory(to: Int.self, capacity: 1), inputs: inputs, outputGradients: outputGradients)
+        }
+        shared = (layout, rank)
+        // a BN's output is the next Linear's input: it is written where the other ranks read it
+        for k in normOut.indices where k + 1 < linears.count {
+            normOut[k] = ActivationBuffer(wrapping: layout[rank].inputs[k + 1], maxRows: maxBatch, cols: widths[k + 1], keeper: keeper)
+        }
+    }
+
+    public var nodeBatchTensors: [TensorSpec] { linears.map(\.weight) }
+
+    public func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>) {
+        guard let shared, let i = linears.firstIndex(where: { $0.weight.offset == tensor.offset }) else {
+            preconditionFailure("\(tensor.name): not a weight whose gradient is computed over the node's batch")
+        }
+        let parts = shared.regions.map { region in
+            (x: Matrix(region.inputs[i], rows: region.rows.pointee, cols: widths[i]),
+             dy: Matrix(region.outputGradients[i], rows: region.rows.pointee, cols: widths[i + 1]))
+        }
+        linears[i].weightGradient(rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks)
     }
 }

@@ -28,6 +28,11 @@ final class ActivationBuffer {
         storage = FlatBuffer(count: maxRows * cols)
         self.cols = cols
     }
+    /// Over memory `keeper` owns (node shared memory).
+    init(wrapping base: UnsafeMutablePointer<Float>, maxRows: Int, cols: Int, keeper: AnyObject) {
+        storage = FlatBuffer(wrapping: UnsafeMutableBufferPointer(start: base, count: maxRows * cols), keeper: keeper)
+        self.cols = cols
+    }
     func matrix(rows: Int) -> Matrix {
         precondition(rows * cols <= storage.count, "batch of \(rows) rows exceeds the buffer's capacity")
         return Matrix(storage.pointer, rows: rows, cols: cols)

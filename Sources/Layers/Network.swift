@@ -36,6 +36,32 @@ public protocol Network: AnyObject {
     func gemmWorkload(rows: Int) -> [GemmCall]
 }
 
+/// A network whose weight gradients can be computed over the whole batch of a node's ranks rather
+/// than by every rank over its own samples and then summed. Each rank keeps, in node shared memory,
+/// what its Linear layers' weight gradients are made of (each layer's input and output gradient),
+/// and the rank that updates a weight row computes that row's gradient from every rank's samples:
+/// no rank computes, writes or reads whole weight gradients, and what the ranks share is the
+/// activations, for an MLP a fraction of the weights' bytes (and independent of the rank count).
+public protocol NodeBatchGradients: Network {
+    /// Floats each rank shares, sized for `maxBatch` samples (0: this network cannot).
+    var sharedActivationFloats: Int { get }
+    /// Moves this network's shared activations into `regions[rank]` and reads the other ranks'
+    /// from theirs (one region of `sharedActivationFloats` per rank, in rank order), for good;
+    /// `keeper` owns the regions' memory.
+    func shareActivations(in regions: [UnsafeMutablePointer<Float>], rank: Int, keeper: AnyObject)
+    /// The tensors whose gradients `weightGradient` computes.
+    var nodeBatchTensors: [TensorSpec] { get }
+    /// Whether the next `backward` leaves the gradients of `nodeBatchTensors` unwritten, for
+    /// `weightGradient` to compute once every rank's backward is over.
+    var defersWeightGradients: Bool { get set }
+    /// Rows `rows` (of its first dimension) of `tensor`'s gradient over the samples of every rank's
+    /// last forward and backward, into `gradients` (the flat gradient buffer).
+    func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>)
+    /// The GEMMs one training step of `rows` samples makes when its weight gradients are deferred
+    /// (`gemmWorkload` without them).
+    func gemmWorkloadDeferringWeightGradients(rows: Int) -> [GemmCall]
+}
+
 /// Watches a training step from inside the network: a span per layer (the timeline) and, in
 /// backward, which gradients are final, so that their reduction can start while backward goes on.
 public protocol StepObserver: AnyObject {

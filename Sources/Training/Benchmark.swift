@@ -211,8 +211,9 @@ public enum Benchmark {
         // Blocks of 5 training steps, 5 GEMM-only steps (and 5 steps of each twin) alternate, so that
         // all see the same machine (on a shared VM the speed drifts by tens of percent within a
         // minute) while most steps still start with warm caches, as in training.
-        let local = ShardSampler.share(of: c.globalBatch, rank: communicator.rank, ranks: communicator.size).count
-        let gemm = GemmOnlyStep(trainer.model.gemmWorkload(rows: local))
+        let counts = (0..<communicator.size).map { ShardSampler.share(of: c.globalBatch, rank: $0, ranks: communicator.size).count }
+        try trainer.prepareCommunication()  // collective; the GEMMs depend on where the weight gradients are computed
+        let gemm = GemmOnlyStep(trainer.gemmWorkload(counts: counts))
         let peak = GemmOnlyStep([GemmCall(.none, .none, m: 1024, n: 1024, k: 1024, beta: 0)])
         var times: [Double] = [], gemmTimes: [Double] = [], peakTimes: [Double] = []
         var twinTimes = [[Double]](repeating: [], count: twins.count)

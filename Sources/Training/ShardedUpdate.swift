@@ -1,4 +1,5 @@
 import Collectives
+import Layers
 import Optimizers
 import TensorCore
 
@@ -42,6 +43,9 @@ final class ShardedUpdate {
     private let transport: Transport
     /// Every rank's segment (`orderedSegment` with `rowBoundary`).
     private let segments: [Range<Int>]
+    /// In node shared memory, a network that shares its activations: the weight rows of this
+    /// rank's segment whose gradients it computes over the node's batch (`NodeBatchGradients`).
+    private let nodeBatch: (network: NodeBatchGradients, rows: [(tensor: TensorSpec, rows: Range<Int>)])?
 
     /// With `sharedMemory`, collective: maps the node's shared buffers, moves `store`'s gradient
     /// into this rank's slice and its values into the node's copy (each rank writes its segment of
@@ -51,20 +55,34 @@ final class ShardedUpdate {
     ///
     /// From then on the ranks' `values` are one memory: a rank that writes it writes every rank's
     /// parameters, so only `step` and `publishUnshardedStep` may.
-    init(store: ParameterStore, communicator: Communicator, sharedMemory: Bool, extraBytes: Int = 0) throws {
+    ///
+    /// With `activations` (in node shared memory only), each rank's slice also holds that network's
+    /// shared activations, after its gradient, and a step whose backward deferred the weight
+    /// gradients (`NodeBatchGradients.defersWeightGradients`) computes the weight rows of this
+    /// rank's segment over every rank's samples instead of summing the ranks' gradients there.
+    init(
+        store: ParameterStore, communicator: Communicator, sharedMemory: Bool, activations: NodeBatchGradients? = nil,
+        extraBytes: Int = 0
+    ) throws {
         let layout = store.layout
         self.layout = layout
         self.communicator = communicator
-        segments = (0..<communicator.size).map {
+        let segments = (0..<communicator.size).map {
             communicator.orderedSegment(of: $0, count: layout.count, split: { Self.rowBoundary($0, in: layout) })
         }
+        self.segments = segments
         guard sharedMemory else {
             transport = .messages(scratch: FlatBuffer(count: layout.count))
+            nodeBatch = nil
             return
         }
         let floats = Swift.max(layout.count, 1)  // as many as the store's buffers hold
         let bytes = floats * MemoryLayout<Float>.stride
-        let memory = try communicator.mapNodeSharedMemory(bytesPerRank: bytes + extraBytes, commonParts: 2, bytesPerPart: bytes)
+        // the activations start on a cache line of their own
+        let gradientFloats = (floats + 15) / 16 * 16
+        let activationFloats = activations?.sharedActivationFloats ?? 0
+        let memory = try communicator.mapNodeSharedMemory(
+            bytesPerRank: (gradientFloats + activationFloats) * MemoryLayout<Float>.stride + extraBytes, commonParts: 2, bytesPerPart: bytes)
         // every rank's slice and the common parts are read as Floats here: bind the whole segment
         let segmentFloats = (memory.ranks * memory.bytesPerRank + memory.commonParts * memory.bytesPerPart) / MemoryLayout<Float>.stride
         _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: segmentFloats)
@@ -84,6 +102,46 @@ final class ShardedUpdate {
         store.values.exchangeStorage(with: current)  // `current` now holds, and frees, the private copy
         let gradients = (0..<memory.ranks).map { UnsafePointer(memory.slice(of: $0).assumingMemoryBound(to: Float.self)) }
         transport = .sharedMemory(memory, standby: copy(1), gradients: gradients)
+        if let activations, activationFloats > 0 {
+            let regions = (0..<memory.ranks).map { memory.slice(of: $0).assumingMemoryBound(to: Float.self) + gradientFloats }
+            activations.shareActivations(in: regions, rank: memory.rank, keeper: memory)
+            // the weight rows in this rank's segment (segments are cut at rows of the tensor they cut)
+            let segment = segments[communicator.rank]
+            let rows = activations.nodeBatchTensors.compactMap { tensor -> (tensor: TensorSpec, rows: Range<Int>)? in
+                let lower = Swift.max(tensor.offset, segment.lowerBound), upper = Swift.min(tensor.range.upperBound, segment.upperBound)
+                guard lower < upper, let first = tensor.shape.first, first > 0 else { return nil }
+                let rowLength = tensor.count / first
+                precondition(
+                    (lower - tensor.offset) % rowLength == 0 && (upper - tensor.offset) % rowLength == 0,
+                    "the segment \(segment) cuts rows of \(tensor.name)")
+                return (tensor, (lower - tensor.offset) / rowLength..<(upper - tensor.offset) / rowLength)
+            }
+            nodeBatch = (activations, rows)
+        } else {
+            nodeBatch = nil
+        }
+    }
+
+    /// Whether weight gradients can be computed over the node's batch (the network shares its
+    /// activations in node shared memory).
+    var sharesActivations: Bool { nodeBatch != nil }
+
+    /// Before a backward: sets whether it defers the weight gradients to this update (`sharded`:
+    /// the step's update is this sharded one; monitor steps need every rank's whole gradient).
+    func prepareBackward(sharded: Bool) {
+        nodeBatch?.network.defersWeightGradients = sharded
+    }
+
+    /// The GEMMs of this rank's weight rows over the node's batch, for `counts` samples on the
+    /// ranks (the benchmark's bound): one per rank and tensor, as `Linear.weightGradient` calls them
+    /// (every other one adding, beta 1, as where the tree's pairs are fused).
+    func weightGradientWorkload(counts: [Int]) -> [GemmCall] {
+        guard let nodeBatch else { return [] }
+        return nodeBatch.rows.filter { !$0.rows.isEmpty }.flatMap { tensor, rows in
+            counts.enumerated().map { r, count in
+                GemmCall(.transposed, .none, m: rows.count, n: tensor.count / tensor.shape[0], k: count, beta: r % 2 == 0 ? 0 : 1)
+            }
+        }
     }
 
     /// The node shared memory the gradients are summed in, if they are.
@@ -135,13 +193,35 @@ final class ShardedUpdate {
             // gradient), which the commit below makes the values
             store.gradients.exchangeStorage(with: standby)
             standbyHoldingTheSlice = standby
-            // the sum over ranks inside the update's pass, piece by piece: counted as
-            // communication, update included, as the pass cannot be split
-            mine = communicating("sum gradients in node shared memory, and update", bytes: bytes) {
-                optimizer.stepShard(store, shard: segments[communicator.rank]) { piece in
-                    orderedTreeSum(sources, piece, into: store.gradients.pointer)
-                    // deterministic mode's terms from global sums go where the sum over ranks is complete
-                    store.addPendingTerms(in: piece, forgetting: false)
+            let segment = segments[communicator.rank]
+            if let nodeBatch, nodeBatch.network.defersWeightGradients {
+                // the weight rows' gradients from every rank's activations (a GEMM per tensor and
+                // rank, at the tensor's first piece), the other tensors' sums over ranks piece by
+                // piece, each piece updated while in cache. Backward's work moved here, and the
+                // update: compute, not communication (the few small tensors summed are BN's and biases)
+                precondition(store.pendingTerms.isEmpty, "deterministic mode's pending terms with weight gradients over the node's batch")
+                var computed = Set<Int>()
+                let pass = {
+                    optimizer.stepShard(store, shard: segment) { piece in
+                        if let (tensor, rows) = nodeBatch.rows.first(where: { $0.tensor.range.contains(piece.lowerBound) }) {
+                            if computed.insert(tensor.offset).inserted {
+                                nodeBatch.network.weightGradient(tensor, rows: rows, into: store.gradients.pointer)
+                            }
+                        } else {
+                            orderedTreeSum(sources, piece, into: store.gradients.pointer)
+                        }
+                    }
+                }
+                mine = timeline?.measure("weight gradients over the node's batch, and update", "update", pass) ?? pass()
+            } else {
+                // the sum over ranks inside the update's pass, piece by piece: counted as
+                // communication, update included, as the pass cannot be split
+                mine = communicating("sum gradients in node shared memory, and update", bytes: bytes) {
+                    optimizer.stepShard(store, shard: segment) { piece in
+                        orderedTreeSum(sources, piece, into: store.gradients.pointer)
+                        // deterministic mode's terms from global sums go where the sum over ranks is complete
+                        store.addPendingTerms(in: piece, forgetting: false)
+                    }
                 }
             }
             store.pendingTerms.removeAll()

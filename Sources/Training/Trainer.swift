@@ -229,6 +229,7 @@ public final class Trainer {
         watchdog?.progress(step: t + 1, "the backward pass (synchronized BN: MPI_Allreduce of the gradient sums)")
         let sharding = monitor ? nil : sharded  // monitors need every rank's whole gradient
         if sharding == nil { reduction.begin() }
+        sharded?.prepareBackward(sharded: sharding != nil)  // weight gradients over the node's batch or not
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
         injectGradientFault(t)
         // 5. the gradient allreduce: the buckets backward did not start, then the wait for all (and,
@@ -297,6 +298,17 @@ public final class Trainer {
         timeline?.span("allgather step times (--balance)", "communication", .communication, from: start, to: end, bytes: all.count * 8)
     }
 
+    /// The GEMMs of one plain (not logging) step on this rank when the ranks hold `counts` samples:
+    /// the benchmark's GEMM-only bound. With weight gradients over the node's batch, this rank's
+    /// weight rows over every rank's samples replace its whole weight gradient over its own.
+    func gemmWorkload(counts: [Int]) -> [GemmCall] {
+        let rows = counts[communicator.rank]
+        if let sharded, sharded.sharesActivations, let network = model as? NodeBatchGradients {
+            return network.gemmWorkloadDeferringWeightGradients(rows: rows) + sharded.weightGradientWorkload(counts: counts)
+        }
+        return model.gemmWorkload(rows: rows)
+    }
+
     /// Collective the first time: BN statistics get a communicator of their own (a duplicate), so
     /// that their small, latency-bound reductions are matched apart from the gradient buckets.
     /// With a sharded update in node shared memory, the ranks' parameters become one memory here:
@@ -315,9 +327,13 @@ public final class Trainer {
         }
         if ShardedUpdate.applies(ranks: communicator.size, overlap: reduction.overlap, optimizer: optimizer) {
             do {
+                // weight gradients over the node's batch: not in deterministic mode, whose sums over
+                // samples follow its chunk tree
+                let activations = configuration.weightGradients == .node && plan == nil ? model as? NodeBatchGradients : nil
                 sharded = try ShardedUpdate(
                     store: model.parameters, communicator: communicator,
                     sharedMemory: configuration.intraNode == .sharedMemory && oneNode,
+                    activations: activations.flatMap { $0.sharedActivationFloats > 0 ? $0 : nil },
                     extraBytes: configuration.debugSharedMemoryExtra)
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
@@ -509,7 +525,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory, one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory\($0.sharesActivations ? " (weight gradients computed over the node's batch)" : ""), one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
         )
     }
 

@@ -20,6 +20,16 @@ public enum IntraNodeMode: String, Sendable, CaseIterable {
     case mpi
 }
 
+/// Where a sharded update in node shared memory takes the weight gradients from (`--weight-gradients`).
+public enum WeightGradientMode: String, Sendable, CaseIterable {
+    /// Each weight row's gradient is computed once, over the samples of every rank of the node, by
+    /// the rank that updates the row, from the activations the ranks share (the MLP with BN; other
+    /// networks, and logging and deterministic steps, use `rank`).
+    case node
+    /// Every rank computes its whole gradient over its own samples, and the ranks' gradients are summed.
+    case rank
+}
+
 /// How the global batch is split over ranks (`--balance`).
 public enum BalanceMode: String, Sendable, CaseIterable {
     /// Even shares (differing by at most one sample): the same split every step, so a run repeats
@@ -68,6 +78,8 @@ public struct TrainingConfiguration: Sendable {
     public var overlap: OverlapMode = .auto
     /// `--intra-node`: how the sharded update reduces among ranks of one node.
     public var intraNode: IntraNodeMode = .sharedMemory
+    /// `--weight-gradients`: with node shared memory, whether weight gradients are computed over the node's batch.
+    public var weightGradients: WeightGradientMode = .node
     /// `--balance`: even shares of the global batch, or shares that follow each rank's speed.
     public var balance: BalanceMode = .off
     /// `--deterministic`: bitwise-identical results for any rank count that divides `chunks`.

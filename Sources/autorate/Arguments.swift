@@ -9,6 +9,7 @@ extension ModelKind: ExpressibleByArgument {}
 extension ShortcutKind: ExpressibleByArgument {}
 extension OverlapMode: ExpressibleByArgument {}
 extension IntraNodeMode: ExpressibleByArgument {}
+extension WeightGradientMode: ExpressibleByArgument {}
 extension BalanceMode: ExpressibleByArgument {}
 extension Augmentation: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
@@ -75,6 +76,10 @@ struct CommunicationOptions: ParsableArguments {
         help: "How the sharded update sums gradients when every rank is on one node: 'shared-memory' (read each other's buffers in place) or 'mpi' (messages).")
     var intraNode: IntraNodeMode = .sharedMemory
     @Option(
+        name: .customLong("weight-gradients"),
+        help: "With node shared memory: 'node' (each weight row's gradient computed once, over every rank's samples, by the rank that updates it; the MLP) or 'rank' (each rank's whole gradient, summed).")
+    var weightGradients: WeightGradientMode = .node
+    @Option(
         help: "Each rank's share of the global batch: 'off' (even shares; runs repeat their bits) or 'on' (shares follow each rank's measured speed, so a slower core or node stops holding the others back; needs --bn sync, not with --deterministic).")
     var balance: BalanceMode = .off
     @Flag(
@@ -109,6 +114,7 @@ struct CommunicationOptions: ParsableArguments {
         c.bucketBytes = Int(bucketMB * 1024 * 1024)
         c.overlap = overlap
         c.intraNode = intraNode
+        c.weightGradients = weightGradients
         c.balance = balance
         c.deterministic = deterministic
         c.chunks = chunks

@@ -1,9 +1,11 @@
 import Foundation
 import XCTest
 
-/// The sharded update's two ways of moving gradients between ranks of one node: through node
-/// shared memory (the default) and through MPI messages (`--intra-node mpi`). Both add the ranks'
-/// gradients in the ordered sum's tree, so a run ends with the same bits either way.
+/// The sharded update's ways of moving gradients between ranks of one node: through node shared
+/// memory (the default), there with each weight row's gradient computed over every rank's samples
+/// (`--weight-gradients node`, the default) or each rank's whole gradient summed (`rank`), and
+/// through MPI messages (`--intra-node mpi`). All add the ranks' gradients in the ordered sum's
+/// tree, so a run ends with the same bits each way.
 final class NodeSharedMemoryTests: XCTestCase {
     var directory: URL!
 
@@ -12,30 +14,34 @@ final class NodeSharedMemoryTests: XCTestCase {
 
     /// 2 and 4 ranks, a BN head (its weight's rows carry the scaled-epsilon radial term, so the
     /// segments are cut at rows and the row norms travel), sharded steps between log steps: the
-    /// final parameters and BN buffers have the same FNV-1a either way, and only the default run
-    /// says it summed in shared memory. A transport that summed a wrong part, missed a rank or left
-    /// a logging step's new values out of the node's copy of the parameters would change the bits. No
+    /// final parameters and BN buffers have the same FNV-1a each way, only the shared-memory runs
+    /// say they summed there, and only the default one that it computed weight gradients over the
+    /// node's batch. A transport that summed a wrong part, missed a rank or left a logging step's
+    /// new values out of the node's copy of the parameters would change the bits, as would weight
+    /// rows computed from another rank's activations, stale ones, or added in another order. No
     /// shared-memory object outlives the runs: rank 0 removes its name once every rank has mapped it.
     func testSharedMemoryAndMPIGiveTheSameBits() throws {
         let before = try Self.sharedObjects()
         for np in [2, 4] {
             var fingerprints: [String: String] = [:]
-            for transport in ["shared-memory", "mpi"] {
-                let metrics = directory.appendingPathComponent("\(transport)-\(np).jsonl").path
+            let ways = [
+                "node": ["--intra-node", "shared-memory"], "rank": ["--intra-node", "shared-memory", "--weight-gradients", "rank"],
+                "mpi": ["--intra-node", "mpi"],
+            ]
+            for (way, flags) in ways {
+                let metrics = directory.appendingPathComponent("\(way)-\(np).jsonl").path
                 let run = try Launcher.mpirun(
                     np, "autorate",
-                    [
-                        "train", "--steps", "25", "--head", "bn", "--log-every", "10", "--quiet", "--intra-node", transport,
-                        "--metrics", metrics,
-                    ])
+                    ["train", "--steps", "25", "--head", "bn", "--log-every", "10", "--quiet", "--metrics", metrics] + flags)
                 XCTAssertEqual(run.status, 0, run.output)
                 XCTAssertTrue(run.output.contains("update sharded over the \(np) ranks"), run.output)
-                XCTAssertEqual(
-                    run.output.contains("gradients summed in node shared memory"), transport == "shared-memory", run.output)
+                XCTAssertEqual(run.output.contains("gradients summed in node shared memory"), way != "mpi", run.output)
+                XCTAssertEqual(run.output.contains("weight gradients computed over the node's batch"), way == "node", run.output)
                 let final = try XCTUnwrap(try Launcher.metrics(metrics).last)
-                fingerprints[transport] = try XCTUnwrap(final["parameters_fnv1a"] as? String)
+                fingerprints[way] = try XCTUnwrap(final["parameters_fnv1a"] as? String)
             }
-            XCTAssertEqual(fingerprints["shared-memory"], fingerprints["mpi"], "\(np) ranks")
+            XCTAssertEqual(fingerprints["node"], fingerprints["mpi"], "\(np) ranks")
+            XCTAssertEqual(fingerprints["rank"], fingerprints["mpi"], "\(np) ranks")
         }
         XCTAssertEqual(try Self.sharedObjects().subtracting(before), [])
     }

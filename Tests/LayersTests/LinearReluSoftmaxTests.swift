@@ -48,6 +48,62 @@ final class LinearReluSoftmaxTests: XCTestCase {
         assertGradientsMatch(analytic: dx.values.map(Double.init), numeric: fdX, "Linear dx")
     }
 
+    /// Weight rows over several batches (the ranks of a node): against a Double loop over every
+    /// batch's samples, zeros outside the rows asked for untouched, and, where the GEMM's beta-1
+    /// addition is exact, the bits of each batch's own gradient (`backward`) summed in the tree.
+    func testWeightGradientRowsOverSeveralBatches() {
+        var rng = SplitMix64(seed: 23)
+        let inF = 6, outF = 9, rows = 2..<7
+        var layout = ParameterLayout()
+        let w = layout.append("w", shape: [outF, inF])
+        let linear = Linear(inFeatures: inF, outFeatures: outF, weight: w, bias: nil)
+        var bitsCompared = 0
+        for counts in [[5, 4], [3, 0, 4, 2]] {
+            let parts = counts.map { (x: OwnedMatrix(rows: $0, cols: inF, normal: &rng), dy: OwnedMatrix(rows: $0, cols: outF, normal: &rng)) }
+            let p = ParameterStore(layout: layout)
+            p.gradients.all.update(repeating: 7)
+            linear.weightGradient(
+                rows: rows, over: parts.map { ($0.x.matrix, $0.dy.matrix) }, into: p.gradients.pointer, tree: BatchChunks())
+            for o in 0..<outF {
+                for i in 0..<inF {
+                    let got = p.gradients.pointer[o * inF + i]
+                    guard rows.contains(o) else {
+                        XCTAssertEqual(got, 7, "row \(o) is not asked for")
+                        continue
+                    }
+                    var sum = 0.0, magnitude = 0.0
+                    for part in parts {
+                        for n in 0..<part.x.rows {
+                            let term = Double(part.dy[n * outF + o]) * Double(part.x[n * inF + i])
+                            sum += term
+                            magnitude += abs(term)
+                        }
+                    }
+                    XCTAssertEqual(Double(got), sum, accuracy: 1e-5 * magnitude + 1e-30, "\(counts) row \(o) column \(i)")
+                }
+            }
+            // the same bits as each part's own gradient, added in the tree, where the fusion is exact
+            let exact = Set(counts).allSatisfy { BLAS.accumulationIsExactSum(.transposed, .none, m: rows.count, n: inF, k: $0) }
+            guard exact else { continue }
+            let own = parts.map { part -> [Float] in
+                let q = ParameterStore(layout: layout)
+                linear.backward(part.x.matrix, part.dy.matrix, nil, q, accumulating: false)
+                return q.gradients.array
+            }
+            func tree(_ range: Range<Int>) -> [Float] {
+                if range.count == 1 { return own[range.lowerBound] }
+                let mid = range.lowerBound + range.count / 2
+                return zip(tree(range.lowerBound..<mid), tree(mid..<range.upperBound)).map(+)
+            }
+            let summed = tree(0..<own.count)
+            for k in rows.lowerBound * inF..<rows.upperBound * inF {
+                XCTAssertEqual(p.gradients.pointer[k].bitPattern, summed[k].bitPattern, "\(counts) element \(k)")
+            }
+            bitsCompared += 1
+        }
+        XCTAssertGreaterThan(bitsCompared, 0, "the BLAS adds no pair exactly at these shapes: the bits went unchecked")
+    }
+
     func testReluBackwardAgainstFiniteDifferences() {
         var rng = SplitMix64(seed: 22)
         let n = 41
