@@ -84,10 +84,13 @@ public struct Linear: Sendable {
     /// The weight gradient's rows `rows` over every batch of `parts` (each a batch's input and
     /// output gradient, as `backward` took them; in practice each rank's), into `dw`, the weight
     /// gradient's first element: the parts' GEMMs added in `tree`'s tree, the tree the ranks' whole
-    /// gradients are summed in, and its lowest level fused into the GEMMs (beta 1) where that
-    /// addition is exact, so that the bits are those of each part's own gradient, summed.
+    /// gradients are summed in, its lowest level fused into the GEMMs (beta 1). With
+    /// `sameBitsAsSummed`, only where that addition is exact (checked once per shape), so that
+    /// the bits are those of each part's own gradient, summed; without, always (batch sizes that
+    /// change every step would need a check every step).
     public func weightGradient(
-        rows: Range<Int>, over parts: [(x: Matrix, dy: Matrix)], into dw: UnsafeMutablePointer<Float>, tree: BatchChunks
+        rows: Range<Int>, over parts: [(x: Matrix, dy: Matrix)], into dw: UnsafeMutablePointer<Float>, tree: BatchChunks,
+        sameBitsAsSummed: Bool = true
     ) {
         precondition(rows.lowerBound >= 0 && rows.upperBound <= outFeatures, "rows \(rows) of a \(outFeatures)-row weight")
         guard !rows.isEmpty, !parts.isEmpty else { return }
@@ -95,9 +98,9 @@ public struct Linear: Sendable {
             precondition(
                 part.x.rows == part.dy.rows && part.x.cols == inFeatures && part.dy.cols == outFeatures, "Linear weight gradient shape mismatch")
         }
-        let fused = Set(parts.map(\.x.rows)).allSatisfy {
-            BLAS.accumulationIsExactSum(.transposed, .none, m: rows.count, n: inFeatures, k: $0)
-        }
+        let fused =
+            !sameBitsAsSummed
+            || Set(parts.map(\.x.rows)).allSatisfy { BLAS.accumulationIsExactSum(.transposed, .none, m: rows.count, n: inFeatures, k: $0) }
         tree.treeSum(leaves: parts.count, count: rows.count * inFeatures, into: dw + rows.lowerBound * inFeatures, fusedPairs: fused) {
             i, out, accumulate in
             let part = parts[i]

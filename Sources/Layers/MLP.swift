@@ -300,7 +300,7 @@ public final class MLP: NodeBatchGradients {
 
     public var nodeBatchTensors: [TensorSpec] { linears.map(\.weight) }
 
-    public func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>) {
+    public func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool) {
         guard let shared, let i = linears.firstIndex(where: { $0.weight.offset == tensor.offset }) else {
             preconditionFailure("\(tensor.name): not a weight whose gradient is computed over the node's batch")
         }
@@ -308,6 +308,6 @@ public final class MLP: NodeBatchGradients {
             (x: Matrix(region.inputs[i], rows: region.rows.pointee, cols: widths[i]),
              dy: Matrix(region.outputGradients[i], rows: region.rows.pointee, cols: widths[i + 1]))
         }
-        linears[i].weightGradient(rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks)
+        linears[i].weightGradient(rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks, sameBitsAsSummed: sameBitsAsSummed)
     }
 }

@@ -55,8 +55,10 @@ public protocol NodeBatchGradients: Network {
     /// `weightGradient` to compute once every rank's backward is over.
     var defersWeightGradients: Bool { get set }
     /// Rows `rows` (of its first dimension) of `tensor`'s gradient over the samples of every rank's
-    /// last forward and backward, into `gradients` (the flat gradient buffer).
-    func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>)
+    /// last forward and backward, into `gradients` (the flat gradient buffer); with
+    /// `sameBitsAsSummed`, the bits of the ranks' whole gradients summed in the ordered tree
+    /// (`Linear.weightGradient`).
+    func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool)
     /// The GEMMs one training step of `rows` samples makes when its weight gradients are deferred
     /// (`gemmWorkload` without them).
     func gemmWorkloadDeferringWeightGradients(rows: Int) -> [GemmCall]

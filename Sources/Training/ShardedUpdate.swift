@@ -45,7 +45,7 @@ final class ShardedUpdate {
     private let segments: [Range<Int>]
     /// In node shared memory, a network that shares its activations: the weight rows of this
     /// rank's segment whose gradients it computes over the node's batch (`NodeBatchGradients`).
-    private let nodeBatch: (network: NodeBatchGradients, rows: [(tensor: TensorSpec, rows: Range<Int>)])?
+    private let nodeBatch: (network: NodeBatchGradients, rows: [(tensor: TensorSpec, rows: Range<Int>)], sameBitsAsSummed: Bool)?
 
     /// With `sharedMemory`, collective: maps the node's shared buffers, moves `store`'s gradient
     /// into this rank's slice and its values into the node's copy (each rank writes its segment of
@@ -59,10 +59,11 @@ final class ShardedUpdate {
     /// With `activations` (in node shared memory only), each rank's slice also holds that network's
     /// shared activations, after its gradient, and a step whose backward deferred the weight
     /// gradients (`NodeBatchGradients.defersWeightGradients`) computes the weight rows of this
-    /// rank's segment over every rank's samples instead of summing the ranks' gradients there.
+    /// rank's segment over every rank's samples instead of summing the ranks' gradients there,
+    /// to the same bits unless the batch shares change from step to step (`evenShares` false).
     init(
         store: ParameterStore, communicator: Communicator, sharedMemory: Bool, activations: NodeBatchGradients? = nil,
-        extraBytes: Int = 0
+        evenShares: Bool = true, extraBytes: Int = 0
     ) throws {
         let layout = store.layout
         self.layout = layout
@@ -116,7 +117,7 @@ final class ShardedUpdate {
                     "the segment \(segment) cuts rows of \(tensor.name)")
                 return (tensor, (lower - tensor.offset) / rowLength..<(upper - tensor.offset) / rowLength)
             }
-            nodeBatch = (activations, rows)
+            nodeBatch = (activations, rows, evenShares)
         } else {
             nodeBatch = nil
         }
@@ -205,7 +206,8 @@ final class ShardedUpdate {
                     optimizer.stepShard(store, shard: segment) { piece in
                         if let (tensor, rows) = nodeBatch.rows.first(where: { $0.tensor.range.contains(piece.lowerBound) }) {
                             if computed.insert(tensor.offset).inserted {
-                                nodeBatch.network.weightGradient(tensor, rows: rows, into: store.gradients.pointer)
+                                nodeBatch.network.weightGradient(
+                                    tensor, rows: rows, into: store.gradients.pointer, sameBitsAsSummed: nodeBatch.sameBitsAsSummed)
                             }
                         } else {
                             orderedTreeSum(sources, piece, into: store.gradients.pointer)

@@ -333,7 +333,7 @@ public final class Trainer {
                 sharded = try ShardedUpdate(
                     store: model.parameters, communicator: communicator,
                     sharedMemory: configuration.intraNode == .sharedMemory && oneNode,
-                    activations: activations.flatMap { $0.sharedActivationFloats > 0 ? $0 : nil },
+                    activations: activations.flatMap { $0.sharedActivationFloats > 0 ? $0 : nil }, evenShares: configuration.balance == .off,
                     extraBytes: configuration.debugSharedMemoryExtra)
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
