@@ -39,6 +39,10 @@ public struct BenchmarkResult: Sendable {
     public let balanceTwinStepSecondsMedian: Double?
     /// `--balance` of the timed run.
     public let balance: BalanceMode
+    /// With `compareWeightGradients`: the median step of a twin with the other `--weight-gradients` setting, interleaved.
+    public let weightGradientsTwinStepSecondsMedian: Double?
+    /// `--weight-gradients` of the timed run.
+    public let weightGradients: WeightGradientMode
     /// The one-rank baseline measured in the same run (rank 0 alone while the others wait,
     /// interleaved): the median step of one process on the whole global batch (strong scaling) or
     /// on one rank's batch (weak).
@@ -98,6 +102,8 @@ public struct BenchmarkResult: Sendable {
             ("deterministic_step_ms_median", .number((deterministicStepSecondsMedian ?? .nan) * 1e3)),
             ("balance", .string(balance.rawValue)),
             ("balance_twin_step_ms_median", .number((balanceTwinStepSecondsMedian ?? .nan) * 1e3)),
+            ("weight_gradients", .string(weightGradients.rawValue)),
+            ("weight_gradients_twin_step_ms_median", .number((weightGradientsTwinStepSecondsMedian ?? .nan) * 1e3)),
             ("baseline_samples_per_s", .number(baselineSamplesPerSecond ?? .nan)),
             ("scaling_efficiency", .number(scalingEfficiency ?? .nan)),
             ("time_ms", timing.json(meanOver: 1)), ("exposed_comm_fraction", .number(timing.exposedFraction)),
@@ -135,6 +141,8 @@ public enum Benchmark {
         case deterministic = "--compare-deterministic"
         /// The other `--balance` setting (none at one rank: there is nothing to balance).
         case balance = "--compare-balance"
+        /// The other `--weight-gradients` setting.
+        case weightGradients = "--compare-weight-gradients"
 
         /// The twin's configuration, from the run's.
         public func configuration(of run: TrainingConfiguration) -> TrainingConfiguration {
@@ -147,6 +155,8 @@ public enum Benchmark {
                 (c.deterministic, c.overlap, c.balance) = (true, .off, .off)
             case .balance:
                 c.balance = run.balance == .on ? .off : .on
+            case .weightGradients:
+                c.weightGradients = run.weightGradients == .node ? .rank : .node
             }
             return c
         }
@@ -285,6 +295,7 @@ public enum Benchmark {
             bucketAllreduce: bucketTimes.keys.sorted().map { ($0, median(bucketTimes[$0]!)) },
             localStepSecondsMedian: twinMedian(.localBN), deterministicStepSecondsMedian: twinMedian(.deterministic),
             balanceTwinStepSecondsMedian: twinMedian(.balance), balance: c.balance,
+            weightGradientsTwinStepSecondsMedian: twinMedian(.weightGradients), weightGradients: c.weightGradients,
             baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
             timing: mean, buckets: trainer.buckets.ranges.count, bucketBytes: c.bucketBytes,
             overlap: trainer.reduction.overlap)

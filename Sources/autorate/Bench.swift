@@ -38,6 +38,10 @@ struct Bench: ParsableCommand {
     var compareDeterministic = false
     @Flag(name: .customLong("compare-balance"), help: "Also time a twin with the other --balance setting, interleaved in the same process.")
     var compareBalance = false
+    @Flag(
+        name: .customLong("compare-weight-gradients"),
+        help: "Also time a twin with the other --weight-gradients setting, interleaved in the same process.")
+    var compareWeightGradients = false
     @Option(help: "Append the result as one JSON line to this file (rank 0).")
     var json: String?
     @Option(help: "Append the result as a CSV row to this file, with a header when the file is new (rank 0).")
@@ -45,7 +49,10 @@ struct Bench: ParsableCommand {
 
     /// The twins the --compare flags ask for.
     private var twins: [Benchmark.Twin] {
-        let asked: [(Bool, Benchmark.Twin)] = [(compareLocalBN, .localBN), (compareDeterministic, .deterministic), (compareBalance, .balance)]
+        let asked: [(Bool, Benchmark.Twin)] = [
+            (compareLocalBN, .localBN), (compareDeterministic, .deterministic), (compareBalance, .balance),
+            (compareWeightGradients, .weightGradients),
+        ]
         return asked.filter { $0.0 }.map { $0.1 }
     }
 
@@ -132,6 +139,12 @@ struct Bench: ParsableCommand {
             lines.append(
                 "bench: interleaved --balance \(r.balance == .on ? "off" : "on") twin: "
                     + String(cFormat: "step median %.2f ms; --balance on gives %.3fx the samples/s of --balance off", twin * 1e3, off / on))
+        }
+        if let twin = r.weightGradientsTwinStepSecondsMedian {
+            let (node, rank) = r.weightGradients == .node ? (r.stepSecondsMedian, twin) : (twin, r.stepSecondsMedian)
+            lines.append(
+                "bench: interleaved --weight-gradients \(r.weightGradients == .node ? "rank" : "node") twin: "
+                    + String(cFormat: "step median %.2f ms; --weight-gradients node gives %.3fx the samples/s of rank", twin * 1e3, rank / node))
         }
         return lines.joined(separator: "\n")
     }
