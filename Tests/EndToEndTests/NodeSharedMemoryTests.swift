@@ -13,7 +13,8 @@ final class NodeSharedMemoryTests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
 
     /// 2 and 4 ranks, a BN head (its weight's rows carry the scaled-epsilon radial term, so the
-    /// segments are cut at rows and the row norms travel), sharded steps between log steps: the
+    /// segments are cut at rows and the row norms travel), and 2 with a linear head, sharded steps
+    /// between log steps: the
     /// final parameters and BN buffers have the same FNV-1a each way, only the shared-memory runs
     /// say they summed there, and only the default one that it computed weight gradients over the
     /// node's batch. A transport that summed a wrong part, missed a rank or left a logging step's
@@ -22,26 +23,35 @@ final class NodeSharedMemoryTests: XCTestCase {
     /// shared-memory object outlives the runs: rank 0 removes its name once every rank has mapped it.
     func testSharedMemoryAndMPIGiveTheSameBits() throws {
         let before = try Self.sharedObjects()
-        for np in [2, 4] {
+        // a BN head on 2 and 4 ranks, and the default linear head (whose output gradient is the
+        // loss's, copied where the other ranks read it) on 2
+        for (np, head) in [(2, "bn"), (4, "bn"), (2, "linear")] {
             var fingerprints: [String: String] = [:]
             let ways = [
                 "node": ["--intra-node", "shared-memory"], "rank": ["--intra-node", "shared-memory", "--weight-gradients", "rank"],
                 "mpi": ["--intra-node", "mpi"],
             ]
             for (way, flags) in ways {
-                let metrics = directory.appendingPathComponent("\(way)-\(np).jsonl").path
+                let metrics = directory.appendingPathComponent("\(way)-\(np)-\(head).jsonl").path
+                let timeline = directory.appendingPathComponent("\(way)-\(np)-\(head).json").path
                 let run = try Launcher.mpirun(
                     np, "autorate",
-                    ["train", "--steps", "25", "--head", "bn", "--log-every", "10", "--quiet", "--metrics", metrics] + flags)
+                    [
+                        "train", "--steps", "25", "--head", head, "--log-every", "10", "--quiet", "--metrics", metrics,
+                        "--timeline", timeline, "--timeline-steps", "2-5",
+                    ] + flags)
                 XCTAssertEqual(run.status, 0, run.output)
                 XCTAssertTrue(run.output.contains("update sharded over the \(np) ranks"), run.output)
                 XCTAssertEqual(run.output.contains("gradients summed in node shared memory"), way != "mpi", run.output)
                 XCTAssertEqual(run.output.contains("weight gradients computed over the node's batch"), way == "node", run.output)
+                // the steps did compute weight rows over the node's batch (not only said they would)
+                let trace = try String(contentsOfFile: timeline, encoding: .utf8)
+                XCTAssertEqual(trace.contains("weight gradients over the node's batch, and update"), way == "node", "\(way) \(np) \(head)")
                 let final = try XCTUnwrap(try Launcher.metrics(metrics).last)
                 fingerprints[way] = try XCTUnwrap(final["parameters_fnv1a"] as? String)
             }
-            XCTAssertEqual(fingerprints["node"], fingerprints["mpi"], "\(np) ranks")
-            XCTAssertEqual(fingerprints["rank"], fingerprints["mpi"], "\(np) ranks")
+            XCTAssertEqual(fingerprints["node"], fingerprints["mpi"], "\(np) ranks, \(head) head")
+            XCTAssertEqual(fingerprints["rank"], fingerprints["mpi"], "\(np) ranks, \(head) head")
         }
         XCTAssertEqual(try Self.sharedObjects().subtracting(before), [])
     }
