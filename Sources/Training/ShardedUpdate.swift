@@ -26,7 +26,9 @@ import TensorCore
 /// node's second copy of the parameters; after the verdict every rank reads its parameters from
 /// that copy. Against the halving and doubling on `MPI_Sendrecv`, this skips MPI's copy into its
 /// own buffers, the receive scratch and the gather: fewer passes over memory, the resource that
-/// bounds this step on a shared node.
+/// bounds this step on a shared node. With a network that keeps its activations there too
+/// (`NodeBatchGradients`, `--weight-gradients node`), the pass computes its weight rows' gradients
+/// from every rank's samples instead of summing whole gradients the ranks wrote.
 final class ShardedUpdate {
     private let communicator: Communicator
     private let layout: ParameterLayout
