@@ -48,7 +48,7 @@ public struct Linear: Sendable {
     }
 
     /// `dW += dy^T x` (`dW = dy^T x` when not `accumulating`; left alone without `weightGradient`,
-    /// for `weightGradient(rows:over:into:)` to compute later), `db += sum_rows dy`, and `dx = dy W`
+    /// for `weightGradient(rows:over:into:tree:sameBitsAsSummed:)` to compute later), `db += sum_rows dy`, and `dx = dy W`
     /// when `dx` is given (not for the first layer).
     public func backward(
         _ x: Matrix, _ dy: Matrix, _ dx: Matrix?, _ p: ParameterStore, accumulating: Bool = true, chunks: BatchChunks? = nil,
@@ -112,26 +112,15 @@ public struct Linear: Sendable {
     }
 
     /// Deterministic mode: the weight gradient (and the bias's) as the tree sum of one GEMM per
-    /// chunk; the lowest level fused into the GEMMs (beta 1) where that addition is exact. Tiles of
-    /// output rows (`gradientTileRows`) keep a tile's partials in cache while the tree adds them;
-    /// the tiling is the same on every rank count, so it changes no bits between them.
+    /// chunk (`weightGradient` over the chunks' rows). Tiles of output rows (`gradientTileRows`)
+    /// keep a tile's partials in cache while the tree adds them; the tiling is the same on every
+    /// rank count, so it changes no bits between them.
     private func chunkedGradients(_ x: Matrix, _ dy: Matrix, _ p: ParameterStore, _ chunks: BatchChunks) {
         let ranges = chunks.rowRanges(rows: x.rows)
-        let dw = p.gradient(weight).baseAddress!
-        let depths = Set(ranges.map(\.count))
-        var first = 0
-        while first < outFeatures {
-            let tile = Swift.min(gradientTileRows, outFeatures - first)
-            let fused = depths.allSatisfy { BLAS.accumulationIsExactSum(.transposed, .none, m: tile, n: inFeatures, k: $0) }
-            chunks.treeSum(leaves: ranges.count, count: tile * inFeatures, into: dw + first * inFeatures, fusedPairs: fused) {
-                i, out, accumulate in
-                let rows = ranges[i]
-                BLAS.gemm(
-                    .transposed, .none, m: tile, n: inFeatures, k: rows.count,
-                    a: dy.row(rows.lowerBound) + first, lda: outFeatures, b: x.row(rows.lowerBound), ldb: inFeatures,
-                    beta: accumulate ? 1 : 0, c: out, ldc: inFeatures)
-            }
-            first += tile
+        let parts = ranges.map { (x: x.rows($0), dy: dy.rows($0)) }
+        for first in stride(from: 0, to: outFeatures, by: gradientTileRows) {
+            let tile = first..<Swift.min(first + gradientTileRows, outFeatures)
+            weightGradient(rows: tile, over: parts, into: p.gradient(weight).baseAddress!, tree: chunks)
         }
         // the bias: Float leaves too (Float(chunk sum in Double)), since ranks add Float partials
         guard let bias else { return }

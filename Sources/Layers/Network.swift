@@ -40,8 +40,8 @@ public protocol Network: AnyObject {
 /// than by every rank over its own samples and then summed. Each rank keeps, in node shared memory,
 /// what its Linear layers' weight gradients are made of (each layer's input and output gradient),
 /// and the rank that updates a weight row computes that row's gradient from every rank's samples:
-/// no rank computes, writes or reads whole weight gradients, and what the ranks share is the
-/// activations, for an MLP a fraction of the weights' bytes (and independent of the rank count).
+/// no rank computes, writes or reads whole weight gradients; each reads the node batch's
+/// activations instead (for an MLP fewer bytes than its weights).
 public protocol NodeBatchGradients: Network {
     /// Floats each rank shares, sized for `maxBatch` samples (0: this network cannot).
     var sharedActivationFloats: Int { get }

@@ -129,23 +129,27 @@ final class ShardedUpdate {
     /// activations in node shared memory).
     var sharesActivations: Bool { nodeBatch != nil }
 
+    /// With weight gradients over the node's batch, the GEMMs of one plain step on this rank when
+    /// the ranks hold `counts` samples (the benchmark's bound): the network's without its weight
+    /// gradients, then this rank's weight rows over every rank's samples, one GEMM per rank and
+    /// tensor as `Linear.weightGradient` calls them (every other one adding, beta 1, where the
+    /// tree's pairs are fused). Nil otherwise: the network's own workload applies.
+    func gemmWorkload(counts: [Int]) -> [GemmCall]? {
+        guard let nodeBatch else { return nil }
+        let rows = nodeBatch.rows.filter { !$0.rows.isEmpty }.flatMap { tensor, rows in
+            counts.enumerated().map { r, count in
+                GemmCall(.transposed, .none, m: rows.count, n: tensor.count / tensor.shape[0], k: count, beta: r % 2 == 0 ? 0 : 1)
+            }
+        }
+        return nodeBatch.network.gemmWorkloadDeferringWeightGradients(rows: counts[communicator.rank]) + rows
+    }
+
     /// Before a backward: sets whether it defers the weight gradients to this update (`sharded`:
     /// the step's update is this sharded one; monitor steps need every rank's whole gradient).
     func prepareBackward(sharded: Bool) {
         nodeBatch?.network.defersWeightGradients = sharded
     }
 
-    /// The GEMMs of this rank's weight rows over the node's batch, for `counts` samples on the
-    /// ranks (the benchmark's bound): one per rank and tensor, as `Linear.weightGradient` calls them
-    /// (every other one adding, beta 1, as where the tree's pairs are fused).
-    func weightGradientWorkload(counts: [Int]) -> [GemmCall] {
-        guard let nodeBatch else { return [] }
-        return nodeBatch.rows.filter { !$0.rows.isEmpty }.flatMap { tensor, rows in
-            counts.enumerated().map { r, count in
-                GemmCall(.transposed, .none, m: rows.count, n: tensor.count / tensor.shape[0], k: count, beta: r % 2 == 0 ? 0 : 1)
-            }
-        }
-    }
 
     /// The node shared memory the gradients are summed in, if they are.
     var sharedMemory: NodeSharedMemory? {
@@ -196,38 +200,33 @@ final class ShardedUpdate {
             // gradient), which the commit below makes the values
             store.gradients.exchangeStorage(with: standby)
             standbyHoldingTheSlice = standby
+            // one pass over the segment, each piece updated while in cache: the sum over ranks of
+            // the piece or, when backward deferred them, the weight rows' gradients from every
+            // rank's activations (a GEMM per rank over the segment's rows of a tensor, at its first
+            // piece; the small tensors, BN's and biases, are still summed)
+            let deferred = nodeBatch?.network.defersWeightGradients == true ? nodeBatch : nil
+            var computed = Set<Int>()
             let segment = segments[communicator.rank]
-            if let nodeBatch, nodeBatch.network.defersWeightGradients {
-                // the weight rows' gradients from every rank's activations (a GEMM per tensor and
-                // rank, at the tensor's first piece), the other tensors' sums over ranks piece by
-                // piece, each piece updated while in cache. Backward's work moved here, and the
-                // update: compute, not communication (the few small tensors summed are BN's and biases)
-                precondition(store.pendingTerms.isEmpty, "deterministic mode's pending terms with weight gradients over the node's batch")
-                var computed = Set<Int>()
-                let pass = {
-                    optimizer.stepShard(store, shard: segment) { piece in
-                        if let (tensor, rows) = nodeBatch.rows.first(where: { $0.tensor.range.contains(piece.lowerBound) }) {
-                            if computed.insert(tensor.offset).inserted {
-                                nodeBatch.network.weightGradient(
-                                    tensor, rows: rows, into: store.gradients.pointer, sameBitsAsSummed: nodeBatch.sameBitsAsSummed)
-                            }
-                        } else {
-                            orderedTreeSum(sources, piece, into: store.gradients.pointer)
+            let pass = {
+                optimizer.stepShard(store, shard: segment) { piece in
+                    if let deferred, let (tensor, rows) = deferred.rows.first(where: { $0.tensor.range.contains(piece.lowerBound) }) {
+                        if computed.insert(tensor.offset).inserted {
+                            deferred.network.weightGradient(
+                                tensor, rows: rows, into: store.gradients.pointer, sameBitsAsSummed: deferred.sameBitsAsSummed)
                         }
-                    }
-                }
-                mine = timeline?.measure("weight gradients over the node's batch, and update", "update", pass) ?? pass()
-            } else {
-                // the sum over ranks inside the update's pass, piece by piece: counted as
-                // communication, update included, as the pass cannot be split
-                mine = communicating("sum gradients in node shared memory, and update", bytes: bytes) {
-                    optimizer.stepShard(store, shard: segment) { piece in
+                    } else {
                         orderedTreeSum(sources, piece, into: store.gradients.pointer)
-                        // deterministic mode's terms from global sums go where the sum over ranks is complete
-                        store.addPendingTerms(in: piece, forgetting: false)
                     }
+                    // deterministic mode's terms from global sums go where the sum over ranks is complete
+                    store.addPendingTerms(in: piece, forgetting: false)
                 }
             }
+            // summing, the pass is counted as communication, update included (it cannot be
+            // split); computing weight gradients, it is backward's work moved here and the update
+            mine =
+                deferred == nil
+                ? communicating("sum gradients in node shared memory, and update", bytes: bytes, pass)
+                : timeline?.measure("weight gradients over the node's batch, and update", "update", pass) ?? pass()
             store.pendingTerms.removeAll()
         case .messages(let scratch):
             let segment = try communicating("reduce-scatter gradients", bytes: bytes) {

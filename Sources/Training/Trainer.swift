@@ -302,11 +302,7 @@ public final class Trainer {
     /// the benchmark's GEMM-only bound. With weight gradients over the node's batch, this rank's
     /// weight rows over every rank's samples replace its whole weight gradient over its own.
     func gemmWorkload(counts: [Int]) -> [GemmCall] {
-        let rows = counts[communicator.rank]
-        if let sharded, sharded.sharesActivations, let network = model as? NodeBatchGradients {
-            return network.gemmWorkloadDeferringWeightGradients(rows: rows) + sharded.weightGradientWorkload(counts: counts)
-        }
-        return model.gemmWorkload(rows: rows)
+        sharded?.gemmWorkload(counts: counts) ?? model.gemmWorkload(rows: counts[communicator.rank])
     }
 
     /// Collective the first time: BN statistics get a communicator of their own (a duplicate), so
@@ -329,11 +325,11 @@ public final class Trainer {
             do {
                 // weight gradients over the node's batch: not in deterministic mode, whose sums over
                 // samples follow its chunk tree
-                let activations = configuration.weightGradients == .node && plan == nil ? model as? NodeBatchGradients : nil
                 sharded = try ShardedUpdate(
                     store: model.parameters, communicator: communicator,
                     sharedMemory: configuration.intraNode == .sharedMemory && oneNode,
-                    activations: activations.flatMap { $0.sharedActivationFloats > 0 ? $0 : nil }, evenShares: configuration.balance == .off,
+                    activations: configuration.weightGradients == .node && plan == nil ? model as? NodeBatchGradients : nil,
+                    evenShares: configuration.balance == .off,
                     extraBytes: configuration.debugSharedMemoryExtra)
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
