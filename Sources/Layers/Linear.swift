@@ -111,6 +111,12 @@ public struct Linear: Sendable {
         }
     }
 
+    /// Whether `weightGradient` over `rows` computes, for one part of `samples` rows, the bits of
+    /// those rows of the whole weight gradient `backward` computes (checked once per shape).
+    public func weightRowsMatchWhole(rows: Range<Int>, samples: Int) -> Bool {
+        BLAS.rowRangeMatchesWhole(.transposed, .none, m: outFeatures, rows: rows, n: inFeatures, k: samples)
+    }
+
     /// Deterministic mode: the weight gradient (and the bias's) as the tree sum of one GEMM per
     /// chunk (`weightGradient` over the chunks' rows). Tiles of output rows (`gradientTileRows`)
     /// keep a tile's partials in cache while the tree adds them; the tiling is the same on every

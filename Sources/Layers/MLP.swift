@@ -310,4 +310,11 @@ public final class MLP: NodeBatchGradients {
         }
         linears[i].weightGradient(rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks, sameBitsAsSummed: sameBitsAsSummed)
     }
+
+    public func weightRowsMatchWhole(_ tensor: TensorSpec, rows: Range<Int>, sampleCounts: Set<Int>) -> Bool {
+        guard let linear = linears.first(where: { $0.weight.offset == tensor.offset }) else {
+            preconditionFailure("\(tensor.name): not a weight whose gradient is computed over the node's batch")
+        }
+        return sampleCounts.allSatisfy { linear.weightRowsMatchWhole(rows: rows, samples: $0) }
+    }
 }

@@ -62,10 +62,13 @@ final class ShardedUpdate {
     /// shared activations, after its gradient, and a step whose backward deferred the weight
     /// gradients (`NodeBatchGradients.defersWeightGradients`) computes the weight rows of this
     /// rank's segment over every rank's samples instead of summing the ranks' gradients there,
-    /// to the same bits unless the batch shares change from step to step (`evenShares` false).
+    /// to the same bits when every rank holds `sampleCounts[rank]` samples every step (nil: the
+    /// shares change from step to step, and the bits are not kept). Where the BLAS would compute
+    /// a segment's rows to other bits than the whole gradient's (checked on every rank, before
+    /// anything is mapped), the ranks sum whole gradients instead, and `declined` says why.
     init(
         store: ParameterStore, communicator: Communicator, sharedMemory: Bool, activations: NodeBatchGradients? = nil,
-        evenShares: Bool = true, extraBytes: Int = 0
+        sampleCounts: [Int]? = nil, extraBytes: Int = 0
     ) throws {
         let layout = store.layout
         self.layout = layout
@@ -78,6 +81,22 @@ final class ShardedUpdate {
             transport = .messages(scratch: FlatBuffer(count: layout.count))
             nodeBatch = nil
             return
+        }
+        var activations = activations
+        if let network = activations, network.sharedActivationFloats > 0, let sampleCounts {
+            // same on every rank: the lowest rank whose rows would differ, or none
+            let counts = Set(sampleCounts)
+            let differs = Self.ownedRows(of: network.nodeBatchTensors, in: segments[communicator.rank]).contains {
+                !network.weightRowsMatchWhole($0.tensor, rows: $0.rows, sampleCounts: counts)
+            }
+            var firstDiffering = [differs ? communicator.rank : Int.max]
+            try communicator.allreduce(&firstDiffering, .min)
+            if firstDiffering[0] != Int.max {
+                activations = nil
+                declined =
+                    "OpenBLAS's \(BLAS.coreName) kernels compute some weight gradient rows apart to other bits than in the whole "
+                    + "gradient (rank \(firstDiffering[0])'s segment)"
+            }
         }
         let floats = Swift.max(layout.count, 1)  // as many as the store's buffers hold
         let bytes = floats * MemoryLayout<Float>.stride
@@ -108,26 +127,30 @@ final class ShardedUpdate {
         if let activations, activationFloats > 0 {
             let regions = (0..<memory.ranks).map { memory.slice(of: $0).assumingMemoryBound(to: Float.self) + gradientFloats }
             activations.shareActivations(in: regions, rank: memory.rank, keeper: memory)
-            // the weight rows in this rank's segment (segments are cut at rows of the tensor they cut)
-            let segment = segments[communicator.rank]
-            let rows = activations.nodeBatchTensors.compactMap { tensor -> (tensor: TensorSpec, rows: Range<Int>)? in
-                let lower = Swift.max(tensor.offset, segment.lowerBound), upper = Swift.min(tensor.range.upperBound, segment.upperBound)
-                guard lower < upper, let first = tensor.shape.first, first > 0 else { return nil }
-                let rowLength = tensor.count / first
-                precondition(
-                    (lower - tensor.offset) % rowLength == 0 && (upper - tensor.offset) % rowLength == 0,
-                    "the segment \(segment) cuts rows of \(tensor.name)")
-                return (tensor, (lower - tensor.offset) / rowLength..<(upper - tensor.offset) / rowLength)
-            }
-            nodeBatch = (activations, rows, evenShares)
+            nodeBatch = (activations, Self.ownedRows(of: activations.nodeBatchTensors, in: segments[communicator.rank]), sampleCounts != nil)
         } else {
             nodeBatch = nil
+        }
+    }
+
+    /// The rows of `tensors` in `segment` (segments are cut at rows of the tensor they cut).
+    private static func ownedRows(of tensors: [TensorSpec], in segment: Range<Int>) -> [(tensor: TensorSpec, rows: Range<Int>)] {
+        tensors.compactMap { tensor in
+            let lower = Swift.max(tensor.offset, segment.lowerBound), upper = Swift.min(tensor.range.upperBound, segment.upperBound)
+            guard lower < upper, let first = tensor.shape.first, first > 0 else { return nil }
+            let rowLength = tensor.count / first
+            precondition(
+                (lower - tensor.offset) % rowLength == 0 && (upper - tensor.offset) % rowLength == 0,
+                "the segment \(segment) cuts rows of \(tensor.name)")
+            return (tensor, (lower - tensor.offset) / rowLength..<(upper - tensor.offset) / rowLength)
         }
     }
 
     /// Whether weight gradients can be computed over the node's batch (the network shares its
     /// activations in node shared memory).
     var sharesActivations: Bool { nodeBatch != nil }
+    /// Why weight gradients are not computed over the node's batch although they were asked for.
+    private(set) var declined: String? = nil
 
     /// With weight gradients over the node's batch, the GEMMs of one plain step on this rank when
     /// the ranks hold `counts` samples (the benchmark's bound): the network's without its weight

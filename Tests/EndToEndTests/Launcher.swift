@@ -32,11 +32,11 @@ enum Launcher {
 
     /// Runs `arguments[0]` with the rest, stdout and stderr merged (read concurrently by the pipe
     /// reader so a chatty child cannot block), killed after `timeout` seconds.
-    static func run(_ arguments: [String], timeout: Double = 120) throws -> Result {
+    static func run(_ arguments: [String], timeout: Double = 120, environment: [String: String] = [:]) throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
-        process.environment = childEnvironment
+        process.environment = childEnvironment.merging(environment) { $1 }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
@@ -66,11 +66,12 @@ enum Launcher {
         return try run(["mpirun"] + apps.joined(separator: [":"]), timeout: timeout)
     }
 
-    /// `mpirun -np N [--oversubscribe] executable args...`
-    static func mpirun(_ np: Int, _ name: String, _ args: [String], timeout: Double = 120) throws -> Result {
+    /// `mpirun -np N [--oversubscribe] executable args...`, with `environment` added to the
+    /// child environment (the ranks on this host inherit mpirun's).
+    static func mpirun(_ np: Int, _ name: String, _ args: [String], timeout: Double = 120, environment: [String: String] = [:]) throws -> Result {
         var command = ["mpirun", "-np", "\(np)", "--bind-to", "none"]
         if np > 2 { command.append("--oversubscribe") }
-        return try run(command + [executable(name)] + args, timeout: timeout)
+        return try run(command + [executable(name)] + args, timeout: timeout, environment: environment)
     }
 
     final class Collected: @unchecked Sendable {

@@ -14,18 +14,34 @@ final class NodeSharedMemoryTests: XCTestCase {
 
     /// 2 and 4 ranks, a BN head (its weight's rows carry the scaled-epsilon radial term, so the
     /// segments are cut at rows and the row norms travel), and 2 with a linear head, sharded steps
-    /// between log steps: the
-    /// final parameters and BN buffers have the same FNV-1a each way, only the shared-memory runs
-    /// say they summed there, and only the default one that it computed weight gradients over the
-    /// node's batch. A transport that summed a wrong part, missed a rank or left a logging step's
-    /// new values out of the node's copy of the parameters would change the bits, as would weight
-    /// rows computed from another rank's activations, stale ones, or added in another order. No
-    /// shared-memory object outlives the runs: rank 0 removes its name once every rank has mapped it.
+    /// between log steps: the final parameters and BN buffers have the same FNV-1a each way, only
+    /// the shared-memory runs say they summed there, and only the default one that it computed
+    /// weight gradients over the node's batch. A transport that summed a wrong part, missed a rank
+    /// or left a logging step's new values out of the node's copy of the parameters would change
+    /// the bits, as would weight rows computed from another rank's activations, stale ones, or
+    /// added in another order. No shared-memory object outlives the runs: rank 0 removes its name
+    /// once every rank has mapped it. With the OpenBLAS kernels of this test run (launch/test picks
+    /// SkylakeX on AVX-512 CPUs); on kernels that compute a weight gradient's rows apart to other
+    /// bits (Haswell's), the default run must say it sums whole gradients instead.
     func testSharedMemoryAndMPIGiveTheSameBits() throws {
+        try sameBits(for: [(2, "bn"), (4, "bn"), (2, "linear")])
+    }
+
+    /// OpenBLAS's Haswell kernels compute some rows of `dyᵀ x` apart to other bits than the whole
+    /// product (for this network's shapes, and the same on every x86 CPU that runs them): the
+    /// default run checks that before it maps anything, says so, and sums whole gradients, to
+    /// the bits of the MPI run.
+    func testKernelsThatComputeRowsApartToOtherBitsSumWholeGradients() throws {
+        let flags = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8).split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
+        let words = Set(flags.split(separator: " "))
+        try XCTSkipUnless(words.contains("avx2") && words.contains("fma"), "OpenBLAS's Haswell kernels need AVX2 and FMA")
+        try sameBits(for: [(2, "bn")], kernels: "Haswell")
+    }
+
+    private func sameBits(for shapes: [(Int, String)], kernels: String? = nil) throws {
         let before = try Self.sharedObjects()
-        // a BN head on 2 and 4 ranks, and the default linear head (whose output gradient is the
-        // loss's, copied where the other ranks read it) on 2
-        for (np, head) in [(2, "bn"), (4, "bn"), (2, "linear")] {
+        let environment = kernels.map { ["OPENBLAS_CORETYPE": $0] } ?? [:]
+        for (np, head) in shapes {
             var fingerprints: [String: String] = [:]
             let ways = [
                 "node": ["--intra-node", "shared-memory"], "rank": ["--intra-node", "shared-memory", "--weight-gradients", "rank"],
@@ -39,14 +55,22 @@ final class NodeSharedMemoryTests: XCTestCase {
                     [
                         "train", "--steps", "25", "--head", head, "--log-every", "10", "--quiet", "--metrics", metrics,
                         "--timeline", timeline, "--timeline-steps", "2-5",
-                    ] + flags)
+                    ] + flags, environment: environment)
                 XCTAssertEqual(run.status, 0, run.output)
+                if let kernels { XCTAssertTrue(run.output.contains("OpenBLAS \(kernels) kernels"), run.output) }
                 XCTAssertTrue(run.output.contains("update sharded over the \(np) ranks"), run.output)
                 XCTAssertEqual(run.output.contains("gradients summed in node shared memory"), way != "mpi", run.output)
-                XCTAssertEqual(run.output.contains("weight gradients computed over the node's batch"), way == "node", run.output)
+                // only the default run could; whether it does depends on the kernels
+                let declined = run.output.contains("weight gradients summed per rank: OpenBLAS's")
+                XCTAssertTrue(way == "node" || !declined, run.output)
+                // the two kernel families measured: Haswell's differ, SkylakeX's do not
+                if way == "node" && run.output.contains("OpenBLAS Haswell kernels") { XCTAssertTrue(declined, run.output) }
+                if way == "node" && run.output.contains("OpenBLAS SkylakeX kernels") { XCTAssertFalse(declined, run.output) }
+                let computed = way == "node" && !declined
+                XCTAssertEqual(run.output.contains("weight gradients computed over the node's batch"), computed, run.output)
                 // the steps did compute weight rows over the node's batch (not only said they would)
                 let trace = try String(contentsOfFile: timeline, encoding: .utf8)
-                XCTAssertEqual(trace.contains("weight gradients over the node's batch, and update"), way == "node", "\(way) \(np) \(head)")
+                XCTAssertEqual(trace.contains("weight gradients over the node's batch, and update"), computed, "\(way) \(np) \(head)")
                 let final = try XCTUnwrap(try Launcher.metrics(metrics).last)
                 fingerprints[way] = try XCTUnwrap(final["parameters_fnv1a"] as? String)
             }
