@@ -55,17 +55,13 @@ build_release() {
   fi
 }
 
-# OpenBLAS 0.3.21 does not recognise some current CPUs: Xeons reporting the model name "Intel(R)
-# Xeon(R) Processor" get its Prescott (SSE3) kernels, 4x slower than its AVX-512 ones on the same
-# CPU, and AMD Zen 4/5 get its Haswell (AVX2) kernels, 1.8x slower in sgemm than the AVX-512 ones
-# (measured on a Zen 5 EPYC). When the user has not chosen, pick the kernel the CPU flags allow.
+# OpenBLAS 0.3.21 does not recognise some current Xeons (e.g. those reporting the model name
+# "Intel(R) Xeon(R) Processor") and falls back to its Prescott (SSE3) kernels, 4x slower than its
+# AVX-512 ones on the same CPU. When the user has not chosen, pick the kernel the CPU flags allow.
 select_blas_kernel() {
-  if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -r /proc/cpuinfo ]; then
-    local flags
-    flags=$(grep -m1 '^flags' /proc/cpuinfo)
-    cpu_has() { for f in "$@"; do [[ " $flags " == *" $f "* ]] || return 1; done; }
-    if cpu_has avx512f avx512bw avx512vl avx512dq; then export OPENBLAS_CORETYPE=SkylakeX
-    elif cpu_has avx2 fma; then export OPENBLAS_CORETYPE=Haswell
+  if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -r /proc/cpuinfo ] && grep -q GenuineIntel /proc/cpuinfo; then
+    if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
+    elif grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
     fi
   fi
   if [ -n "${OPENBLAS_CORETYPE:-}" ]; then echo "launch: OpenBLAS kernels: OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE" >&2; fi

@@ -9,6 +9,23 @@ public struct Linear: Sendable {
     public let weight: TensorSpec
     public let bias: TensorSpec?
 
+    /// Rows at which backward cuts its weight-gradient GEMM (sorted, inside `1..<outFeatures`): the
+    /// sharded update's segment boundaries, so that the rank that computes its segment's rows over
+    /// the node's batch makes the GEMM calls backward makes. A BLAS may compute a range of rows
+    /// apart to other bits than inside the whole product (OpenBLAS's Haswell kernels do).
+    public var weightRowCuts: [Int] = [] {
+        didSet {
+            precondition(
+                weightRowCuts == weightRowCuts.sorted() && weightRowCuts.allSatisfy { $0 > 0 && $0 < outFeatures },
+                "weight row cuts \(weightRowCuts) of a \(outFeatures)-row weight")
+        }
+    }
+
+    /// The weight gradient's rows as backward computes them, one GEMM each.
+    public var weightRowPieces: [Range<Int>] {
+        zip([0] + weightRowCuts, weightRowCuts + [outFeatures]).map { $0..<$1 }
+    }
+
     public init(inFeatures: Int, outFeatures: Int, weight: TensorSpec, bias: TensorSpec?) {
         precondition(weight.shape == [outFeatures, inFeatures], "Linear weight must be [\(outFeatures), \(inFeatures)]")
         self.inFeatures = inFeatures
@@ -61,10 +78,13 @@ public struct Linear: Sendable {
             chunkedGradients(x, dy, p, chunks)
         } else {
             if weightGradient {
-                BLAS.gemm(
-                    .transposed, .none, m: outFeatures, n: inFeatures, k: x.rows,
-                    a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures,
-                    beta: accumulating ? 1 : 0, c: p.gradient(weight).baseAddress!, ldc: inFeatures)
+                let dw = p.gradient(weight).baseAddress!
+                for rows in weightRowPieces {
+                    BLAS.gemm(
+                        .transposed, .none, m: rows.count, n: inFeatures, k: x.rows,
+                        a: dy.base + rows.lowerBound, lda: outFeatures, b: x.base, ldb: inFeatures,
+                        beta: accumulating ? 1 : 0, c: dw + rows.lowerBound * inFeatures, ldc: inFeatures)
+                }
             }
             if let bias {
                 var sums = [Double](repeating: 0, count: outFeatures)
@@ -81,8 +101,9 @@ public struct Linear: Sendable {
         }
     }
 
-    /// The weight gradient's rows `rows` over every batch of `parts` (each a batch's input and
-    /// output gradient, as `backward` took them; in practice each rank's), into `dw`, the weight
+    /// The weight gradient's rows `rows` (one of `weightRowPieces`, or a deterministic-mode tile
+    /// when there are no cuts) over every batch of `parts` (each a batch's input and output
+    /// gradient, as `backward` took them; in practice each rank's), into `dw`, the weight
     /// gradient's first element: the parts' GEMMs added in `tree`'s tree, the tree the ranks' whole
     /// gradients are summed in, its lowest level fused into the GEMMs (beta 1). With
     /// `sameBitsAsSummed`, only where that addition is exact (checked once per shape), so that
@@ -93,6 +114,7 @@ public struct Linear: Sendable {
         sameBitsAsSummed: Bool = true
     ) {
         precondition(rows.lowerBound >= 0 && rows.upperBound <= outFeatures, "rows \(rows) of a \(outFeatures)-row weight")
+        precondition(weightRowCuts.isEmpty || weightRowPieces.contains(rows), "rows \(rows) are not a piece of \(weightRowPieces)")
         guard !rows.isEmpty, !parts.isEmpty else { return }
         for part in parts {
             precondition(
@@ -111,17 +133,12 @@ public struct Linear: Sendable {
         }
     }
 
-    /// Whether `weightGradient` over `rows` computes, for one part of `samples` rows, the bits of
-    /// those rows of the whole weight gradient `backward` computes (checked once per shape).
-    public func weightRowsMatchWhole(rows: Range<Int>, samples: Int) -> Bool {
-        BLAS.rowRangeMatchesWhole(.transposed, .none, m: outFeatures, rows: rows, n: inFeatures, k: samples)
-    }
-
     /// Deterministic mode: the weight gradient (and the bias's) as the tree sum of one GEMM per
     /// chunk (`weightGradient` over the chunks' rows). Tiles of output rows (`gradientTileRows`)
     /// keep a tile's partials in cache while the tree adds them; the tiling is the same on every
     /// rank count, so it changes no bits between them.
     private func chunkedGradients(_ x: Matrix, _ dy: Matrix, _ p: ParameterStore, _ chunks: BatchChunks) {
+        precondition(weightRowCuts.isEmpty, "deterministic mode tiles its weight gradients itself")
         let ranges = chunks.rowRanges(rows: x.rows)
         let parts = ranges.map { (x: x.rows($0), dy: dy.rows($0)) }
         for first in stride(from: 0, to: outFeatures, by: gradientTileRows) {

@@ -30,7 +30,7 @@ public final class MLP: NodeBatchGradients {
     public let groups: [ParameterGroup]
     public let maxBatch: Int
 
-    private let linears: [Linear]
+    private var linears: [Linear]
     private let norms: [BatchNorm]  // one per hidden layer, plus one for a BN head
     public var batchNorms: [BatchNorm] { norms }
     private let linearOut: [ActivationBuffer]
@@ -257,7 +257,7 @@ public final class MLP: NodeBatchGradients {
     private func gemmWorkload(rows: Int, weightGradients: Bool) -> [GemmCall] {
         let forward = linears.map { GemmCall(.none, .transposed, m: rows, n: $0.outFeatures, k: $0.inFeatures, beta: 0) }
         let backward = linears.enumerated().reversed().flatMap { i, l in
-            (weightGradients ? [GemmCall(.transposed, .none, m: l.outFeatures, n: l.inFeatures, k: rows, beta: 0)] : [])
+            (weightGradients ? l.weightRowPieces.map { GemmCall(.transposed, .none, m: $0.count, n: l.inFeatures, k: rows, beta: 0) } : [])
                 + (i > 0 ? [GemmCall(.none, .none, m: rows, n: l.inFeatures, k: l.outFeatures, beta: 0)] : [])
         }
         return forward + backward
@@ -311,10 +311,13 @@ public final class MLP: NodeBatchGradients {
         linears[i].weightGradient(rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks, sameBitsAsSummed: sameBitsAsSummed)
     }
 
-    public func weightRowsMatchWhole(_ tensor: TensorSpec, rows: Range<Int>, sampleCounts: Set<Int>) -> Bool {
-        guard let linear = linears.first(where: { $0.weight.offset == tensor.offset }) else {
-            preconditionFailure("\(tensor.name): not a weight whose gradient is computed over the node's batch")
+    public func cutWeightGradients(at boundaries: [Int]) {
+        for i in linears.indices {
+            let weight = linears[i].weight, rowLength = linears[i].inFeatures
+            linears[i].weightRowCuts = boundaries.filter { $0 > weight.offset && $0 < weight.range.upperBound }.sorted().map {
+                precondition(($0 - weight.offset) % rowLength == 0, "the boundary \($0) cuts a row of \(weight.name)")
+                return ($0 - weight.offset) / rowLength
+            }
         }
-        return sampleCounts.allSatisfy { linear.weightRowsMatchWhole(rows: rows, samples: $0) }
     }
 }

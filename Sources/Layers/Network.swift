@@ -59,10 +59,10 @@ public protocol NodeBatchGradients: Network {
     /// `sameBitsAsSummed`, the bits of the ranks' whole gradients summed in the ordered tree
     /// (`Linear.weightGradient`).
     func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool)
-    /// Whether `weightGradient` over `rows` can have the bits of the whole gradient's rows when
-    /// every rank holds one of `sampleCounts` samples (the BLAS computes a row range of the
-    /// product as it does the whole: checked once per shape).
-    func weightRowsMatchWhole(_ tensor: TensorSpec, rows: Range<Int>, sampleCounts: Set<Int>) -> Bool
+    /// From now on backward computes each of `nodeBatchTensors`' gradients in pieces of rows cut
+    /// at the flat indices `boundaries` (the sharded update's segment starts), one GEMM each, so
+    /// that `weightGradient` over a segment's rows makes the same calls (`Linear.weightRowCuts`).
+    func cutWeightGradients(at boundaries: [Int])
     /// The GEMMs one training step of `rows` samples makes when its weight gradients are deferred
     /// (`gemmWorkload` without them).
     func gemmWorkloadDeferringWeightGradients(rows: Int) -> [GemmCall]

@@ -27,9 +27,9 @@ public enum BLAS {
             Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
-    // MARK: summation-order checks (deterministic mode, weight gradients over the node's batch)
+    // MARK: summation-order checks (deterministic mode)
     //
-    // OpenBLAS documents no summation order. Deterministic training relies on three properties, which
+    // OpenBLAS documents no summation order. Deterministic training relies on two properties, which
     // hold when each element of C is one chain of products over k (OpenBLAS splits only M and N
     // between threads, and k only beyond its k-block): they are checked once per shape, on random
     // data, in this process with its thread count, and a caller falls back to the slower exact
@@ -37,11 +37,10 @@ public enum BLAS {
 
     /// A checked shape: the kind of check, the GEMM's shape, and the thread count it ran with.
     private struct CheckedShape: Hashable {
-        enum Check: Hashable { case accumulation, split, rowRange }
-        let check: Check
+        let sum: Bool
         let transA: Transpose, transB: Transpose
         let m: Int, n: Int, k: Int
-        let split: [Int]  // row counts (split) or a row range's bounds (rowRange)
+        let split: [Int]
         let threads: Int
     }
     nonisolated(unsafe) private static var checked: [CheckedShape: Bool] = [:]
@@ -50,7 +49,7 @@ public enum BLAS {
     /// exactly the Float sum of the two products computed apart, for this shape.
     public static func accumulationIsExactSum(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int) -> Bool {
         guard m > 0 && n > 0 && k > 0 else { return true }
-        let key = CheckedShape(check: .accumulation, transA: transA, transB: transB, m: m, n: n, k: k, split: [], threads: threads)
+        let key = CheckedShape(sum: true, transA: transA, transB: transB, m: m, n: n, k: k, split: [], threads: threads)
         if let known = checked[key] { return known }
         var rng = SplitMix64(seed: 0x5EED)
         let a1 = randomMatrix(m * k, &rng), b1 = randomMatrix(k * n, &rng)
@@ -73,7 +72,7 @@ public enum BLAS {
     public static func rowsIndependentOfSplit(_ transB: Transpose, m: Int, split: [Int], n: Int, k: Int) -> Bool {
         guard m > 0 && n > 0 && k > 0 else { return true }
         precondition(split.reduce(0, +) == m, "split \(split) does not add up to \(m) rows")
-        let key = CheckedShape(check: .split, transA: .none, transB: transB, m: m, n: n, k: k, split: split, threads: threads)
+        let key = CheckedShape(sum: false, transA: .none, transB: transB, m: m, n: n, k: k, split: split, threads: threads)
         if let known = checked[key] { return known }
         var rng = SplitMix64(seed: 0x5EED)
         let a = randomMatrix(m * k, &rng), b = randomMatrix(k * n, &rng)
@@ -92,31 +91,6 @@ public enum BLAS {
             }
         }
         let same = bitwiseEqual(whole, parts)
-        checked[key] = same
-        return same
-    }
-
-    /// Whether rows `rows` of `C = op(A) op(B)` (`[m, n]`) have the same bits computed alone, as an
-    /// `[rows.count, n]` product, as in the whole product, for this shape. OpenBLAS's Haswell
-    /// kernels break this for some shapes (a few elements in a thousand differ), its SkylakeX ones
-    /// do not: then a weight gradient's rows computed where they are owned equal the whole one's.
-    public static func rowRangeMatchesWhole(_ transA: Transpose, _ transB: Transpose, m: Int, rows: Range<Int>, n: Int, k: Int) -> Bool {
-        precondition(rows.lowerBound >= 0 && rows.upperBound <= m, "rows \(rows) of \(m)")
-        guard !rows.isEmpty && n > 0 && k > 0 else { return true }
-        let key = CheckedShape(check: .rowRange, transA: transA, transB: transB, m: m, n: n, k: k, 
-            split: [rows.lowerBound, rows.upperBound], threads: threads)
-        if let known = checked[key] { return known }
-        var rng = SplitMix64(seed: 0x5EED)
-        let a = randomMatrix(m * k, &rng), b = randomMatrix(k * n, &rng)
-        let lda = transA == .none ? k : m, ldb = transB == .none ? n : k
-        // where row i of op(A) starts: a row of A, or a column of the transposed A
-        let rowStart = transA == .none ? rows.lowerBound * lda : rows.lowerBound
-        var whole = [Float](repeating: 0, count: m * n), part = [Float](repeating: 0, count: rows.count * n)
-        gemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: 0, c: &whole, ldc: n)
-        a.withUnsafeBufferPointer { a in
-            gemm(transA, transB, m: rows.count, n: n, k: k, a: a.baseAddress! + rowStart, lda: lda, b: b, ldb: ldb, beta: 0, c: &part, ldc: n)
-        }
-        let same = bitwiseEqual(Array(whole[(rows.lowerBound * n)..<(rows.upperBound * n)]), part)
         checked[key] = same
         return same
     }

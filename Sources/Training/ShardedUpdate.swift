@@ -58,17 +58,18 @@ final class ShardedUpdate {
     /// From then on the ranks' `values` are one memory: a rank that writes it writes every rank's
     /// parameters, so only `step` and `publishUnshardedStep` may.
     ///
-    /// With `activations` (in node shared memory only), each rank's slice also holds that network's
-    /// shared activations, after its gradient, and a step whose backward deferred the weight
-    /// gradients (`NodeBatchGradients.defersWeightGradients`) computes the weight rows of this
-    /// rank's segment over every rank's samples instead of summing the ranks' gradients there,
-    /// to the same bits when every rank holds `sampleCounts[rank]` samples every step (nil: the
-    /// shares change from step to step, and the bits are not kept). Where the BLAS would compute
-    /// a segment's rows to other bits than the whole gradient's (checked on every rank, before
-    /// anything is mapped), the ranks sum whole gradients instead, and `declined` says why.
+    /// With `network` (the MLP, not in deterministic mode), backward cuts its weight gradients at
+    /// the segments' boundaries, whatever the transport (`NodeBatchGradients.cutWeightGradients`),
+    /// and with `overNodeBatch`, in node shared memory only, each rank's slice also holds the
+    /// network's shared activations, after its gradient, and a step whose backward deferred the
+    /// weight gradients (`NodeBatchGradients.defersWeightGradients`) computes the weight rows of
+    /// this rank's segment over every rank's samples instead of summing the ranks' gradients
+    /// there: the same GEMM calls, added in the same tree, so the same bits when every rank holds
+    /// the same number of samples every step (`evenShares`; with `--balance on` the fusion of the
+    /// tree's lowest level into the GEMMs goes unchecked).
     init(
-        store: ParameterStore, communicator: Communicator, sharedMemory: Bool, activations: NodeBatchGradients? = nil,
-        sampleCounts: [Int]? = nil, extraBytes: Int = 0
+        store: ParameterStore, communicator: Communicator, sharedMemory: Bool, network: NodeBatchGradients? = nil,
+        overNodeBatch: Bool = false, evenShares: Bool = true, extraBytes: Int = 0
     ) throws {
         let layout = store.layout
         self.layout = layout
@@ -77,26 +78,12 @@ final class ShardedUpdate {
             communicator.orderedSegment(of: $0, count: layout.count, split: { Self.rowBoundary($0, in: layout) })
         }
         self.segments = segments
+        network?.cutWeightGradients(at: segments.map(\.lowerBound))
+        let activations = overNodeBatch ? network : nil
         guard sharedMemory else {
             transport = .messages(scratch: FlatBuffer(count: layout.count))
             nodeBatch = nil
             return
-        }
-        var activations = activations
-        if let network = activations, network.sharedActivationFloats > 0, let sampleCounts {
-            // same on every rank: the lowest rank whose rows would differ, or none
-            let counts = Set(sampleCounts)
-            let differs = Self.ownedRows(of: network.nodeBatchTensors, in: segments[communicator.rank]).contains {
-                !network.weightRowsMatchWhole($0.tensor, rows: $0.rows, sampleCounts: counts)
-            }
-            var firstDiffering = [differs ? communicator.rank : Int.max]
-            try communicator.allreduce(&firstDiffering, .min)
-            if firstDiffering[0] != Int.max {
-                activations = nil
-                declined =
-                    "OpenBLAS's \(BLAS.coreName) kernels compute some weight gradient rows apart to other bits than in the whole "
-                    + "gradient (rank \(firstDiffering[0])'s segment)"
-            }
         }
         let floats = Swift.max(layout.count, 1)  // as many as the store's buffers hold
         let bytes = floats * MemoryLayout<Float>.stride
@@ -127,7 +114,7 @@ final class ShardedUpdate {
         if let activations, activationFloats > 0 {
             let regions = (0..<memory.ranks).map { memory.slice(of: $0).assumingMemoryBound(to: Float.self) + gradientFloats }
             activations.shareActivations(in: regions, rank: memory.rank, keeper: memory)
-            nodeBatch = (activations, Self.ownedRows(of: activations.nodeBatchTensors, in: segments[communicator.rank]), sampleCounts != nil)
+            nodeBatch = (activations, Self.ownedRows(of: activations.nodeBatchTensors, in: segments[communicator.rank]), evenShares)
         } else {
             nodeBatch = nil
         }
@@ -149,8 +136,6 @@ final class ShardedUpdate {
     /// Whether weight gradients can be computed over the node's batch (the network shares its
     /// activations in node shared memory).
     var sharesActivations: Bool { nodeBatch != nil }
-    /// Why weight gradients are not computed over the node's batch although they were asked for.
-    private(set) var declined: String? = nil
 
     /// With weight gradients over the node's batch, the GEMMs of one plain step on this rank when
     /// the ranks hold `counts` samples (the benchmark's bound): the network's without its weight

@@ -322,22 +322,19 @@ public final class Trainer {
             reduction.overlap = !oneNode
         }
         if ShardedUpdate.applies(ranks: communicator.size, overlap: reduction.overlap, optimizer: optimizer) {
+            // weight gradients cut at the segments and over the node's batch: not in
+            // deterministic mode, whose sums over samples follow its chunk tree
+            let network = plan == nil ? model as? NodeBatchGradients : nil
             do {
-                // weight gradients over the node's batch: not in deterministic mode, whose sums over
-                // samples follow its chunk tree
                 sharded = try ShardedUpdate(
                     store: model.parameters, communicator: communicator,
                     sharedMemory: configuration.intraNode == .sharedMemory && oneNode,
-                    activations: configuration.weightGradients == .node && plan == nil ? model as? NodeBatchGradients : nil,
-                    sampleCounts: shares == nil
-                        ? (0..<communicator.size).map {
-                            ShardSampler.share(of: configuration.globalBatch, rank: $0, ranks: communicator.size).count
-                        } : nil,
+                    network: network, overNodeBatch: configuration.weightGradients == .node, evenShares: configuration.balance == .off,
                     extraBytes: configuration.debugSharedMemoryExtra)
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
                 console.warning("\(error); the sharded update goes through MPI instead (--intra-node mpi)")
-                sharded = try ShardedUpdate(store: model.parameters, communicator: communicator, sharedMemory: false)
+                sharded = try ShardedUpdate(store: model.parameters, communicator: communicator, sharedMemory: false, network: network)
             }
         }
     }
@@ -524,7 +521,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory\($0.sharesActivations ? " (weight gradients computed over the node's batch)" : $0.declined.map { " (weight gradients summed per rank: \($0))" } ?? ""), one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory\($0.sharesActivations ? " (weight gradients computed over the node's batch)" : ""), one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
         )
     }
 
