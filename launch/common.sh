@@ -23,6 +23,22 @@ ensure_system_packages() {
   fi
 }
 
+# Real IDX files for the tests of the data readers (Fashion-MNIST as Debian packs it, in MNIST's
+# format and file names): installed as root; otherwise the command is printed and those tests skip.
+TEST_DATA_PACKAGES=(dataset-fashion-mnist)
+ensure_test_data() {
+  local missing=()
+  for p in "${TEST_DATA_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "launch: installing the tests' data: ${missing[*]}" >&2
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2; then return 0; fi
+  fi
+  echo "launch: the tests on real IDX files will skip; install their data with:  sudo apt-get install -y ${missing[*]}" >&2
+}
+
 # AUTORATE_TARGET_CPU (opt-in; unset by default): build for one CPU, `native` (the CPU this
 # runs on) or an LLVM CPU name such as skylake-avx512 or znver4, so that Swift's loops use its
 # widest vectors (AVX-512 instead of the default target's 4-wide SSE). The binary then runs only on
