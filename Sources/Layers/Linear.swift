@@ -2,14 +2,15 @@ import TensorCore
 
 /// `y = x W^T (+ b)`, with `W: [out, in]` (PyTorch's layout) and `x: [batch, in]`.
 /// The weight gradient is accumulated into the gradient store or, with `accumulating: false`,
-/// overwritten by its GEMM; the bias gradient is accumulated.
+/// overwritten by its GEMM (one per piece of `weightRowCuts`); the bias gradient is accumulated.
 public struct Linear: Sendable {
     public let inFeatures: Int
     public let outFeatures: Int
     public let weight: TensorSpec
     public let bias: TensorSpec?
 
-    /// Rows at which backward cuts its weight-gradient GEMM (sorted, inside `1..<outFeatures`): the
+    /// Rows at which backward cuts its weight-gradient GEMM (sorted, inside `1..<outFeatures`;
+    /// a repeated cut gives an empty piece, which costs nothing): the
     /// sharded update's segment boundaries, so that the rank that computes its segment's rows over
     /// the node's batch makes the GEMM calls backward makes. A BLAS may compute a range of rows
     /// apart to other bits than inside the whole product (OpenBLAS's Haswell kernels do).

@@ -189,7 +189,7 @@ public final class MLP: NodeBatchGradients {
     }
 
     /// Backward of the last `forward`, from `dlogits: [n, classes]`, into `parameters.gradients`:
-    /// Linear weight gradients are overwritten by their GEMM (no pass to zero 4 bytes per
+    /// Linear weight gradients are overwritten by their GEMMs (no pass to zero 4 bytes per
     /// parameter); the small tensors (BN gamma and beta, biases) are zeroed here and accumulated.
     /// Collective when synchronized: one reduction per BN.
     ///

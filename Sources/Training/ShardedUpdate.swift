@@ -64,9 +64,9 @@ final class ShardedUpdate {
     /// network's shared activations, after its gradient, and a step whose backward deferred the
     /// weight gradients (`NodeBatchGradients.defersWeightGradients`) computes the weight rows of
     /// this rank's segment over every rank's samples instead of summing the ranks' gradients
-    /// there: the same GEMM calls, added in the same tree, so the same bits when every rank holds
-    /// the same number of samples every step (`evenShares`; with `--balance on` the fusion of the
-    /// tree's lowest level into the GEMMs goes unchecked).
+    /// there: GEMMs of the same shapes, added in the same tree, so the same bits when each rank's
+    /// sample count stays the same from step to step (`evenShares`, `--balance off`; with
+    /// `--balance on` the fusion of the tree's lowest level into the GEMMs goes unchecked).
     init(
         store: ParameterStore, communicator: Communicator, sharedMemory: Bool, network: NodeBatchGradients? = nil,
         overNodeBatch: Bool = false, evenShares: Bool = true, extraBytes: Int = 0

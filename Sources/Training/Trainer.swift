@@ -309,7 +309,8 @@ public final class Trainer {
     /// that their small, latency-bound reductions are matched apart from the gradient buckets.
     /// With a sharded update in node shared memory, the ranks' parameters become one memory here:
     /// whatever writes `model.parameters.values` on one rank (a checkpoint's load, the start-up
-    /// broadcast) must come before.
+    /// broadcast) must come before. A sharded update also sets where the MLP's backward cuts its
+    /// weight GEMMs (the same on every rank), so no backward may come before either.
     public func prepareCommunication() throws {
         guard !communicationPrepared else { return }
         communicationPrepared = true

@@ -26,7 +26,8 @@ final class NodeSharedMemoryTests: XCTestCase {
     }
 
     /// OpenBLAS's Haswell kernels compute some rows of `dyᵀ x` apart to other bits than inside the
-    /// whole product (for this network's shapes; the same on every x86 CPU that runs them): the
+    /// whole product (measured for this network's shapes on an AMD EPYC; a kernel's arithmetic does
+    /// not depend on the CPU that runs it): the
     /// same bits each way only because backward cuts its weight GEMMs where the segments are cut
     /// (without the cuts this test fails).
     func testKernelsThatComputeRowsApartToOtherBits() throws {

@@ -104,6 +104,44 @@ final class LinearReluSoftmaxTests: XCTestCase {
         XCTAssertGreaterThan(bitsCompared, 0, "the BLAS adds no pair exactly at these shapes: the bits went unchecked")
     }
 
+    /// Backward with weight-row cuts (one repeated, so one piece is empty): the gradient matches a
+    /// Double loop, accumulating adds to what was there, and each piece has the bits of
+    /// `weightGradient` over that piece alone, which is what the sharded update's owner computes.
+    func testWeightRowCutsInBackward() {
+        var rng = SplitMix64(seed: 29)
+        // shapes at which OpenBLAS's Haswell kernels give some rows computed apart other bits
+        let inF = 32, outF = 256, batch = 128
+        var layout = ParameterLayout()
+        let w = layout.append("w", shape: [outF, inF])
+        var linear = Linear(inFeatures: inF, outFeatures: outF, weight: w, bias: nil)
+        linear.weightRowCuts = [96, 96, 128]
+        XCTAssertEqual(linear.weightRowPieces, [0..<96, 96..<96, 96..<128, 128..<256])
+        let x = OwnedMatrix(rows: batch, cols: inF, normal: &rng), dy = OwnedMatrix(rows: batch, cols: outF, normal: &rng)
+        let p = ParameterStore(layout: layout)
+        p.gradients.all.update(repeating: 0.5)
+        linear.backward(x.matrix, dy.matrix, nil, p, accumulating: true)
+        for o in 0..<outF {
+            for i in 0..<inF {
+                var sum = 0.5, magnitude = 0.5
+                for n in 0..<batch {
+                    let term = Double(dy[n * outF + o]) * Double(x[n * inF + i])
+                    sum += term
+                    magnitude += abs(term)
+                }
+                XCTAssertEqual(Double(p.gradients.pointer[o * inF + i]), sum, accuracy: 1e-5 * magnitude, "row \(o) column \(i)")
+            }
+        }
+        let written = ParameterStore(layout: layout)
+        linear.backward(x.matrix, dy.matrix, nil, written, accumulating: false)
+        for piece in linear.weightRowPieces where !piece.isEmpty {
+            let alone = ParameterStore(layout: layout)
+            linear.weightGradient(rows: piece, over: [(x.matrix, dy.matrix)], into: alone.gradients.pointer, tree: BatchChunks())
+            for k in piece.lowerBound * inF..<piece.upperBound * inF {
+                XCTAssertEqual(alone.gradients.pointer[k].bitPattern, written.gradients.pointer[k].bitPattern, "\(piece) element \(k)")
+            }
+        }
+    }
+
     func testReluBackwardAgainstFiniteDifferences() {
         var rng = SplitMix64(seed: 22)
         let n = 41
