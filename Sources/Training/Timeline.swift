@@ -3,7 +3,7 @@ import Collectives
     import Glibc
 #endif
 
-/// A Chrome trace of a window of steps (the JSON array format that Perfetto and chrome://tracing
+/// A Chrome trace of a window of steps (the JSON array format that Perfetto and Chrome's trace viewer
 /// open): one process per rank, with the computation (layers, BN reductions, update, data,
 /// checkpoints) as nested spans on its "compute" thread, and the gradient allreduces, which
 /// overlap backward and each other, as async spans of the process.

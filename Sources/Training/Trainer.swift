@@ -177,7 +177,7 @@ public final class Trainer {
         timeline?.stop()
         if let timeline, let path = configuration.timelinePath {
             try timeline.write(to: path, over: communicator)
-            console.root("timeline: \(path) (steps \(timeline.window.lowerBound)-\(timeline.window.upperBound); open in https://ui.perfetto.dev or chrome://tracing)")
+            console.root("timeline: \(path) (steps \(timeline.window.lowerBound)-\(timeline.window.upperBound); open it in https://ui.perfetto.dev)")
         }
         let seconds = clock.seconds
         try recalibrateBatchNorm()

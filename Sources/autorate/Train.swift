@@ -52,7 +52,7 @@ struct Train: ParsableCommand {
     @Option(help: "Write JSON Lines metrics to this file (rank 0).")
     var metrics: String?
     @OptionGroup var communication: CommunicationOptions
-    @Option(help: "Write a Chrome trace (Perfetto, chrome://tracing) of the --timeline-steps window to this file (rank 0).")
+    @Option(help: "Write a Chrome trace (open it in https://ui.perfetto.dev) of the --timeline-steps window to this file (rank 0).")
     var timeline: String?
     @Option(name: .customLong("timeline-steps"), help: "Steps the timeline records, 'FIRST-LAST' (1-based).")
     var timelineSteps = "2-11"
