@@ -3,13 +3,19 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SYSTEM_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev zlib1g-dev pkgconf python3)
 
+# The packages among the arguments that are not installed, one per line.
+missing_packages() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+
 # Installs the system packages that are missing when running as root; otherwise prints the exact
 # command and stops.
 ensure_system_packages() {
   local missing=()
-  for p in "${SYSTEM_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
+  mapfile -t missing < <(missing_packages "${SYSTEM_PACKAGES[@]}")
   command -v swift >/dev/null || { echo "launch: swift is not on PATH; install a Swift 6 toolchain (swift.org) first" >&2; exit 1; }
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ]; then
@@ -28,9 +34,7 @@ ensure_system_packages() {
 TEST_DATA_PACKAGES=(dataset-fashion-mnist)
 ensure_test_data() {
   local missing=()
-  for p in "${TEST_DATA_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
+  mapfile -t missing < <(missing_packages "${TEST_DATA_PACKAGES[@]}")
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ]; then
     echo "launch: installing the tests' data: ${missing[*]}" >&2

@@ -10,9 +10,9 @@ public struct Linear: Sendable {
     public let bias: TensorSpec?
 
     /// Rows at which backward cuts its weight-gradient GEMM (sorted, inside `1..<outFeatures`;
-    /// a repeated cut gives an empty piece, which costs nothing): the
-    /// sharded update's segment boundaries, so that the rank that computes its segment's rows over
-    /// the node's batch makes the GEMM calls backward makes. A BLAS may compute a range of rows
+    /// a repeated cut gives an empty piece, which costs nothing): where the sharded update's
+    /// segments cut the weight, so that the rank that computes its segment's rows over the node's
+    /// batch makes GEMMs of the shapes backward makes. A BLAS may compute a range of rows
     /// apart to other bits than inside the whole product (OpenBLAS's Haswell kernels do).
     public var weightRowCuts: [Int] = [] {
         didSet {

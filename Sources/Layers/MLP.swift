@@ -311,13 +311,10 @@ public final class MLP: NodeBatchGradients {
         linears[i].weightGradient(rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks, sameBitsAsSummed: sameBitsAsSummed)
     }
 
-    public func cutWeightGradients(at boundaries: [Int]) {
+    public func cutWeightGradients(at segments: [Range<Int>]) {
         for i in linears.indices {
-            let weight = linears[i].weight, rowLength = linears[i].inFeatures
-            linears[i].weightRowCuts = boundaries.filter { $0 > weight.offset && $0 < weight.range.upperBound }.sorted().map {
-                precondition(($0 - weight.offset) % rowLength == 0, "the boundary \($0) cuts a row of \(weight.name)")
-                return ($0 - weight.offset) / rowLength
-            }
+            let weight = linears[i].weight
+            linears[i].weightRowCuts = segments.compactMap { weight.rows(in: $0)?.lowerBound }.filter { $0 > 0 }.sorted()
         }
     }
 }

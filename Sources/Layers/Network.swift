@@ -59,10 +59,11 @@ public protocol NodeBatchGradients: Network {
     /// `sameBitsAsSummed`, the bits of the ranks' whole gradients summed in the ordered tree
     /// (`Linear.weightGradient`).
     func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool)
-    /// From now on backward computes each of `nodeBatchTensors`' gradients in pieces of rows cut
-    /// at the flat indices `boundaries` (the sharded update's segment starts), one GEMM each, so
-    /// that `weightGradient` over a segment's rows makes the same calls (`Linear.weightRowCuts`).
-    func cutWeightGradients(at boundaries: [Int])
+    /// From now on backward computes each of `nodeBatchTensors`' gradients in pieces of rows, one
+    /// per segment of the flat layout that holds some (the sharded update's segments, which cut
+    /// no row), one GEMM each, so that `weightGradient` over a segment's rows makes the same
+    /// calls (`Linear.weightRowCuts`).
+    func cutWeightGradients(at segments: [Range<Int>])
     /// The GEMMs one training step of `rows` samples makes when its weight gradients are deferred
     /// (`gemmWorkload` without them).
     func gemmWorkloadDeferringWeightGradients(rows: Int) -> [GemmCall]

@@ -236,11 +236,9 @@ public final class ScaleInvariantSGD {
                 check.carries = carries
                 continue
             }
+            precondition(tensor.shape.first == term.coefficients.count, "\(tensor.name): one radial coefficient per row")
             let rowLength = tensor.count / term.coefficients.count
-            precondition(
-                (lower - tensor.offset) % rowLength == 0 && (upper - tensor.offset) % rowLength == 0,
-                "the elements \(lower)..<\(upper) cut the rows of \(rowLength) of \(tensor.name)")
-            let rows = (lower - tensor.offset) / rowLength..<(upper - tensor.offset) / rowLength
+            let rows = tensor.rows(in: lower..<upper)!
             var norms = [Double](repeating: 0, count: rows.count)
             for r in rows {
                 let keep = 1 - eta * term.coefficients[r]

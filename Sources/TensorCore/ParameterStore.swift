@@ -12,6 +12,18 @@ public struct TensorSpec: Sendable, Equatable {
     public let offset: Int
     public var count: Int { shape.reduce(1, *) }
     public var range: Range<Int> { offset..<offset + count }
+
+    /// The rows (of its first dimension) that the flat elements `elements` hold of this tensor;
+    /// nil when they hold none. They must not cut a row (a precondition).
+    public func rows(in elements: Range<Int>) -> Range<Int>? {
+        let lower = Swift.max(offset, elements.lowerBound), upper = Swift.min(range.upperBound, elements.upperBound)
+        guard lower < upper, let first = shape.first, first > 0 else { return nil }
+        let rowLength = count / first
+        precondition(
+            (lower - offset) % rowLength == 0 && (upper - offset) % rowLength == 0,
+            "the elements \(lower)..<\(upper) cut the rows of \(rowLength) of \(name)")
+        return (lower - offset) / rowLength..<(upper - offset) / rowLength
+    }
 }
 
 /// The layout of all parameters in one flat allocation, in forward order. Gradients use a second

@@ -78,7 +78,7 @@ final class ShardedUpdate {
             communicator.orderedSegment(of: $0, count: layout.count, split: { Self.rowBoundary($0, in: layout) })
         }
         self.segments = segments
-        network?.cutWeightGradients(at: segments.map(\.lowerBound))
+        network?.cutWeightGradients(at: segments)
         let activations = overNodeBatch ? network : nil
         guard sharedMemory else {
             transport = .messages(scratch: FlatBuffer(count: layout.count))
@@ -114,22 +114,10 @@ final class ShardedUpdate {
         if let activations, activationFloats > 0 {
             let regions = (0..<memory.ranks).map { memory.slice(of: $0).assumingMemoryBound(to: Float.self) + gradientFloats }
             activations.shareActivations(in: regions, rank: memory.rank, keeper: memory)
-            nodeBatch = (activations, Self.ownedRows(of: activations.nodeBatchTensors, in: segments[communicator.rank]), evenShares)
+            let owned = activations.nodeBatchTensors.compactMap { t in t.rows(in: segments[communicator.rank]).map { (tensor: t, rows: $0) } }
+            nodeBatch = (activations, owned, evenShares)
         } else {
             nodeBatch = nil
-        }
-    }
-
-    /// The rows of `tensors` in `segment` (segments are cut at rows of the tensor they cut).
-    private static func ownedRows(of tensors: [TensorSpec], in segment: Range<Int>) -> [(tensor: TensorSpec, rows: Range<Int>)] {
-        tensors.compactMap { tensor in
-            let lower = Swift.max(tensor.offset, segment.lowerBound), upper = Swift.min(tensor.range.upperBound, segment.upperBound)
-            guard lower < upper, let first = tensor.shape.first, first > 0 else { return nil }
-            let rowLength = tensor.count / first
-            precondition(
-                (lower - tensor.offset) % rowLength == 0 && (upper - tensor.offset) % rowLength == 0,
-                "the segment \(segment) cuts rows of \(tensor.name)")
-            return (tensor, (lower - tensor.offset) / rowLength..<(upper - tensor.offset) / rowLength)
         }
     }
 
@@ -144,7 +132,7 @@ final class ShardedUpdate {
     /// tree's pairs are fused). Nil otherwise: the network's own workload applies.
     func gemmWorkload(counts: [Int]) -> [GemmCall]? {
         guard let nodeBatch else { return nil }
-        let rows = nodeBatch.rows.filter { !$0.rows.isEmpty }.flatMap { tensor, rows in
+        let rows = nodeBatch.rows.flatMap { tensor, rows in
             counts.enumerated().map { r, count in
                 GemmCall(.transposed, .none, m: rows.count, n: tensor.count / tensor.shape[0], k: count, beta: r % 2 == 0 ? 0 : 1)
             }
@@ -157,7 +145,6 @@ final class ShardedUpdate {
     func prepareBackward(sharded: Bool) {
         nodeBatch?.network.defersWeightGradients = sharded
     }
-
 
     /// The node shared memory the gradients are summed in, if they are.
     var sharedMemory: NodeSharedMemory? {
