@@ -95,8 +95,9 @@ public final class ScaleInvariantSGD {
     }
 
     /// Applies one update to `store.values` from `store.gradients` (already averaged over the global
-    /// batch) and advances the step counter. With `monitor`, returns per-group monitors (costs three
-    /// extra passes over the parameters; use on logging steps).
+    /// batch) and advances the step counter. With `monitor`, returns per-group monitors, summed
+    /// unit by unit (`TensorSpec.unitLength`) beside the update: the new values do not depend on
+    /// `monitor`.
     ///
     /// The NaN/Inf guard is part of the update: when the step meets a value that is not finite (in
     /// the gradient or a radial coefficient; in the paper's algorithm, any new value), `apply`
@@ -110,52 +111,35 @@ public final class ScaleInvariantSGD {
     /// With momentum or weight decay the update is in place, after a check of the gradient.
     ///
     /// Pending radial gradient terms (`store.pendingRadial`) are part of the gradient: the plain
-    /// update applies them in its own pass; monitors, momentum and weight decay first add them in.
+    /// update applies them in its own pass; momentum and weight decay first add them in.
     @discardableResult
     public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor]? {
         store.rowSquaredNormsAfterUpdate.removeAll()
-        if monitor || !isPaperAlgorithm { store.materializePendingRadial() }
+        if !isPaperAlgorithm { store.materializePendingRadial() }
         let radial = takeRadialTerms(store)
         guard isPaperAlgorithm || groups.allSatisfy({ allFinite(UnsafeBufferPointer(store.gradients.slice($0.range))) }) else {
             return nil
         }
-        var monitors: [GroupMonitor] = []
+        let sums = UnsafeMutableBufferPointer<Double>.allocate(capacity: monitor ? monitorSlots : 0)
+        defer { sums.deallocate() }
+        let unitSums = monitor ? sums.baseAddress : nil
         var check = FiniteCheck()
         var keptNorms: [Int: [Double]] = [:]
         for group in groups {
             let rule = rule(for: group.kind)
             let eta = rule.schedule.rate(base: rule.learningRate, step: step)
-            let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
-            var before = (w2: 0.0, g2: 0.0, wg: 0.0)
-            if monitor {
-                before = (
-                    squaredNorm(UnsafeBufferPointer(w)), squaredNorm(UnsafeBufferPointer(g)),
-                    dot(UnsafeBufferPointer(w), UnsafeBufferPointer(g))
-                )
-            }
-            var updated = w  // where the new values are
             if isPaperAlgorithm {
-                for part in stepIntoGradient(group, group.range, in: store, eta: Float(eta), radial: radial, nil, &check) {
+                for part in stepIntoGradient(group, group.range, in: store, eta: Float(eta), radial: radial, unitSums, nil, &check) {
                     keptNorms[part.tensor.offset] = part.norms
                 }
-                updated = g
             } else {
+                let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
+                if let unitSums { accumulateUnits(group, store, before: true, into: unitSums) }
                 updateInPlace(w, g, rule: rule, eta: Float(eta), range: group.range)
-            }
-            if monitor {
-                let after = squaredNorm(UnsafeBufferPointer(updated))
-                let residual = (after - before.w2 - eta * eta * before.g2) / after
-                let cosine = before.wg / Swift.max((before.w2 * before.g2).squareRoot(), .leastNormalMagnitude)
-                // <w_t, w_{t+1}> = ||w_t||^2 - eta <w_t, g_t> for the plain step
-                let cross = before.w2 - eta * before.wg
-                let cosAngle = Swift.min(Swift.max(cross / (before.w2 * after).squareRoot(), -1), 1)
-                monitors.append(
-                    GroupMonitor(
-                        name: group.name, kind: group.kind, norm2: before.w2, gradNorm2: before.g2,
-                        effectiveRate: eta / before.w2, cosine: cosine, identityResidual: residual,
-                        angle: rule.isPlain ? Double.acos(cosAngle) : .nan))
+                if let unitSums { accumulateUnits(group, store, before: false, into: unitSums) }
             }
         }
+        let monitors = monitor ? groupMonitors(unitSums: UnsafeBufferPointer(sums)) : []
         if isPaperAlgorithm {
             guard check.allFinite else { return nil }
             commitPlainStep(store, rowNorms: keptNorms)
@@ -168,25 +152,99 @@ public final class ScaleInvariantSGD {
     /// This rank's part of a plain step sharded over ranks (the caller reduce-scatters the
     /// gradient, calls this, gathers every rank's new values into the gradient buffer, and commits
     /// with `commitPlainStep`): the new values of the elements `shard`, from the summed gradient
-    /// there, written over it and checked. `shard` must hold whole rows of every tensor with a
-    /// pending radial term. Returns whether the new values are finite, and for each radial tensor,
+    /// there, written over it and checked. `shard` must hold whole units (`TensorSpec.unitLength`)
+    /// of every tensor. Returns whether the new values are finite, and for each radial tensor,
     /// its rows in `shard` and their new squared norms. Consumes the pending radial terms.
     ///
+    /// With `unitSums` (`monitorSlots` Doubles), writes the monitor sums of the units in `shard`
+    /// there; `groupMonitors` turns every rank's into the monitors.
+    ///
     /// `completing`, when given, is called with consecutive pieces of `shard` (each within one
-    /// tensor; a row of a radial tensor), each just before the step reads the gradient there: the
-    /// caller finishes the gradient piece by piece (the sum over ranks), and the step reads it back
-    /// from cache instead of memory.
+    /// tensor), each just before the step reads the gradient there: the caller finishes the
+    /// gradient piece by piece (the sum over ranks), and the step reads it back from cache
+    /// instead of memory.
     public func stepShard(
-        _ store: ParameterStore, shard: Range<Int>, completing: ((Range<Int>) -> Void)? = nil
+        _ store: ParameterStore, shard: Range<Int>, unitSums: UnsafeMutablePointer<Double>? = nil,
+        completing: ((Range<Int>) -> Void)? = nil
     ) -> (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])]) {
         precondition(isPaperAlgorithm, "only the plain step is sharded")
         store.rowSquaredNormsAfterUpdate.removeAll()
         let radial = takeRadialTerms(store)
         var check = FiniteCheck()
         let rowNorms = groups.flatMap { group in
-            stepIntoGradient(group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, completing, &check)
+            stepIntoGradient(group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, unitSums, completing, &check)
         }
         return (check.allFinite, rowNorms)
+    }
+
+    // MARK: monitors
+
+    /// Doubles of the monitor sums: four per unit of every tensor (`TensorSpec.unitLength`), in
+    /// layout order: ||w_t||^2, ||g_t||^2, <w_t, g_t> and ||w_{t+1}||^2 over the unit.
+    public var monitorSlots: Int { 4 * unitCount }
+    private var unitCount: Int { groups.flatMap(\.tensors).map(\.unitCount).reduce(0, +) }
+    /// The first unit of each tensor, by tensor offset.
+    private lazy var firstUnit: [Int: Int] = {
+        var first: [Int: Int] = [:]
+        var next = 0
+        for tensor in groups.flatMap(\.tensors).sorted(by: { $0.offset < $1.offset }) {
+            first[tensor.offset] = next
+            next += tensor.unitCount
+        }
+        return first
+    }()
+
+    /// The monitors of every group at the current step, from the sums of every unit: each group's
+    /// sums are added unit by unit in layout order, so they have the same bits whichever rank
+    /// summed which unit.
+    public func groupMonitors(unitSums: UnsafeBufferPointer<Double>) -> [GroupMonitor] {
+        precondition(unitSums.count == monitorSlots, "\(unitSums.count) monitor sums for \(monitorSlots) slots")
+        return groups.map { group in
+            var w2 = 0.0, g2 = 0.0, wg = 0.0, after = 0.0
+            for tensor in group.tensors {
+                let first = firstUnit[tensor.offset]!
+                for u in first..<first + tensor.unitCount {
+                    w2 += unitSums[4 * u]
+                    g2 += unitSums[4 * u + 1]
+                    wg += unitSums[4 * u + 2]
+                    after += unitSums[4 * u + 3]
+                }
+            }
+            let rule = rule(for: group.kind)
+            let eta = rule.schedule.rate(base: rule.learningRate, step: step)
+            let residual = (after - w2 - eta * eta * g2) / after
+            let cosine = wg / Swift.max((w2 * g2).squareRoot(), .leastNormalMagnitude)
+            // <w_t, w_{t+1}> = ||w_t||^2 - eta <w_t, g_t> for the plain step
+            let cosAngle = Swift.min(Swift.max((w2 - eta * wg) / (w2 * after).squareRoot(), -1), 1)
+            return GroupMonitor(
+                name: group.name, kind: group.kind, norm2: w2, gradNorm2: g2, effectiveRate: eta / w2, cosine: cosine,
+                identityResidual: residual, angle: rule.isPlain ? Double.acos(cosAngle) : .nan)
+        }
+    }
+
+    /// Momentum and weight decay: the monitor sums of `group`'s units, read from the buffers
+    /// before the update (`before`: ||w||^2, ||g||^2, <w, g>) or after it (||w_{t+1}||^2).
+    private func accumulateUnits(_ group: ParameterGroup, _ store: ParameterStore, before: Bool, into sums: UnsafeMutablePointer<Double>) {
+        let wp = store.values.pointer, gp = store.gradients.pointer
+        for tensor in group.tensors {
+            var u = firstUnit[tensor.offset]!
+            var start = tensor.offset
+            while start < tensor.range.upperBound {
+                let end = Swift.min(start + tensor.unitLength, tensor.range.upperBound)
+                var s = (0.0, 0.0, 0.0)
+                for i in start..<end {
+                    let w = Double(wp[i]), g = Double(gp[i])
+                    s = before ? (s.0 + w * w, s.1 + g * g, s.2 + w * g) : (s.0 + w * w, 0, 0)
+                }
+                if before {
+                    (sums[4 * u], sums[4 * u + 1], sums[4 * u + 2]) = s
+                } else {
+                    sums[4 * u + 3] = s.0
+                }
+                u += 1
+                start = end
+            }
+        }
     }
 
     /// The pending radial terms by tensor offset, taken from `store`.
@@ -213,13 +271,19 @@ public final class ScaleInvariantSGD {
     /// row is in cache, for the next forward's BN epsilons (`ParameterStore.rowSquaredNormsAfterUpdate`).
     private func stepIntoGradient(
         _ group: ParameterGroup, _ range: Range<Int>, in store: ParameterStore, eta: Float, radial: [Int: RadialGradient],
-        _ completing: ((Range<Int>) -> Void)?, _ check: inout FiniteCheck
+        _ unitSums: UnsafeMutablePointer<Double>?, _ completing: ((Range<Int>) -> Void)?, _ check: inout FiniteCheck
     ) -> [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] {
         var rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] = []
         for tensor in group.tensors {
             let lower = Swift.max(tensor.offset, range.lowerBound), upper = Swift.min(tensor.range.upperBound, range.upperBound)
             guard lower < upper else { continue }
             let wp = store.values.pointer, gp = store.gradients.pointer
+            if let unitSums {
+                if let part = stepMonitored(tensor, lower..<upper, store, eta: eta, radial: radial[tensor.offset], unitSums, completing, &check) {
+                    rowNorms.append(part)
+                }
+                continue
+            }
             guard let term = radial[tensor.offset] else {
                 var carries = check.carries
                 var start = lower
@@ -256,6 +320,74 @@ public final class ScaleInvariantSGD {
             rowNorms.append((tensor, rows, norms))
         }
         return rowNorms
+    }
+
+    /// `stepIntoGradient` for the elements `span` of one tensor (whole units), unit by unit, also
+    /// writing each unit's monitor sums (the gradient with its radial term, in Double). The new
+    /// values are computed by the same expressions as the unmonitored loops, so they have the
+    /// same bits.
+    private func stepMonitored(
+        _ tensor: TensorSpec, _ span: Range<Int>, _ store: ParameterStore, eta: Float, radial term: RadialGradient?,
+        _ unitSums: UnsafeMutablePointer<Double>, _ completing: ((Range<Int>) -> Void)?, _ check: inout FiniteCheck
+    ) -> (tensor: TensorSpec, rows: Range<Int>, norms: [Double])? {
+        let wp = store.values.pointer, gp = store.gradients.pointer
+        let unit = tensor.unitLength, rowLength = tensor.rowLength
+        precondition((span.lowerBound - tensor.offset) % unit == 0, "\(tensor.name): a span that cuts a unit")
+        let rows = term.map { _ in tensor.rows(in: span)! }
+        var norms = [Double](repeating: 0, count: rows?.count ?? 0)
+        var u = firstUnit[tensor.offset]! + (span.lowerBound - tensor.offset) / unit
+        var start = span.lowerBound
+        var carries = check.carries
+        while start < span.upperBound {
+            let end = Swift.min(start + unit, span.upperBound)
+            if let completing {
+                var piece = start
+                while piece < end {
+                    completing(piece..<Swift.min(end, piece + Self.piece))
+                    piece += Self.piece
+                }
+            }
+            var w2 = 0.0, g2 = 0.0, wg = 0.0, after = 0.0
+            if let term, let rows {
+                var r = (start - tensor.offset) / rowLength
+                var rowStart = start
+                while rowStart < end {
+                    let a = term.coefficients[r]
+                    let keep = 1 - eta * a
+                    for i in rowStart..<rowStart + rowLength {
+                        let w = wp[i], g = gp[i]
+                        let v = keep * w - eta * g
+                        gp[i] = v
+                        carries |= FiniteCheck.carry(v)
+                        let ge = Double(g) + Double(a) * Double(w)
+                        w2 += Double(w) * Double(w)
+                        g2 += ge * ge
+                        wg += Double(w) * ge
+                    }
+                    let norm = ParameterStore.squaredNorm(ofRow: UnsafeBufferPointer(start: gp + rowStart, count: rowLength))
+                    norms[r - rows.lowerBound] = norm
+                    after += norm
+                    r += 1
+                    rowStart += rowLength
+                }
+            } else {
+                for i in start..<end {
+                    let w = wp[i], g = gp[i]
+                    let v = w - eta * g
+                    gp[i] = v
+                    carries |= FiniteCheck.carry(v)
+                    w2 += Double(w) * Double(w)
+                    g2 += Double(g) * Double(g)
+                    wg += Double(w) * Double(g)
+                    after += Double(v) * Double(v)
+                }
+            }
+            (unitSums[4 * u], unitSums[4 * u + 1], unitSums[4 * u + 2], unitSums[4 * u + 3]) = (w2, g2, wg, after)
+            u += 1
+            start = end
+        }
+        check.carries = carries
+        return rows.map { (tensor, $0, norms) }
     }
 
     /// Elements per `completing` piece outside radial rows: a piece of every rank's gradient, the

@@ -13,6 +13,17 @@ public struct TensorSpec: Sendable, Equatable {
     public var count: Int { shape.reduce(1, *) }
     public var range: Range<Int> { offset..<offset + count }
 
+    /// Elements per row of its first dimension (the whole tensor for a scalar).
+    public var rowLength: Int { shape.first.map { $0 > 0 ? count / $0 : 0 } ?? count }
+
+    /// Elements of one unit: whole rows, at least 256 elements when the rows are shorter (the last
+    /// unit may be short). A sharded update cuts the layout at unit boundaries only, and the group
+    /// monitors are summed unit by unit, so that their sums have the same bits however the layout
+    /// is cut over ranks.
+    public var unitLength: Int { Swift.max(rowLength, 1) * Swift.max(1, 256 / Swift.max(rowLength, 1)) }
+    /// Units in this tensor.
+    public var unitCount: Int { (count + unitLength - 1) / unitLength }
+
     /// The rows (of its first dimension) that the flat elements `elements` hold of this tensor;
     /// nil when they hold none. They must not cut a row (a precondition).
     public func rows(in elements: Range<Int>) -> Range<Int>? {

@@ -71,7 +71,7 @@ extension Trainer {
         file.metadata["autorate.epoch"] = "\(completedSteps / Swift.max(sampler.stepsPerEpoch, 1))"
         file.metadata["autorate.ranks"] = "\(communicator.size)"
         file.metadata["autorate.architecture"] = model.architecture
-        for (flag, value) in configuration.trajectoryFields(logEvery: logEvery) { file.metadata["config.\(flag)"] = value }
+        for (flag, value) in configuration.trajectoryFields { file.metadata["config.\(flag)"] = value }
         return try directory.write(step: completedSteps, file)
     }
 
@@ -113,7 +113,7 @@ extension Trainer {
     }
 
     private func checkCompatible(_ file: SafeTensors, _ path: String) throws {
-        let differing = configuration.trajectoryFields(logEvery: logEvery).compactMap { flag, value -> String? in
+        let differing = configuration.trajectoryFields.compactMap { flag, value -> String? in
             let saved = file.metadata["config.\(flag)"] ?? CheckpointFormat.addedLater[flag] ?? "(absent)"
             return saved == value ? nil : "\(flag) is \(value) here but \(saved) in the checkpoint"
         }

@@ -12,10 +12,12 @@ extension Trainer {
     func agreeOnConfiguration() throws {
         let layout = (model.parameters.layout.tensors + model.bufferLayout.tensors).map { "\($0.name)\($0.shape)" }.joined(separator: ",")
         let fields =
-            configuration.trajectoryFields(logEvery: logEvery) + [
+            configuration.trajectoryFields + [
                 ("the network layout", layout), ("--steps/--epochs", "\(totalSteps)"),
                 ("--checkpoint-dir", configuration.checkpointDirectory ?? "none"), ("--checkpoint-every", "\(configuration.checkpointEvery)"),
                 ("--resume", configuration.resume.map { "\($0)" } ?? "none"), ("--max-bad-steps", "\(configuration.maxBadSteps)"),
+                // logging steps reduce the window's sums over ranks
+                ("--log-every", "\(logEvery)"),
                 ("--bucket-mb", "\(configuration.bucketBytes)"), ("--overlap", configuration.overlap.rawValue),
                 // a rank that balances enters an allgather every step that the others would not
                 ("--balance", configuration.balance.rawValue),

@@ -15,7 +15,7 @@ import TensorCore
 /// small allreduce then hands every rank all the norms (each row's sum has one non-zero term, so
 /// it is exact) with the count of ranks that met a value that is not finite.
 ///
-/// Used for steps without monitors when the rank count is a power of two, the optimizer runs the
+/// Used for every step when the rank count is a power of two, the optimizer runs the
 /// paper's plain steps and the gradient is not reduced during backward (`--overlap` off).
 ///
 /// When every rank is on one node (`--intra-node shared-memory`, the default), the node holds one
@@ -56,7 +56,7 @@ final class ShardedUpdate {
     /// `extraBytes` more per rank are asked for (a test's impossible request).
     ///
     /// From then on the ranks' `values` are one memory: a rank that writes it writes every rank's
-    /// parameters, so only `step` and `publishUnshardedStep` may.
+    /// parameters, so only `step` may.
     ///
     /// With `network` (the MLP, not in deterministic mode), backward cuts its weight gradients at
     /// the segments' boundaries, whatever the transport (`NodeBatchGradients.cutWeightGradients`),
@@ -158,11 +158,13 @@ final class ShardedUpdate {
     }
 
     /// Collective: one plain step from the gradients backward left (each rank's own sums), for
-    /// every rank. Returns false, with the values unchanged, when a new value is not finite, and
-    /// the seconds spent communicating. On the timeline: the update's span and each collective's.
+    /// every rank. Returns nil, with the values unchanged, when a new value is not finite, else the
+    /// group monitors (empty without `monitor`: their unit sums ride on the step's one small
+    /// allreduce, so a monitored step updates exactly as any other); and the seconds spent
+    /// communicating. On the timeline: the update's span and each collective's.
     func step(
-        _ store: ParameterStore, _ optimizer: ScaleInvariantSGD, timeline: Timeline?
-    ) throws -> (applied: Bool, communicationSeconds: Double) {
+        _ store: ParameterStore, _ optimizer: ScaleInvariantSGD, monitor: Bool, timeline: Timeline?
+    ) throws -> (monitors: [GroupMonitor]?, communicationSeconds: Double) {
         let gradients = store.gradients.all
         let bytes = gradients.count * MemoryLayout<Float>.stride
         var seconds = 0.0
@@ -183,6 +185,11 @@ final class ShardedUpdate {
             precondition(tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
         }
         let mine: (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])])
+        // with `monitor`, the monitor sums of this rank's units (zeros elsewhere)
+        let unitSums = UnsafeMutableBufferPointer<Double>.allocate(capacity: monitor ? optimizer.monitorSlots : 0)
+        defer { unitSums.deallocate() }
+        _ = unitSums.initialize(repeating: 0)
+        let sumsPointer = monitor ? unitSums.baseAddress : nil
         // in node shared memory, the gradient buffer is the standby copy of the parameters during
         // the update, and `standbyHoldingTheSlice` holds the gradient's slice: the gradient goes
         // back to it however the step ends
@@ -203,7 +210,7 @@ final class ShardedUpdate {
             var computed = Set<Int>()
             let segment = segments[communicator.rank]
             let pass = {
-                optimizer.stepShard(store, shard: segment) { piece in
+                optimizer.stepShard(store, shard: segment, unitSums: sumsPointer) { piece in
                     if let deferred, let (tensor, rows) = deferred.rows.first(where: { $0.tensor.range.contains(piece.lowerBound) }) {
                         if computed.insert(tensor.offset).inserted {
                             deferred.network.weightGradient(
@@ -228,7 +235,7 @@ final class ShardedUpdate {
                 try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch.all)
             }
             store.addPendingTerms(in: segment)
-            let update = { optimizer.stepShard(store, shard: segment) }
+            let update = { optimizer.stepShard(store, shard: segment, unitSums: sumsPointer) }
             mine = timeline?.measure("update", "update", update) ?? update()
         }
         // one Double per row of every radial tensor (where each tensor's rows start in it), then
@@ -239,19 +246,24 @@ final class ShardedUpdate {
             first[tensor.offset] = rows
             rows += count
         }
-        var agreed = [Double](repeating: 0, count: rows + 1)
+        var agreed = [Double](repeating: 0, count: rows + 1 + unitSums.count)
         for part in mine.rowNorms {
             let at = first[part.tensor.offset]! + part.rows.lowerBound
             for (k, norm) in part.norms.enumerated() { agreed[at + k] = norm }
         }
         agreed[rows] = mine.finite ? 0 : 1
+        // every unit's sums come from one rank (zeros from the others): the sum over ranks is exact
+        for (k, sum) in unitSums.enumerated() { agreed[rows + 1 + k] = sum }
         // with shared memory, also the barrier after which every rank's new segment can be read
         NodeSharedMemory.fence()
         try communicating("allreduce row norms and the NaN/Inf verdict", bytes: agreed.count * 8) {
             try communicator.allreduce(&agreed, .sum)
         }
         NodeSharedMemory.fence()
-        guard agreed[rows] == 0 else { return (false, seconds) }
+        guard agreed[rows] == 0 else { return (nil, seconds) }
+        let monitors = agreed.withUnsafeBufferPointer { all in
+            monitor ? optimizer.groupMonitors(unitSums: UnsafeBufferPointer(rebasing: all[(rows + 1)...])) : []
+        }
         if case .messages = transport {
             try communicating("allgather new values", bytes: bytes) {
                 try communicator.orderedAllgather(gradients, from: segments[communicator.rank], split: rowBoundary)
@@ -260,7 +272,7 @@ final class ShardedUpdate {
         var norms: [Int: [Double]] = [:]
         for (tensor, count) in radial { norms[tensor.offset] = Array(agreed[first[tensor.offset]!..<first[tensor.offset]! + count]) }
         optimizer.commitPlainStep(store, rowNorms: norms)
-        return (true, seconds)
+        return (monitors, seconds)
     }
 
     /// The barrier after which every rank's gradient is final.
@@ -278,57 +290,16 @@ final class ShardedUpdate {
         NodeSharedMemory.fence()
     }
 
-    /// Collective, after an update that was not sharded (a monitor step's, from the whole summed
-    /// gradient, the same on every rank): in node shared memory, when the update was `applied` (it
-    /// committed its new values into the gradient buffer), each rank writes its segment of them into
-    /// the standby copy, and once every rank's verdict is in, every rank reads its parameters from
-    /// that copy and its gradient is back in its slice. The verdicts are gathered, not assumed: a
-    /// rank that alone skipped the step would otherwise read another copy than the rest (every rank
-    /// throws `TrainingError.replicasDiffer` then). Returns the seconds spent (the wait for the other
-    /// ranks included); on the timeline, one span. Through MPI there is nothing to do: each rank's
-    /// values are its own. An error here ends the run: the buffers are left as the update left them.
-    func publishUnshardedStep(_ store: ParameterStore, applied: Bool, timeline: Timeline? = nil) throws -> Double {
-        guard case .sharedMemory(let memory, let standby, _) = transport else { return 0 }
-        let start = Stopwatch.now()
-        let segment = segments[communicator.rank]
-        if applied {
-            // the commit exchanged the buffers: the new values are in this rank's slice, the
-            // gradient buffer is the copy every rank read this step
-            precondition(
-                UnsafeMutableRawPointer(store.values.pointer) == memory.slice(of: memory.rank),
-                "no unsharded step committed its values into this rank's slice")
-            _ = standby.slice(segment).update(fromContentsOf: store.values.slice(segment))
-        }
-        NodeSharedMemory.fence()
-        let verdicts = try communicator.allgather(applied)  // and every segment of the new copy is written
-        NodeSharedMemory.fence()
-        let differing = verdicts.indices.filter { verdicts[$0] != verdicts[0] }
-        guard differing.isEmpty else {
-            throw TrainingError.replicasDiffer(ranks: differing, when: "in whether a logging step's new values were finite")
-        }
-        if applied {
-            store.values.exchangeStorage(with: standby)  // values: the new copy; standby: the slice
-            store.gradients.exchangeStorage(with: standby)  // gradient: the slice; standby: the old copy
-        }
-        let end = Stopwatch.now()
-        timeline?.span(
-            "publish new values to node shared memory", "communication", .communication, from: start, to: end,
-            bytes: applied ? segment.count * MemoryLayout<Float>.stride : 0)
-        return end - start
-    }
-
-    /// Where to cut `segment`: the row boundary at or below its middle, in the tensor there (a row
-    /// is the tensor's count over its first dimension), or the next one, or the segment's end.
+    /// Where to cut `segment`: the unit boundary (`TensorSpec.unitLength`, whole rows) at or below
+    /// its middle, in the tensor there, or the next one, or the segment's end.
     func rowBoundary(_ segment: Range<Int>) -> Int { Self.rowBoundary(segment, in: layout) }
 
     static func rowBoundary(_ segment: Range<Int>, in layout: ParameterLayout) -> Int {
         let mid = segment.lowerBound + segment.count / 2
-        guard let tensor = layout.tensors.last(where: { $0.offset <= mid }), mid < tensor.range.upperBound,
-            let rows = tensor.shape.first, rows > 0
-        else { return mid }
-        let rowLength = tensor.count / rows
-        let down = tensor.offset + (mid - tensor.offset) / rowLength * rowLength
+        guard let tensor = layout.tensors.last(where: { $0.offset <= mid }), mid < tensor.range.upperBound else { return mid }
+        let unit = tensor.unitLength
+        let down = tensor.offset + (mid - tensor.offset) / unit * unit
         if down >= segment.lowerBound { return down }
-        return Swift.min(down + rowLength, segment.upperBound)
+        return Swift.min(down + unit, tensor.range.upperBound, segment.upperBound)
     }
 }

@@ -227,15 +227,14 @@ public final class Trainer {
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when
         //    synchronized; each gradient bucket starts its allreduce as soon as backward has filled it
         watchdog?.progress(step: t + 1, "the backward pass (synchronized BN: MPI_Allreduce of the gradient sums)")
-        let sharding = monitor ? nil : sharded  // monitors need every rank's whole gradient
-        if sharding == nil { reduction.begin() }
-        sharded?.prepareBackward(sharded: sharding != nil)  // weight gradients over the node's batch or not
+        if sharded == nil { reduction.begin() }
+        sharded?.prepareBackward(sharded: true)  // weight gradients over the node's batch, when shared
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
         injectGradientFault(t)
         // 5. the gradient allreduce: the buckets backward did not start, then the wait for all (and,
         //    with per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
         var timing = StepTiming()
-        if sharding == nil {
+        if sharded == nil {
             watchdog?.progress(step: t + 1, "the gradient MPI_Allreduce")
             timing.gradientExposed = try reduction.finish()
             for span in reduction.spans where timeline?.recording == true {
@@ -253,22 +252,17 @@ public final class Trainer {
         //    rank decides alike without communicating (a sharded update shares its ranks' verdicts
         //    in a small allreduce); a skipped step also undoes its BN statistics
         var monitors: [GroupMonitor]?
-        if let sharding {
+        if let sharded {
             // sharded: sum this rank's segment of the gradient over ranks, update it, gather the
             // other segments' new values (reduce-scatter and allgather; in node shared memory, every
             // rank reads the new values from the node's one copy of the parameters)
             watchdog?.progress(step: t + 1, "the sharded update (the segment's sum over ranks, its update, every rank's new values)")
-            let outcome = try sharding.step(model.parameters, optimizer, timeline: timeline)
+            let outcome = try sharded.step(model.parameters, optimizer, monitor: monitor, timeline: timeline)
             timing.gradientExposed = outcome.communicationSeconds
-            monitors = outcome.applied ? [] : nil
+            monitors = outcome.monitors
         } else {
             watchdog?.progress(step: t + 1, "the update")
             monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
-            // in node shared memory, the ranks' new values become the node's copy of the parameters
-            // (after a check that every rank took the same verdict)
-            if let sharded {
-                timing.gradientExposed += try sharded.publishUnshardedStep(model.parameters, applied: monitors != nil, timeline: timeline)
-            }
         }
         var result = StepResult(
             lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors ?? [], skipped: monitors == nil)

@@ -4,7 +4,7 @@ import Layers
 extension TrainingConfiguration {
     /// Every setting that shapes the trajectory, as (flag, value); a checkpoint resumes only under
     /// the same values. Not here: the run length, the rank count, threads, output and checkpoint flags.
-    func trajectoryFields(logEvery: Int) -> [(String, String)] {
+    var trajectoryFields: [(String, String)] {
         [
             ("--data", "\(data)"), ("--model", model.rawValue), ("--widths", widths.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
             ("--vgg-layers", vggLayers.map { "\($0)" } ?? "default"), ("--width-multiplier", "\(widthMultiplier)"),
@@ -17,8 +17,6 @@ extension TrainingConfiguration {
             ("--weight-decay-si", "\(invariant.weightDecay)"), ("--weight-decay-sv", "\(variant.weightDecay)"),
             ("--init-scale-si", "\(initScaleSI)"), ("--seed", "\(seed)"),
             ("--deterministic", deterministic ? "\(chunks) chunks" : "off"),
-            // logged steps update through the monitored path, whose rounding differs
-            ("--log-every", "\(logEvery)"),
         ]
     }
 }

@@ -6,21 +6,20 @@ import XCTest
 
 @testable import Training
 
-/// Where the sharded update cuts its segments: at a row of the tensor at the middle (a row is the
-/// tensor's count over its first dimension), or the next row, or the segment's end.
+/// Where the sharded update cuts its segments: at a unit of the tensor at the middle (whole rows,
+/// at least 256 elements), or the next unit, or the segment's end.
 final class ShardedUpdateTests: XCTestCase {
-    func testSegmentsAreCutAtRowBoundaries() throws {
+    func testSegmentsAreCutAtUnitBoundaries() throws {
         var layout = ParameterLayout()
-        layout.append("a", shape: [3, 4])  // 0..<12, rows of 4
-        layout.append("b", shape: [5])  // 12..<17, rows of 1
-        layout.append("c", shape: [2, 2, 3])  // 17..<29, rows of 6
+        layout.append("a", shape: [3, 300])  // 0..<900, units of one row, 300
+        layout.append("b", shape: [600])  // 900..<1500, units of 256 (rows of 1)
+        layout.append("c", shape: [2, 2, 100])  // 1500..<1900, units of one row, 200
         let sharded = try ShardedUpdate(store: ParameterStore(layout: layout), communicator: SingleProcessCommunicator(), sharedMemory: false)
-        XCTAssertEqual(sharded.rowBoundary(0..<29), 14, "the middle, in b")
-        XCTAssertEqual(sharded.rowBoundary(0..<12), 4, "row 1 of a, below the middle (6)")
-        XCTAssertEqual(sharded.rowBoundary(17..<29), 23, "row 1 of c: the middle")
-        XCTAssertEqual(sharded.rowBoundary(5..<7), 7, "inside row 1 of a: the next row is past the end")
-        XCTAssertEqual(sharded.rowBoundary(18..<30), 23, "the row of c above the segment's start")
-        XCTAssertEqual(sharded.rowBoundary(18..<22), 22, "a segment inside one row of c goes whole to one side")
+        XCTAssertEqual(sharded.rowBoundary(0..<1900), 900, "the middle (950) is in b's first unit")
+        XCTAssertEqual(sharded.rowBoundary(0..<900), 300, "row 1 of a, below the middle (450)")
+        XCTAssertEqual(sharded.rowBoundary(1500..<1900), 1700, "row 1 of c: the middle")
+        XCTAssertEqual(sharded.rowBoundary(350..<450), 450, "a segment inside one row of a goes whole to one side")
+        XCTAssertEqual(sharded.rowBoundary(1000..<1300), 1156, "the unit of b above the segment's start")
         XCTAssertEqual(sharded.rowBoundary(0..<0), 0)
     }
 
@@ -45,8 +44,8 @@ final class ShardedUpdateTests: XCTestCase {
 
     /// The buffers' dance in node shared memory (one rank): a sharded step writes the new values
     /// into the node's second copy and reads from it after; a skipped step keeps the copy; a
-    /// logging step's unsharded update is published into the other copy. After each, the gradient
-    /// is back in this rank's slice.
+    /// monitored step moves like any other and returns the monitors. After each, the gradient is
+    /// back in this rank's slice.
     func testStepsMoveBetweenTheTwoCopiesOfTheParameters() throws {
         var layout = ParameterLayout()
         layout.append("w", shape: [4, 3])
@@ -62,26 +61,22 @@ final class ShardedUpdateTests: XCTestCase {
         func place() -> [UnsafeMutableRawPointer] { [UnsafeMutableRawPointer(store.values.pointer), UnsafeMutableRawPointer(store.gradients.pointer)] }
 
         gradient { Float($0 % 3) }
-        XCTAssertTrue(try sharded.step(store, optimizer, timeline: nil).applied)
+        XCTAssertNotNil(try sharded.step(store, optimizer, monitor: false, timeline: nil).monitors)
         XCTAssertEqual(place(), [second, shared.slice(of: 0)])
         let afterOne = (0..<12).map { Float($0) - 0.5 * Float($0 % 3) }
         XCTAssertEqual(store.values.array, afterOne)
 
         gradient { $0 == 7 ? .nan : 1 }
-        XCTAssertFalse(try sharded.step(store, optimizer, timeline: nil).applied)
+        XCTAssertNil(try sharded.step(store, optimizer, monitor: false, timeline: nil).monitors)
         XCTAssertEqual(place(), [second, shared.slice(of: 0)], "a skipped step keeps the copy")
         XCTAssertEqual(store.values.array, afterOne)
 
-        gradient { $0 == 3 ? .infinity : 2 }
-        XCTAssertNil(optimizer.apply(to: store, monitor: true))
-        _ = try sharded.publishUnshardedStep(store, applied: false)
-        XCTAssertEqual(place(), [second, shared.slice(of: 0)], "a skipped logging step keeps the copy")
-        XCTAssertEqual(store.values.array, afterOne)
-
         gradient { _ in 2 }
-        XCTAssertNotNil(optimizer.apply(to: store, monitor: true))
-        _ = try sharded.publishUnshardedStep(store, applied: true)
-        XCTAssertEqual(place(), [first, shared.slice(of: 0)], "a logging step's values go to the other copy")
+        let monitored = try sharded.step(store, optimizer, monitor: true, timeline: nil)
+        XCTAssertEqual(place(), [first, shared.slice(of: 0)], "a monitored step moves to the other copy as any step")
+        let monitor = try XCTUnwrap(monitored.monitors?.first)
+        XCTAssertEqual(monitor.norm2, afterOne.reduce(0.0) { $0 + Double($1) * Double($1) }, accuracy: 1e-9)
+        XCTAssertEqual(monitor.gradNorm2, 48, accuracy: 1e-12)
         XCTAssertEqual(store.values.array, afterOne.map { $0 - 1 })
     }
 }
