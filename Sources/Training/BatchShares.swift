@@ -13,8 +13,13 @@ import Data
 /// numbers: proportional to each rank's samples per compute second, smoothed over steps, each held
 /// between half and 1.5 times the even share (the activation buffers are sized for the upper end).
 /// At the fixed point every rank computes for the same time.
+///
+/// Without `balanced` the shares stay even (as `ShardSampler.share` cuts them) and `observe` is
+/// never needed: one type serves both, so the step does not ask which it has.
 struct BatchShares {
     let globalBatch: Int
+    /// `--balance on` with several ranks.
+    let balanced: Bool
     /// The smallest and largest share a rank may get.
     let limits: ClosedRange<Int>
     /// Samples each rank takes, in rank order; they sum to `globalBatch`.
@@ -25,10 +30,12 @@ struct BatchShares {
     /// few steps, one noisy step moves the shares by a third of its deviation.
     static let smoothing = 0.3
 
-    init(globalBatch: Int, ranks: Int) {
+    init(globalBatch: Int, ranks: Int, balanced: Bool = true) {
         precondition(ranks >= 1 && globalBatch >= ranks, "every rank needs at least one sample")
         self.globalBatch = globalBatch
-        limits = Self.limits(globalBatch: globalBatch, ranks: ranks)
+        self.balanced = balanced && ranks > 1
+        let even = (globalBatch / ranks)...((globalBatch + ranks - 1) / ranks)
+        limits = self.balanced ? Self.limits(globalBatch: globalBatch, ranks: ranks) : even
         counts = (0..<ranks).map { ShardSampler.share(of: globalBatch, rank: $0, ranks: ranks).count }
     }
 

@@ -270,9 +270,9 @@ public enum Benchmark {
         for _ in 0..<Swift.max(options.steps / 2, 3) {
             try communicator.barrier()
             let clock = Stopwatch()
-            for range in trainer.buckets.ranges { try trainer.reduction.reduceAlone(range) }
+            for range in trainer.reduction.buckets.ranges { try trainer.reduction.reduceAlone(range) }
             reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
-            for range in Set(trainer.buckets.ranges.map(\.count)).sorted().map({ 0..<$0 }) {
+            for range in Set(trainer.reduction.buckets.ranges.map(\.count)).sorted().map({ 0..<$0 }) {
                 try communicator.barrier()
                 let clock = Stopwatch()
                 try trainer.reduction.reduceAlone(range)
@@ -297,7 +297,7 @@ public enum Benchmark {
             balanceTwinStepSecondsMedian: twinMedian(.balance), balance: c.balance,
             weightGradientsTwinStepSecondsMedian: twinMedian(.weightGradients), weightGradients: c.weightGradients,
             baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
-            timing: mean, buckets: trainer.buckets.ranges.count, bucketBytes: c.bucketBytes,
+            timing: mean, buckets: trainer.reduction.buckets.ranges.count, bucketBytes: c.bucketBytes,
             overlap: trainer.reduction.overlap)
     }
 }

@@ -116,6 +116,7 @@ final class ShardedUpdate {
             activations.shareActivations(in: regions, rank: memory.rank, keeper: memory)
             let owned = activations.nodeBatchTensors.compactMap { t in t.rows(in: segments[communicator.rank]).map { (tensor: t, rows: $0) } }
             nodeBatch = (activations, owned, evenShares)
+            activations.defersWeightGradients = true  // every step's update computes them
         } else {
             nodeBatch = nil
         }
@@ -140,21 +141,14 @@ final class ShardedUpdate {
         return nodeBatch.network.gemmWorkloadDeferringWeightGradients(rows: counts[communicator.rank]) + rows
     }
 
-    /// Before a backward: sets whether it defers the weight gradients to this update (`sharded`:
-    /// the step's update is this sharded one; monitor steps need every rank's whole gradient).
-    func prepareBackward(sharded: Bool) {
-        nodeBatch?.network.defersWeightGradients = sharded
-    }
+    /// The run's network, optimizer and timeline, and with per-rank BN statistics the communicator
+    /// the radial terms are summed over: what `sumAndUpdate` steps with.
+    var context: (model: any Network, optimizer: ScaleInvariantSGD, timeline: Timeline?, radialTermsOver: Communicator?)?
 
     /// The node shared memory the gradients are summed in, if they are.
     var sharedMemory: NodeSharedMemory? {
         if case .sharedMemory(let memory, _, _) = transport { return memory }
         return nil
-    }
-
-    /// Whether a run of this shape shards its plain steps.
-    static func applies(ranks: Int, overlap: Bool, optimizer: ScaleInvariantSGD) -> Bool {
-        ranks > 1 && ranks & (ranks - 1) == 0 && !overlap && optimizer.isPaperAlgorithm
     }
 
     /// Collective: one plain step from the gradients backward left (each rank's own sums), for
@@ -206,7 +200,7 @@ final class ShardedUpdate {
             // the piece or, when backward deferred them, the weight rows' gradients from every
             // rank's activations (a GEMM per rank over the segment's rows of a tensor, at its first
             // piece; the small tensors, BN's and biases, are still summed)
-            let deferred = nodeBatch?.network.defersWeightGradients == true ? nodeBatch : nil
+            let deferred = nodeBatch
             var computed = Set<Int>()
             let segment = segments[communicator.rank]
             let pass = {
@@ -301,5 +295,20 @@ final class ShardedUpdate {
         let down = tensor.offset + (mid - tensor.offset) / unit * unit
         if down >= segment.lowerBound { return down }
         return Swift.min(down + unit, tensor.range.upperBound, segment.upperBound)
+    }
+}
+
+extension ShardedUpdate: GradientSynchronization {
+    func beginBackward() {}
+
+    func sumAndUpdate(monitor: Bool) throws -> (monitors: [GroupMonitor]?, exposedSeconds: Double) {
+        guard let context else { preconditionFailure("a sharded update steps only with its context set") }
+        if let over = context.radialTermsOver { try sumPendingRadialTerms(context.model.parameters, over: over) }
+        let outcome = try step(context.model.parameters, context.optimizer, monitor: monitor, timeline: context.timeline)
+        return (outcome.monitors, outcome.communicationSeconds)
+    }
+
+    func gemmWorkload(counts: [Int], rank: Int) -> [GemmCall] {
+        gemmWorkload(counts: counts) ?? context!.model.gemmWorkload(rows: counts[rank])
     }
 }

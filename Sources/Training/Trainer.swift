@@ -19,7 +19,6 @@ public final class Trainer {
     public let splits: DataSplits
     public let model: any Network
     public let optimizer: ScaleInvariantSGD
-    public var buckets: GradientBuckets { reduction.buckets }
     public let totalSteps: Int
     /// Steps between progress lines and metrics records.
     public let logEvery: Int
@@ -31,11 +30,13 @@ public final class Trainer {
     /// BN statistics reductions: over a communicator of their own once `prepareCommunication` ran,
     /// so that they never queue behind a gradient bucket in flight.
     let statistics: TimedStatistics
-    private var communicationPrepared = false
-    /// The gradient allreduce, bucket by bucket, overlapped with backward (`--overlap`).
+    /// The gradient allreduce, bucket by bucket, overlapped with backward or not (the plan's);
+    /// what `ReplicatedUpdate` sums with.
     let reduction: OverlappedGradientReduction
-    /// The plain steps sharded over ranks, when the run's shape allows (set by `prepareCommunication`).
-    private var sharded: ShardedUpdate?
+    /// How the ranks stay in step, chosen once by `prepareCommunication` (nil before).
+    public private(set) var plan: SynchronizationPlan?
+    /// The plan's gradient sum and update.
+    private var synchronization: GradientSynchronization?
     /// `--timeline`: a Chrome trace of a window of steps.
     let timeline: Timeline?
     /// Every rank normalizes with the same BN statistics (synchronized, or a single rank).
@@ -45,11 +46,11 @@ public final class Trainer {
     var labels: [Int32]
     private let metrics: MetricsLog?
     /// `--deterministic`: the chunks of each batch (nil otherwise).
-    let plan: ChunkPlan?
+    let chunkPlan: ChunkPlan?
     /// This rank's chunks of every training batch (all have the global batch's size).
     private let stepChunks: [Range<Int>]?
-    /// `--balance on` with several ranks: every rank's share of the global batch, from their speeds.
-    private(set) var shares: BatchShares?
+    /// Every rank's share of the global batch: even, or from their speeds (`--balance on`).
+    private(set) var shares: BatchShares
     /// Samples per evaluation forward at least (conv nets' activations are larger).
     private static func evaluationRows(_ model: ModelKind) -> Int { model == .mlp ? 256 : 64 }
 
@@ -86,12 +87,12 @@ public final class Trainer {
         // buffers hold the largest local share of a step, and evaluation chunks of at least 256 rows
         // (64 images for conv nets, whose activations are larger)
         if let conflict = configuration.conflict { throw TrainingError.configuration(conflict) }
-        plan =
+        chunkPlan =
             configuration.deterministic
             ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
-        stepChunks = plan?.localChunks(of: configuration.globalBatch)
-        shares = configuration.balance == .on && p > 1 ? BatchShares(globalBatch: configuration.globalBatch, ranks: p) : nil
-        let largestShare = shares?.limits.upperBound ?? (configuration.globalBatch + p - 1) / p
+        stepChunks = chunkPlan?.localChunks(of: configuration.globalBatch)
+        shares = BatchShares(globalBatch: configuration.globalBatch, ranks: p, balanced: configuration.balance == .on)
+        let largestShare = shares.limits.upperBound
         let rows = Swift.max(largestShare, Self.evaluationRows(configuration.model))
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         if configuration.augmentation != .none && train.image == nil {
@@ -135,6 +136,12 @@ public final class Trainer {
         try prepareCommunication()
         try timeline?.alignClocks(communicator)
         describe()
+        // the first record of a run (and of each resumed part of it): where it starts, and how
+        metrics?.write(
+            .object([
+                ("event", .string("start")), ("step", .integer(start)), ("ranks", .integer(communicator.size)),
+                ("plan", plan!.json), ("plan_line", .string(plan!.line)),
+            ]))
         let checkpoints = configuration.checkpointDirectory.map { CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints) }
         let clock = Stopwatch()
         var window = Window()
@@ -157,7 +164,7 @@ public final class Trainer {
             badSteps = 0
             window.add(result)
             if logging {
-                let global = try window.reduce(over: communicator, ordered: plan != nil, globalBatch: configuration.globalBatch)
+                let global = try window.reduce(over: communicator, ordered: chunkPlan != nil, globalBatch: configuration.globalBatch)
                 let timing = try timingRecord(window, sums: global.timing)
                 window = Window()
                 guard global.loss.isFinite else { throw TrainingError.nonFinite(step: t, what: "the training loss") }
@@ -188,7 +195,7 @@ public final class Trainer {
             steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
             testAccuracy: test.accuracy, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
         metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
-        if plan != nil {
+        if chunkPlan != nil {
             console.root("deterministic (\(configuration.chunks) chunks): parameters and BN buffers fingerprint \(parameterFingerprint) (FNV-1a)")
         }
         console.root(
@@ -203,14 +210,13 @@ public final class Trainer {
     /// One data-parallel step, top to bottom. Collective.
     public func trainStep(_ t: Int, monitor: Bool) throws -> StepResult {
         try prepareCommunication()
+        let synchronization = synchronization!
         let began = Stopwatch.now()
         timeline?.begin(step: t + 1)
         statistics.reset()
         // 1. shard: this rank's slice of global batch t
-        let x = try measured("data", "data") {
-            let mine =
-                shares.map { sampler.indices(step: t, positions: $0.positions(of: communicator.rank)) }
-                ?? sampler.indices(step: t, rank: communicator.rank, ranks: communicator.size)
+        let x = measured("data", "data") {
+            let mine = sampler.indices(step: t, positions: shares.positions(of: communicator.rank))
             return gather(splits.train, mine, augmentedFor: t / sampler.stepsPerEpoch)
         }
         injectFaults(t, x)
@@ -225,113 +231,95 @@ public final class Trainer {
         let dz = Matrix(dlogits.pointer, rows: x.rows, cols: model.classes)
         let sums = measured("loss", "forward") { lossAndGradient(logits, dlogits: dz) }
         // 4. backward (writes every gradient); each BN sums (sum dy, sum dy*xhat) over ranks when
-        //    synchronized; each gradient bucket starts its allreduce as soon as backward has filled it
+        //    synchronized; with overlap, each gradient bucket starts its allreduce once filled
         watchdog?.progress(step: t + 1, "the backward pass (synchronized BN: MPI_Allreduce of the gradient sums)")
-        if sharded == nil { reduction.begin() }
-        sharded?.prepareBackward(sharded: true)  // weight gradients over the node's batch, when shared
+        synchronization.beginBackward()
         try model.backward(dz, reducer: statistics, radial: sharedStatistics ? .global : .local)
         injectGradientFault(t)
-        // 5. the gradient allreduce: the buckets backward did not start, then the wait for all (and,
-        //    with per-rank BN statistics, the per-row coefficients of the scaled-epsilon radial terms)
+        // 5. the gradient sum over ranks and the same update on every rank (SI groups with eta_w,
+        //    SV groups with eta_g), which is also the NaN/Inf guard; a skipped step restores its
+        //    BN statistics
+        watchdog?.progress(step: t + 1, "the gradient sum and the update (\(plan!.line))")
+        let outcome = try synchronization.sumAndUpdate(monitor: monitor)
+        if outcome.monitors == nil { model.buffers.all.update(fromContentsOf: buffersBeforeStep.all) }
+        // 6. bookkeeping: where the time went, and with --balance on the next step's shares
         var timing = StepTiming()
-        if sharded == nil {
-            watchdog?.progress(step: t + 1, "the gradient MPI_Allreduce")
-            timing.gradientExposed = try reduction.finish()
-            for span in reduction.spans where timeline?.recording == true {
-                timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
-            }
-            // deterministic mode: BN gamma and beta gradients from the global sums, the same on
-            // every rank, where the ranks' gradients held zeros (a sharded step adds them to its
-            // segment once summed)
-            model.parameters.addPendingTerms()
-        }
-        if !sharedStatistics { try sumRadialCoefficients() }
-        // 6. the same update on every rank: SI groups with eta_w, SV groups with eta_g (the update
-        //    also adds the scaled-epsilon radial terms, computed from global sums, in the same pass).
-        //    It is also the NaN/Inf guard: the summed gradient is the same on every rank, so every
-        //    rank decides alike without communicating (a sharded update shares its ranks' verdicts
-        //    in a small allreduce); a skipped step also undoes its BN statistics
-        var monitors: [GroupMonitor]?
-        if let sharded {
-            // sharded: sum this rank's segment of the gradient over ranks, update it, gather the
-            // other segments' new values (reduce-scatter and allgather; in node shared memory, every
-            // rank reads the new values from the node's one copy of the parameters)
-            watchdog?.progress(step: t + 1, "the sharded update (the segment's sum over ranks, its update, every rank's new values)")
-            let outcome = try sharded.step(model.parameters, optimizer, monitor: monitor, timeline: timeline)
-            timing.gradientExposed = outcome.communicationSeconds
-            monitors = outcome.monitors
-        } else {
-            watchdog?.progress(step: t + 1, "the update")
-            monitors = measured("update", "update") { optimizer.apply(to: model.parameters, monitor: monitor) }
-        }
-        var result = StepResult(
-            lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: monitors ?? [], skipped: monitors == nil)
-        if monitors == nil { model.buffers.all.update(fromContentsOf: buffersBeforeStep.all) }
+        timing.gradientExposed = outcome.exposedSeconds
         timing.step = Stopwatch.now() - began
         timing.bnCommunication = statistics.seconds
         timing.gradientHidden = reduction.hiddenSeconds
-        if let shares {
-            result.shares = shares.counts
-            watchdog?.progress(step: t + 1, "the --balance allgather of every rank's compute time")
-            try rebalance(&timing)
-        }
-        result.timing = timing
-        return result
+        let counts = shares.counts
+        watchdog?.progress(step: t + 1, "the --balance allgather of every rank's compute time")
+        try rebalance(&timing)
+        return StepResult(
+            lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: outcome.monitors ?? [],
+            skipped: outcome.monitors == nil, timing: timing, shares: shares.balanced ? counts : nil)
     }
 
     /// Collective (`--balance on`): every rank's compute seconds of this step in one allgather, from
     /// which every rank sets the same shares for the next step. Its time joins the step and the small
     /// collectives on the critical path (`bnCommunication`).
     private func rebalance(_ timing: inout StepTiming) throws {
+        guard shares.balanced else { return }
         let start = Stopwatch.now()
         let all = try communicator.allgather(timing.compute)
-        shares?.observe(computeSeconds: all)
+        shares.observe(computeSeconds: all)
         let end = Stopwatch.now()
         timing.step += end - start
         timing.bnCommunication += end - start
         timeline?.span("allgather step times (--balance)", "communication", .communication, from: start, to: end, bytes: all.count * 8)
     }
 
-    /// The GEMMs of one plain (not logging) step on this rank when the ranks hold `counts` samples:
-    /// the benchmark's GEMM-only bound. With weight gradients over the node's batch, this rank's
-    /// weight rows over every rank's samples replace its whole weight gradient over its own.
+    /// The GEMMs of one step on this rank when the ranks hold `counts` samples: the benchmark's
+    /// GEMM-only bound. With weight gradients over the node's batch, this rank's weight rows over
+    /// every rank's samples replace its whole weight gradient over its own.
     func gemmWorkload(counts: [Int]) -> [GemmCall] {
-        sharded?.gemmWorkload(counts: counts) ?? model.gemmWorkload(rows: counts[communicator.rank])
+        synchronization!.gemmWorkload(counts: counts, rank: communicator.rank)
     }
 
-    /// Collective the first time: BN statistics get a communicator of their own (a duplicate), so
-    /// that their small, latency-bound reductions are matched apart from the gradient buckets.
-    /// With a sharded update in node shared memory, the ranks' parameters become one memory here:
-    /// whatever writes `model.parameters.values` on one rank (a checkpoint's load, the start-up
-    /// broadcast) must come before. A sharded update also sets where the MLP's backward cuts its
-    /// weight GEMMs (the same on every rank), so no backward may come before either.
+    /// Collective the first time: chooses the plan and builds its synchronization. BN statistics
+    /// get a communicator of their own (a duplicate), so that their small, latency-bound
+    /// reductions are matched apart from the gradient buckets. With a sharded update in node
+    /// shared memory, the ranks' parameters become one memory here: whatever writes
+    /// `model.parameters.values` on one rank (a checkpoint's load, the start-up broadcast) must
+    /// come before. A sharded update also sets where the MLP's backward cuts its weight GEMMs
+    /// (the same on every rank), so no backward may come before either.
     public func prepareCommunication() throws {
-        guard !communicationPrepared else { return }
-        communicationPrepared = true
+        guard synchronization == nil else { return }
         if configuration.batchNormSync == .sync && communicator.size > 1 {
             let own = try communicator.duplicate()
-            statistics.inner = plan == nil ? SynchronizedStatistics(communicator: own) : OrderedStatistics(communicator: own)
+            statistics.inner = chunkPlan == nil ? SynchronizedStatistics(communicator: own) : OrderedStatistics(communicator: own)
         }
         let oneNode = try communicator.size == 1 || communicator.ranksOnThisNode() == communicator.size  // collective
-        if configuration.overlap == .auto && communicator.size > 1 && plan == nil {
-            reduction.overlap = !oneNode
-        }
-        if ShardedUpdate.applies(ranks: communicator.size, overlap: reduction.overlap, optimizer: optimizer) {
-            // weight gradients cut at the segments and over the node's batch: not in
-            // deterministic mode, whose sums over samples follow its chunk tree
-            let network = plan == nil ? model as? NodeBatchGradients : nil
+        // weight gradients cut at the segments and over the node's batch: not in deterministic
+        // mode, whose sums over samples follow its chunk tree
+        let network = chunkPlan == nil ? model as? NodeBatchGradients : nil
+        var plan = SynchronizationPlan.choose(
+            configuration, ranks: communicator.size, oneNode: oneNode, plainSteps: optimizer.isPaperAlgorithm,
+            nodeBatchNetwork: (network?.sharedActivationFloats ?? 0) > 0)
+        reduction.overlap = plan.overlap
+        let radialTermsOver = sharedStatistics ? nil : communicator
+        if plan.sharded {
+            var sharded: ShardedUpdate
             do {
                 sharded = try ShardedUpdate(
-                    store: model.parameters, communicator: communicator,
-                    sharedMemory: configuration.intraNode == .sharedMemory && oneNode,
-                    network: network, overNodeBatch: configuration.weightGradients == .node, evenShares: configuration.balance == .off,
+                    store: model.parameters, communicator: communicator, sharedMemory: plan.gradientSum == .nodeSharedMemory,
+                    network: network, overNodeBatch: plan.weightGradientsOverNodeBatch, evenShares: !plan.balanced,
                     extraBytes: configuration.debugSharedMemoryExtra)
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
-                console.warning("\(error); the sharded update goes through MPI instead (--intra-node mpi)")
+                console.warning("\(error); the sharded update goes through MPI instead")
                 sharded = try ShardedUpdate(store: model.parameters, communicator: communicator, sharedMemory: false, network: network)
+                plan.gradientSum = .reduceScatter
+                plan.weightGradientsOverNodeBatch = false
             }
+            sharded.context = (model, optimizer, timeline, radialTermsOver)
+            synchronization = sharded
+        } else {
+            synchronization = ReplicatedUpdate(
+                reduction: reduction, model: model, optimizer: optimizer, timeline: timeline, radialTermsOver: radialTermsOver)
         }
+        self.plan = plan
     }
 
     /// Collective: the metrics' `time_ms` (means over the window and the ranks) and, up to 256
@@ -358,13 +346,13 @@ public final class Trainer {
 
     /// Collective: loss and accuracy on `data` with BN running statistics; each rank takes a
     /// contiguous share (a rank may have none), and the sums are added exactly. Deterministic mode
-    /// cuts the share into the plan's chunks, evaluates each in pieces of a fixed size counted from
+    /// cuts the share into the chunkPlan's chunks, evaluates each in pieces of a fixed size counted from
     /// its start (not `maxBatch`, which depends on the rank count), and adds the chunk losses in the
     /// tree, so the result does not depend on the rank count.
     public func evaluate(_ data: Dataset) throws -> (loss: Double, accuracy: Double) {
-        let share = plan?.share(of: data.count) ?? ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
-        let chunks = plan?.localChunks(of: data.count) ?? [0..<share.count]
-        let piece = plan == nil ? model.maxBatch : Self.evaluationRows(configuration.model)
+        let share = chunkPlan?.share(of: data.count) ?? ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
+        let chunks = chunkPlan?.localChunks(of: data.count) ?? [0..<share.count]
+        let piece = chunkPlan == nil ? model.maxBatch : Self.evaluationRows(configuration.model)
         var leaves = BatchChunks.DoubleLeaves(ranges: chunks, width: 1)
         var correct = 0
         for (i, chunk) in chunks.enumerated() {
@@ -383,7 +371,7 @@ public final class Trainer {
             }
         }
         var totals = leaves.combined() + [Double(correct)]  // loss sum, correct
-        if plan != nil {
+        if chunkPlan != nil {
             try communicator.orderedSum(&totals)  // the count is an integer: exact in any order
         } else {
             try communicator.allreduce(&totals, .sum)
@@ -412,20 +400,6 @@ public final class Trainer {
             }
         }
         return x
-    }
-
-    /// Collective: sums the pending radial coefficients of every layer over ranks, in one allreduce.
-    private func sumRadialCoefficients() throws {
-        let store = model.parameters
-        guard !store.pendingRadial.isEmpty else { return }
-        var all = store.pendingRadial.flatMap(\.coefficients)
-        try communicator.allreduce(&all, .sum)
-        var offset = 0
-        for k in store.pendingRadial.indices {
-            let n = store.pendingRadial[k].coefficients.count
-            store.pendingRadial[k].coefficients = Array(all[offset..<offset + n])
-            offset += n
-        }
     }
 
     /// Collective: with `--resume`, rank 0 loads the checkpoint and the others receive the step and
@@ -503,12 +477,8 @@ public final class Trainer {
         console.root(
             "parameter groups (SI: scale-invariant, lr-si \(c.invariant.learningRate) \(c.invariant.schedule); SV: scale-variant, lr-sv \(c.variant.learningRate) \(c.variant.schedule)):\n\(model.groupingDescription)"
         )
-        if plan != nil && c.overlap == .on && communicator.size > 1 {
+        if chunkPlan != nil && c.overlap == .on && communicator.size > 1 {
             console.warning("--overlap on is not used with --deterministic: the ordered gradient sum runs after backward")
-        }
-        if let plan {
-            console.root(
-                "deterministic: \(plan.chunks) chunks per global batch, \(plan.chunks / plan.ranks) on each of the \(plan.ranks) rank(s); sums over samples are added in one fixed tree, so any rank count dividing \(plan.chunks) gives the same bits")
         }
         if !optimizer.isPaperAlgorithm {
             console.warning(
@@ -516,8 +486,9 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) steps per epoch), \(buckets.ranges.count) gradient bucket(s) (overlap \(reduction.overlap ? "on" : "off"), --overlap \(c.overlap.rawValue)\(sharded.map { "; update sharded over the \(communicator.size) ranks\($0.sharedMemory == nil ? "" : ", gradients summed in node shared memory\($0.sharesActivations ? " (weight gradients computed over the node's batch)" : ""), one copy of the parameters on the node")" } ?? "")), \(shares.map { "batch shares following each rank's speed (--balance on: \($0.limits.lowerBound)-\($0.limits.upperBound) samples per rank), " } ?? "")OpenBLAS \(BLAS.coreName) kernels with \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) per epoch); OpenBLAS \(BLAS.coreName) kernels, \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
         )
+        console.root(plan!.line)
     }
 
     /// `--balance on`'s shares for the progress line: every rank's up to 8 ranks, else the range.

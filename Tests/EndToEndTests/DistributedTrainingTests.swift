@@ -163,7 +163,9 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertTrue(result.output.contains("test accuracy"), result.output)
         XCTAssertTrue(result.output.contains("SI  0.weight"), "the SI/SV grouping is printed")
         let records = try Launcher.metrics(metrics)
-        let step = try XCTUnwrap(records.first)
+        XCTAssertTrue(result.output.contains("plan: 2 ranks;"), "the plan is printed as one line")
+        XCTAssertEqual(records.first?["event"] as? String, "start", "the first record names the plan")
+        let step = try XCTUnwrap(records.first { $0["event"] == nil })
         for key in ["step", "epoch", "loss", "accuracy", "samples_per_s", "groups"] { XCTAssertNotNil(step[key], key) }
         let group = try XCTUnwrap((step["groups"] as? [[String: Any]])?.first)
         for key in ["name", "kind", "norm2", "eff_lr", "cos", "identity_residual"] { XCTAssertNotNil(group[key], key) }

@@ -3,7 +3,8 @@ import XCTest
 
 /// Logging never changes training: the final parameters and BN buffers (their fingerprint in the
 /// metrics file's final record) are the same bits whether every step is logged, with a timeline
-/// recording, or only every 100th, on 1, 2 and 4 ranks, with and without `--deterministic`.
+/// recording, or only every 100th, on 1, 2 and 4 ranks, with and without `--deterministic`. The
+/// metrics file's first record names the run's synchronization plan.
 final class LoggingInvarianceTests: XCTestCase {
     var directory: URL!
 
@@ -17,7 +18,14 @@ final class LoggingInvarianceTests: XCTestCase {
         let common = ["train", "--quiet", "--steps", "40", "--global-batch", "128", "--bn-recalibrate", "0", "--metrics", metrics]
         let result = try Launcher.mpirun(np, "autorate", common + args, timeout: 300)
         XCTAssertEqual(result.status, 0, result.output)
-        let final = try XCTUnwrap(Launcher.metrics(metrics).last { $0["event"] as? String == "final" })
+        let records = try Launcher.metrics(metrics)
+        // the first record holds the run's plan, as the start-up line printed it
+        XCTAssertEqual(records.first?["event"] as? String, "start")
+        let plan = try XCTUnwrap(records.first?["plan"] as? [String: Any])
+        XCTAssertEqual(plan["ranks"] as? Int, np)
+        let expected = np == 1 ? "none" : args.contains("--momentum") ? "allreduce" : "node-shared-memory"
+        XCTAssertEqual(plan["gradient_sum"] as? String, expected, "\(name)")
+        let final = try XCTUnwrap(records.last { $0["event"] as? String == "final" })
         return "\(final["parameters_fnv1a"] ?? "-") \(final["test_loss"] ?? "-")"
     }
 

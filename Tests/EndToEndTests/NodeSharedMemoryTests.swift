@@ -57,9 +57,9 @@ final class NodeSharedMemoryTests: XCTestCase {
                     ] + flags, environment: environment)
                 XCTAssertEqual(run.status, 0, run.output)
                 if let kernels { XCTAssertTrue(run.output.contains("OpenBLAS \(kernels) kernels"), run.output) }
-                XCTAssertTrue(run.output.contains("update sharded over the \(np) ranks"), run.output)
+                XCTAssertTrue(run.output.contains("update sharded over the ranks"), run.output)
                 XCTAssertEqual(run.output.contains("gradients summed in node shared memory"), way != "mpi", run.output)
-                XCTAssertEqual(run.output.contains("weight gradients computed over the node's batch"), way == "node", run.output)
+                XCTAssertEqual(run.output.contains("(weight rows over the node's batch)"), way == "node", run.output)
                 // the steps did compute weight rows over the node's batch (not only said they would)
                 let trace = try String(contentsOfFile: timeline, encoding: .utf8)
                 XCTAssertEqual(trace.contains("weight gradients over the node's batch, and update"), way == "node", "\(way) \(np) \(head)")
@@ -82,7 +82,7 @@ final class NodeSharedMemoryTests: XCTestCase {
             let metrics = directory.appendingPathComponent("fallback-\(fingerprints.count).jsonl").path
             let run = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--log-every", "6", "--quiet", "--metrics", metrics] + extra)
             XCTAssertEqual(run.status, 0, run.output)
-            XCTAssertTrue(run.output.contains("update sharded over the 2 ranks"), run.output)
+            XCTAssertTrue(run.output.contains("update sharded over the ranks"), run.output)
             XCTAssertFalse(run.output.contains("gradients summed in node shared memory"), run.output)
             if fingerprints.isEmpty {
                 XCTAssertTrue(run.output.contains("warning: node shared memory: posix_fallocate"), run.output)
