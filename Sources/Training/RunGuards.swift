@@ -47,18 +47,18 @@ extension Trainer {
         return "\(data.count)x\(data.dimension)/\(data.classes): \(fnv1a(data.labels.map(String.init).joined(separator: ","))) \(fnv1a(sample.map(String.init).joined()))"
     }
 
-    /// `--debug-nan-gradient-at` (test-only, 1-based step): after backward, before the sum over ranks.
+    /// `--debug-fault nan-gradient` (test-only, 1-based step): after backward, before the sum over ranks.
     func injectGradientFault(_ t: Int) {
         guard let f = configuration.debugNaNGradient, f.step == t + 1, f.rank == communicator.rank else { return }
         model.parameters.gradients.pointer[model.parameters.layout.count - 1] = .nan
     }
 
-    /// The test-only faults of `--debug-nan-at`, `--debug-stall-at` and `--debug-kill-at` (1-based steps).
+    /// The test-only faults of `--debug-fault` nan-input, stall and kill (1-based steps).
     func injectFaults(_ t: Int, _ x: Matrix) {
         if let f = configuration.debugKill, f.step == t + 1, f.rank == communicator.rank { kill(getpid(), SIGKILL) }
         if let f = configuration.debugNaN, f.step == t + 1, f.rank == communicator.rank, x.count > 0 { x.base[0] = .nan }
         if let f = configuration.debugStall, f.step == t + 1, f.rank == communicator.rank {
-            watchdog?.progress(step: t + 1, "a test-only stall (--debug-stall-at)")
+            watchdog?.progress(step: t + 1, "a test-only stall (--debug-fault stall)")
             while true { sleep(3600) }
         }
         if let f = configuration.debugSlowRank, f.rank == communicator.rank {

@@ -508,10 +508,9 @@ public final class Trainer {
                 String(
                     cFormat: "step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  %.0f samples/s  ETA %.0fs",
                     step, totalSteps, epoch, loss, 100 * accuracy, samplesPerSecond, eta)
-                    + (configuration.logIntrinsicGradient ? String(cFormat: "  G_I^2 %.3e", intrinsic) : "")
                     + (shares.map { "  shares " + Self.describe(shares: $0) } ?? ""))
         }
-        let intrinsicField: [(String, JSONValue)] = configuration.logIntrinsicGradient ? [("intrinsic_grad2", .number(intrinsic))] : []
+        let intrinsicField: [(String, JSONValue)] = [("intrinsic_grad2", .number(intrinsic))]
         let sharesField: [(String, JSONValue)] = shares.map { [("shares", .array($0.map { .integer($0) }))] } ?? []
         metrics?.write(
             .object(intrinsicField + sharesField + [

@@ -54,8 +54,6 @@ public struct TrainingConfiguration: Sendable {
     public var batchNormalized = true
     /// SI groups are multiplied by this after initialization (`--init-scale-si`; paper.md E9).
     public var initScaleSI = 1.0
-    /// Log G_I^2, the intrinsic gradient norm (paper.md §1), with every logged step.
-    public var logIntrinsicGradient = false
     /// `[in, hidden..., classes]`; nil: the data's input size, 256, 256, the data's classes.
     public var widths: [Int]? = nil
     public var head: HeadKind = .linear

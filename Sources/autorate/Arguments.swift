@@ -6,10 +6,6 @@ import Training
 
 extension HeadKind: ExpressibleByArgument {}
 extension ModelKind: ExpressibleByArgument {}
-extension ShortcutKind: ExpressibleByArgument {}
-extension OverlapMode: ExpressibleByArgument {}
-extension IntraNodeMode: ExpressibleByArgument {}
-extension WeightGradientMode: ExpressibleByArgument {}
 extension BalanceMode: ExpressibleByArgument {}
 extension Augmentation: ExpressibleByArgument {}
 extension EpsilonMode: ExpressibleByArgument {}
@@ -49,6 +45,16 @@ extension Substring {
     }
 }
 
+/// The value of a hidden option with a fixed set of values (ArgumentParser names the accepted
+/// values only for visible ones), naming them when `text` is none of them.
+func choice<T: RawRepresentable & CaseIterable>(_ type: T.Type, _ flag: String, _ text: String) throws -> T where T.RawValue == String {
+    guard let value = T(rawValue: text) else {
+        let accepted = T.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+        throw ValidationError("\(flag) \(text) is not accepted: use one of \(accepted).")
+    }
+    return value
+}
+
 /// Rejects a numeric flag value before any work, naming the flag, the value and what is accepted.
 func require(_ ok: Bool, _ flag: String, _ value: Any, _ accepted: String) throws {
     if !ok { throw ValidationError("\(flag) \(value) is not accepted: \(accepted).") }
@@ -64,31 +70,51 @@ func parseVGGLayers(_ text: String) throws -> [ConvArchitecture.Layer] {
     return layers
 }
 
-/// The options `train` and `bench` share: the network, the batch, BN, and BLAS threads.
-/// How gradients travel: shared by `train` and `bench`.
-struct CommunicationOptions: ParsableArguments {
-    @Option(name: .customLong("bucket-mb"), help: "Largest gradient allreduce bucket in MiB.")
-    var bucketMB = 4.0
-    @Option(help: "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes).")
-    var overlap: OverlapMode = .auto
+/// How the ranks work together: shared by `train` and `bench`. The flags a user needs are
+/// visible; the transport and overlap choices are made by the run's plan and hidden (they stay
+/// for tests and for measuring the alternatives; `--help-hidden` lists them).
+struct DistributionOptions: ParsableArguments {
     @Option(
-        name: .customLong("intra-node"),
-        help: "How the sharded update sums gradients when every rank is on one node: 'shared-memory' (read each other's buffers in place) or 'mpi' (messages).")
-    var intraNode: IntraNodeMode = .sharedMemory
-    @Option(
-        name: .customLong("weight-gradients"),
-        help: "With node shared memory: 'node' (each weight row's gradient computed once, over every rank's samples, by the rank that updates it; the MLP) or 'rank' (each rank's whole gradient, summed).")
-    var weightGradients: WeightGradientMode = .node
-    @Option(
-        help: "Each rank's share of the global batch: 'off' (even shares; runs repeat their bits) or 'on' (shares follow each rank's measured speed, so a slower core or node stops holding the others back; needs --bn sync, not with --deterministic).")
-    var balance: BalanceMode = .off
+        name: .customLong("global-batch"), help: "Samples per step summed over all ranks (need not divide by the rank count).")
+    var globalBatch = 256
+    @Option(help: "BN statistics: 'sync' (over the global batch, whatever the rank count) or 'local' (per rank, as plain DDP).")
+    var bn: BatchNormSync = .sync
+    @Option(help: "OpenBLAS threads per rank (1 when each rank has one core).")
+    var threads = 1
     @Flag(
         help: "Bitwise-identical training on any number of ranks that divides --chunks (same binary, BLAS and CPU): every sum over samples is taken per chunk of the global batch and added in a fixed tree.")
     var deterministic = false
     @Option(help: "--deterministic: chunks per global batch, a power of two; the rank count must divide it. Results depend on it, not on the rank count.")
     var chunks = TrainingConfiguration.defaultChunks
+    @Option(
+        help: "Each rank's share of the global batch: 'off' (even shares; runs repeat their bits) or 'on' (shares follow each rank's measured speed, for nodes of unequal speed; needs --bn sync, not with --deterministic).")
+    var balance: BalanceMode = .off
+    @Option(name: .customLong("bucket-mb"), help: ArgumentHelp("Largest gradient allreduce bucket in MiB.", visibility: .hidden))
+    var bucketMB = 4.0
+    @Option(
+        help: ArgumentHelp(
+            "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes).",
+            visibility: .hidden))
+    var overlap = OverlapMode.auto.rawValue
+    @Option(
+        name: .customLong("intra-node"),
+        help: ArgumentHelp(
+            "How the sharded update sums gradients when every rank is on one node: 'shared-memory' (read each other's buffers in place) or 'mpi' (messages).",
+            visibility: .hidden))
+    var intraNode = IntraNodeMode.sharedMemory.rawValue
+    @Option(
+        name: .customLong("weight-gradients"),
+        help: ArgumentHelp(
+            "With node shared memory: 'node' (each weight row's gradient computed once, over every rank's samples, by the rank that updates it; the MLP) or 'rank' (each rank's whole gradient, summed).",
+            visibility: .hidden))
+    var weightGradients = WeightGradientMode.node.rawValue
 
     func validate() throws {
+        try require(globalBatch > 0, "--global-batch", globalBatch, "a positive number of samples")
+        try require(threads >= 1 && threads <= 256, "--threads", threads, "1 to 256 threads")
+        _ = try choice(OverlapMode.self, "--overlap", overlap)
+        _ = try choice(IntraNodeMode.self, "--intra-node", intraNode)
+        _ = try choice(WeightGradientMode.self, "--weight-gradients", weightGradients)
         try require(bucketMB >= 0.0625 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB from 0.0625 (64 KiB) to 2048")
         try require(chunks >= 1 && chunks <= 1 << 20 && chunks & (chunks - 1) == 0, "--chunks", chunks, "a power of two from 1 to 1048576")
     }
@@ -96,10 +122,8 @@ struct CommunicationOptions: ParsableArguments {
     /// Rejects what no run can honour, in the run and in each of a bench's `twins`: a combination
     /// of flags (`TrainingConfiguration.conflict`), and a global batch that deterministic mode
     /// cannot cut into `--chunks`.
-    func validate(with network: NetworkOptions, twins: [Benchmark.Twin] = []) throws {
+    func validateCombinations(twins: [Benchmark.Twin] = []) throws {
         var run = TrainingConfiguration()
-        run.batchNormSync = network.bn
-        run.globalBatch = network.globalBatch
         apply(to: &run)
         let configurations = [(flag: String?.none, run)] + twins.map { (flag: Optional($0.rawValue), $0.configuration(of: run)) }
         for (flag, c) in configurations {
@@ -111,51 +135,51 @@ struct CommunicationOptions: ParsableArguments {
     }
 
     func apply(to c: inout TrainingConfiguration) {
+        c.globalBatch = globalBatch
+        c.batchNormSync = bn
         c.bucketBytes = Int(bucketMB * 1024 * 1024)
-        c.overlap = overlap
-        c.intraNode = intraNode
-        c.weightGradients = weightGradients
+        // validated
+        c.overlap = try! choice(OverlapMode.self, "--overlap", overlap)
+        c.intraNode = try! choice(IntraNodeMode.self, "--intra-node", intraNode)
+        c.weightGradients = try! choice(WeightGradientMode.self, "--weight-gradients", weightGradients)
         c.balance = balance
         c.deterministic = deterministic
         c.chunks = chunks
     }
 }
 
-struct NetworkOptions: ParsableArguments {
+/// The network: shared by `train` and `bench`.
+struct ModelOptions: ParsableArguments {
     @Option(help: "Network: 'mlp' (--widths), 'cnn' (small conv net), 'vgg' (--vgg-layers) or 'resnet20'; conv nets need image data.")
     var model: ModelKind = .mlp
+    @Option(help: "--model mlp layer widths 'in,hidden...,classes' (default: the data's input size,256,256,its classes).")
+    var widths: String?
     @Option(name: .customLong("vgg-layers"), help: "--model vgg layers: channel counts and M for a max pool (default: 32,32,M,64,64,M,128,M).")
     var vggLayers: String?
     @Option(name: .customLong("width-multiplier"), help: "--model vgg: multiply every channel count by this.")
     var widthMultiplier = 1.0
-    @Option(help: "--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts.")
-    var shortcut: ShortcutKind = .padding
-    @Flag(name: .customLong("no-bn"), help: "--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline).")
-    var noBN = false
-    @Option(help: "Classifier head: 'linear' (Linear with bias, SV) or 'bn' (Linear then BN, as in the paper).")
+    @Option(help: "Classifier head: 'linear' (Linear with bias, scale-variant) or 'bn' (Linear then BN, as in the paper).")
     var head: HeadKind = .linear
     @Option(
-        name: .customLong("global-batch"), help: "Samples per step summed over all ranks (need not divide by the rank count).")
-    var globalBatch = 256
-    @Option(help: "BN statistics: 'sync' (over the global batch) or 'local' (per rank, as plain DDP).")
-    var bn: BatchNormSync = .sync
-    @Option(
         name: .customLong("bn-eps-mode"),
-        help: "BN epsilon: 'zero', 'scaled' (eps*||w_c||^2, exactly scale-invariant) or 'standard'.")
+        help: "BN epsilon: 'scaled' (eps times the squared norm of the channel's incoming weights: exactly scale-invariant), 'zero' or 'standard' (PyTorch's).")
     var bnEpsMode: EpsilonMode = .scaled
     @Option(name: .customLong("bn-eps"), help: "BN epsilon value for the 'scaled' and 'standard' modes.")
     var bnEps = 1e-5
-    @Option(help: "OpenBLAS threads per rank (1 when each rank has one core).")
-    var threads = 1
+    @Option(
+        help: ArgumentHelp("--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts.", visibility: .hidden))
+    var shortcut = ShortcutKind.padding.rawValue
+    @Flag(name: .customLong("no-bn"), help: ArgumentHelp("--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline).", visibility: .hidden))
+    var noBN = false
 
     func validate() throws {
         if let vggLayers { _ = try parseVGGLayers(vggLayers) }
+        _ = try choice(ShortcutKind.self, "--shortcut", shortcut)
+        if let widths { _ = try parseWidths(widths) }
         try require(
             widthMultiplier > 0 && widthMultiplier <= 64 && widthMultiplier.isFinite, "--width-multiplier", widthMultiplier,
             "a value in (0, 64]")
-        try require(globalBatch > 0, "--global-batch", globalBatch, "a positive number of samples")
         try require(bnEps >= 0 && bnEps.isFinite, "--bn-eps", bnEps, "a finite value >= 0")
-        try require(threads >= 1 && threads <= 256, "--threads", threads, "1 to 256 threads")
         if bnEpsMode == .standard && bnEps == 0 {
             throw ValidationError(
                 "--bn-eps 0 with --bn-eps-mode standard divides by zero on constant channels; use --bn-eps-mode zero for eps = 0."
@@ -165,13 +189,12 @@ struct NetworkOptions: ParsableArguments {
 
     func apply(to c: inout TrainingConfiguration) {
         c.model = model
+        c.widths = widths.map { try! parseWidths($0) }  // validated
         c.vggLayers = vggLayers.map { try! parseVGGLayers($0) }  // validated
         c.widthMultiplier = widthMultiplier
-        c.shortcut = shortcut
+        c.shortcut = try! choice(ShortcutKind.self, "--shortcut", shortcut)  // validated
         c.batchNormalized = !noBN
         c.head = head
-        c.globalBatch = globalBatch
-        c.batchNormSync = bn
         c.batchNorm = BatchNormSettings(epsilonMode: bnEpsMode, epsilon: bnEps)
     }
 }

@@ -18,14 +18,13 @@ struct Bench: ParsableCommand {
             and plots the speedup and efficiency.
             """)
 
-    @Option(help: "--model mlp layer widths 'in,hidden...,classes' (conv nets run on 32x32x3 synthetic images).")
-    var widths = "784,1024,1024,1024,10"
     @Option(help: "Timed steps (the median is reported).")
     var steps = 30
     @Option(help: "Untimed steps first.")
     var warmup = 5
-    @OptionGroup var network: NetworkOptions
-    @OptionGroup var communication: CommunicationOptions
+    @OptionGroup(title: "Model (--model mlp defaults to --widths 784,1024,1024,1024,10; conv nets run on 32x32x3 synthetic images)")
+    var network: ModelOptions
+    @OptionGroup(title: "Distribution") var communication: DistributionOptions
     @Option(help: "'strong' (--global-batch fixed) or 'weak' (--batch-per-rank samples on every rank).")
     var scaling: ScalingMode = .strong
     @Option(name: .customLong("batch-per-rank"), help: "Weak scaling: samples per rank and step.")
@@ -57,8 +56,7 @@ struct Bench: ParsableCommand {
     }
 
     func validate() throws {
-        _ = try parseWidths(widths)
-        try communication.validate(with: network, twins: twins)
+        try communication.validateCombinations(twins: twins)
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
         switch (scaling, batchPerRank) {
@@ -73,13 +71,14 @@ struct Bench: ParsableCommand {
         var c = TrainingConfiguration()
         network.apply(to: &c)
         communication.apply(to: &c)
+        c.widths = nil
         if let batchPerRank { c.globalBatch = batchPerRank }
         var options = Benchmark.Options()
-        (options.steps, options.warmup, options.threads) = (steps, warmup, network.threads)
+        (options.steps, options.warmup, options.threads) = (steps, warmup, communication.threads)
         (options.twins, options.oneRankBaseline, options.scaling) = (twins, !noBaseline, scaling)
-        try withMPI(threads: network.threads) { communicator, console in
+        try withMPI(threads: communication.threads) { communicator, console in
             let result = try Benchmark.run(
-                c, widths: try parseWidths(widths), options: options, communicator: communicator, console: console)
+                c, widths: try parseWidths(network.widths ?? "784,1024,1024,1024,10"), options: options, communicator: communicator, console: console)
             console.root(summary(result))
             if communicator.isRoot {
                 if let json { try append(result.json + "\n", to: json, flag: "--json") }

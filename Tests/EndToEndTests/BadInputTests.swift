@@ -92,7 +92,7 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["--balance", "sometimes"], mentions: ["--balance", "sometimes", "off", "on"])
         try expectFailure(["--balance", "on", "--bn", "local"], mentions: ["--balance on", "--bn local", "--bn sync"])
         try expectFailure(["--balance", "on", "--deterministic"], mentions: ["--balance on", "--deterministic", "--balance off"])
-        try expectFailure(["--debug-slow-rank", "1"], mentions: ["--debug-slow-rank 1", "RANK:MICROSECONDS"])
+        try expectFailure(["--debug-fault", "slow-rank:1"], mentions: ["--debug-fault slow-rank:1", "RANK:MICROSECONDS"])
     }
 
     func testBenchScalingFlags() throws {

@@ -36,7 +36,7 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(clean.status, 0, clean.output)
 
         // rank 1 SIGKILLs itself in step 23: mpirun ends the job within seconds
-        let killed = try Launcher.mpirun(2, "autorate", Self.run + ["--checkpoint-dir", dir("killed"), "--debug-kill-at", "23:1"], timeout: 60)
+        let killed = try Launcher.mpirun(2, "autorate", Self.run + ["--checkpoint-dir", dir("killed"), "--debug-fault", "kill:23:1"], timeout: 60)
         XCTAssertNotEqual(killed.status, 0, killed.output)
         XCTAssertLessThan(killed.seconds, 20, "mpirun took \(killed.seconds) s after the kill")
         XCTAssertTrue(try Self.newest(dir("killed")).hasSuffix("checkpoint-000000020.safetensors"))
@@ -66,7 +66,7 @@ final class CheckpointTests: XCTestCase {
         let plain = ["train", "--steps", "30", "--quiet", "--log-every", "10", "--checkpoint-every", "5"]
         let clean = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain-clean")])
         XCTAssertEqual(clean.status, 0, clean.output)
-        let killed = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--debug-kill-at", "23:1"], timeout: 60)
+        let killed = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--debug-fault", "kill:23:1"], timeout: 60)
         XCTAssertNotEqual(killed.status, 0, killed.output)
         let resumed = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--resume", "auto"])
         XCTAssertEqual(resumed.status, 0, resumed.output)

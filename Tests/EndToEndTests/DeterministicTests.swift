@@ -86,10 +86,10 @@ final class DeterministicTests: XCTestCase {
         let clean = try train(1, "clean", args + ["--checkpoint-dir", path("clean")])
         let dir = ["--checkpoint-dir", path("moved")]
         let four = try Launcher.mpirun(
-            4, "autorate", ["train", "--quiet"] + args + dir + ["--debug-kill-at", "13:2"], timeout: 120)
+            4, "autorate", ["train", "--quiet"] + args + dir + ["--debug-fault", "kill:13:2"], timeout: 120)
         XCTAssertNotEqual(four.status, 0, four.output)
         let two = try Launcher.mpirun(
-            2, "autorate", ["train", "--quiet"] + args + dir + ["--resume", "auto", "--debug-kill-at", "24:1"], timeout: 120)
+            2, "autorate", ["train", "--quiet"] + args + dir + ["--resume", "auto", "--debug-fault", "kill:24:1"], timeout: 120)
         XCTAssertNotEqual(two.status, 0, two.output)
         XCTAssertTrue(two.output.contains("at step 10 of 30"), two.output)
         let one = try Launcher.mpirun(

@@ -91,7 +91,7 @@ final class DistributedTrainingTests: XCTestCase {
             2, "autorate",
             [
                 "train", "--steps", "30", "--log-every", "5", "--quiet", "--metrics", metrics,
-                "--balance", "on", "--debug-slow-rank", "1:400",
+                "--balance", "on", "--debug-fault", "slow-rank:1:400",
             ] + batch)
         XCTAssertEqual(result.status, 0, result.output)
         let records = try Launcher.metrics(metrics)

@@ -78,7 +78,7 @@ final class NodeSharedMemoryTests: XCTestCase {
     func testSharedMemoryThatCannotBeHadFallsBackToMPI() throws {
         let before = try Self.sharedObjects()
         var fingerprints: [String] = []
-        for extra in [["--debug-shared-memory-extra", "\(1 << 50)"], ["--intra-node", "mpi"]] {
+        for extra in [["--debug-fault", "shared-memory-extra:\(1 << 50)"], ["--intra-node", "mpi"]] {
             let metrics = directory.appendingPathComponent("fallback-\(fingerprints.count).jsonl").path
             let run = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--log-every", "6", "--quiet", "--metrics", metrics] + extra)
             XCTAssertEqual(run.status, 0, run.output)

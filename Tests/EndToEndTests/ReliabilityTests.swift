@@ -37,7 +37,7 @@ final class ReliabilityTests: XCTestCase {
     func testNonFiniteGradientIsSkippedTogetherOrStops() throws {
         let metrics = directory.appendingPathComponent("nan.jsonl").path
         let skipped = try Launcher.mpirun(
-            2, "autorate", ["train", "--steps", "12", "--quiet", "--log-every", "1", "--metrics", metrics, "--debug-nan-at", "4:1"])
+            2, "autorate", ["train", "--steps", "12", "--quiet", "--log-every", "1", "--metrics", metrics, "--debug-fault", "nan-input:4:1"])
         XCTAssertEqual(skipped.status, 0, skipped.output)
         XCTAssertTrue(skipped.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), skipped.output)
         let records = try Launcher.metrics(metrics)
@@ -47,7 +47,7 @@ final class ReliabilityTests: XCTestCase {
         let final = try XCTUnwrap(records.last?["test_loss"] as? Double)
         XCTAssertTrue(final.isFinite, "the model is intact")
 
-        let stopped = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--quiet", "--debug-nan-at", "4:0", "--max-bad-steps", "1"])
+        let stopped = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--quiet", "--debug-fault", "nan-input:4:0", "--max-bad-steps", "1"])
         XCTAssertEqual(stopped.status, 1, stopped.output)
         XCTAssertTrue(stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
     }
@@ -68,7 +68,7 @@ final class ReliabilityTests: XCTestCase {
                     np, "autorate",
                     [
                         "train", "--steps", "12", "--quiet", "--log-every", "6", "--deterministic", "--metrics", metrics,
-                        "--debug-nan-gradient-at", "4:\(np - 1)", "--intra-node", transport,
+                        "--debug-fault", "nan-gradient:4:\(np - 1)", "--intra-node", transport,
                     ])
                 XCTAssertEqual(run.status, 0, run.output)
                 XCTAssertTrue(run.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), run.output)
@@ -87,7 +87,7 @@ final class ReliabilityTests: XCTestCase {
     /// itself, the step and what it waits in; mpirun returns within seconds of the timeout.
     func testStalledRankEndsTheJob() throws {
         let result = try Launcher.mpirun(
-            2, "autorate", ["train", "--steps", "20", "--quiet", "--debug-stall-at", "3:1", "--stall-timeout", "3"], timeout: 60)
+            2, "autorate", ["train", "--steps", "20", "--quiet", "--debug-fault", "stall:3:1", "--stall-timeout", "3"], timeout: 60)
         XCTAssertNotEqual(result.status, 0, result.output)
         XCTAssertLessThan(result.seconds, 20, "mpirun took \(result.seconds) s")
         XCTAssertTrue(
