@@ -2,7 +2,7 @@
 import PackageDescription
 
 /// Module graph (arrows point one way):
-///   autorate -> Training -> {Layers, Optimizers, Data, Collectives} -> TensorCore -> COpenBLAS
+///   autorate -> {Benchmarks, Reproduction} -> Training -> {Layers, Optimizers, Data, Collectives} -> TensorCore -> COpenBLAS
 ///   Collectives -> CMPI            (the only module that talks to MPI)
 ///   Data -> CZlib                  (gzip-compressed MNIST files)
 
@@ -36,10 +36,19 @@ let package = Package(
                 "Collectives", "TensorCore", "Layers", "Optimizers", "Data",
                 .product(name: "RealModule", package: "swift-numerics"),
             ]),
+        // Tools apart from the library: the throughput benchmark and the paper's reproduction.
+        .target(name: "Plots", dependencies: [.product(name: "RealModule", package: "swift-numerics")]),
+        .target(name: "Benchmarks", dependencies: ["Training", "Plots", "Collectives", "Data", "Layers", "TensorCore"]),
+        .target(
+            name: "Reproduction",
+            dependencies: [
+                "Training", "Plots", "Collectives", "Data", "Layers", "Optimizers", "TensorCore",
+                .product(name: "RealModule", package: "swift-numerics"),
+            ]),
         .executableTarget(
             name: "autorate",
             dependencies: [
-                "Training", "Collectives", "Data", "Layers", "Optimizers", "TensorCore",
+                "Training", "Benchmarks", "Reproduction", "Collectives", "Data", "Layers", "Optimizers", "TensorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Launched under mpirun by the tests: exercises every collective on real ranks.
@@ -61,6 +70,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data", "TensorCore"]),
         .testTarget(
             name: "TrainingTests", dependencies: ["Training", "Collectives", "Layers", "Optimizers", "TensorCore", "Data"]),
+        .testTarget(name: "ToolsTests", dependencies: ["Benchmarks", "Reproduction", "Plots", "Training"]),
         .testTarget(name: "EndToEndTests", dependencies: []),
     ]
 )

@@ -27,7 +27,7 @@ final class MetricsLog {
 }
 
 /// The small JSON subset the metrics need. Non-finite numbers become `null` (JSON has no NaN).
-indirect enum JSONValue {
+public indirect enum JSONValue {
     case number(Double)
     case integer(Int)
     case string(String)
@@ -36,7 +36,7 @@ indirect enum JSONValue {
     case object([(String, JSONValue)])
     case null
 
-    var encoded: String {
+    public var encoded: String {
         switch self {
         case let .number(x): x.isFinite ? "\(x)" : "null"
         case let .integer(i): "\(i)"
@@ -49,7 +49,7 @@ indirect enum JSONValue {
     }
 
     /// An object with one more field (other values are returned unchanged).
-    func adding(_ key: String, _ value: JSONValue) -> JSONValue {
+    public func adding(_ key: String, _ value: JSONValue) -> JSONValue {
         guard case let .object(fields) = self else { return self }
         return .object(fields + [(key, value)])
     }

@@ -18,22 +18,22 @@ public struct StepTiming: Sendable {
     public init() {}
 
     /// The four measured times in a fixed order, for collectives that sum or gather them.
-    var values: [Double] { [step, bnCommunication, gradientHidden, gradientExposed] }
+    public var values: [Double] { [step, bnCommunication, gradientHidden, gradientExposed] }
 
-    init<C: Collection<Double>>(values: C) {
+    public init<C: Collection<Double>>(values: C) {
         precondition(values.count == 4, "a StepTiming has 4 values")
         var v = values.makeIterator()
         (step, bnCommunication, gradientHidden, gradientExposed) = (v.next()!, v.next()!, v.next()!, v.next()!)
     }
 
-    static func + (a: StepTiming, b: StepTiming) -> StepTiming {
+    public static func + (a: StepTiming, b: StepTiming) -> StepTiming {
         StepTiming(values: zip(a.values, b.values).map(+))
     }
 
-    func scaled(by factor: Double) -> StepTiming { StepTiming(values: values.map { $0 * factor }) }
+    public func scaled(by factor: Double) -> StepTiming { StepTiming(values: values.map { $0 * factor }) }
 
     /// The metrics record's `time_ms`: means over `steps` steps of this sum.
-    func json(meanOver steps: Int) -> JSONValue {
+    public func json(meanOver steps: Int) -> JSONValue {
         let k = 1e3 / Double(Swift.max(steps, 1))
         return .object([
             ("step", .number(step * k)), ("compute", .number(compute * k)),

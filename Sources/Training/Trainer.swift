@@ -273,9 +273,16 @@ public final class Trainer {
     /// The GEMMs of one step on this rank when the ranks hold `counts` samples: the benchmark's
     /// GEMM-only bound. With weight gradients over the node's batch, this rank's weight rows over
     /// every rank's samples replace its whole weight gradient over its own.
-    func gemmWorkload(counts: [Int]) -> [GemmCall] {
+    public func gemmWorkload(counts: [Int]) -> [GemmCall] {
         synchronization!.gemmWorkload(counts: counts, rank: communicator.rank)
     }
+
+    /// The gradient buckets (reverse layer order), for the benchmark's allreduce timing.
+    public var gradientBucketRanges: [Range<Int>] { reduction.buckets.ranges }
+    /// Whether the plan reduces gradient buckets while backward goes on.
+    public var overlapsGradientReduction: Bool { reduction.overlap }
+    /// Collective: the gradients `range` reduced alone, as a replicated step would (the benchmark).
+    public func reduceGradientsAlone(_ range: Range<Int>) throws { try reduction.reduceAlone(range) }
 
     /// Collective the first time: chooses the plan and builds its synchronization. BN statistics
     /// get a communicator of their own (a duplicate), so that their small, latency-bound

@@ -2,6 +2,7 @@ import ArgumentParser
 import Data
 import Layers
 import Optimizers
+import Benchmarks
 import Training
 
 extension HeadKind: ExpressibleByArgument {}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Collectives
 import Layers
 import TensorCore
+import Benchmarks
 import Training
 #if canImport(Glibc)
     import Glibc

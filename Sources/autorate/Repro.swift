@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Reproduction
 import Training
 
 struct Repro: ParsableCommand {

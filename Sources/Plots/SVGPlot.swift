@@ -1,3 +1,4 @@
+import Foundation
 import RealModule
 
 /// A line chart written as SVG by the project itself (no plotting dependency, no display): title,
@@ -113,17 +114,17 @@ public struct LinePlot: Sendable {
 
     private func format(_ v: Double) -> String {
         if v == 0 { return "0" }
-        if abs(v) >= 1e4 || abs(v) < 1e-3 { return String(cFormat: "%.0e", v) }
-        return String(cFormat: "%g", v)
+        if abs(v) >= 1e4 || abs(v) < 1e-3 { return String(format: "%.0e", v) }
+        return String(format: "%g", v)
     }
-    private func round2(_ v: Double) -> String { String(cFormat: "%.1f", v) }
+    private func round2(_ v: Double) -> String { String(format: "%.1f", v) }
     private func escape(_ s: String) -> String {
         s.replacingAll("&", "&amp;").replacingAll("<", "&lt;").replacingAll(">", "&gt;")
     }
 }
 
 extension String {
-    func replacingAll(_ target: String, _ replacement: String) -> String {
+    public func replacingAll(_ target: String, _ replacement: String) -> String {
         split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
     }
 }

@@ -1,3 +1,5 @@
+import Plots
+import Training
 /// The speedup and efficiency plots of a scaling sweep (`launch/bench-scaling`), drawn from the
 /// CSV rows `autorate bench --csv` appends (`BenchmarkResult.csvHeader`).
 public enum ScalingPlot {

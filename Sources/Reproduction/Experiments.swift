@@ -1,3 +1,5 @@
+import Plots
+import Training
 import Layers
 import Optimizers
 import RealModule

@@ -1,5 +1,5 @@
 import XCTest
-import Training
+import Benchmarks
 
 /// `autorate plot-scaling`: speedup and efficiency from the rows `autorate bench --csv` appends.
 final class ScalingPlotTests: XCTestCase {

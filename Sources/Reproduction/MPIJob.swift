@@ -1,3 +1,4 @@
+import Training
 import Foundation
 
 /// Runs `autorate train` under `mpirun -np P` for the multi-rank experiments (E2, E10) and reads

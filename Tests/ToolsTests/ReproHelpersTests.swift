@@ -1,5 +1,6 @@
 import XCTest
-@testable import Training
+import Plots
+@testable import Reproduction
 
 /// The pieces of `autorate repro` that decide PASS/FAIL on their own: the slope fit and the plot.
 final class ReproHelpersTests: XCTestCase {

@@ -1,3 +1,5 @@
+import Plots
+import Training
 import Foundation
 
 /// `autorate repro`: runs the reproduction table of paper.md §4 and writes `report.md`, the plots

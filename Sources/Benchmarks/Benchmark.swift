@@ -1,3 +1,4 @@
+import Training
 import Collectives
 import Data
 import Layers
@@ -270,12 +271,12 @@ public enum Benchmark {
         for _ in 0..<Swift.max(options.steps / 2, 3) {
             try communicator.barrier()
             let clock = Stopwatch()
-            for range in trainer.reduction.buckets.ranges { try trainer.reduction.reduceAlone(range) }
+            for range in trainer.gradientBucketRanges { try trainer.reduceGradientsAlone(range) }
             reduceTimes.append(try communicator.allreduce(clock.seconds, .max))
-            for range in Set(trainer.reduction.buckets.ranges.map(\.count)).sorted().map({ 0..<$0 }) {
+            for range in Set(trainer.gradientBucketRanges.map(\.count)).sorted().map({ 0..<$0 }) {
                 try communicator.barrier()
                 let clock = Stopwatch()
-                try trainer.reduction.reduceAlone(range)
+                try trainer.reduceGradientsAlone(range)
                 bucketTimes[range.count * 4, default: []].append(try communicator.allreduce(clock.seconds, .max))
             }
         }
@@ -297,8 +298,8 @@ public enum Benchmark {
             balanceTwinStepSecondsMedian: twinMedian(.balance), balance: c.balance,
             weightGradientsTwinStepSecondsMedian: twinMedian(.weightGradients), weightGradients: c.weightGradients,
             baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
-            timing: mean, buckets: trainer.reduction.buckets.ranges.count, bucketBytes: c.bucketBytes,
-            overlap: trainer.reduction.overlap)
+            timing: mean, buckets: trainer.gradientBucketRanges.count, bucketBytes: c.bucketBytes,
+            overlap: trainer.overlapsGradientReduction)
     }
 }
 
