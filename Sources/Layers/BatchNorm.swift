@@ -1,6 +1,6 @@
 import TensorCore
 
-/// How the BN denominator `sqrt(var + eps_c)` gets its epsilon (paper.md §2, "BN epsilon").
+/// How the BN denominator `sqrt(var + eps_c)` gets its epsilon (docs/theory.md).
 public enum EpsilonMode: String, Sendable, CaseIterable {
     /// `eps_c = 0`: exactly scale-invariant; a channel with zero variance outputs beta.
     case zero

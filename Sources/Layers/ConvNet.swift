@@ -44,7 +44,7 @@ public enum ConvArchitecture: Sendable, Equatable {
 
 /// A batch-normalized convolutional network on NHWC images: the `cnn`, `vgg` and `resnet20` presets.
 ///
-/// SI/SV tagging (paper.md §1): every conv weight feeds a BN, so it is SI. A BN's (gamma, beta) are SI
+/// SI/SV tagging (docs/theory.md): every conv weight feeds a BN, so it is SI. A BN's (gamma, beta) are SI
 /// jointly when its output reaches only BNs, through ReLU, max pooling (positively homogeneous) and
 /// bias-free convs: every BN of a VGG-style stack but the last (and the last too with a BN head), and
 /// the first BN of each residual block. The BN at the end of a residual branch, a projection

@@ -15,7 +15,7 @@ public enum HeadKind: String, Sendable, CaseIterable {
 ///            Linear(no bias) -> BN        (--head bn)
 /// ```
 /// Names follow PyTorch's `nn.Sequential` numbering (`0.weight`, `1.weight`, `1.running_mean`, ...).
-/// SI/SV tagging follows paper.md §1: a weight feeding a BN is SI; a BN's (gamma, beta) are SI jointly
+/// SI/SV tagging follows docs/theory.md: a weight feeding a BN is SI; a BN's (gamma, beta) are SI jointly
 /// when its output passes through ReLU and a bias-free Linear into another BN; the last BN's
 /// (gamma, beta) and a biased head are SV.
 public final class MLP: NodeBatchGradients {
@@ -50,7 +50,7 @@ public final class MLP: NodeBatchGradients {
     public var classes: Int { widths.last! }
     public var inputFeatures: Int { widths[0] }
 
-    /// - Parameter normalized: false builds the plain baseline without BN (paper.md E4): every Linear
+    /// - Parameter normalized: false builds the plain baseline without BN (docs/theory.md E4): every Linear
     ///   has a bias, hidden layers are Linear -> ReLU, and every parameter is SV.
     public init(widths: [Int], head: HeadKind, batchNorm: BatchNormSettings, maxBatch: Int, normalized: Bool = true) {
         precondition(widths.count >= 2 && widths.allSatisfy { $0 > 0 }, "widths need an input and an output size, all positive")

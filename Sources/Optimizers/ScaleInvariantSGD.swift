@@ -23,7 +23,7 @@ public struct GroupRule: Sendable, Equatable {
 }
 
 /// What the monitors report for one group at one step, computed in Double on the (allreduced)
-/// gradient used for the update. See paper.md §2 facts 1, 3 and 4.
+/// gradient used for the update. See docs/theory.md.
 public struct GroupMonitor: Sendable {
     public let name: String
     public let kind: ScaleKind

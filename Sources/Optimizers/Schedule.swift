@@ -4,10 +4,10 @@ import RealModule
 public enum Schedule: Sendable, Equatable, CustomStringConvertible {
     /// eta_t = eta
     case constant
-    /// eta_t = eta / sqrt(t + 1): the SGD analysis's decay (paper.md §3)
+    /// eta_t = eta / sqrt(t + 1): the SGD analysis's decay (docs/theory.md)
     case inverseSquareRoot
     /// eta_t = eta * r^t: with r = (1 - lambda eta)^-2 and base eta / (1 - lambda eta), plain GD on an
-    /// SI loss follows GD with weight decay lambda (paper.md §2, fact 6)
+    /// SI loss follows GD with weight decay lambda (docs/theory.md)
     case exponential(Double)
 
     /// `const`, `invsqrt` or `exp:R` with R a finite positive factor per step.

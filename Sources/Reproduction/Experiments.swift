@@ -5,7 +5,7 @@ import Optimizers
 import RealModule
 import TensorCore
 
-/// The result of one experiment of paper.md §4, as a row of the report.
+/// The result of one experiment of docs/theory.md, as a row of the report.
 struct Outcome {
     let id: String
     let ran: String
@@ -17,7 +17,7 @@ struct Outcome {
     var note = ""
 }
 
-/// The experiments E1-E12 of paper.md §4. In-process ones run `ReproProblem` through `Trainer`;
+/// The experiments E1-E12 of docs/theory.md. In-process ones run `ReproProblem` through `Trainer`;
 /// E2's multi-rank part and E10 run `autorate train` under mpirun.
 struct Experiments {
     let quick: Bool

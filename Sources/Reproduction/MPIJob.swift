@@ -26,7 +26,7 @@ struct MPIJob {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["mpirun", "-np", "\(np)", "--oversubscribe", "--bind-to", "none", executable] + args
         // A process started by mpirun carries OMPI_/PMIX_ variables; a nested mpirun would take
-        // them for its own and hang (platform-notes), so they are dropped here.
+        // them for its own and hang, so they are dropped here.
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("OMPI_") && !$0.key.hasPrefix("PMIX_") }
         if getuid() == 0 {
             environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"

@@ -2,7 +2,7 @@ import Plots
 import Training
 import Foundation
 
-/// `autorate repro`: runs the reproduction table of paper.md §4 and writes `report.md`, the plots
+/// `autorate repro`: runs the reproduction table of docs/theory.md and writes `report.md`, the plots
 /// (SVG) and their data (CSV) to one directory.
 public enum Reproduction {
     public static let all = (1...12).map { "E\($0)" }
@@ -60,7 +60,7 @@ public enum Reproduction {
 
     static func report(_ outcomes: [Outcome], _ options: Options) -> String {
         var text = """
-            # Reproduction of Arora, Li & Lyu (ICLR 2019): experiments E1-E12 of paper.md §4
+            # Reproduction of Arora, Li & Lyu (ICLR 2019): experiments E1-E12 of docs/theory.md
 
             Written by `autorate repro\(options.quick ? " --quick" : "")`. In-process experiments run a
             batch-normalized MLP (16-32-32-32-4, BN head: every weight and hidden BN is scale-invariant)

@@ -104,7 +104,7 @@ public enum BLAS {
     }
 
     /// Sets the number of threads OpenBLAS uses in this process. Under `mpirun` each rank should
-    /// use the cores bound to it (one on a 2-core machine with 2 ranks); see platform-notes.
+    /// use the cores bound to it (one on a 2-core machine with 2 ranks).
     public static func setThreads(_ count: Int) {
         openblas_set_num_threads(Int32(count))
     }

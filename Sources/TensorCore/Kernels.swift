@@ -1,7 +1,7 @@
 import RealModule
 
 // Element-wise and reduction loops. Index arithmetic uses wrapping operators (&+, &*) because
-// overflow checks block vectorization (platform-notes); sums of Floats go through `Relaxed` so the
+// overflow checks block vectorization; sums of Floats go through `Relaxed` so the
 // compiler may reorder them into vector lanes, and are accumulated in Double where precision matters.
 
 /// `x *= s`.

@@ -1,5 +1,5 @@
 /// Whether a parameter tensor is scale-invariant (its loss does not change when it is multiplied by
-/// c > 0: weights feeding a BN layer) or scale-variant. Arora, Li & Lyu (ICLR 2019), paper.md §1.
+/// c > 0: weights feeding a BN layer) or scale-variant. Arora, Li & Lyu (ICLR 2019), docs/theory.md.
 public enum ScaleKind: String, Sendable, Codable {
     case scaleInvariant = "SI"
     case scaleVariant = "SV"

@@ -2,7 +2,7 @@ import Data
 
 /// Each rank's share of the global batch under `--balance on`: proportional to the rank's measured
 /// speed, so that a rank on a slower core (a noisy neighbour, a throttled or older CPU) stops setting
-/// every rank's step time. On this machine's VM the two cores' GEMM speeds swing by 30-50% against
+/// every rank's step time. On shared virtual machines two cores' GEMM speeds can swing by 30-50% against
 /// each other for seconds at a time; with even shares the faster rank waits at every synchronized BN.
 ///
 /// The math does not change: synchronized BN combines unequal counts exactly and the gradient sum is

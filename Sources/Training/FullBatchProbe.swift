@@ -3,7 +3,7 @@ import TensorCore
 
 extension Trainer {
     /// Loss and per-group squared norms of the weights and of the gradient on the whole training set
-    /// at the current parameters, without an update: the full-batch quantities of paper.md §1 (G_I)
+    /// at the current parameters, without an update: the full-batch quantities of docs/theory.md (G_I)
     /// for runs that step on mini-batches. One process (the training set must fit in one forward);
     /// BN in training mode, as in a step. Overwrites the gradient buffer, which the next step rewrites.
     public func fullBatchProbe() throws -> (loss: Double, intrinsicGradient2: Double) {

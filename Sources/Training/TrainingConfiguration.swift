@@ -50,9 +50,9 @@ public struct TrainingConfiguration: Sendable {
     public var shortcut: ShortcutKind = .padding
     /// Training-time augmentation of image data (`--augment`).
     public var augmentation: Augmentation = .none
-    /// False: the plain MLP without BN (`--no-bn`), the baseline of paper.md E4.
+    /// False: the plain MLP without BN (`--no-bn`), the baseline of docs/theory.md E4.
     public var batchNormalized = true
-    /// SI groups are multiplied by this after initialization (`--init-scale-si`; paper.md E9).
+    /// SI groups are multiplied by this after initialization (`--init-scale-si`; docs/theory.md E9).
     public var initScaleSI = 1.0
     /// `[in, hidden..., classes]`; nil: the data's input size, 256, 256, the data's classes.
     public var widths: [Int]? = nil

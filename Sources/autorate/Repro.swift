@@ -5,7 +5,7 @@ import Training
 
 struct Repro: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the reproduction table E1-E12 of paper.md and write a report with plots.",
+        abstract: "Check the paper's claims (experiments E1-E12 of docs/theory.md) and write a report with plots.",
         discussion: """
             Run it directly, not under mpirun: the multi-rank experiments (E2, E10) launch \
             `mpirun ... autorate train` themselves. Exits non-zero when an experiment fails its criterion.

@@ -41,7 +41,7 @@ final class ConvTrainingTests: XCTestCase {
         XCTAssertGreaterThan(DistributedTrainingTests.maxRelativeDifference(plain, one), 1e-3)
     }
 
-    /// paper.md E2 for conv nets on 2 ranks: with a BN head every conv weight and every BN's (gamma,
+    /// docs/theory.md E2 for conv nets on 2 ranks: with a BN head every conv weight and every BN's (gamma,
     /// beta) but the last is SI (cnn: 2 convs, 2 BNs, the head weight); in ResNet-20 the 19 conv
     /// weights, the head weight and the first BN of each of the 9 blocks; each satisfies the norm
     /// identity at every step.

@@ -25,7 +25,7 @@ final class DistributedTrainingTests: XCTestCase {
         return losses + [final]
     }
 
-    /// paper.md E2 on a metrics file: at every logged step every SI group satisfies the norm identity
+    /// docs/theory.md E2 on a metrics file: at every logged step every SI group satisfies the norm identity
     /// (rel. 1e-4) and orthogonality (|cos| < 1e-3) on the allreduced gradient, and its norm never
     /// decreases. Returns the number of SI groups seen.
     static func assertNormIdentity(_ metrics: String, _ what: String, line: UInt = #line) throws -> Int {
@@ -122,7 +122,7 @@ final class DistributedTrainingTests: XCTestCase {
         }
     }
 
-    /// paper.md E2 under mpirun -np 2: every SI group satisfies the norm identity and orthogonality on
+    /// docs/theory.md E2 under mpirun -np 2: every SI group satisfies the norm identity and orthogonality on
     /// the allreduced gradient at every step, and its norm never decreases; E12: with momentum the
     /// same monitor reports a clear violation.
     func testNormIdentityOnTwoRanksAndMomentumViolatesIt() throws {

@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 
-/// `autorate repro --quick`: every experiment of paper.md §4 passes, and the report, plots and data
+/// `autorate repro --quick`: every experiment of docs/theory.md passes, and the report, plots and data
 /// are written.
 final class ReproTests: XCTestCase {
     func testQuickReproductionPassesAndWritesTheReport() throws {

@@ -57,7 +57,7 @@ final class ConvNetTests: XCTestCase {
         }
     }
 
-    /// paper.md §1, derived by hand: names follow nn.Sequential numbering (conv, BN, ReLU, pool, ...,
+    /// docs/theory.md, derived by hand: names follow nn.Sequential numbering (conv, BN, ReLU, pool, ...,
     /// Flatten, Linear) and the common CIFAR ResNet (`conv1`, `layer1.0.bn2`, `shortcut.0`, `fc`).
     func testNamesAndScaleTagging() {
         let seq = Self.sequential(head: .linear, mode: .zero, batch: 2)
@@ -102,7 +102,7 @@ final class ConvNetTests: XCTestCase {
         for (what, net) in nets { assertTaggingMatchesScaleInvariance(NetworkHarness(net, batch: 8, seed: 74), what) }
     }
 
-    /// paper.md E1 for a ResNet block and the VGG preset (at a quarter of its width), eps zero and
+    /// docs/theory.md E1 for a ResNet block and the VGG preset (at a quarter of its width), eps zero and
     /// scaled: per SI group, loss(cW) = loss(W) and c grad(cW) = grad(W) for c in {0.1, 10}, the other
     /// gradients unchanged, and <grad, w> = 0 (fact 1).
     func testE1ForResNetBlockAndVGGPreset() {

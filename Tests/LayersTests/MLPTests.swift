@@ -13,7 +13,7 @@ final class MLPTests: XCTestCase {
         }
     }
 
-    /// paper.md §1 table, derived by hand for widths [6, 8, 7, 5] (names follow nn.Sequential numbering).
+    /// docs/theory.md, derived by hand for widths [6, 8, 7, 5] (names follow nn.Sequential numbering).
     func testScaleTagging() {
         let lin = MLP(widths: [6, 8, 7, 5], head: .linear, batchNorm: BatchNormSettings(), maxBatch: 4)
         XCTAssertEqual(lin.groups.map(\.name), ["0.weight", "1.weight+bias", "3.weight", "4.weight+bias", "6.weight", "6.bias"])
@@ -46,7 +46,7 @@ final class MLPTests: XCTestCase {
         }
     }
 
-    /// paper.md E1 and fact 1 for an MLP with a BN head, eps modes zero and scaled (see `assertE1`).
+    /// docs/theory.md E1 and fact 1 for an MLP with a BN head, eps modes zero and scaled (see `assertE1`).
     func testE1ScaleInvarianceOfLossAndGradients() {
         for mode in [EpsilonMode.zero, .scaled] {
             let mlp = MLP(widths: [10, 16, 12, 6], head: .bn, batchNorm: BatchNormSettings(epsilonMode: mode), maxBatch: 32)

@@ -42,8 +42,8 @@ private func trainMonitors(
 }
 
 final class ScaleInvariantIdentityTests: XCTestCase {
-    /// paper.md E2 (fact 1 and fact 3) for GD and SGD: per SI group and step, |identity residual| < 1e-4
-    /// and |cos(w, g)| < 1e-3 (thresholds from paper.md for fp32), and ||w_t|| non-decreasing (allowing
+    /// docs/theory.md E2 (fact 1 and fact 3) for GD and SGD: per SI group and step, |identity residual| < 1e-4
+    /// and |cos(w, g)| < 1e-3 (thresholds from docs/theory.md for fp32), and ||w_t|| non-decreasing (allowing
     /// fp32 rounding of 1e-6 relative when eta^2 ||g||^2 is below rounding).
     func testE2NormIdentityAndOrthogonality() {
         for stochastic in [false, true] {
@@ -70,7 +70,7 @@ final class ScaleInvariantIdentityTests: XCTestCase {
         }
     }
 
-    /// paper.md E6: after step 1 the effective rate equals eta / (||w0||^2 + eta^2 ||g0||^2) (rel. 1e-5),
+    /// docs/theory.md E6: after step 1 the effective rate equals eta / (||w0||^2 + eta^2 ||g0||^2) (rel. 1e-5),
     /// and it never increases (constant schedule).
     func testE6EffectiveRate() {
         for etaW in [0.01, 1, 100] {
@@ -90,7 +90,7 @@ final class ScaleInvariantIdentityTests: XCTestCase {
         XCTAssertLessThan(big[1][k].effectiveRate, 1e-2 * big[0][k].effectiveRate)
     }
 
-    /// paper.md E12: the monitor can fail. With momentum 0.9 the identity residual of some SI group
+    /// docs/theory.md E12: the monitor can fail. With momentum 0.9 the identity residual of some SI group
     /// exceeds 1e-3 clearly (it is O(1) once the velocity builds up).
     func testE12MomentumViolatesIdentity() {
         let monitors = trainMonitors(etaW: 1, steps: 20, stochastic: false, momentum: 0.9)
@@ -98,7 +98,7 @@ final class ScaleInvariantIdentityTests: XCTestCase {
         XCTAssertGreaterThan(worst, 1e-2, "momentum 0.9: worst SI residual \(worst)")
     }
 
-    /// paper.md E12 with weight decay lambda at eta = 1. With <w, g> = 0 the residual is exactly
+    /// docs/theory.md E12 with weight decay lambda at eta = 1. With <w, g> = 0 the residual is exactly
     /// ((1 - eta lambda)^2 - 1) ||w_t||^2 / ||w_{t+1}||^2, i.e. about -2 eta lambda = -1e-3 for lambda = 5e-4:
     /// the monitor measures that value (checked to 1% against the formula using the logged norms), and
     /// since ||w_{t+1}|| >= ||w_t|| (roughly) its magnitude is at most ~1e-3: that setting is a

@@ -35,7 +35,7 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(summary.testLoss.isFinite)
     }
 
-    /// paper.md §3: any fixed SI rate trains (no NaN, loss falls) when the SV rate is sane.
+    /// docs/theory.md: any fixed SI rate trains (no NaN, loss falls) when the SV rate is sane.
     func testAnyScaleInvariantRateTrains() throws {
         for lr in [0.01, 1.0, 100.0, 1000.0] {
             let trainer = try Trainer(
