@@ -55,7 +55,9 @@ public struct BenchmarkResult: Sendable {
     public let overlap: Bool
 
     public var stepSecondsMedian: Double { quantile(0.5) }
-    public func quantile(_ q: Double) -> Double { stepSeconds[Swift.min(Int(q * Double(stepSeconds.count)), stepSeconds.count - 1)] }
+    public func quantile(_ q: Double) -> Double {
+        stepSeconds[Swift.min(Int(q * Double(stepSeconds.count)), stepSeconds.count - 1)]
+    }
 
     /// Allreduce bus bandwidth, `2 (p - 1) / p * bytes / time` (NCCL's convention), in GB/s.
     public func busBandwidth(bytes: Int, seconds: Double) -> Double {
@@ -217,12 +219,16 @@ public enum Benchmark {
             twins.append(baseline!)
         }
         for t in 0..<options.warmup {
-            for run in [trainer] + twins where run !== baseline || communicator.isRoot { _ = try run.trainStep(t, monitor: false) }
+            for run in [trainer] + twins where run !== baseline || communicator.isRoot {
+                _ = try run.trainStep(t, monitor: false)
+            }
         }
         // Blocks of 5 training steps, 5 GEMM-only steps (and 5 steps of each twin) alternate, so that
         // all see the same machine (on a shared VM the speed drifts by tens of percent within a
         // minute) while most steps still start with warm caches, as in training.
-        let counts = (0..<communicator.size).map { ShardSampler.share(of: c.globalBatch, rank: $0, ranks: communicator.size).count }
+        let counts = (0..<communicator.size).map {
+            ShardSampler.share(of: c.globalBatch, rank: $0, ranks: communicator.size).count
+        }
         try trainer.prepareCommunication()  // collective; the GEMMs depend on where the weight gradients are computed
         let gemm = GemmOnlyStep(trainer.gemmWorkload(counts: counts))
         let peak = GemmOnlyStep([GemmCall(.none, .none, m: 1024, n: 1024, k: 1024, beta: 0)])
@@ -284,7 +290,9 @@ public enum Benchmark {
         try communicator.allreduce(&sums, .sum)
         let mean = StepTiming(values: sums).scaled(by: 1 / Double(options.steps * communicator.size))
         let gemmMedian = median(gemmTimes)
-        func twinMedian(_ kind: Twin) -> Double? { twinOf[kind].map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) } }
+        func twinMedian(_ kind: Twin) -> Double? {
+            twinOf[kind].map { twin in median(twinTimes[twins.firstIndex { $0 === twin }!]) }
+        }
         return BenchmarkResult(
             ranks: communicator.size, scaling: options.scaling, globalBatch: c.globalBatch, model: trainer.model.architecture,
             modelKind: c.model.rawValue, batchNormSync: c.batchNormSync.rawValue, threads: options.threads,
@@ -315,7 +323,10 @@ struct GemmOnlyStep {
     init(_ calls: [GemmCall]) {
         self.calls = calls
         operands = calls.map { call in
-            let buffers = (a: FlatBuffer(count: call.m * call.k), b: FlatBuffer(count: call.k * call.n), c: FlatBuffer(count: call.m * call.n))
+            let buffers = (
+                a: FlatBuffer(count: call.m * call.k), b: FlatBuffer(count: call.k * call.n),
+                c: FlatBuffer(count: call.m * call.n)
+            )
             for buffer in [buffers.a, buffers.b, buffers.c] {
                 for k in 0..<buffer.count { buffer.pointer[k] = Float((k * 7) % 13) * 0.01 - 0.06 }
             }

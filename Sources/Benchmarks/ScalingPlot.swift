@@ -20,16 +20,21 @@ public enum ScalingPlot {
         }
         func column(_ name: String) throws -> Int {
             guard let k = header.firstIndex(of: name) else {
-                throw TrainingError.configuration("--csv \(path): no '\(name)' column; the header must be autorate bench's: \(BenchmarkResult.csvHeader)")
+                throw TrainingError.configuration(
+                    "--csv \(path): no '\(name)' column; the header must be autorate bench's: \(BenchmarkResult.csvHeader)")
             }
             return k
         }
-        let (m, s, r, t, e) = try (column("model"), column("scaling"), column("ranks"), column("samples_per_s"), column("scaling_efficiency"))
+        let (m, s, r, t, e) = try (
+            column("model"), column("scaling"), column("ranks"), column("samples_per_s"), column("scaling_efficiency")
+        )
         return try lines.dropFirst().enumerated().compactMap { index, line in
             let f = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
             if f == header { return nil }  // a header repeated by appending runs
             guard f.count == header.count, let ranks = Int(f[r]), ranks >= 1, let rate = Double(f[t]), rate > 0 else {
-                throw TrainingError.configuration("--csv \(path): line \(index + 2) is not a row of \(header.count) fields with ranks >= 1 and samples_per_s > 0: \(line)")
+                throw TrainingError.configuration(
+                    "--csv \(path): line \(index + 2) is not a row of \(header.count) fields with ranks >= 1 and samples_per_s > 0: \(line)"
+                )
             }
             return Row(model: f[m], scaling: f[s], ranks: ranks, samplesPerSecond: rate, inRunEfficiency: Double(f[e]))
         }
@@ -57,7 +62,8 @@ public enum ScalingPlot {
                 continue
             }
             let base = median(mine.filter { $0.ranks == 1 }.map(\.samplesPerSecond))
-            var points: [(x: Double, y: Double)] = [], efficiencies: [(x: Double, y: Double)] = [], inRun: [(x: Double, y: Double)] = []
+            var points: [(x: Double, y: Double)] = [], efficiencies: [(x: Double, y: Double)] = [],
+                inRun: [(x: Double, y: Double)] = []
             for p in counts {
                 let rate = median(mine.filter { $0.ranks == p }.map(\.samplesPerSecond))
                 points.append((Double(p), rate / base))
@@ -65,7 +71,8 @@ public enum ScalingPlot {
                 let runs = mine.filter { $0.ranks == p }.compactMap(\.inRunEfficiency)
                 if !runs.isEmpty { inRun.append((Double(p), median(runs))) }
                 let inRunText = runs.isEmpty ? "" : String(cFormat: "%.3f", median(runs))
-                table += "\(key.replacingAll(" ", ",")),\(p),\(String(cFormat: "%.1f,%.3f,%.3f", rate, rate / base, rate / base / Double(p))),\(inRunText)\n"
+                table +=
+                    "\(key.replacingAll(" ", ",")),\(p),\(String(cFormat: "%.1f,%.3f,%.3f", rate, rate / base, rate / base / Double(p))),\(inRunText)\n"
             }
             speedup.series.append(.init(key, points))
             efficiency.series.append(.init(key, efficiencies))

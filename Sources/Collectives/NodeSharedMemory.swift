@@ -25,7 +25,8 @@ public final class NodeSharedMemory: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
     private let totalBytes: Int
 
-    fileprivate init(base: UnsafeMutableRawPointer, ranks: Int, rank: Int, bytesPerRank: Int, commonParts: Int, bytesPerPart: Int) {
+    fileprivate init(base: UnsafeMutableRawPointer, ranks: Int, rank: Int, bytesPerRank: Int, commonParts: Int, bytesPerPart: Int)
+    {
         self.base = base
         self.ranks = ranks
         self.rank = rank
@@ -140,8 +141,10 @@ extension Communicator {
         }
         guard failedRanks == 0, let mapped else {
             if let mapped { munmap(mapped, total) }
-            throw SharedMemoryError(call: failure?.call ?? "mmap \(name)", errno: failure?.errno ?? 0, bytes: failure?.bytes ?? total, rank: rank)
+            throw SharedMemoryError(
+                call: failure?.call ?? "mmap \(name)", errno: failure?.errno ?? 0, bytes: failure?.bytes ?? total, rank: rank)
         }
-        return NodeSharedMemory(base: mapped, ranks: size, rank: rank, bytesPerRank: slice, commonParts: commonParts, bytesPerPart: part)
+        return NodeSharedMemory(
+            base: mapped, ranks: size, rank: rank, bytesPerRank: slice, commonParts: commonParts, bytesPerPart: part)
     }
 }

@@ -55,7 +55,8 @@ extension Communicator {
         var distance = 1
         while distance < size {
             let (keep, give) = halves(of: segment, split: split, distance: distance)
-            precondition(keep.count <= room.count, "orderedReduceScatter: a scratch of \(room.count) elements for a half of \(keep.count)")
+            precondition(
+                keep.count <= room.count, "orderedReduceScatter: a scratch of \(room.count) elements for a half of \(keep.count)")
             try sendReceive(
                 UnsafeRawBufferPointer(start: base + give.lowerBound, count: give.count * stride), to: rank ^ distance,
                 into: UnsafeMutableRawBufferPointer(start: incoming, count: keep.count * stride), from: rank ^ distance)
@@ -158,7 +159,8 @@ extension Communicator {
 /// `range`: the bits the ordered reduce-scatter gives, computed from buffers a rank can read in
 /// place (node shared memory). `destination` may be one of the sources. Allocates nothing, so
 /// that it can be called per row.
-public func orderedTreeSum(_ sources: [UnsafePointer<Float>], _ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
+public func orderedTreeSum(_ sources: [UnsafePointer<Float>], _ range: Range<Int>, into destination: UnsafeMutablePointer<Float>)
+{
     let p = sources.count
     precondition(p > 0 && p & (p - 1) == 0, "a tree sum of \(p) sources: a power of two is needed")
     let out = destination + range.lowerBound
@@ -172,7 +174,10 @@ public func orderedTreeSum(_ sources: [UnsafePointer<Float>], _ range: Range<Int
         // `destination` (which a source may be: every block is read before it is written)
         let block = 1024, levels = p.trailingZeroBitCount
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * block * levels) { scratch in
-            func sum(_ ranks: Range<Int>, at start: Int, count n: Int, into out: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
+            func sum(
+                _ ranks: Range<Int>, at start: Int, count n: Int, into out: UnsafeMutablePointer<Float>,
+                spare: UnsafeMutablePointer<Float>
+            ) {
                 if ranks.count == 2 {
                     return addPair(sources[ranks.lowerBound] + start, sources[ranks.lowerBound + 1] + start, into: out, n)
                 }

@@ -111,7 +111,8 @@ do {
         }
     }
     try expectError(
-        MPIError.self, from: "a sendReceive to the non-existent rank \(p)", naming: ["MPI_Sendrecv", "rank \(r)", "MPI_ERR_RANK", "rank \(p) "],
+        MPIError.self, from: "a sendReceive to the non-existent rank \(p)",
+        naming: ["MPI_Sendrecv", "rank \(r)", "MPI_ERR_RANK", "rank \(p) "],
         comm
     ) {
         try comm.sendReceive(
@@ -238,7 +239,8 @@ do {
     // A segment no file system can hold fails on every rank alike.
     if p & (p - 1) == 0 {
         let n = 20_000
-        let memory = try comm.mapNodeSharedMemory(bytesPerRank: n * MemoryLayout<Float>.stride, commonParts: 1, bytesPerPart: n * MemoryLayout<Float>.stride)
+        let memory = try comm.mapNodeSharedMemory(
+            bytesPerRank: n * MemoryLayout<Float>.stride, commonParts: 1, bytesPerPart: n * MemoryLayout<Float>.stride)
         func slice(_ rank: Int) -> UnsafeMutablePointer<Float> { memory.slice(of: rank).assumingMemoryBound(to: Float.self) }
         let common = memory.commonPart(0).bindMemory(to: Float.self, capacity: n)
         for i in 0..<n { slice(r)[i] = Float(value(r, i)) }
@@ -246,7 +248,9 @@ do {
         NodeSharedMemory.fence()
         try comm.barrier()
         NodeSharedMemory.fence()
-        if !(0..<n).allSatisfy({ common[$0] == Float($0) }) { fail("a common part of node shared memory is not one memory for all ranks", comm) }
+        if !(0..<n).allSatisfy({ common[$0] == Float($0) }) {
+            fail("a common part of node shared memory is not one memory for all ranks", comm)
+        }
         var sum = [Float](repeating: 0, count: n)
         orderedTreeSum((0..<p).map { UnsafePointer(slice($0)) }, 0..<n, into: &sum)
         let reference = (0..<n).map { tree(0..<p, $0, Float.self) }
@@ -255,7 +259,9 @@ do {
         // as the sharded update does: each rank sums its own part of the buffer, over its slice
         let part = r * n / p..<(r + 1) * n / p
         orderedTreeSum((0..<p).map { UnsafePointer(slice($0)) }, part, into: slice(r))
-        if bytes(Array(UnsafeBufferPointer(start: slice(r) + part.lowerBound, count: part.count))) != bytes(Array(reference[part])) {
+        if bytes(Array(UnsafeBufferPointer(start: slice(r) + part.lowerBound, count: part.count)))
+            != bytes(Array(reference[part]))
+        {
             fail("orderedTreeSum written over this rank's own slice is not the tree", comm)
         }
         try expectError(

@@ -192,7 +192,9 @@ public struct CheckpointDirectory: Sendable {
             }
             prefix += "/"
         }
-        guard isDirectory(path) else { throw DataError(path: path, "exists but is not a directory; checkpoints need a directory") }
+        guard isDirectory(path) else {
+            throw DataError(path: path, "exists but is not a directory; checkpoints need a directory")
+        }
     }
 
     static func isDirectory(_ path: String) -> Bool {

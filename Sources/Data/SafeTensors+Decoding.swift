@@ -34,7 +34,8 @@ extension SafeTensors {
             guard e.end <= bufferCount else {
                 throw DataError(
                     path: path,
-                    "tensor \(quoted(e.name)) has \(offsets), past the end of the \(bufferCount)-byte data buffer; the file is truncated or corrupt")
+                    "tensor \(quoted(e.name)) has \(offsets), past the end of the \(bufferCount)-byte data buffer; the file is truncated or corrupt"
+                )
             }
             guard let count = elementCount(e.shape) else {
                 throw DataError(path: path, "tensor \(quoted(e.name)) has shape \(e.shape), whose element count overflows")
@@ -60,12 +61,14 @@ extension SafeTensors {
                 let p = ordered[i - 1]
                 throw DataError(
                     path: path,
-                    "tensors \(quoted(p.name)) (data_offsets [\(p.begin), \(p.end)]) and \(quoted(e.name)) ([\(e.begin), \(e.end)]) overlap")
+                    "tensors \(quoted(p.name)) (data_offsets [\(p.begin), \(p.end)]) and \(quoted(e.name)) ([\(e.begin), \(e.end)]) overlap"
+                )
             }
             if e.begin > position {
                 throw DataError(
                     path: path,
-                    "bytes \(position)..<\(e.begin) of the data buffer belong to no tensor (before \(quoted(e.name))); tensors must be contiguous")
+                    "bytes \(position)..<\(e.begin) of the data buffer belong to no tensor (before \(quoted(e.name))); tensors must be contiguous"
+                )
             }
             position = e.end
         }
@@ -77,7 +80,8 @@ extension SafeTensors {
         }
         var result = SafeTensors(
             tensors: ordered.map { e in
-                Tensor(name: e.name, dtype: e.dtype, shape: e.shape, bytes: Array(file[(dataStart + e.begin)..<(dataStart + e.end)]))
+                Tensor(
+                    name: e.name, dtype: e.dtype, shape: e.shape, bytes: Array(file[(dataStart + e.begin)..<(dataStart + e.end)]))
             }, metadata: metadata)
         result.source = path
         return result

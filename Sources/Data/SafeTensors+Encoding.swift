@@ -19,13 +19,20 @@ extension SafeTensors {
         for t in tensors {
             precondition(t.name != Self.metadataKey, "safetensors: \(Self.metadataKey) cannot name a tensor")
             precondition(seen.insert(t.name).inserted, "safetensors: tensor \(Self.quoted(t.name)) appears twice")
-            precondition(t.shape.count <= Self.maxRank, "safetensors: \(Self.quoted(t.name)) has more than \(Self.maxRank) dimensions")
+            precondition(
+                t.shape.count <= Self.maxRank, "safetensors: \(Self.quoted(t.name)) has more than \(Self.maxRank) dimensions")
             guard let count = t.count, count.multipliedReportingOverflow(by: t.dtype.size) == (t.bytes.count, false) else {
-                preconditionFailure("safetensors: tensor \(Self.quoted(t.name)) has \(t.bytes.count) bytes, not those of \(t.dtype.rawValue) \(t.shape)")
+                preconditionFailure(
+                    "safetensors: tensor \(Self.quoted(t.name)) has \(t.bytes.count) bytes, not those of \(t.dtype.rawValue) \(t.shape)"
+                )
             }
             let shape = t.shape.map(String.init).joined(separator: ",")
             let end = offset + t.bytes.count
-            entries.append((t.name, #"\#(Self.jsonString(t.name)):{"dtype":"\#(t.dtype.rawValue)","shape":[\#(shape)],"data_offsets":[\#(offset),\#(end)]}"#))
+            entries.append(
+                (
+                    t.name,
+                    #"\#(Self.jsonString(t.name)):{"dtype":"\#(t.dtype.rawValue)","shape":[\#(shape)],"data_offsets":[\#(offset),\#(end)]}"#
+                ))
             offset = end
         }
         var members: [String] = []

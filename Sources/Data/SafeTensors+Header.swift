@@ -28,7 +28,8 @@ private struct HeaderReader {
         // Foundation would also read UTF-16 and UTF-32 (which it tells by their NUL bytes) and skip a
         // UTF-8 byte-order mark; the format's UTF-8 JSON has neither.
         guard !header.contains(0), !header.starts(with: [0xEF, 0xBB, 0xBF]) else {
-            throw DataError(path: path, "has a header that is not UTF-8 JSON: it holds a NUL byte or starts with a byte-order mark")
+            throw DataError(
+                path: path, "has a header that is not UTF-8 JSON: it holds a NUL byte or starts with a byte-order mark")
         }
         let root: Any
         do {
@@ -65,7 +66,8 @@ private struct HeaderReader {
         var metadata: [String: String] = [:]
         for (key, value) in object.sorted(by: { ST.utf8Less($0.key, $1.key) }) {
             guard let text = value as? String else {
-                throw invalid("\(ST.metadataKey) value for key \(ST.quoted(key)) is \(kind(value)); metadata values must be strings")
+                throw invalid(
+                    "\(ST.metadataKey) value for key \(ST.quoted(key)) is \(kind(value)); metadata values must be strings")
             }
             metadata[key] = text
         }

@@ -24,7 +24,9 @@
 /// tensor names and metadata keys; it rejects a repeated field or `__metadata__`).
 public struct SafeTensors: Sendable, Equatable {
     public enum DType: String, Sendable, CaseIterable {
-        case f32 = "F32", f64 = "F64", i64 = "I64"
+        case f32 = "F32"
+        case f64 = "F64"
+        case i64 = "I64"
         /// Bytes per element.
         public var size: Int { self == .f32 ? 4 : 8 }
     }
@@ -94,7 +96,9 @@ public struct SafeTensors: Sendable, Equatable {
     private mutating func append(_ name: String, _ dtype: DType, _ shape: [Int], count: Int, bytes: [UInt8]) {
         precondition(name != Self.metadataKey, "safetensors: \(Self.metadataKey) is reserved and cannot name a tensor")
         precondition(tensor(name) == nil, "safetensors: a tensor named \(Self.quoted(name)) is already present")
-        precondition(shape.count <= Self.maxRank, "safetensors: \(Self.quoted(name)) has \(shape.count) dimensions; at most \(Self.maxRank)")
+        precondition(
+            shape.count <= Self.maxRank,
+            "safetensors: \(Self.quoted(name)) has \(shape.count) dimensions; at most \(Self.maxRank)")
         precondition(
             Self.elementCount(shape) == count,
             "safetensors: \(Self.quoted(name)) has \(count) values but shape \(shape) describes \(Self.elementCount(shape).map(String.init) ?? "an invalid count")"
@@ -136,7 +140,8 @@ public struct SafeTensors: Sendable, Equatable {
         let n = t.bytes.count / MemoryLayout<T>.size
         guard t.bytes.count == n * MemoryLayout<T>.size, t.count == n else {
             throw DataError(
-                path: where_, "tensor \(Self.quoted(name)) has \(t.bytes.count) bytes, which does not fit \(dtype.rawValue) \(t.shape)")
+                path: where_,
+                "tensor \(Self.quoted(name)) has \(t.bytes.count) bytes, which does not fit \(dtype.rawValue) \(t.shape)")
         }
         return t.bytes.withUnsafeBytes { raw in
             (0..<n).map { T(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) }

@@ -39,7 +39,9 @@ public struct ShardSampler: Sendable {
     /// The sample indices at the global-batch positions `mine` of global step `step` (uneven shares:
     /// `--balance on`).
     public mutating func indices(step: Int, positions mine: Range<Int>) -> ArraySlice<Int32> {
-        precondition(mine.lowerBound >= 0 && mine.upperBound <= globalBatch, "positions \(mine) outside the global batch of \(globalBatch)")
+        precondition(
+            mine.lowerBound >= 0 && mine.upperBound <= globalBatch, "positions \(mine) outside the global batch of \(globalBatch)"
+        )
         let epoch = step / stepsPerEpoch, inEpoch = step % stepsPerEpoch
         if epoch != cachedEpoch {
             permutation = Self.permutation(count: sampleCount, seed: seed, epoch: epoch)

@@ -4,9 +4,11 @@ import FuzzSupport
 /// safetensors: `SafeTensors.decode`. Whatever it accepts must be self-consistent, re-encode to at
 /// most the input's size (plus header padding), and decode again to the same content.
 func check(_ bytes: [UInt8]) -> String {
-    let (file, summary) = Fuzz.parse("safetensors", { try SafeTensors.decode(bytes, path: Fuzz.inputPath) }) {
-        "\($0.tensors.count) tensor(s), \($0.metadata.count) metadata key(s)"
-    }
+    let (file, summary) = Fuzz.parse(
+        "safetensors", { try SafeTensors.decode(bytes, path: Fuzz.inputPath) },
+        accepted: {
+            "\($0.tensors.count) tensor(s), \($0.metadata.count) metadata key(s)"
+        })
     guard let file else { return summary }
     var total = 0
     for t in file.tensors {

@@ -87,7 +87,9 @@ public final class Conv2d {
         let w = p.value(weight).baseAddress!
         for range in pixelRanges(chunks, images: y.rows) where !range.isEmpty {
             if isPointwise {
-                gemmOutput(rows: range.count, a: x.base + range.lowerBound * input.channels, lda: input.channels, w: w, y: y.base + range.lowerBound * outChannels)
+                gemmOutput(
+                    rows: range.count, a: x.base + range.lowerBound * input.channels, lda: input.channels, w: w,
+                    y: y.base + range.lowerBound * outChannels)
                 eachChunk(range)
                 continue
             }
@@ -144,7 +146,9 @@ public final class Conv2d {
             if isPointwise {
                 prepare(range)
                 let dyRows = dy.base + range.lowerBound * outChannels
-                gemmWeightGradient(rows: range.count, dy: dyRows, a: x.base + range.lowerBound * input.channels, lda: input.channels, beta: first, dw: out)
+                gemmWeightGradient(
+                    rows: range.count, dy: dyRows, a: x.base + range.lowerBound * input.channels, lda: input.channels,
+                    beta: first, dw: out)
                 if let dx {
                     let at = range.lowerBound * input.channels
                     gemmInputGradient(rows: range.count, dy: dyRows, w: w, into: dx.base + at, ldc: input.channels)

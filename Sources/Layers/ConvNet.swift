@@ -122,13 +122,15 @@ public final class ConvNet: Network {
             for (k, position) in convUnits.enumerated() {
                 guard case let .convBN(unit) = units[position] else { continue }
                 let feedsBN = k < convUnits.count - 1 || head == .bn
-                builder.tagAffine(unit.norm, name: "\(unit.norm.gamma.name.dropLast(".weight".count)).weight+bias", invariant: feedsBN)
+                builder.tagAffine(
+                    unit.norm, name: "\(unit.norm.gamma.name.dropLast(".weight".count)).weight+bias", invariant: feedsBN)
             }
             builder.headNames = ("\(index + 1)", "\(index + 2)")  // after Flatten at `index`
             globalPooling = false
         case let .resnet(widths, blocks, shortcut):
             unitInputs.append(shape)
-            let stem = builder.convBN(shape, widths[0], kernel: 3, stride: 1, relu: true, weightName: "conv1.weight", normName: "bn1")
+            let stem = builder.convBN(
+                shape, widths[0], kernel: 3, stride: 1, relu: true, weightName: "conv1.weight", normName: "bn1")
             builder.tagAffine(stem.norm, name: "bn1.weight+bias", invariant: false)
             units.append(.convBN(stem))
             shape = stem.output
@@ -150,7 +152,8 @@ public final class ConvNet: Network {
                     if stride != 1 || width != shape.channels {
                         switch shortcut {
                         case .padding:
-                            precondition(width >= shape.channels && stride == 2, "padding shortcuts halve the size and add channels")
+                            precondition(
+                                width >= shape.channels && stride == 2, "padding shortcuts halve the size and add channels")
                             path = .padding
                         case .projection:
                             let projection = builder.convBN(
@@ -222,7 +225,8 @@ public final class ConvNet: Network {
             let text = layers.map { if case let .conv(c) = $0 { String(c) } else { "M" } }.joined(separator: ",")
             return "conv net \(text) on \(input) images, head \(head.rawValue)"
         case let .resnet(widths, blocks, shortcut):
-            return "ResNet-\(6 * blocks + 2) (\(widths.map(String.init).joined(separator: "/")) channels, \(shortcut.rawValue) shortcuts) on \(input) images, head \(head.rawValue)"
+            return
+                "ResNet-\(6 * blocks + 2) (\(widths.map(String.init).joined(separator: "/")) channels, \(shortcut.rawValue) shortcuts) on \(input) images, head \(head.rawValue)"
         }
     }
 
@@ -248,7 +252,8 @@ public final class ConvNet: Network {
     }
 
     private func run(_ x: Matrix, reducer: StatisticsReducer?) throws -> Matrix {
-        precondition(x.cols == input.count, "input has \(x.cols) values per sample; the network expects \(input) = \(input.count)")
+        precondition(
+            x.cols == input.count, "input has \(x.cols) values per sample; the network expects \(input) = \(input.count)")
         precondition(x.rows <= maxBatch, "batch of \(x.rows) exceeds the network's \(maxBatch)")
         let n = x.rows
         var current = x
@@ -392,13 +397,15 @@ private struct Builder {
         _ input: ImageShape, _ channels: Int, kernel: Int, stride: Int, relu: Bool, weightName: String,
         normName: String, previousAffine: (gamma: TensorSpec, beta: TensorSpec)? = nil
     ) -> ConvBN {
-        let w = layout.append(weightName, shape: Conv2d.weightShape(outChannels: channels, kernel: kernel, inChannels: input.channels))
+        let w = layout.append(
+            weightName, shape: Conv2d.weightShape(outChannels: channels, kernel: kernel, inChannels: input.channels))
         groups.append(ParameterGroup(name: weightName, kind: .scaleInvariant, tensors: [w]))
         let conv = Conv2d(
             input: input, outChannels: channels, kernel: kernel, stride: stride, padding: kernel / 2, weight: w,
             maxBatch: maxBatch)
         weights.append((w, conv.fanIn))
-        let norm = norm(normName, channels: channels, rows: maxBatch * conv.output.pixels, incoming: w, previousAffine: previousAffine)
+        let norm = norm(
+            normName, channels: channels, rows: maxBatch * conv.output.pixels, incoming: w, previousAffine: previousAffine)
         return ConvBN(conv: conv, norm: norm, relu: relu, maxBatch: maxBatch)
     }
 

@@ -115,16 +115,22 @@ public struct Linear: Sendable {
         sameBitsAsSummed: Bool = true
     ) {
         precondition(rows.lowerBound >= 0 && rows.upperBound <= outFeatures, "rows \(rows) of a \(outFeatures)-row weight")
-        precondition(weightRowCuts.isEmpty || weightRowPieces.contains(rows), "rows \(rows) are not a piece of \(weightRowPieces)")
+        precondition(
+            weightRowCuts.isEmpty || weightRowPieces.contains(rows), "rows \(rows) are not a piece of \(weightRowPieces)")
         guard !rows.isEmpty, !parts.isEmpty else { return }
         for part in parts {
             precondition(
-                part.x.rows == part.dy.rows && part.x.cols == inFeatures && part.dy.cols == outFeatures, "Linear weight gradient shape mismatch")
+                part.x.rows == part.dy.rows && part.x.cols == inFeatures && part.dy.cols == outFeatures,
+                "Linear weight gradient shape mismatch")
         }
         let fused =
             !sameBitsAsSummed
-            || Set(parts.map(\.x.rows)).allSatisfy { BLAS.accumulationIsExactSum(.transposed, .none, m: rows.count, n: inFeatures, k: $0) }
-        tree.treeSum(leaves: parts.count, count: rows.count * inFeatures, into: dw + rows.lowerBound * inFeatures, fusedPairs: fused) {
+            || Set(parts.map(\.x.rows)).allSatisfy {
+                BLAS.accumulationIsExactSum(.transposed, .none, m: rows.count, n: inFeatures, k: $0)
+            }
+        tree.treeSum(
+            leaves: parts.count, count: rows.count * inFeatures, into: dw + rows.lowerBound * inFeatures, fusedPairs: fused
+        ) {
             i, out, accumulate in
             let part = parts[i]
             BLAS.gemm(

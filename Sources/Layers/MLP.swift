@@ -166,7 +166,9 @@ public final class MLP: NodeBatchGradients {
     }
 
     /// Linear -> BN and ReLU (`normalize`, fused in one pass) per hidden layer, then the head.
-    private func run(_ x: Matrix, chunks: BatchChunks?, normalize: (BatchNorm, Matrix, Matrix, Bool) throws -> Void) rethrows -> Matrix {
+    private func run(_ x: Matrix, chunks: BatchChunks?, normalize: (BatchNorm, Matrix, Matrix, Bool) throws -> Void) rethrows
+        -> Matrix
+    {
         precondition(x.cols == inputFeatures, "input has \(x.cols) features; the network expects \(inputFeatures)")
         var current = x
         for (i, linear) in linears.enumerated() {
@@ -257,7 +259,8 @@ public final class MLP: NodeBatchGradients {
     private func gemmWorkload(rows: Int, weightGradients: Bool) -> [GemmCall] {
         let forward = linears.map { GemmCall(.none, .transposed, m: rows, n: $0.outFeatures, k: $0.inFeatures, beta: 0) }
         let backward = linears.enumerated().reversed().flatMap { i, l in
-            (weightGradients ? l.weightRowPieces.map { GemmCall(.transposed, .none, m: $0.count, n: l.inFeatures, k: rows, beta: 0) } : [])
+            (weightGradients
+                ? l.weightRowPieces.map { GemmCall(.transposed, .none, m: $0.count, n: l.inFeatures, k: rows, beta: 0) } : [])
                 + (i > 0 ? [GemmCall(.none, .none, m: rows, n: l.inFeatures, k: l.outFeatures, beta: 0)] : [])
         }
         return forward + backward
@@ -280,7 +283,9 @@ public final class MLP: NodeBatchGradients {
     }
 
     public func shareActivations(in regions: [UnsafeMutablePointer<Float>], rank: Int, keeper: AnyObject) {
-        precondition(sharedActivationFloats > 0 && regions.indices.contains(rank), "no shared activations for rank \(rank) of \(regions.count)")
+        precondition(
+            sharedActivationFloats > 0 && regions.indices.contains(rank),
+            "no shared activations for rank \(rank) of \(regions.count)")
         let layout = regions.map { base in
             var at = base + 16
             func take(_ cols: Int) -> UnsafeMutablePointer<Float> {
@@ -289,26 +294,33 @@ public final class MLP: NodeBatchGradients {
             }
             let inputs = widths.dropLast().map(take), outputGradients = widths.dropFirst().map(take)
             return SharedRegion(
-                rows: UnsafeMutableRawPointer(base).bindMemory(to: Int.self, capacity: 1), inputs: inputs, outputGradients: outputGradients)
+                rows: UnsafeMutableRawPointer(base).bindMemory(to: Int.self, capacity: 1), inputs: inputs,
+                outputGradients: outputGradients)
         }
         shared = (layout, rank)
         // a BN's output is the next Linear's input: it is written where the other ranks read it
         for k in normOut.indices where k + 1 < linears.count {
-            normOut[k] = ActivationBuffer(wrapping: layout[rank].inputs[k + 1], maxRows: maxBatch, cols: widths[k + 1], keeper: keeper)
+            normOut[k] = ActivationBuffer(
+                wrapping: layout[rank].inputs[k + 1], maxRows: maxBatch, cols: widths[k + 1], keeper: keeper)
         }
     }
 
     public var nodeBatchTensors: [TensorSpec] { linears.map(\.weight) }
 
-    public func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool) {
+    public func weightGradient(
+        _ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool
+    ) {
         guard let shared, let i = linears.firstIndex(where: { $0.weight.offset == tensor.offset }) else {
             preconditionFailure("\(tensor.name): not a weight whose gradient is computed over the node's batch")
         }
         let parts = shared.regions.map { region in
-            (x: Matrix(region.inputs[i], rows: region.rows.pointee, cols: widths[i]),
-             dy: Matrix(region.outputGradients[i], rows: region.rows.pointee, cols: widths[i + 1]))
+            (
+                x: Matrix(region.inputs[i], rows: region.rows.pointee, cols: widths[i]),
+                dy: Matrix(region.outputGradients[i], rows: region.rows.pointee, cols: widths[i + 1])
+            )
         }
-        linears[i].weightGradient(rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks, sameBitsAsSummed: sameBitsAsSummed)
+        linears[i].weightGradient(
+            rows: rows, over: parts, into: gradients + tensor.offset, tree: chunks, sameBitsAsSummed: sameBitsAsSummed)
     }
 
     public func cutWeightGradients(at segments: [Range<Int>]) {

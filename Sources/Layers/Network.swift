@@ -58,7 +58,8 @@ public protocol NodeBatchGradients: Network {
     /// last forward and backward, into `gradients` (the flat gradient buffer); with
     /// `sameBitsAsSummed`, the bits of the ranks' whole gradients summed in the ordered tree
     /// (`Linear.weightGradient`).
-    func weightGradient(_ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool)
+    func weightGradient(
+        _ tensor: TensorSpec, rows: Range<Int>, into gradients: UnsafeMutablePointer<Float>, sameBitsAsSummed: Bool)
     /// From now on backward computes each of `nodeBatchTensors`' gradients in pieces of rows, one
     /// per segment of the flat layout that holds some (the sharded update's segments, which cut
     /// no row), one GEMM each, so that `weightGradient` over a segment's rows makes the same

@@ -79,7 +79,8 @@ public final class ScaleInvariantSGD {
         precondition(step >= 0, "a negative step")
         self.step = step
         if let velocity, let momentum {
-            precondition(momentum.count == velocity.count, "momentum of \(momentum.count) values for \(velocity.count) parameters")
+            precondition(
+                momentum.count == velocity.count, "momentum of \(momentum.count) values for \(velocity.count) parameters")
             velocity.all.update(fromContentsOf: momentum)
         }
     }
@@ -129,7 +130,9 @@ public final class ScaleInvariantSGD {
             let rule = rule(for: group.kind)
             let eta = rule.schedule.rate(base: rule.learningRate, step: step)
             if isPaperAlgorithm {
-                for part in stepIntoGradient(group, group.range, in: store, eta: Float(eta), radial: radial, unitSums, nil, &check) {
+                for part in stepIntoGradient(
+                    group, group.range, in: store, eta: Float(eta), radial: radial, unitSums, nil, &check)
+                {
                     keptNorms[part.tensor.offset] = part.norms
                 }
             } else {
@@ -172,7 +175,8 @@ public final class ScaleInvariantSGD {
         let radial = takeRadialTerms(store)
         var check = FiniteCheck()
         let rowNorms = groups.flatMap { group in
-            stepIntoGradient(group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, unitSums, completing, &check)
+            stepIntoGradient(
+                group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, unitSums, completing, &check)
         }
         return (check.allFinite, rowNorms)
     }
@@ -224,7 +228,9 @@ public final class ScaleInvariantSGD {
 
     /// Momentum and weight decay: the monitor sums of `group`'s units, read from the buffers
     /// before the update (`before`: ||w||^2, ||g||^2, <w, g>) or after it (||w_{t+1}||^2).
-    private func accumulateUnits(_ group: ParameterGroup, _ store: ParameterStore, before: Bool, into sums: UnsafeMutablePointer<Double>) {
+    private func accumulateUnits(
+        _ group: ParameterGroup, _ store: ParameterStore, before: Bool, into sums: UnsafeMutablePointer<Double>
+    ) {
         let wp = store.values.pointer, gp = store.gradients.pointer
         for tensor in group.tensors {
             var u = firstUnit[tensor.offset]!
@@ -279,7 +285,9 @@ public final class ScaleInvariantSGD {
             guard lower < upper else { continue }
             let wp = store.values.pointer, gp = store.gradients.pointer
             if let unitSums {
-                if let part = stepMonitored(tensor, lower..<upper, store, eta: eta, radial: radial[tensor.offset], unitSums, completing, &check) {
+                if let part = stepMonitored(
+                    tensor, lower..<upper, store, eta: eta, radial: radial[tensor.offset], unitSums, completing, &check)
+                {
                     rowNorms.append(part)
                 }
                 continue

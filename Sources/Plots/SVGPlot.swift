@@ -61,7 +61,9 @@ public struct LinePlot: Sendable {
             """
         let xTicks =
             integerX && !logX
-            ? ticks(x0, x1, log: false).filter { abs($0.0 - $0.0.rounded()) < 1e-6 }.map { ($0.0.rounded(), String(Int($0.0.rounded()))) }
+            ? ticks(x0, x1, log: false).filter { abs($0.0 - $0.0.rounded()) < 1e-6 }.map {
+                ($0.0.rounded(), String(Int($0.0.rounded())))
+            }
             : ticks(x0, x1, log: logX)
         for (value, label) in xTicks {
             let x = px(value)
@@ -74,7 +76,8 @@ public struct LinePlot: Sendable {
             out += "<text x=\"\(left - 6)\" y=\"\(y + 4)\" text-anchor=\"end\">\(label)</text>\n"
         }
         out += "<text x=\"\(left + plotW / 2)\" y=\"\(height - 18)\" text-anchor=\"middle\">\(escape(xLabel))</text>\n"
-        out += "<text transform=\"translate(18,\(top + plotH / 2)) rotate(-90)\" text-anchor=\"middle\">\(escape(yLabel))</text>\n"
+        out +=
+            "<text transform=\"translate(18,\(top + plotH / 2)) rotate(-90)\" text-anchor=\"middle\">\(escape(yLabel))</text>\n"
         for (k, s) in series.enumerated() {
             let colour = Self.palette[k % Self.palette.count]
             var path = "", pen = "M"
@@ -89,7 +92,8 @@ public struct LinePlot: Sendable {
             let dash = s.dashed ? " stroke-dasharray=\"6,4\"" : ""
             out += "<path d=\"\(path)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.8\"\(dash)/>\n"
             let ly = top + 12 + Double(k) * 18
-            out += "<line x1=\"\(left + plotW + 12)\" y1=\"\(ly)\" x2=\"\(left + plotW + 36)\" y2=\"\(ly)\" stroke=\"\(colour)\" stroke-width=\"2\"\(dash)/>"
+            out +=
+                "<line x1=\"\(left + plotW + 12)\" y1=\"\(ly)\" x2=\"\(left + plotW + 36)\" y2=\"\(ly)\" stroke=\"\(colour)\" stroke-width=\"2\"\(dash)/>"
             out += "<text x=\"\(left + plotW + 42)\" y=\"\(ly + 4)\">\(escape(s.name))</text>\n"
         }
         return out + "</svg>\n"

@@ -64,7 +64,9 @@ struct Experiments {
             }
         }
         return Outcome(
-            id: "E1", ran: "loss and all gradients at W and c*W, c in {0.1, 10}, for each of the \(groups / 2) SI groups, eps zero and scaled",
+            id: "E1",
+            ran:
+                "loss and all gradients at W and c*W, c in {0.1, 10}, for each of the \(groups / 2) SI groups, eps zero and scaled",
             figure: String(cFormat: "max rel. error: loss %.1e, gradients %.1e", worstLoss, worstGradient),
             criterion: "< 1e-5 (fp32)", passed: worstLoss < 1e-5 && worstGradient < 1e-5, commands: [own("E1")])
     }
@@ -103,7 +105,10 @@ struct Experiments {
             title: "E2: norm growth of SI group 0.weight (GD, eta_w = 1)", xLabel: "step t", yLabel: "squared norm")
         for eta in [0.01, 1, 100] {
             for batch in [ReproProblem.trainCount, 32] {
-                let t = try problem.run(problem.configuration { $0.invariant.learningRate = eta; $0.globalBatch = batch }, steps: steps)
+                let t = try problem.run(
+                    problem.configuration {
+                        $0.invariant.learningRate = eta; $0.globalBatch = batch
+                    }, steps: steps)
                 let (r, c, m) = Self.identity(Self.siMonitors(t))
                 (residual, cosine, monotone, runs) = (Swift.max(residual, r), Swift.max(cosine, c), monotone && m, runs + 1)
                 if eta == 1 && batch == ReproProblem.trainCount {
@@ -127,7 +132,10 @@ struct Experiments {
             for eta in ["0.01", "1", "100"] {
                 let job = try mpi.train(
                     np: np, name: "e2-np\(np)-\(eta)",
-                    ["--widths", "32,64,64,10", "--head", "bn", "--global-batch", "256", "--steps", "\(quick ? 20 : 50)", "--lr-si", eta, "--seed", "1"])
+                    [
+                        "--widths", "32,64,64,10", "--head", "bn", "--global-batch", "256", "--steps", "\(quick ? 20 : 50)",
+                        "--lr-si", eta, "--seed", "1",
+                    ])
                 let (r, c, m) = Self.identity(Self.siMonitors(job.records))
                 (residual, cosine, monotone, runs) = (Swift.max(residual, r), Swift.max(cosine, c), monotone && m, runs + 1)
                 commands.append(job.command)
@@ -135,9 +143,12 @@ struct Experiments {
         }
         return Outcome(
             id: "E2",
-            ran: "\(runs) runs: eta_w in {0.01, 1, 100}; GD and SGD (batch 32) in one process, SGD on \(ranks.map(String.init).joined(separator: " and ")) ranks under mpirun; \(steps) / \(quick ? 20 : 50) steps",
-            figure: String(cFormat: "max |residual| %.1e, max |cos| %.1e", residual, cosine) + ", norms non-decreasing: \(monotone ? "yes" : "no")",
-            criterion: "residual < 1e-4, |cos| < 1e-3, ||w_t|| non-decreasing", passed: residual < 1e-4 && cosine < 1e-3 && monotone,
+            ran:
+                "\(runs) runs: eta_w in {0.01, 1, 100}; GD and SGD (batch 32) in one process, SGD on \(ranks.map(String.init).joined(separator: " and ")) ranks under mpirun; \(steps) / \(quick ? 20 : 50) steps",
+            figure: String(cFormat: "max |residual| %.1e, max |cos| %.1e", residual, cosine)
+                + ", norms non-decreasing: \(monotone ? "yes" : "no")",
+            criterion: "residual < 1e-4, |cos| < 1e-3, ||w_t|| non-decreasing",
+            passed: residual < 1e-4 && cosine < 1e-3 && monotone,
             commands: commands, plots: [try save("e2-norm-identity", plot)])
     }
 
@@ -147,11 +158,19 @@ struct Experiments {
         var worst: [String: Double] = [:]
         let variants: [(String, (inout TrainingConfiguration) -> Void)] = [
             ("plain GD (the paper)", { _ in }),
-            ("momentum 0.9", { $0.invariant.momentum = 0.9; $0.variant.momentum = 0.9 }),
+            (
+                "momentum 0.9",
+                {
+                    $0.invariant.momentum = 0.9; $0.variant.momentum = 0.9
+                }
+            ),
             ("weight decay 5e-4 on SI", { $0.invariant.weightDecay = 5e-4 }),
         ]
         for (name, change) in variants {
-            let t = try problem.run(problem.configuration { $0.invariant.learningRate = 10; change(&$0) }, steps: steps)
+            let t = try problem.run(
+                problem.configuration {
+                    $0.invariant.learningRate = 10; change(&$0)
+                }, steps: steps)
             let perStep = Self.siMonitors(t).map { $0.map { abs($0.residual) }.max() ?? 0 }
             worst[name] = perStep.max() ?? 0
             plot.series.append(.init(name, perStep.enumerated().map { (Double($0.offset), Swift.max($0.element, 1e-12)) }))
@@ -159,10 +178,14 @@ struct Experiments {
         let momentum = worst["momentum 0.9"]!, decay = worst["weight decay 5e-4 on SI"]!
         return Outcome(
             id: "E12", ran: "eta_w = 10, GD, \(steps) steps: plain, then momentum 0.9, then weight decay 5e-4 on SI groups",
-            figure: String(cFormat: "max |residual|: plain %.1e, momentum %.1e, weight decay %.1e", worst["plain GD (the paper)"]!, momentum, decay),
+            figure: String(
+                cFormat: "max |residual|: plain %.1e, momentum %.1e, weight decay %.1e", worst["plain GD (the paper)"]!, momentum,
+                decay),
             criterion: "momentum and weight decay each > 1e-3 (the monitor can fail)", passed: momentum > 1e-3 && decay > 1e-3,
             commands: [own("E12")], plots: [try save("e12-identity-violation", plot)],
-            note: "Weight decay lambda shrinks ||w||^2 by about 2 eta lambda per step, 1e-2 at eta_w = 10; at eta_w = 1 it would be 1e-3, at the threshold.")
+            note:
+                "Weight decay lambda shrinks ||w||^2 by about 2 eta lambda per step, 1e-2 at eta_w = 10; at eta_w = 1 it would be 1e-3, at the threshold."
+        )
     }
 
     // MARK: E3, E4, E5
@@ -181,12 +204,16 @@ struct Experiments {
         }
         func curves(_ runs: [Double: Trajectory]) -> [LinePlot.Series] {
             Self.sweep.map { eta in
-                .init("eta \(String(cFormat: "%g", eta))", runs[eta]!.losses.enumerated().map { (Double($0.offset + 1), $0.element) })
+                .init(
+                    "eta \(String(cFormat: "%g", eta))",
+                    runs[eta]!.losses.enumerated().map { (Double($0.offset + 1), $0.element) })
             }
         }
-        var withBN = LinePlot(title: "E3: full-batch GD with BN, eta_g = 0.1", xLabel: "step", yLabel: "training loss", logY: true)
+        var withBN = LinePlot(
+            title: "E3: full-batch GD with BN, eta_g = 0.1", xLabel: "step", yLabel: "training loss", logY: true)
         withBN.series = curves(bn)
-        var without = LinePlot(title: "E4: the same net without BN, one rate for all", xLabel: "step", yLabel: "training loss", logY: true)
+        var without = LinePlot(
+            title: "E4: the same net without BN, one rate for all", xLabel: "step", yLabel: "training loss", logY: true)
         without.series = curves(plain)
         let passingBN = Self.sweep.filter { eta in
             let t = bn[eta]!
@@ -210,7 +237,8 @@ struct Experiments {
         }.joined(separator: ", ")
         let e4 = Outcome(
             id: "E4", ran: "the same sweep on the plain net (Linear with bias + ReLU, no BN, one rate), baseline",
-            figure: "final/initial loss: \(plainFigure); fails where BN passes at eta = \(failures.map { String(cFormat: "%g", $0) }.joined(separator: ", "))",
+            figure:
+                "final/initial loss: \(plainFigure); fails where BN passes at eta = \(failures.map { String(cFormat: "%g", $0) }.joined(separator: ", "))",
             criterion: "at least one rate where the plain net diverges or ends above its initial loss while BN passes",
             passed: !failures.isEmpty, commands: [own("E4")], plots: [try save("e4-sweep-plain", without)])
         return (e3, e4)
@@ -221,14 +249,17 @@ struct Experiments {
         let steps = quick ? 300 : 1000
         var thresholds: [Double: Double] = [:]
         var plot = LinePlot(
-            title: "E5: largest loss of the run / initial loss (1e3: non-finite)", xLabel: "eta_g", yLabel: "max loss / initial loss",
+            title: "E5: largest loss of the run / initial loss (1e3: non-finite)", xLabel: "eta_g",
+            yLabel: "max loss / initial loss",
             logX: true, logY: true)
         for etaW in [0.01, 1, 100] {
             thresholds[etaW] = .infinity
             var points: [(x: Double, y: Double)] = []
             for etaG in grid {
                 let t = try problem.run(
-                    problem.configuration { $0.invariant.learningRate = etaW; $0.variant.learningRate = etaG; $0.head = .linear }, steps: steps)
+                    problem.configuration {
+                        $0.invariant.learningRate = etaW; $0.variant.learningRate = etaG; $0.head = .linear
+                    }, steps: steps)
                 let ratio = t.diverged ? Double.infinity : t.losses.max()! / t.initial
                 points.append((etaG, Swift.min(ratio, 1e3)))
                 if ratio > 10 && thresholds[etaW]!.isInfinite { thresholds[etaW] = etaG }
@@ -240,9 +271,12 @@ struct Experiments {
         return Outcome(
             id: "E5", ran: "eta_w in {0.01, 1, 100} x eta_g in {0.1, 0.3, ..., 1000}, GD, \(steps) steps, Linear head (SV)",
             figure: "smallest eta_g at which training diverges (non-finite, or a loss above 10x the initial): \(text)",
-            criterion: "the same eta_g for every eta_w", passed: values.count == 1 && values.first!.isFinite, commands: [own("E5")],
+            criterion: "the same eta_g for every eta_w", passed: values.count == 1 && values.first!.isFinite,
+            commands: [own("E5")],
             plots: [try save("e5-eta-g", plot)],
-            note: "E5 uses the Linear head, whose weight and bias are SV. With the BN head the only SV parameters are the last BN's (gamma, beta), and on this separable data no eta_g up to 1000 made GD on them diverge in 1000 steps (measured), so there is no threshold to compare. A loss that rises above its initial value but stays within 10x (eta_g 3-10 here, and eta_g 0.1 at eta_w 100, where the first SI step is huge) is not counted as divergence.")
+            note:
+                "E5 uses the Linear head, whose weight and bias are SV. With the BN head the only SV parameters are the last BN's (gamma, beta), and on this separable data no eta_g up to 1000 made GD on them diverge in 1000 steps (measured), so there is no threshold to compare. A loss that rises above its initial value but stays within 10x (eta_g 3-10 here, and eta_g 0.1 at eta_w 100, where the first SI step is huge) is not counted as divergence."
+        )
     }
 
     // MARK: E6
@@ -258,14 +292,19 @@ struct Experiments {
                 let rates = (0..<t.monitors.count).map { t.monitor($0, group.name)!.effectiveRate }
                 if zip(rates, rates.dropFirst()).contains(where: { $1 > $0 * (1 + 1e-6) }) { increasing = true }
                 if group.name == "0.weight" || group.name == "9.weight" {
-                    plot.series.append(.init("eta_w \(String(cFormat: "%g", eta)), \(group.name)", rates.enumerated().map { (Double($0.offset), $0.element) }))
+                    plot.series.append(
+                        .init(
+                            "eta_w \(String(cFormat: "%g", eta)), \(group.name)",
+                            rates.enumerated().map { (Double($0.offset), $0.element) }))
                 }
             }
         }
         return Outcome(
             id: "E6", ran: "GD, eta_w in {0.01, 1, 100}, every SI group, \(steps) steps",
-            figure: String(cFormat: "max rel. error after step 1: %.1e", worst) + "; ever increased: \(increasing ? "yes" : "no")",
-            criterion: "after step 1 = eta/(||w_0||^2 + eta^2 ||g_0||^2) to 1e-5; non-increasing", passed: worst < 1e-5 && !increasing,
+            figure: String(cFormat: "max rel. error after step 1: %.1e", worst)
+                + "; ever increased: \(increasing ? "yes" : "no")",
+            criterion: "after step 1 = eta/(||w_0||^2 + eta^2 ||g_0||^2) to 1e-5; non-increasing",
+            passed: worst < 1e-5 && !increasing,
             commands: [own("E6")], plots: [try save("e6-effective-rate", plot)])
     }
 
@@ -273,7 +312,8 @@ struct Experiments {
 
     func e7() throws -> Outcome {
         let steps = quick ? 500 : 3000
-        var plot = LinePlot(title: "E7: GD, min over t < T of G_I^2", xLabel: "T (steps)", yLabel: "min G_I^2", logX: true, logY: true)
+        var plot = LinePlot(
+            title: "E7: GD, min over t < T of G_I^2", xLabel: "T (steps)", yLabel: "min G_I^2", logX: true, logY: true)
         var slopes: [String] = [], pass = true
         let window = Double(steps / 10)...Double(steps)
         for eta in [0.1, 1, 10, 100] {
@@ -286,13 +326,18 @@ struct Experiments {
             let slope = logLogSlope(minima, window: window)
             pass = pass && slope <= -0.9 && !t.diverged
             slopes.append(String(cFormat: "%g: %.2f", eta, slope))
-            plot.series.append(.init(String(cFormat: "eta_w %g (slope %.2f)", eta, slope), logSpaced(minima.count).map { minima[$0 - 1] }))
+            plot.series.append(
+                .init(String(cFormat: "eta_w %g (slope %.2f)", eta, slope), logSpaced(minima.count).map { minima[$0 - 1] }))
         }
         let anchor = plot.series[0].points.first { $0.x >= window.lowerBound } ?? (1, 1)
-        plot.series.append(.init("slope -1 reference", [(anchor.x, anchor.y), (Double(steps), anchor.y * anchor.x / Double(steps))], dashed: true))
+        plot.series.append(
+            .init(
+                "slope -1 reference", [(anchor.x, anchor.y), (Double(steps), anchor.y * anchor.x / Double(steps))], dashed: true))
         return Outcome(
-            id: "E7", ran: "GD, eta_w in {0.1, 1, 10, 100}, \(steps) steps; slope fitted over T in [\(Int(window.lowerBound)), \(steps)]",
-            figure: "log-log slope per eta_w: \(slopes.joined(separator: ", "))", criterion: "<= -0.9 for every eta_w (theory: O(1/T))",
+            id: "E7",
+            ran: "GD, eta_w in {0.1, 1, 10, 100}, \(steps) steps; slope fitted over T in [\(Int(window.lowerBound)), \(steps)]",
+            figure: "log-log slope per eta_w: \(slopes.joined(separator: ", "))",
+            criterion: "<= -0.9 for every eta_w (theory: O(1/T))",
             passed: pass, commands: [own("E7")], plots: [try save("e7-gd-rate", plot)])
     }
 
@@ -322,9 +367,13 @@ struct Experiments {
         }
         let anchor = plot.series[0].points.first { $0.x >= window.lowerBound } ?? (1, 1)
         plot.series.append(
-            .init("slope -1/2 reference", [(anchor.x, anchor.y), (Double(steps), anchor.y * (anchor.x / Double(steps)).squareRoot())], dashed: true))
+            .init(
+                "slope -1/2 reference",
+                [(anchor.x, anchor.y), (Double(steps), anchor.y * (anchor.x / Double(steps)).squareRoot())], dashed: true))
         return Outcome(
-            id: "E8", ran: "SGD batch 16, eta_w = 1/sqrt(t+1), eta_g = 0.1/sqrt(t+1), 3 seeds, \(steps) steps, full-batch G_I^2 every \(every) steps; slope over T in [\(Int(window.lowerBound)), \(steps)]",
+            id: "E8",
+            ran:
+                "SGD batch 16, eta_w = 1/sqrt(t+1), eta_g = 0.1/sqrt(t+1), 3 seeds, \(steps) steps, full-batch G_I^2 every \(every) steps; slope over T in [\(Int(window.lowerBound)), \(steps)]",
             figure: "slopes " + slopes.map { String(cFormat: "%.2f", $0) }.joined(separator: ", "),
             criterion: "within 0.2 of -0.5", passed: slopes.allSatisfy { abs($0 + 0.5) <= 0.2 }, commands: [own("E8")],
             plots: [try save("e8-sgd-rate", plot)])
@@ -341,7 +390,10 @@ struct Experiments {
         let base = try problem.run(problem.configuration(), steps: 100)
         var worst = 0.0
         for c in [0.1, 10] {
-            let scaled = try problem.run(problem.configuration { $0.initScaleSI = c; $0.invariant.learningRate = c * c }, steps: 100)
+            let scaled = try problem.run(
+                problem.configuration {
+                    $0.initScaleSI = c; $0.invariant.learningRate = c * c
+                }, steps: 100)
             worst = Swift.max(worst, Self.maxRelativeDifference(scaled.losses, base.losses))
         }
         return Outcome(
@@ -362,8 +414,11 @@ struct Experiments {
         }
         let worst = losses.keys.filter { $0 > 1 }.map { Self.maxRelativeDifference(losses[$0]!, losses[1]!) }.max()!
         return Outcome(
-            id: "E10", ran: "the default MLP-BN on synthetic data, global batch 256, \(steps) steps, on \(losses.keys.sorted().map(String.init).joined(separator: ", ")) ranks (mpirun, synchronized BN)",
-            figure: String(cFormat: "max rel. loss difference to 1 rank %.1e", worst), criterion: "< 1e-3 (fp32)", passed: worst < 1e-3,
+            id: "E10",
+            ran:
+                "the default MLP-BN on synthetic data, global batch 256, \(steps) steps, on \(losses.keys.sorted().map(String.init).joined(separator: ", ")) ranks (mpirun, synchronized BN)",
+            figure: String(cFormat: "max rel. loss difference to 1 rank %.1e", worst), criterion: "< 1e-3 (fp32)",
+            passed: worst < 1e-3,
             commands: commands)
     }
 
@@ -378,18 +433,27 @@ struct Experiments {
             }, steps: 100)
         let worst = Self.maxRelativeDifference(exponential.losses, decayed.losses)
         var plot = LinePlot(
-            title: "E11: weight decay vs exponential rate, relative loss difference", xLabel: "step t", yLabel: "|difference| / loss",
+            title: "E11: weight decay vs exponential rate, relative loss difference", xLabel: "step t",
+            yLabel: "|difference| / loss",
             logY: true)
         plot.series = [
             .init(
                 "decay vs exponential rate",
-                zip(exponential.losses, decayed.losses).enumerated().map { (Double($0.offset), Swift.max(abs($0.element.0 - $0.element.1) / $0.element.1, 1e-12)) })
+                zip(exponential.losses, decayed.losses).enumerated().map {
+                    (Double($0.offset), Swift.max(abs($0.element.0 - $0.element.1) / $0.element.1, 1e-12))
+                })
         ]
         return Outcome(
             id: "E11",
-            ran: String(cFormat: "GD 100 steps: weight decay %g on SI groups at eta_w %g, vs no decay and eta_t = eta (1 - lambda eta)^(-2t-1) (--schedule-si exp:%.6f)", lambda, eta, r),
-            figure: String(cFormat: "max rel. loss difference %.1e", worst), criterion: "< 1e-3 (fp32)", passed: worst < 1e-3, commands: [own("E11")],
+            ran: String(
+                cFormat:
+                    "GD 100 steps: weight decay %g on SI groups at eta_w %g, vs no decay and eta_t = eta (1 - lambda eta)^(-2t-1) (--schedule-si exp:%.6f)",
+                lambda, eta, r),
+            figure: String(cFormat: "max rel. loss difference %.1e", worst), criterion: "< 1e-3 (fp32)", passed: worst < 1e-3,
+            commands: [own("E11")],
             plots: [try save("e11-decay-vs-exponential", plot)],
-            note: "lambda = 5e-4, the usual weight decay (the rate grows 10% over 100 steps). With lambda = 1e-2 the exponential rate grows 7.5x over the run; the two runs then agree to 1e-7 for 60 steps, after which float32 rounding differences grow chaotically to 2e-2 by step 100 (measured): the identity is exact, the arithmetic is not.")
+            note:
+                "lambda = 5e-4, the usual weight decay (the rate grows 10% over 100 steps). With lambda = 1e-2 the exponential rate grows 7.5x over the run; the two runs then agree to 1e-7 for 60 steps, after which float32 rounding differences grow chaotically to 2e-2 by step 100 (measured): the identity is exact, the arithmetic is not."
+        )
     }
 }

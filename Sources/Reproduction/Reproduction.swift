@@ -39,7 +39,12 @@ public enum Reproduction {
         let steps: [(ids: [String], run: () throws -> [Outcome])] = [
             (["E1"], { [try experiments.e1()] }),
             (["E2"], { [try experiments.e2()] }),
-            (["E3", "E4"], { let s = try experiments.sweep(); return [s.e3, s.e4] }),
+            (
+                ["E3", "E4"],
+                {
+                    let s = try experiments.sweep(); return [s.e3, s.e4]
+                }
+            ),
             (["E5"], { [try experiments.e5()] }),
             (["E6"], { [try experiments.e6()] }),
             (["E7"], { [try experiments.e7()] }),
@@ -74,7 +79,8 @@ public enum Reproduction {
             """
         func cell(_ s: String) -> String { s.replacingAll("|", "\\|") }  // a bare | would end the cell
         for o in outcomes {
-            text += "| \(o.id) | \(cell(o.ran)) | \(cell(o.figure)) | \(cell(o.criterion)) | **\(o.passed ? "PASS" : "FAIL")** |\n"
+            text +=
+                "| \(o.id) | \(cell(o.ran)) | \(cell(o.figure)) | \(cell(o.criterion)) | **\(o.passed ? "PASS" : "FAIL")** |\n"
         }
         text += "\n## Commands\n\nRun from the repository root after `swift build -c release` (or use `launch/repro`).\n\n"
         for o in outcomes {

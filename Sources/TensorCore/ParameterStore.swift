@@ -99,7 +99,8 @@ public final class ParameterStore: @unchecked Sendable {
     /// ||row r||^2 of `tensor` cut into rows of `rowLength` values (see `squaredNorm(ofRow:)`).
     public func rowSquaredNorm(_ tensor: TensorSpec, row r: Int, rowLength: Int) -> Double {
         precondition(r >= 0 && (r + 1) * rowLength <= tensor.count, "row \(r) of \(rowLength) values is outside \(tensor.name)")
-        return Self.squaredNorm(ofRow: UnsafeBufferPointer(start: values.pointer + tensor.offset + r &* rowLength, count: rowLength))
+        return Self.squaredNorm(
+            ofRow: UnsafeBufferPointer(start: values.pointer + tensor.offset + r &* rowLength, count: rowLength))
     }
 
     /// A row's squared norm, accumulated in Double (`squaredNorm`). Never inlined, on purpose:
@@ -124,7 +125,8 @@ public final class ParameterStore: @unchecked Sendable {
     public func addPendingTerms(in range: Range<Int>? = nil, forgetting: Bool = true) {
         let range = range ?? 0..<layout.count
         for term in pendingTerms {
-            let lower = Swift.max(term.tensor.offset, range.lowerBound), upper = Swift.min(term.tensor.range.upperBound, range.upperBound)
+            let lower = Swift.max(term.tensor.offset, range.lowerBound),
+                upper = Swift.min(term.tensor.range.upperBound, range.upperBound)
             for i in lower..<Swift.max(lower, upper) { gradients.pointer[i] += term.values[i - term.tensor.offset] }
         }
         if forgetting { pendingTerms.removeAll() }

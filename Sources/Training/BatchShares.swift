@@ -69,7 +69,8 @@ struct BatchShares {
     /// the lower rank). Needs `count * limits.lowerBound <= total <= count * limits.upperBound`.
     static func apportion(_ total: Int, weights: [Double], limits: ClosedRange<Int>) -> [Int] {
         let n = weights.count
-        precondition(n * limits.lowerBound <= total && total <= n * limits.upperBound, "\(total) cannot be split within \(limits)")
+        precondition(
+            n * limits.lowerBound <= total && total <= n * limits.upperBound, "\(total) cannot be split within \(limits)")
         let lo = Double(limits.lowerBound), hi = Double(limits.upperBound)
         func share(_ w: Double, _ lambda: Double) -> Double { Swift.min(Swift.max(lambda * w, lo), hi) }
         let smallest = weights.min() ?? 1

@@ -20,9 +20,15 @@ enum CheckpointFormat {
         guard shape.count == 4 else { return Array(values) }
         let (o, kh, kw, i) = (shape[0], shape[1], shape[2], shape[3])
         var out = [Float](repeating: 0, count: values.count)
-        for a in 0..<o { for y in 0..<kh { for x in 0..<kw { for c in 0..<i {
-            out[((a * i + c) * kh + y) * kw + x] = values[((a * kh + y) * kw + x) * i + c]
-        } } } }
+        for a in 0..<o {
+            for y in 0..<kh {
+                for x in 0..<kw {
+                    for c in 0..<i {
+                        out[((a * i + c) * kh + y) * kw + x] = values[((a * kh + y) * kw + x) * i + c]
+                    }
+                }
+            }
+        }
         return out
     }
 
@@ -33,9 +39,15 @@ enum CheckpointFormat {
             return
         }
         let (o, kh, kw, i) = (shape[0], shape[1], shape[2], shape[3])
-        for a in 0..<o { for y in 0..<kh { for x in 0..<kw { for c in 0..<i {
-            destination[((a * kh + y) * kw + x) * i + c] = values[((a * i + c) * kh + y) * kw + x]
-        } } } }
+        for a in 0..<o {
+            for y in 0..<kh {
+                for x in 0..<kw {
+                    for c in 0..<i {
+                        destination[((a * kh + y) * kw + x) * i + c] = values[((a * i + c) * kh + y) * kw + x]
+                    }
+                }
+            }
+        }
     }
 
     /// Trajectory flags that checkpoints written before them lack, with the value those runs had.
@@ -50,7 +62,9 @@ enum CheckpointFormat {
             let values = torchOrder(UnsafeBufferPointer(buffer.slice(spec.range)), shape: spec.shape)
             values.withUnsafeBufferPointer { file.append(spec.name, floats: $0, shape: torchShape(spec.shape)) }
             if spec.name.hasSuffix(".running_var") {
-                file.append(String(spec.name.dropLast(".running_var".count)) + ".num_batches_tracked", int64s: [Int64(batchesTracked)], shape: [])
+                file.append(
+                    String(spec.name.dropLast(".running_var".count)) + ".num_batches_tracked", int64s: [Int64(batchesTracked)],
+                    shape: [])
             }
         }
         return file
@@ -93,7 +107,8 @@ extension Trainer {
             let file: SafeTensors
             do {
                 file = try CheckpointDirectory.load(path)
-                guard file.metadata["autorate.format"] == CheckpointFormat.format, let step = file.metadata["autorate.step"].flatMap(Int.init)
+                guard file.metadata["autorate.format"] == CheckpointFormat.format,
+                    let step = file.metadata["autorate.step"].flatMap(Int.init)
                 else { throw ForeignCheckpoint(text: "not an autorate checkpoint (no \(CheckpointFormat.format) metadata)") }
                 try checkCompatible(file, path)
                 try apply(file, path)
@@ -106,7 +121,11 @@ extension Trainer {
             }
         }
         if case .auto = resume {
-            if !candidates.isEmpty { throw TrainingError.configuration("--resume auto: none of the \(candidates.count) checkpoint(s) in \(configuration.checkpointDirectory!) loads (see above)") }
+            if !candidates.isEmpty {
+                throw TrainingError.configuration(
+                    "--resume auto: none of the \(candidates.count) checkpoint(s) in \(configuration.checkpointDirectory!) loads (see above)"
+                )
+            }
             return nil
         }
         return nil

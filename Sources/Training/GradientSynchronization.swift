@@ -34,7 +34,10 @@ final class ReplicatedUpdate: GradientSynchronization {
     /// With per-rank BN statistics: the communicator over which the scaled-epsilon radial terms are summed.
     private let radialTermsOver: Communicator?
 
-    init(reduction: OverlappedGradientReduction, model: any Network, optimizer: ScaleInvariantSGD, timeline: Timeline?, radialTermsOver: Communicator?) {
+    init(
+        reduction: OverlappedGradientReduction, model: any Network, optimizer: ScaleInvariantSGD, timeline: Timeline?,
+        radialTermsOver: Communicator?
+    ) {
         self.reduction = reduction
         self.model = model
         self.optimizer = optimizer
@@ -48,7 +51,8 @@ final class ReplicatedUpdate: GradientSynchronization {
         // the buckets backward did not start, then the wait for all
         let exposed = try reduction.finish()
         for span in reduction.spans where timeline?.recording == true {
-            timeline?.span("allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
+            timeline?.span(
+                "allreduce gradients", "communication", .communication, from: span.start, to: span.end, bytes: span.bytes)
         }
         // deterministic mode: BN gamma and beta gradients from the global sums, the same on every
         // rank, where the ranks' gradients held zeros

@@ -24,7 +24,11 @@ extension TrainingConfiguration {
             vggLayers.map { layers in
                 .sequential(
                     layers.map { l in
-                        if case let .conv(c) = l { .conv(Swift.max(1, Int((Double(c) * widthMultiplier).rounded()))) } else { .pool }
+                        if case let .conv(c) = l {
+                            .conv(Swift.max(1, Int((Double(c) * widthMultiplier).rounded())))
+                        } else {
+                            .pool
+                        }
                     })
             } ?? .vgg(widthMultiplier: widthMultiplier)
         case .resnet20: .resnet20(shortcut: shortcut)
@@ -42,10 +46,12 @@ extension TrainingConfiguration {
             return MLP(widths: widths, head: head, batchNorm: batchNorm, maxBatch: maxBatch, normalized: batchNormalized)
         }
         if !batchNormalized {
-            throw TrainingError.configuration("--no-bn applies to --model mlp only (the plain baseline); --model \(model.rawValue) always has BN")
+            throw TrainingError.configuration(
+                "--no-bn applies to --model mlp only (the plain baseline); --model \(model.rawValue) always has BN")
         }
         if widths != nil {
-            throw TrainingError.configuration("--widths sets the layers of --model mlp only; --model \(model.rawValue) has its own layers")
+            throw TrainingError.configuration(
+                "--widths sets the layers of --model mlp only; --model \(model.rawValue) has its own layers")
         }
         guard let image = data.image else {
             throw TrainingError.configuration(

@@ -10,11 +10,13 @@ extension Trainer {
     /// Collective: every rank hashes each field of its configuration, its network's layout and its
     /// data; a field that differs between ranks stops every rank, naming the field and the ranks.
     func agreeOnConfiguration() throws {
-        let layout = (model.parameters.layout.tensors + model.bufferLayout.tensors).map { "\($0.name)\($0.shape)" }.joined(separator: ",")
+        let layout = (model.parameters.layout.tensors + model.bufferLayout.tensors).map { "\($0.name)\($0.shape)" }.joined(
+            separator: ",")
         let fields =
             configuration.trajectoryFields + [
                 ("the network layout", layout), ("--steps/--epochs", "\(totalSteps)"),
-                ("--checkpoint-dir", configuration.checkpointDirectory ?? "none"), ("--checkpoint-every", "\(configuration.checkpointEvery)"),
+                ("--checkpoint-dir", configuration.checkpointDirectory ?? "none"),
+                ("--checkpoint-every", "\(configuration.checkpointEvery)"),
                 ("--resume", configuration.resume.map { "\($0)" } ?? "none"), ("--max-bad-steps", "\(configuration.maxBadSteps)"),
                 // logging steps reduce the window's sums over ranks
                 ("--log-every", "\(logEvery)"),
@@ -22,7 +24,10 @@ extension Trainer {
                 // a rank that balances enters an allgather every step that the others would not
                 ("--balance", configuration.balance.rawValue),
                 // a different nonblocking allreduce algorithm on one rank would hang the others
-                ("OMPI_MCA_coll_libnbc_iallreduce_algorithm", getenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm").map { String(cString: $0) } ?? "unset"),
+                (
+                    "OMPI_MCA_coll_libnbc_iallreduce_algorithm",
+                    getenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm").map { String(cString: $0) } ?? "unset"
+                ),
                 ("--timeline", configuration.timelinePath.map { "\($0) \(configuration.timelineWindow)" } ?? "none"),
                 ("the training data", dataFingerprint(splits.train)), ("the test data", dataFingerprint(splits.test)),
             ]
@@ -44,7 +49,8 @@ extension Trainer {
     private func dataFingerprint(_ data: Dataset) -> String {
         let stride = Swift.max(1, data.features.count / 4096)
         let sample = Swift.stride(from: 0, to: data.features.count, by: stride).map { data.features[$0].bitPattern }
-        return "\(data.count)x\(data.dimension)/\(data.classes): \(fnv1a(data.labels.map(String.init).joined(separator: ","))) \(fnv1a(sample.map(String.init).joined()))"
+        return
+            "\(data.count)x\(data.dimension)/\(data.classes): \(fnv1a(data.labels.map(String.init).joined(separator: ","))) \(fnv1a(sample.map(String.init).joined()))"
     }
 
     /// `--debug-fault nan-gradient` (test-only, 1-based step): after backward, before the sum over ranks.

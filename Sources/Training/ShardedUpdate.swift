@@ -91,9 +91,11 @@ final class ShardedUpdate {
         let gradientFloats = (floats + 15) / 16 * 16
         let activationFloats = activations?.sharedActivationFloats ?? 0
         let memory = try communicator.mapNodeSharedMemory(
-            bytesPerRank: (gradientFloats + activationFloats) * MemoryLayout<Float>.stride + extraBytes, commonParts: 2, bytesPerPart: bytes)
+            bytesPerRank: (gradientFloats + activationFloats) * MemoryLayout<Float>.stride + extraBytes, commonParts: 2,
+            bytesPerPart: bytes)
         // every rank's slice and the common parts are read as Floats here: bind the whole segment
-        let segmentFloats = (memory.ranks * memory.bytesPerRank + memory.commonParts * memory.bytesPerPart) / MemoryLayout<Float>.stride
+        let segmentFloats =
+            (memory.ranks * memory.bytesPerRank + memory.commonParts * memory.bytesPerPart) / MemoryLayout<Float>.stride
         _ = memory.slice(of: 0).bindMemory(to: Float.self, capacity: segmentFloats)
         let mine = memory.slice(of: memory.rank).assumingMemoryBound(to: Float.self)
         store.gradients.move(into: UnsafeMutableBufferPointer(start: mine, count: floats), keeper: memory)
@@ -114,7 +116,9 @@ final class ShardedUpdate {
         if let activations, activationFloats > 0 {
             let regions = (0..<memory.ranks).map { memory.slice(of: $0).assumingMemoryBound(to: Float.self) + gradientFloats }
             activations.shareActivations(in: regions, rank: memory.rank, keeper: memory)
-            let owned = activations.nodeBatchTensors.compactMap { t in t.rows(in: segments[communicator.rank]).map { (tensor: t, rows: $0) } }
+            let owned = activations.nodeBatchTensors.compactMap { t in
+                t.rows(in: segments[communicator.rank]).map { (tensor: t, rows: $0) }
+            }
             nodeBatch = (activations, owned, evenShares)
             activations.defersWeightGradients = true  // every step's update computes them
         } else {
@@ -176,7 +180,8 @@ final class ShardedUpdate {
         // the radial terms' rows
         let radial = store.pendingRadial.map { ($0.tensor, rows: $0.coefficients.count) }.sorted { $0.0.offset < $1.0.offset }
         for (tensor, rows) in radial {
-            precondition(tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
+            precondition(
+                tensor.shape.first == rows, "\(tensor.name): \(rows) radial rows, but its first dimension is \(tensor.shape)")
         }
         let mine: (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])])
         // with `monitor`, the monitor sums of this rank's units (zeros elsewhere)
@@ -205,7 +210,9 @@ final class ShardedUpdate {
             let segment = segments[communicator.rank]
             let pass = {
                 optimizer.stepShard(store, shard: segment, unitSums: sumsPointer) { piece in
-                    if let deferred, let (tensor, rows) = deferred.rows.first(where: { $0.tensor.range.contains(piece.lowerBound) }) {
+                    if let deferred,
+                        let (tensor, rows) = deferred.rows.first(where: { $0.tensor.range.contains(piece.lowerBound) })
+                    {
                         if computed.insert(tensor.offset).inserted {
                             deferred.network.weightGradient(
                                 tensor, rows: rows, into: store.gradients.pointer, sameBitsAsSummed: deferred.sameBitsAsSummed)
@@ -264,7 +271,9 @@ final class ShardedUpdate {
             }
         }
         var norms: [Int: [Double]] = [:]
-        for (tensor, count) in radial { norms[tensor.offset] = Array(agreed[first[tensor.offset]!..<first[tensor.offset]! + count]) }
+        for (tensor, count) in radial {
+            norms[tensor.offset] = Array(agreed[first[tensor.offset]!..<first[tensor.offset]! + count])
+        }
         optimizer.commitPlainStep(store, rowNorms: norms)
         return (monitors, seconds)
     }
@@ -280,7 +289,8 @@ final class ShardedUpdate {
         // the barrier, and a check of the protocol: every rank reads the same copy (every commit
         // exchanges the two on every rank)
         let sum = try communicator.allreduce(copy, .sum)
-        precondition(sum == 0 || sum == communicator.size, "the ranks read different copies of the parameters in node shared memory")
+        precondition(
+            sum == 0 || sum == communicator.size, "the ranks read different copies of the parameters in node shared memory")
         NodeSharedMemory.fence()
     }
 

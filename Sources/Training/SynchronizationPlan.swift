@@ -84,12 +84,14 @@ public struct SynchronizationPlan: Sendable, Equatable {
     /// One line for the start of a run.
     public var line: String {
         guard ranks > 1 else {
-            return "plan: 1 rank, no communication" + (deterministicChunks.map { "; deterministic, \($0) chunks per batch" } ?? "")
+            return "plan: 1 rank, no communication"
+                + (deterministicChunks.map { "; deterministic, \($0) chunks per batch" } ?? "")
         }
         var parts = [
             "\(ranks) ranks",
             batchNormSync == .sync ? "BN statistics over the global batch" : "BN statistics per rank",
-            "gradients summed \(gradientSum.phrase)" + (weightGradientsOverNodeBatch ? " (weight rows over the node's batch)" : ""),
+            "gradients summed \(gradientSum.phrase)"
+                + (weightGradientsOverNodeBatch ? " (weight rows over the node's batch)" : ""),
             sharded ? "update sharded over the ranks" : "every rank updates every parameter",
             overlap ? "overlapped with backward" : "after backward",
         ]

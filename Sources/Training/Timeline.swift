@@ -19,7 +19,10 @@ final class Timeline {
     private var events: [Event] = []
 
     /// Spans on the compute thread nest; communication spans may overlap (async events).
-    enum Track: Int { case compute = 1, communication = 2 }
+    enum Track: Int {
+        case compute = 1
+        case communication = 2
+    }
 
     struct Event {
         let name: String
@@ -48,7 +51,9 @@ final class Timeline {
     /// After the last step: nothing more is recorded (BN recalibration, evaluation).
     func stop() { recording = false }
 
-    func span(_ name: String, _ category: String, _ track: Track = .compute, from start: Double, to end: Double, bytes: Int? = nil) {
+    func span(
+        _ name: String, _ category: String, _ track: Track = .compute, from start: Double, to end: Double, bytes: Int? = nil
+    ) {
         guard recording else { return }
         events.append(Event(name: name, category: category, track: track, start: start, end: end, step: step, bytes: bytes))
     }
@@ -83,7 +88,8 @@ final class Timeline {
         }
         try communicator.broadcast(&failure, root: 0)
         if failure[0] != 0 {
-            throw TrainingError.configuration(communicator.isRoot ? reason : "--timeline \(path): rank 0 could not write the trace (it printed why)")
+            throw TrainingError.configuration(
+                communicator.isRoot ? reason : "--timeline \(path): rank 0 could not write the trace (it printed why)")
         }
     }
 
@@ -92,7 +98,9 @@ final class Timeline {
         return events.enumerated().map { k, e in
             var args: [(String, JSONValue)] = [("step", .integer(e.step))]
             if let bytes = e.bytes { args.append(("bytes", .integer(bytes))) }
-            let common: [(String, JSONValue)] = [("name", .string(e.name)), ("cat", .string(e.category)), ("pid", .integer(rank))]
+            let common: [(String, JSONValue)] = [
+                ("name", .string(e.name)), ("cat", .string(e.category)), ("pid", .integer(rank)),
+            ]
             guard e.track == .communication else {
                 return JSONValue.object(
                     common + [
@@ -102,8 +110,11 @@ final class Timeline {
                 ).encoded
             }
             let id = JSONValue.integer(rank << 32 | k)
-            return JSONValue.object(common + [("ph", .string("b")), ("id", id), ("ts", microseconds(e.start - origin)), ("args", .object(args))]).encoded
-                + ",\n" + JSONValue.object(common + [("ph", .string("e")), ("id", id), ("ts", microseconds(e.end - origin))]).encoded
+            return JSONValue.object(
+                common + [("ph", .string("b")), ("id", id), ("ts", microseconds(e.start - origin)), ("args", .object(args))]
+            ).encoded
+                + ",\n"
+                + JSONValue.object(common + [("ph", .string("e")), ("id", id), ("ts", microseconds(e.end - origin))]).encoded
         }.joined(separator: ",\n")
     }
 
@@ -111,7 +122,8 @@ final class Timeline {
     static func checkWritable(_ path: String) throws {
         let temporary = path + ".tmp"
         guard let file = fopen(temporary, "w") else {
-            throw TrainingError.configuration("--timeline \(path): cannot be written: \(String(cString: strerror(errno))); give a file in a writable directory")
+            throw TrainingError.configuration(
+                "--timeline \(path): cannot be written: \(String(cString: strerror(errno))); give a file in a writable directory")
         }
         fclose(file)
         unlink(temporary)
@@ -130,4 +142,3 @@ final class Timeline {
         }
     }
 }
-

@@ -89,7 +89,8 @@ public final class Trainer {
         if let conflict = configuration.conflict { throw TrainingError.configuration(conflict) }
         chunkPlan =
             configuration.deterministic
-            ? try ChunkPlan(chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
+            ? try ChunkPlan(
+                chunks: configuration.chunks, ranks: p, rank: communicator.rank, globalBatch: configuration.globalBatch) : nil
         stepChunks = chunkPlan?.localChunks(of: configuration.globalBatch)
         shares = BatchShares(globalBatch: configuration.globalBatch, ranks: p, balanced: configuration.balance == .on)
         let largestShare = shares.limits.upperBound
@@ -97,7 +98,8 @@ public final class Trainer {
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         if configuration.augmentation != .none && train.image == nil {
             throw TrainingError.configuration(
-                "--augment \(configuration.augmentation.rawValue) needs image data, but \(configuration.data) holds vectors; use --augment none")
+                "--augment \(configuration.augmentation.rawValue) needs image data, but \(configuration.data) holds vectors; use --augment none"
+            )
         }
         model.initialize(seed: configuration.seed)
         if configuration.initScaleSI != 1 {
@@ -114,20 +116,25 @@ public final class Trainer {
         timeline = configuration.timelinePath.map { _ in Timeline(window: configuration.timelineWindow) }
         statistics = TimedStatistics(LocalStatistics(), timeline: timeline)
         reduction = OverlappedGradientReduction(
-            GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes), gradients: model.parameters.gradients, communicator: communicator, overlap: configuration.overlap == .on && !configuration.deterministic, ordered: configuration.deterministic)
+            GradientBuckets(layout: model.parameters.layout, capBytes: configuration.bucketBytes),
+            gradients: model.parameters.gradients, communicator: communicator,
+            overlap: configuration.overlap == .on && !configuration.deterministic, ordered: configuration.deterministic)
         model.observer = StepObserverAdapter(timeline: timeline, reduction: reduction)
         input = FlatBuffer(count: rows * train.dimension)
         dlogits = FlatBuffer(count: rows * train.classes)
         labels = [Int32](repeating: 0, count: rows)
         if communicator.isRoot, let path = configuration.timelinePath { try Timeline.checkWritable(path) }
-        metrics = try communicator.isRoot ? configuration.metricsPath.map { try MetricsLog(path: $0, append: configuration.resume != nil) } : nil
+        metrics =
+            try communicator.isRoot
+            ? configuration.metricsPath.map { try MetricsLog(path: $0, append: configuration.resume != nil) } : nil
     }
 
     // MARK: the run
 
     /// Collective: trains for `totalSteps`, logging every `logEvery` steps, then evaluates.
     public func run() throws -> RunSummary {
-        let watchdog = configuration.stallTimeout > 0 ? StallWatchdog(timeout: configuration.stallTimeout, rank: communicator.rank) : nil
+        let watchdog =
+            configuration.stallTimeout > 0 ? StallWatchdog(timeout: configuration.stallTimeout, rank: communicator.rank) : nil
         defer { watchdog?.stop() }
         self.watchdog = watchdog
         try agreeOnConfiguration()
@@ -142,7 +149,9 @@ public final class Trainer {
                 ("event", .string("start")), ("step", .integer(start)), ("ranks", .integer(communicator.size)),
                 ("plan", plan!.json), ("plan_line", .string(plan!.line)),
             ]))
-        let checkpoints = configuration.checkpointDirectory.map { CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints) }
+        let checkpoints = configuration.checkpointDirectory.map {
+            CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints)
+        }
         let clock = Stopwatch()
         var window = Window()
         var lastLog = (time: 0.0, step: start)
@@ -154,8 +163,11 @@ public final class Trainer {
             let result = try trainStep(t, monitor: logging)
             if result.skipped {
                 badSteps += 1
-                console.warning("step \(t + 1): the summed gradient, or the update it gives, is not finite (NaN or Inf); the step is skipped on every rank and its BN statistics restored (\(badSteps) in a row, --max-bad-steps \(configuration.maxBadSteps))")
-                metrics?.write(.object([("event", .string("skipped_step")), ("step", .integer(t + 1)), ("consecutive", .integer(badSteps))]))
+                console.warning(
+                    "step \(t + 1): the summed gradient, or the update it gives, is not finite (NaN or Inf); the step is skipped on every rank and its BN statistics restored (\(badSteps) in a row, --max-bad-steps \(configuration.maxBadSteps))"
+                )
+                metrics?.write(
+                    .object([("event", .string("skipped_step")), ("step", .integer(t + 1)), ("consecutive", .integer(badSteps))]))
                 if badSteps >= configuration.maxBadSteps {
                     throw TrainingError.nonFinite(step: t + 1, what: "the gradient of \(badSteps) consecutive steps")
                 }
@@ -164,7 +176,8 @@ public final class Trainer {
             badSteps = 0
             window.add(result)
             if logging {
-                let global = try window.reduce(over: communicator, ordered: chunkPlan != nil, globalBatch: configuration.globalBatch)
+                let global = try window.reduce(
+                    over: communicator, ordered: chunkPlan != nil, globalBatch: configuration.globalBatch)
                 let timing = try timingRecord(window, sums: global.timing)
                 window = Window()
                 guard global.loss.isFinite else { throw TrainingError.nonFinite(step: t, what: "the training loss") }
@@ -177,14 +190,18 @@ public final class Trainer {
                     elapsed: now, monitors: result.monitors, shares: result.shares, timing: timing)
             }
             if let checkpoints, (t + 1) % configuration.checkpointEvery == 0 || t + 1 == totalSteps, communicator.isRoot {
-                let path = try measured("checkpoint", "checkpoint") { try saveCheckpoint(completedSteps: t + 1, into: checkpoints) }
+                let path = try measured("checkpoint", "checkpoint") {
+                    try saveCheckpoint(completedSteps: t + 1, into: checkpoints)
+                }
                 if configuration.printProgress { console.root("checkpoint: \(path)") }
             }
         }
         timeline?.stop()
         if let timeline, let path = configuration.timelinePath {
             try timeline.write(to: path, over: communicator)
-            console.root("timeline: \(path) (steps \(timeline.window.lowerBound)-\(timeline.window.upperBound); open it in https://ui.perfetto.dev)")
+            console.root(
+                "timeline: \(path) (steps \(timeline.window.lowerBound)-\(timeline.window.upperBound); open it in https://ui.perfetto.dev)"
+            )
         }
         let seconds = clock.seconds
         try recalibrateBatchNorm()
@@ -196,7 +213,9 @@ public final class Trainer {
             testAccuracy: test.accuracy, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
         metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
         if chunkPlan != nil {
-            console.root("deterministic (\(configuration.chunks) chunks): parameters and BN buffers fingerprint \(parameterFingerprint) (FNV-1a)")
+            console.root(
+                "deterministic (\(configuration.chunks) chunks): parameters and BN buffers fingerprint \(parameterFingerprint) (FNV-1a)"
+            )
         }
         console.root(
             String(
@@ -267,7 +286,8 @@ public final class Trainer {
         let end = Stopwatch.now()
         timing.step += end - start
         timing.bnCommunication += end - start
-        timeline?.span("allgather step times (--balance)", "communication", .communication, from: start, to: end, bytes: all.count * 8)
+        timeline?.span(
+            "allgather step times (--balance)", "communication", .communication, from: start, to: end, bytes: all.count * 8)
     }
 
     /// The GEMMs of one step on this rank when the ranks hold `counts` samples: the benchmark's
@@ -316,7 +336,8 @@ public final class Trainer {
             } catch let error as SharedMemoryError {
                 // every rank threw (the setup agrees on failure): go on through MPI, and say so
                 console.warning("\(error); the sharded update goes through MPI instead")
-                sharded = try ShardedUpdate(store: model.parameters, communicator: communicator, sharedMemory: false, network: network)
+                sharded = try ShardedUpdate(
+                    store: model.parameters, communicator: communicator, sharedMemory: false, network: network)
                 plan.gradientSum = .reduceScatter
                 plan.weightGradientsOverNodeBatch = false
             }
@@ -357,7 +378,9 @@ public final class Trainer {
     /// its start (not `maxBatch`, which depends on the rank count), and adds the chunk losses in the
     /// tree, so the result does not depend on the rank count.
     public func evaluate(_ data: Dataset) throws -> (loss: Double, accuracy: Double) {
-        let share = chunkPlan?.share(of: data.count) ?? ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
+        let share =
+            chunkPlan?.share(of: data.count)
+            ?? ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
         let chunks = chunkPlan?.localChunks(of: data.count) ?? [0..<share.count]
         let piece = chunkPlan == nil ? model.maxBatch : Self.evaluationRows(configuration.model)
         var leaves = BatchChunks.DoubleLeaves(ranges: chunks, width: 1)
@@ -370,7 +393,8 @@ public final class Trainer {
                 let x = gather(data, indices[...])
                 let sums = labels.withUnsafeBufferPointer {
                     SoftmaxCrossEntropy.forwardBackward(
-                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1, dlogits: nil)
+                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1,
+                        dlogits: nil)
                 }
                 leaves.withLeaf(i) { $0[0] += sums.loss }
                 correct += sums.correct
@@ -422,7 +446,8 @@ public final class Trainer {
                     status = [1, loaded.step, optimizer.step]
                     console.root("resuming from \(loaded.path) at step \(loaded.step) of \(totalSteps)")
                 } else {
-                    console.root("--resume auto: no checkpoint in \(configuration.checkpointDirectory ?? "") yet; starting at step 0")
+                    console.root(
+                        "--resume auto: no checkpoint in \(configuration.checkpointDirectory ?? "") yet; starting at step 0")
                 }
             } catch let error as TrainingError {
                 (status, refusal) = ([2, 0, 0], error)
@@ -432,9 +457,12 @@ public final class Trainer {
         if status[0] == 2 { throw refusal ?? TrainingError.configuration("rank 0 refused the checkpoint (it printed why)") }
         guard status[0] == 1 else { return 0 }
         if !communicator.isRoot { optimizer.restore(step: status[2], momentum: nil) }
-        if let momentum = optimizer.momentumBuffer { try communicator.broadcast(UnsafeMutableRawBufferPointer(momentum.all), root: 0) }
+        if let momentum = optimizer.momentumBuffer {
+            try communicator.broadcast(UnsafeMutableRawBufferPointer(momentum.all), root: 0)
+        }
         guard status[1] <= totalSteps else {
-            throw TrainingError.configuration("the checkpoint is at step \(status[1]), beyond the \(totalSteps) steps of this run; raise --steps or --epochs")
+            throw TrainingError.configuration(
+                "the checkpoint is at step \(status[1]), beyond the \(totalSteps) steps of this run; raise --steps or --epochs")
         }
         return status[1]
     }
@@ -520,25 +548,26 @@ public final class Trainer {
         let intrinsicField: [(String, JSONValue)] = [("intrinsic_grad2", .number(intrinsic))]
         let sharesField: [(String, JSONValue)] = shares.map { [("shares", .array($0.map { .integer($0) }))] } ?? []
         metrics?.write(
-            .object(intrinsicField + sharesField + [
-                ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
-                ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
-                ("lr_si", .number(optimizer.currentRate(.scaleInvariant))),
-                ("lr_sv", .number(optimizer.currentRate(.scaleVariant))),
-                ("time_ms", timing),
-                (
-                    "groups",
-                    .array(
-                        monitors.map { m in
-                            .object([
-                                ("name", .string(m.name)), ("kind", .string(m.kind.rawValue)), ("norm2", .number(m.norm2)),
-                                ("grad_norm2", .number(m.gradNorm2)), ("eff_lr", .number(m.effectiveRate)),
-                                ("cos", .number(m.cosine)),
-                                ("identity_residual", .number(m.identityResidual)), ("angle", .number(m.angle)),
-                            ])
-                        })
-                ),
-            ]))
+            .object(
+                intrinsicField + sharesField + [
+                    ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
+                    ("accuracy", .number(accuracy)), ("samples_per_s", .number(samplesPerSecond)),
+                    ("lr_si", .number(optimizer.currentRate(.scaleInvariant))),
+                    ("lr_sv", .number(optimizer.currentRate(.scaleVariant))),
+                    ("time_ms", timing),
+                    (
+                        "groups",
+                        .array(
+                            monitors.map { m in
+                                .object([
+                                    ("name", .string(m.name)), ("kind", .string(m.kind.rawValue)), ("norm2", .number(m.norm2)),
+                                    ("grad_norm2", .number(m.gradNorm2)), ("eff_lr", .number(m.effectiveRate)),
+                                    ("cos", .number(m.cosine)),
+                                    ("identity_residual", .number(m.identityResidual)), ("angle", .number(m.angle)),
+                                ])
+                            })
+                    ),
+                ]))
     }
 }
 
@@ -595,12 +624,15 @@ private struct Window {
     /// added in order, so the logged loss does not depend on the rank count.
     /// Every step's shares must add up to `globalBatch` (a check on the sampler and `--balance`:
     /// ranks that disagreed on the shares would skip or repeat samples).
-    func reduce(over communicator: Communicator, ordered: Bool, globalBatch: Int) throws -> (loss: Double, accuracy: Double, timing: StepTiming) {
+    func reduce(over communicator: Communicator, ordered: Bool, globalBatch: Int) throws -> (
+        loss: Double, accuracy: Double, timing: StepTiming
+    ) {
         var sums = [ordered ? 0 : stepLosses.reduce(0, +), correct, count] + timing.values
         try communicator.allreduce(&sums, .sum)
         guard sums[2] == Double(steps * globalBatch) else {
             throw TrainingError.configuration(
-                "the ranks' shares of the last \(steps) steps add up to \(Int(sums[2])) samples, not \(steps) x \(globalBatch): the ranks disagree on how the global batch is split")
+                "the ranks' shares of the last \(steps) steps add up to \(Int(sums[2])) samples, not \(steps) x \(globalBatch): the ranks disagree on how the global batch is split"
+            )
         }
         if ordered {
             var losses = stepLosses

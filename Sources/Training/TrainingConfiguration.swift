@@ -124,13 +124,16 @@ public struct TrainingConfiguration: Sendable {
     /// `Trainer` when it is built.
     public var conflict: String? {
         if deterministic && batchNormSync == .local {
-            return "--bn local cannot be combined with --deterministic: per-rank BN statistics depend on the rank count by definition; use --bn sync"
+            return
+                "--bn local cannot be combined with --deterministic: per-rank BN statistics depend on the rank count by definition; use --bn sync"
         }
         if balance == .on && deterministic {
-            return "--balance on cannot be combined with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off"
+            return
+                "--balance on cannot be combined with --deterministic: deterministic mode gives each rank fixed chunks of the batch; use --balance off"
         }
         if balance == .on && batchNormSync == .local {
-            return "--balance on cannot be combined with --bn local: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off"
+            return
+                "--balance on cannot be combined with --bn local: with per-rank BN statistics a rank's share would change what its BN normalizes over; use --bn sync or --balance off"
         }
         return nil
     }

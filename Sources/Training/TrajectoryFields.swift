@@ -6,7 +6,8 @@ extension TrainingConfiguration {
     /// the same values. Not here: the run length, the rank count, threads, output and checkpoint flags.
     var trajectoryFields: [(String, String)] {
         [
-            ("--data", "\(data)"), ("--model", model.rawValue), ("--widths", widths.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
+            ("--data", "\(data)"), ("--model", model.rawValue),
+            ("--widths", widths.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
             ("--vgg-layers", vggLayers.map { "\($0)" } ?? "default"), ("--width-multiplier", "\(widthMultiplier)"),
             ("--shortcut", shortcut.rawValue), ("--head", head.rawValue), ("--no-bn", "\(!batchNormalized)"),
             ("--augment", augmentation.rawValue), ("--global-batch", "\(globalBatch)"), ("--bn", batchNormSync.rawValue),

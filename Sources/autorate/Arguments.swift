@@ -48,7 +48,8 @@ extension Substring {
 
 /// The value of a hidden option with a fixed set of values (ArgumentParser names the accepted
 /// values only for visible ones), naming them when `text` is none of them.
-func choice<T: RawRepresentable & CaseIterable>(_ type: T.Type, _ flag: String, _ text: String) throws -> T where T.RawValue == String {
+func choice<T: RawRepresentable & CaseIterable>(_ type: T.Type, _ flag: String, _ text: String) throws -> T
+where T.RawValue == String {
     guard let value = T(rawValue: text) else {
         let accepted = T.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")
         throw ValidationError("\(flag) \(text) is not accepted: use one of \(accepted).")
@@ -83,12 +84,19 @@ struct DistributionOptions: ParsableArguments {
     @Option(help: "OpenBLAS threads per rank (1 when each rank has one core).")
     var threads = 1
     @Flag(
-        help: "Bitwise-identical training on any number of ranks that divides --chunks (same binary, BLAS and CPU): every sum over samples is taken per chunk of the global batch and added in a fixed tree.")
+        help:
+            "Bitwise-identical training on any number of ranks that divides --chunks (same binary, BLAS and CPU): every sum over samples is taken per chunk of the global batch and added in a fixed tree."
+    )
     var deterministic = false
-    @Option(help: "--deterministic: chunks per global batch, a power of two; the rank count must divide it. Results depend on it, not on the rank count.")
+    @Option(
+        help:
+            "--deterministic: chunks per global batch, a power of two; the rank count must divide it. Results depend on it, not on the rank count."
+    )
     var chunks = TrainingConfiguration.defaultChunks
     @Option(
-        help: "Each rank's share of the global batch: 'off' (even shares; runs repeat their bits) or 'on' (shares follow each rank's measured speed, for nodes of unequal speed; needs --bn sync, not with --deterministic).")
+        help:
+            "Each rank's share of the global batch: 'off' (even shares; runs repeat their bits) or 'on' (shares follow each rank's measured speed, for nodes of unequal speed; needs --bn sync, not with --deterministic)."
+    )
     var balance: BalanceMode = .off
     @Option(name: .customLong("bucket-mb"), help: ArgumentHelp("Largest gradient allreduce bucket in MiB.", visibility: .hidden))
     var bucketMB = 4.0
@@ -117,7 +125,9 @@ struct DistributionOptions: ParsableArguments {
         _ = try choice(IntraNodeMode.self, "--intra-node", intraNode)
         _ = try choice(WeightGradientMode.self, "--weight-gradients", weightGradients)
         try require(bucketMB >= 0.0625 && bucketMB <= 2048, "--bucket-mb", bucketMB, "a size in MiB from 0.0625 (64 KiB) to 2048")
-        try require(chunks >= 1 && chunks <= 1 << 20 && chunks & (chunks - 1) == 0, "--chunks", chunks, "a power of two from 1 to 1048576")
+        try require(
+            chunks >= 1 && chunks <= 1 << 20 && chunks & (chunks - 1) == 0, "--chunks", chunks, "a power of two from 1 to 1048576"
+        )
     }
 
     /// Rejects what no run can honour, in the run and in each of a bench's `twins`: a combination
@@ -129,7 +139,11 @@ struct DistributionOptions: ParsableArguments {
         let configurations = [(flag: String?.none, run)] + twins.map { (flag: Optional($0.rawValue), $0.configuration(of: run)) }
         for (flag, c) in configurations {
             let small = c.deterministic && c.globalBatch < c.chunks
-            guard let problem = c.conflict ?? (small ? "--global-batch \(c.globalBatch) is not accepted with --deterministic --chunks \(c.chunks): the global batch needs at least one sample per chunk; lower --chunks or raise --global-batch" : nil)
+            guard
+                let problem = c.conflict
+                    ?? (small
+                        ? "--global-batch \(c.globalBatch) is not accepted with --deterministic --chunks \(c.chunks): the global batch needs at least one sample per chunk; lower --chunks or raise --global-batch"
+                        : nil)
             else { continue }
             throw ValidationError((flag.map { "\($0) runs a twin that is not accepted: " } ?? "") + problem + ".")
         }
@@ -151,11 +165,14 @@ struct DistributionOptions: ParsableArguments {
 
 /// The network: shared by `train` and `bench`.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "Network: 'mlp' (--widths), 'cnn' (small conv net), 'vgg' (--vgg-layers) or 'resnet20'; conv nets need image data.")
+    @Option(
+        help: "Network: 'mlp' (--widths), 'cnn' (small conv net), 'vgg' (--vgg-layers) or 'resnet20'; conv nets need image data.")
     var model: ModelKind = .mlp
     @Option(help: "--model mlp layer widths 'in,hidden...,classes' (default: the data's input size,256,256,its classes).")
     var widths: String?
-    @Option(name: .customLong("vgg-layers"), help: "--model vgg layers: channel counts and M for a max pool (default: 32,32,M,64,64,M,128,M).")
+    @Option(
+        name: .customLong("vgg-layers"),
+        help: "--model vgg layers: channel counts and M for a max pool (default: 32,32,M,64,64,M,128,M).")
     var vggLayers: String?
     @Option(name: .customLong("width-multiplier"), help: "--model vgg: multiply every channel count by this.")
     var widthMultiplier = 1.0
@@ -163,14 +180,21 @@ struct ModelOptions: ParsableArguments {
     var head: HeadKind = .linear
     @Option(
         name: .customLong("bn-eps-mode"),
-        help: "BN epsilon: 'scaled' (eps times the squared norm of the channel's incoming weights: exactly scale-invariant), 'zero' or 'standard' (PyTorch's).")
+        help:
+            "BN epsilon: 'scaled' (eps times the squared norm of the channel's incoming weights: exactly scale-invariant), 'zero' or 'standard' (PyTorch's)."
+    )
     var bnEpsMode: EpsilonMode = .scaled
     @Option(name: .customLong("bn-eps"), help: "BN epsilon value for the 'scaled' and 'standard' modes.")
     var bnEps = 1e-5
     @Option(
-        help: ArgumentHelp("--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts.", visibility: .hidden))
+        help: ArgumentHelp(
+            "--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts.",
+            visibility: .hidden))
     var shortcut = ShortcutKind.padding.rawValue
-    @Flag(name: .customLong("no-bn"), help: ArgumentHelp("--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline).", visibility: .hidden))
+    @Flag(
+        name: .customLong("no-bn"),
+        help: ArgumentHelp(
+            "--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline).", visibility: .hidden))
     var noBN = false
 
     func validate() throws {

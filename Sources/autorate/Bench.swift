@@ -23,20 +23,25 @@ struct Bench: ParsableCommand {
     var steps = 30
     @Option(help: "Untimed steps first.")
     var warmup = 5
-    @OptionGroup(title: "Model (--model mlp defaults to --widths 784,1024,1024,1024,10; conv nets run on 32x32x3 synthetic images)")
+    @OptionGroup(
+        title: "Model (--model mlp defaults to --widths 784,1024,1024,1024,10; conv nets run on 32x32x3 synthetic images)")
     var network: ModelOptions
     @OptionGroup(title: "Distribution") var communication: DistributionOptions
     @Option(help: "'strong' (--global-batch fixed) or 'weak' (--batch-per-rank samples on every rank).")
     var scaling: ScalingMode = .strong
     @Option(name: .customLong("batch-per-rank"), help: "Weak scaling: samples per rank and step.")
     var batchPerRank: Int?
-    @Flag(name: .customLong("no-baseline"), help: "Skip the one-rank baseline (rank 0 alone while the others wait, interleaved) behind the scaling efficiency.")
+    @Flag(
+        name: .customLong("no-baseline"),
+        help: "Skip the one-rank baseline (rank 0 alone while the others wait, interleaved) behind the scaling efficiency.")
     var noBaseline = false
     @Flag(name: .customLong("compare-local-bn"), help: "Also time a --bn local twin, interleaved in the same process.")
     var compareLocalBN = false
     @Flag(name: .customLong("compare-deterministic"), help: "Also time a --deterministic twin, interleaved in the same process.")
     var compareDeterministic = false
-    @Flag(name: .customLong("compare-balance"), help: "Also time a twin with the other --balance setting, interleaved in the same process.")
+    @Flag(
+        name: .customLong("compare-balance"),
+        help: "Also time a twin with the other --balance setting, interleaved in the same process.")
     var compareBalance = false
     @Flag(
         name: .customLong("compare-weight-gradients"),
@@ -61,8 +66,10 @@ struct Bench: ParsableCommand {
         try require(steps >= 1, "--steps", steps, "at least 1 timed step")
         try require(warmup >= 0, "--warmup", warmup, "0 or more steps")
         switch (scaling, batchPerRank) {
-        case (.weak, nil): throw ValidationError("--scaling weak needs --batch-per-rank N (the samples each rank takes per step).")
-        case (.strong, .some): throw ValidationError("--batch-per-rank is for --scaling weak; strong scaling uses --global-batch.")
+        case (.weak, nil):
+            throw ValidationError("--scaling weak needs --batch-per-rank N (the samples each rank takes per step).")
+        case (.strong, .some):
+            throw ValidationError("--batch-per-rank is for --scaling weak; strong scaling uses --global-batch.")
         case let (.weak, n?): try require(n >= 1, "--batch-per-rank", n, "a positive number of samples")
         default: break
         }
@@ -79,7 +86,8 @@ struct Bench: ParsableCommand {
         (options.twins, options.oneRankBaseline, options.scaling) = (twins, !noBaseline, scaling)
         try withMPI(threads: communication.threads) { communicator, console in
             let result = try Benchmark.run(
-                c, widths: try parseWidths(network.widths ?? "784,1024,1024,1024,10"), options: options, communicator: communicator, console: console)
+                c, widths: try parseWidths(network.widths ?? "784,1024,1024,1024,10"), options: options,
+                communicator: communicator, console: console)
             console.root(summary(result))
             if communicator.isRoot {
                 if let json { try append(result.json + "\n", to: json, flag: "--json") }
@@ -113,13 +121,16 @@ struct Bench: ParsableCommand {
             lines.append(
                 "bench: allreduce alone per bucket size: "
                     + r.bucketAllreduce.map {
-                        String(cFormat: "%.2f MB %.3f ms %.2f GB/s bus", Double($0.bytes) / 1e6, $0.seconds * 1e3, r.busBandwidth(bytes: $0.bytes, seconds: $0.seconds))
+                        String(
+                            cFormat: "%.2f MB %.3f ms %.2f GB/s bus", Double($0.bytes) / 1e6, $0.seconds * 1e3,
+                            r.busBandwidth(bytes: $0.bytes, seconds: $0.seconds))
                     }.joined(separator: "; "))
         }
         if let base = r.baselineSamplesPerSecond, let efficiency = r.scalingEfficiency {
             lines.append(
                 String(
-                    cFormat: "bench: one-rank baseline in the same run: %.0f samples/s; speedup %.2fx on %d ranks, scaling efficiency %.3f",
+                    cFormat:
+                        "bench: one-rank baseline in the same run: %.0f samples/s; speedup %.2fx on %d ranks, scaling efficiency %.3f",
                     base, r.samplesPerSecond / base, r.ranks, efficiency))
         }
         if let local = r.localStepSecondsMedian {
@@ -131,20 +142,25 @@ struct Bench: ParsableCommand {
         if let deterministic = r.deterministicStepSecondsMedian {
             lines.append(
                 String(
-                    cFormat: "bench: interleaved --deterministic twin (--chunks %d): step median %.2f ms; deterministic mode costs %.3fx",
+                    cFormat:
+                        "bench: interleaved --deterministic twin (--chunks %d): step median %.2f ms; deterministic mode costs %.3fx",
                     communication.chunks, deterministic * 1e3, deterministic / r.stepSecondsMedian))
         }
         if let twin = r.balanceTwinStepSecondsMedian {
             let (on, off) = r.balance == .on ? (r.stepSecondsMedian, twin) : (twin, r.stepSecondsMedian)
             lines.append(
                 "bench: interleaved --balance \(r.balance == .on ? "off" : "on") twin: "
-                    + String(cFormat: "step median %.2f ms; --balance on gives %.3fx the samples/s of --balance off", twin * 1e3, off / on))
+                    + String(
+                        cFormat: "step median %.2f ms; --balance on gives %.3fx the samples/s of --balance off", twin * 1e3,
+                        off / on))
         }
         if let twin = r.weightGradientsTwinStepSecondsMedian {
             let (node, rank) = r.weightGradients == .node ? (r.stepSecondsMedian, twin) : (twin, r.stepSecondsMedian)
             lines.append(
                 "bench: interleaved --weight-gradients \(r.weightGradients == .node ? "rank" : "node") twin: "
-                    + String(cFormat: "step median %.2f ms; --weight-gradients node gives %.3fx the samples/s of rank", twin * 1e3, rank / node))
+                    + String(
+                        cFormat: "step median %.2f ms; --weight-gradients node gives %.3fx the samples/s of rank", twin * 1e3,
+                        rank / node))
         }
         return lines.joined(separator: "\n")
     }

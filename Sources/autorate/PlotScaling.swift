@@ -19,7 +19,8 @@ struct PlotScaling: ParsableCommand {
         }
         let (speedup, efficiency, table, skipped) = try ScalingPlot.plots(ScalingPlot.parse(text, path: csv))
         for key in skipped {
-            FileHandle.standardError.write(Data("plot-scaling: \(key) has no np=1 row in \(csv); it is left out (speedup is against one rank)\n".utf8))
+            FileHandle.standardError.write(
+                Data("plot-scaling: \(key) has no np=1 row in \(csv); it is left out (speedup is against one rank)\n".utf8))
         }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         for (name, content) in [("speedup.svg", speedup.svg), ("efficiency.svg", efficiency.svg), ("scaling.csv", table)] {

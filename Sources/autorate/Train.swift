@@ -85,11 +85,15 @@ struct OptimizerOptions: ParsableArguments {
     var seed: UInt64 = 0
     @Option(
         name: .customLong("bn-recalibrate"),
-        help: "After training, recompute BN running statistics for the final weights over this many global batches (0: keep the running average).")
+        help:
+            "After training, recompute BN running statistics for the final weights over this many global batches (0: keep the running average)."
+    )
     var bnRecalibrate = 20
     @Option(
         name: .customLong("init-scale-si"),
-        help: ArgumentHelp("Multiply the SI groups by this after initialization (equivalent scaling: only lr-si / ||w||^2 matters).", visibility: .hidden))
+        help: ArgumentHelp(
+            "Multiply the SI groups by this after initialization (equivalent scaling: only lr-si / ||w||^2 matters).",
+            visibility: .hidden))
     var initScaleSI = 1.0
 
     func validate() throws {
@@ -100,7 +104,8 @@ struct OptimizerOptions: ParsableArguments {
         try require(momentum >= 0 && momentum < 1, "--momentum", momentum, "a value in [0, 1)")
         try require(weightDecaySI >= 0 && weightDecaySI.isFinite, "--weight-decay-si", weightDecaySI, "a finite value >= 0")
         try require(weightDecaySV >= 0 && weightDecaySV.isFinite, "--weight-decay-sv", weightDecaySV, "a finite value >= 0")
-        try require(bnRecalibrate >= 0 && bnRecalibrate <= 100_000, "--bn-recalibrate", bnRecalibrate, "0 to 100000 global batches")
+        try require(
+            bnRecalibrate >= 0 && bnRecalibrate <= 100_000, "--bn-recalibrate", bnRecalibrate, "0 to 100000 global batches")
         try require(initScaleSI > 0 && initScaleSI.isFinite, "--init-scale-si", initScaleSI, "a finite factor > 0")
     }
 
@@ -113,7 +118,8 @@ struct OptimizerOptions: ParsableArguments {
         c.invariant = GroupRule(learningRate: lrSI, schedule: scheduleSI, momentum: momentum, weightDecay: weightDecaySI)
         // measured on synthetic-images: 0.1 leaves the cnn at 77% after 300 steps, 0.02 reaches 90%
         let defaultSV = model == .mlp ? 0.1 : 0.02
-        c.variant = GroupRule(learningRate: lrSV ?? defaultSV, schedule: scheduleSV, momentum: momentum, weightDecay: weightDecaySV)
+        c.variant = GroupRule(
+            learningRate: lrSV ?? defaultSV, schedule: scheduleSV, momentum: momentum, weightDecay: weightDecaySV)
     }
 }
 
@@ -124,7 +130,8 @@ struct CheckpointOptions: ParsableArguments {
     var checkpointEvery = 1000
     @Option(name: .customLong("keep-checkpoints"), help: "Checkpoints kept, newest first.")
     var keepCheckpoints = 3
-    @Option(help: "Continue from 'auto' (the newest checkpoint in --checkpoint-dir that loads, if any) or from a checkpoint file.")
+    @Option(
+        help: "Continue from 'auto' (the newest checkpoint in --checkpoint-dir that loads, if any) or from a checkpoint file.")
     var resume: String?
 
     func validate() throws {
@@ -144,19 +151,29 @@ struct CheckpointOptions: ParsableArguments {
 }
 
 struct DiagnosticOptions: ParsableArguments {
-    @Option(name: .customLong("log-every"), help: "Steps between progress lines and metrics records (default: about 20 per run); logging never changes training.")
+    @Option(
+        name: .customLong("log-every"),
+        help: "Steps between progress lines and metrics records (default: about 20 per run); logging never changes training.")
     var logEvery: Int?
-    @Option(help: "Write JSON Lines metrics to this file (rank 0): the run's plan, then loss, accuracy and per-group monitors per logged step.")
+    @Option(
+        help:
+            "Write JSON Lines metrics to this file (rank 0): the run's plan, then loss, accuracy and per-group monitors per logged step."
+    )
     var metrics: String?
-    @Option(help: "Write a Chrome trace of steps 2-11 (--timeline-steps) to this file (rank 0); open it in https://ui.perfetto.dev.")
+    @Option(
+        help: "Write a Chrome trace of steps 2-11 (--timeline-steps) to this file (rank 0); open it in https://ui.perfetto.dev.")
     var timeline: String?
     @Flag(help: "Print only the summary, not a progress line per logged step.")
     var quiet = false
-    @Option(name: .customLong("timeline-steps"), help: ArgumentHelp("Steps the timeline records, 'FIRST-LAST' (1-based).", visibility: .hidden))
+    @Option(
+        name: .customLong("timeline-steps"),
+        help: ArgumentHelp("Steps the timeline records, 'FIRST-LAST' (1-based).", visibility: .hidden))
     var timelineSteps = "2-11"
     @Option(
         name: .customLong("max-bad-steps"),
-        help: ArgumentHelp("Stop after this many consecutive steps whose summed gradient is NaN or infinite (each is skipped).", visibility: .hidden))
+        help: ArgumentHelp(
+            "Stop after this many consecutive steps whose summed gradient is NaN or infinite (each is skipped).",
+            visibility: .hidden))
     var maxBadSteps = 5
     @Option(
         name: .customLong("stall-timeout"),
@@ -170,7 +187,9 @@ struct DiagnosticOptions: ParsableArguments {
     func validate() throws {
         if let logEvery { try require(logEvery >= 1, "--log-every", logEvery, "a positive number of steps") }
         if Train.stepRange(timelineSteps) == nil {
-            throw ValidationError("--timeline-steps \(timelineSteps) is not accepted: use FIRST-LAST, 1-based steps with FIRST <= LAST and at most 10000 steps.")
+            throw ValidationError(
+                "--timeline-steps \(timelineSteps) is not accepted: use FIRST-LAST, 1-based steps with FIRST <= LAST and at most 10000 steps."
+            )
         }
         try require(maxBadSteps >= 1, "--max-bad-steps", maxBadSteps, "at least 1")
         try require(stallTimeout >= 0 && stallTimeout.isFinite, "--stall-timeout", stallTimeout, "seconds >= 0 (0: no watchdog)")
@@ -193,7 +212,8 @@ struct DiagnosticOptions: ParsableArguments {
     static func apply(fault: String, to c: inout TrainingConfiguration) throws {
         let parts = fault.split(separator: ":", omittingEmptySubsequences: false)
         let numbers = parts.dropFirst().map { Int($0) }
-        let kinds = "nan-input:STEP:RANK, nan-gradient:STEP:RANK, stall:STEP:RANK, kill:STEP:RANK, slow-rank:RANK:MICROSECONDS (at most 100000) or shared-memory-extra:BYTES"
+        let kinds =
+            "nan-input:STEP:RANK, nan-gradient:STEP:RANK, stall:STEP:RANK, kill:STEP:RANK, slow-rank:RANK:MICROSECONDS (at most 100000) or shared-memory-extra:BYTES"
         guard let kind = parts.first, numbers.allSatisfy({ ($0 ?? -1) >= 0 }) else {
             throw ValidationError("--debug-fault \(fault) is not accepted: use \(kinds).")
         }
@@ -214,7 +234,9 @@ extension Train {
     /// `FIRST-LAST` of `--timeline-steps`.
     static func stepRange(_ text: String) -> ClosedRange<Int>? {
         let parts = text.split(separator: "-", omittingEmptySubsequences: false).map { Int($0) }
-        guard parts.count == 2, let first = parts[0], let last = parts[1], first >= 1, first <= last, last - first < 10_000 else { return nil }
+        guard parts.count == 2, let first = parts[0], let last = parts[1], first >= 1, first <= last, last - first < 10_000 else {
+            return nil
+        }
         return first...last
     }
 

@@ -31,7 +31,9 @@ final class CheckpointDirectoryTests: XCTestCase {
         XCTAssertThrowsError(try CheckpointDirectory.load(path), file: file, line: line) { error in
             guard let e = error as? DataError else { return XCTFail("\(error) is not a DataError", file: file, line: line) }
             XCTAssertEqual(e.path, path, file: file, line: line)
-            XCTAssertTrue(e.problem.contains(fragment), "\(e.problem.debugDescription) lacks \(fragment.debugDescription)", file: file, line: line)
+            XCTAssertTrue(
+                e.problem.contains(fragment), "\(e.problem.debugDescription) lacks \(fragment.debugDescription)", file: file,
+                line: line)
         }
     }
 
@@ -87,13 +89,17 @@ final class CheckpointDirectoryTests: XCTestCase {
         ] {
             _ = FileManager.default.createFile(atPath: root + "/" + name, contents: Foundation.Data([1, 2, 3]))
         }
-        XCTAssertEqual(dir.checkpoints().map { ($0 as NSString).lastPathComponent }, [
-            "checkpoint-000000400.safetensors", "checkpoint-000000030.safetensors", "checkpoint-000000007.safetensors",
-        ])
+        XCTAssertEqual(
+            dir.checkpoints().map { ($0 as NSString).lastPathComponent },
+            [
+                "checkpoint-000000400.safetensors", "checkpoint-000000030.safetensors", "checkpoint-000000007.safetensors",
+            ])
         _ = try dir.write(step: 1_234_567_890, model(3))
         XCTAssertEqual(CheckpointDirectory.fileName(step: 1_234_567_890), "checkpoint-1234567890.safetensors")
         XCTAssertEqual(CheckpointDirectory.step(ofFileName: "checkpoint-1234567890.safetensors"), 1_234_567_890)
-        XCTAssertEqual(dir.checkpoints().map { CheckpointDirectory.step(ofFileName: ($0 as NSString).lastPathComponent)! }, [1_234_567_890, 400, 30])
+        XCTAssertEqual(
+            dir.checkpoints().map { CheckpointDirectory.step(ofFileName: ($0 as NSString).lastPathComponent)! },
+            [1_234_567_890, 400, 30])
         XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/notes.txt"), "foreign files are left alone")
         XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/checkpoint-000000999.safetensors.1234.tmp"))
 
@@ -152,7 +158,8 @@ final class CheckpointDirectoryTests: XCTestCase {
         assertLoadFails(newest, "has autorate.checksum \"crc32:XYZW0000\"; expected crc32: and 8 lowercase hex digits")
         let foreign = root + "/foreign.safetensors"
         try Foundation.Data(model(4).encoded()).write(to: URL(fileURLWithPath: foreign))
-        assertLoadFails(foreign, "has no autorate.checksum metadata: it is a safetensors file but not a checkpoint written by autorate")
+        assertLoadFails(
+            foreign, "has no autorate.checksum metadata: it is a safetensors file but not a checkpoint written by autorate")
         assertLoadFails(root + "/missing.safetensors", "cannot be opened: No such file or directory")
         assertLoadFails(root, "is not a regular file")
     }
@@ -163,7 +170,8 @@ final class CheckpointDirectoryTests: XCTestCase {
         XCTAssertThrowsError(try dir.write(step: 1, model(1))) { error in
             let e = error as! DataError
             XCTAssertEqual(e.path, root + "/sub")
-            XCTAssertTrue(e.problem.contains("cannot be created (for checkpoint directory \(root)/sub): Not a directory"), e.problem)
+            XCTAssertTrue(
+                e.problem.contains("cannot be created (for checkpoint directory \(root)/sub): Not a directory"), e.problem)
         }
         let onFile = CheckpointDirectory(path: root, keep: 1)
         XCTAssertThrowsError(try onFile.write(step: 1, model(1))) { error in

@@ -22,11 +22,15 @@ final class SafeTensorsTests: XCTestCase {
                 return XCTFail("threw \(type(of: error)), not DataError: \(error)", file: file, line: line)
             }
             XCTAssertEqual(e.path, "bad.safetensors", file: file, line: line)
-            XCTAssertTrue(e.problem.contains(fragment), "message \(e.problem.debugDescription) lacks \(fragment.debugDescription)", file: file, line: line)
+            XCTAssertTrue(
+                e.problem.contains(fragment), "message \(e.problem.debugDescription) lacks \(fragment.debugDescription)",
+                file: file, line: line)
         }
     }
 
-    private func assertRejects(header: String, data: [UInt8] = [], _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {
+    private func assertRejects(
+        header: String, data: [UInt8] = [], _ fragment: String, file: StaticString = #filePath, line: UInt = #line
+    ) {
         assertRejects(Self.file(header: header, data: data), fragment, file: file, line: line)
     }
 
@@ -69,7 +73,8 @@ final class SafeTensorsTests: XCTestCase {
         // NaN payloads survive bit for bit.
         var nan = SafeTensors()
         nan.append("n", floats: [Float(bitPattern: 0x7FC0_1234), Float(bitPattern: 0xFF80_0001)], shape: [2])
-        XCTAssertEqual(try SafeTensors.decode(nan.encoded(), path: "n").floats("n").map(\.bitPattern), [0x7FC0_1234, 0xFF80_0001])
+        XCTAssertEqual(
+            try SafeTensors.decode(nan.encoded(), path: "n").floats("n").map(\.bitPattern), [0x7FC0_1234, 0xFF80_0001])
         // No tensors, no metadata: "{}" padded.
         XCTAssertEqual(SafeTensors().encoded(), Self.file(header: "{}      "))
         XCTAssertEqual(try SafeTensors.decode(SafeTensors().encoded(), path: "e"), SafeTensors())
@@ -115,7 +120,8 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertEqual(decoded.encoded(), reference, "same bytes as the reference writer when name order is data order")
         // Unknown fields are skipped, whitespace and escapes accepted, as serde_json does.
         let relaxed = Self.file(
-            header: " {\"\\u0077eight\" : {\"data_offsets\":[0,4],\"extra\":[{\"x\":null},true,-1.5e3],\"dtype\":\"F32\",\"shape\":[1]}}\n",
+            header:
+                " {\"\\u0077eight\" : {\"data_offsets\":[0,4],\"extra\":[{\"x\":null},true,-1.5e3],\"dtype\":\"F32\",\"shape\":[1]}}\n",
             data: [0, 0, 0x80, 0x3F])
         XCTAssertEqual(try SafeTensors.decode(relaxed, path: "r").floats("weight"), [1])
     }
@@ -163,8 +169,11 @@ final class SafeTensorsTests: XCTestCase {
         assertRejects(Self.file(headerLength: 1 << 63, rest: []), "over the format's limit of 100000000 bytes")
         assertRejects(Self.file(headerLength: .max, rest: eight), "over the format's limit")
         assertRejects(Self.file(headerLength: 100_000_001, rest: eight), "over the format's limit")
-        assertRejects(Self.file(headerLength: 1000, rest: Array("{}".utf8) + eight), "declares a 1000-byte JSON header but only 10 bytes follow")
-        assertRejects(Array(Self.file(header: "{}", data: []).dropLast()), "declares a 2-byte JSON header but only 1 bytes follow")
+        assertRejects(
+            Self.file(headerLength: 1000, rest: Array("{}".utf8) + eight),
+            "declares a 1000-byte JSON header but only 10 bytes follow")
+        assertRejects(
+            Array(Self.file(header: "{}", data: []).dropLast()), "declares a 2-byte JSON header but only 1 bytes follow")
         assertRejects(header: "", "empty JSON header")
         assertRejects(header: "    ", "empty JSON header")
         // JSON syntax (Foundation's description of the problem).
@@ -174,9 +183,11 @@ final class SafeTensorsTests: XCTestCase {
         assertRejects(header: "{\"w\":{\"dtype\":\"F32\"", syntax)
         assertRejects(header: "{\(ok)} x", syntax)
         assertRejects(header: "{\(ok),,}", syntax)
-        assertRejects(header: "{\"w\":{\"dtype\":\"F32\",\"shape\":[01],\"data_offsets\":[0,4]}}", syntax + "Number with leading zero")
+        assertRejects(
+            header: "{\"w\":{\"dtype\":\"F32\",\"shape\":[01],\"data_offsets\":[0,4]}}", syntax + "Number with leading zero")
         assertRejects(Self.file(header: "{\"\u{1}\":1}"), syntax + "Unescaped control character")
-        assertRejects(Self.file(headerLength: 8, rest: [0x7B, 0x22, 0xFF, 0xFE, 0x22, 0x3A, 0x31, 0x7D]), syntax + "Invalid UTF-8")
+        assertRejects(
+            Self.file(headerLength: 8, rest: [0x7B, 0x22, 0xFF, 0xFE, 0x22, 0x3A, 0x31, 0x7D]), syntax + "Invalid UTF-8")
         assertRejects(header: #"{"\ud800":1}"#, syntax)
         assertRejects(header: #"{"\ud800\u0041":1}"#, syntax)
         assertRejects(header: #"{"\udc00":1}"#, syntax)
@@ -195,7 +206,8 @@ final class SafeTensorsTests: XCTestCase {
         }
         XCTAssertEqual(try SafeTensors.decode(Self.file(header: nested(64), data: [0, 0, 0, 0]), path: "d").tensors.count, 1)
         assertRejects(header: nested(65), data: [0, 0, 0, 0], "has a header with JSON nesting deeper than 64 levels")
-        let deepMetadata = #"{"__metadata__":{"k":"# + String(repeating: "[", count: 63) + String(repeating: "]", count: 63) + "}}"
+        let deepMetadata =
+            #"{"__metadata__":{"k":"# + String(repeating: "[", count: 63) + String(repeating: "]", count: 63) + "}}"
         assertRejects(header: deepMetadata, "nesting deeper than 64 levels")
         assertRejects(header: nested(100_000), syntax + "Too many nested arrays or dictionaries")
         // Schema.
@@ -205,8 +217,10 @@ final class SafeTensorsTests: XCTestCase {
         assertRejects(header: #"{"w":{"shape":[1],"data_offsets":[0,4]}}"#, "tensor \"w\" has no \"dtype\"")
         assertRejects(header: #"{"w":{"dtype":"F32","data_offsets":[0,4]}}"#, "tensor \"w\" has no \"shape\"")
         assertRejects(header: #"{"w":{"dtype":"F32","shape":[1]}}"#, "tensor \"w\" has no \"data_offsets\"")
-        assertRejects(header: #"{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#, "unknown dtype \"Q7\" (supported: F32, F64, I64)")
-        assertRejects(header: #"{"w":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#, "dtype BF16, which this reader does not support")
+        assertRejects(
+            header: #"{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#, "unknown dtype \"Q7\" (supported: F32, F64, I64)")
+        assertRejects(
+            header: #"{"w":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#, "dtype BF16, which this reader does not support")
         assertRejects(header: #"{"w":{"dtype":7,"shape":[1],"data_offsets":[0,2]}}"#, "dtype a number; expected a string")
         assertRejects(header: #"{"w":{"dtype":true,"shape":[1],"data_offsets":[0,2]}}"#, "dtype a boolean; expected a string")
         assertRejects(header: #"{"w":{"dtype":"F32","shape":[false],"data_offsets":[0,4]}}"#, "shape holds a boolean")
@@ -214,12 +228,21 @@ final class SafeTensorsTests: XCTestCase {
         assertRejects(
             header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#,
             "data_offsets holds 18446744073709551615, too large for a 64-bit integer")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, "shape holds -1; expected non-negative integers")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}}"#, "shape holds 1.5; expected non-negative integers")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":[1e2],"data_offsets":[0,4]}}"#, "shape holds 100.0; expected non-negative integers")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":["1"],"data_offsets":[0,4]}}"#, "shape holds a string; expected non-negative integers")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, "shape holds -1; expected non-negative integers")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}}"#,
+            "shape holds 1.5; expected non-negative integers")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":[1e2],"data_offsets":[0,4]}}"#,
+            "shape holds 100.0; expected non-negative integers")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":["1"],"data_offsets":[0,4]}}"#,
+            "shape holds a string; expected non-negative integers")
         assertRejects(header: #"{"w":{"dtype":"F32","shape":1,"data_offsets":[0,4]}}"#, "shape is a number; expected an array")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":[99999999999999999999],"data_offsets":[0,4]}}"#, "too large for a 64-bit integer")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":[99999999999999999999],"data_offsets":[0,4]}}"#,
+            "too large for a 64-bit integer")
         assertRejects(
             header: #"{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}}"#, data: [0, 0, 0, 0],
             "element count overflows")
@@ -227,27 +250,36 @@ final class SafeTensorsTests: XCTestCase {
             header: #"{"w":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,4]}}"#, data: [0, 0, 0, 0],
             "needs more than fits in memory")
         let rank65 = "[" + Array(repeating: "1", count: 65).joined(separator: ",") + "]"
-        assertRejects(header: "{\"w\":{\"dtype\":\"F32\",\"shape\":\(rank65),\"data_offsets\":[0,4]}}", "shape has more than 64 entries")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}"#, "data_offsets has more than 2 entries")
+        assertRejects(
+            header: "{\"w\":{\"dtype\":\"F32\",\"shape\":\(rank65),\"data_offsets\":[0,4]}}", "shape has more than 64 entries")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}"#, "data_offsets has more than 2 entries")
         assertRejects(header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4]}}"#, "data_offsets [4]; expected two offsets")
         // Metadata.
-        assertRejects(header: #"{"__metadata__":{"k":1}}"#, "__metadata__ value for key \"k\" is a number; metadata values must be strings")
+        assertRejects(
+            header: #"{"__metadata__":{"k":1}}"#, "__metadata__ value for key \"k\" is a number; metadata values must be strings")
         assertRejects(header: #"{"__metadata__":{"k":{"a":"b"}}}"#, "value for key \"k\" is an object")
         assertRejects(header: #"{"__metadata__":["k"]}"#, "__metadata__ is an array; expected an object of string values")
         XCTAssertEqual(try SafeTensors.decode(Self.file(header: #"{"__metadata__":null}"#), path: "n"), SafeTensors())
         // Offsets, sizes, layout.
         assertRejects(header: "{\(ok)}", data: [0, 0, 0, 0], "data_offsets [0, 8], past the end of the 4-byte data buffer")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#, data: eight, "the end is before the beginning")
-        assertRejects(header: #"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: eight, "has 8 bytes (data_offsets [0, 8]) but F32 [3] needs 12")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#, data: eight, "the end is before the beginning")
+        assertRejects(
+            header: #"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: eight,
+            "has 8 bytes (data_offsets [0, 8]) but F32 [3] needs 12")
         assertRejects(header: #"{"w":{"dtype":"F64","shape":[],"data_offsets":[0,4]}}"#, data: [0, 0, 0, 0], "F64 [] needs 8")
         assertRejects(
-            header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            header:
+                #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
             data: eight + [0, 0, 0, 0], "tensors \"a\" (data_offsets [0, 8]) and \"b\" ([4, 12]) overlap")
         assertRejects(
-            header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            header:
+                #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
             data: eight + [0, 0, 0, 0], "bytes 4..<8 of the data buffer belong to no tensor (before \"b\")")
         assertRejects(
-            header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: eight, "bytes 0..<4 of the data buffer belong to no tensor")
+            header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: eight,
+            "bytes 0..<4 of the data buffer belong to no tensor")
         assertRejects(header: "{\(ok)}", data: eight + [1], "has 1 byte(s) after the last tensor")
         assertRejects(header: "{}", data: [1, 2], "has 2 byte(s) after the last tensor")
     }

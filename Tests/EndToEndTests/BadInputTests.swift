@@ -20,7 +20,9 @@ final class BadInputTests: XCTestCase {
         }
         // the exit after an error already reported prints nothing more (it once printed an empty
         // "before MPI started:" error on every rank)
-        let empty = result.output.split(separator: "\n").filter { $0.trimmingCharacters(in: .whitespaces).hasSuffix("before MPI started:") }
+        let empty = result.output.split(separator: "\n").filter {
+            $0.trimmingCharacters(in: .whitespaces).hasSuffix("before MPI started:")
+        }
         XCTAssertTrue(empty.isEmpty, "an error line without a message:\n\(result.output)", file: file, line: line)
     }
 
@@ -91,7 +93,8 @@ final class BadInputTests: XCTestCase {
         try expectFailure(["--deterministic", "--global-batch", "4"], mentions: ["--global-batch 4", "--chunks 8"])
         try expectFailure(["--balance", "sometimes"], mentions: ["--balance", "sometimes", "off", "on"])
         try expectFailure(["--balance", "on", "--bn", "local"], mentions: ["--balance on", "--bn local", "--bn sync"])
-        try expectFailure(["--balance", "on", "--deterministic"], mentions: ["--balance on", "--deterministic", "--balance off"])
+        try expectFailure(
+            ["--balance", "on", "--deterministic"], mentions: ["--balance on", "--deterministic", "--balance off"])
         try expectFailure(["--debug-fault", "slow-rank:1"], mentions: ["--debug-fault slow-rank:1", "RANK:MICROSECONDS"])
     }
 
@@ -103,11 +106,16 @@ final class BadInputTests: XCTestCase {
             (["--scaling", "sideways"], ["--scaling", "sideways", "strong", "weak"]),
             (["--compare-deterministic", "--bn", "local"], ["--compare-deterministic", "--bn local", "--bn sync"]),
             (["--compare-balance", "--bn", "local"], ["--compare-balance", "--bn local", "--bn sync"]),
-            (["--deterministic", "--scaling", "weak", "--batch-per-rank", "2"], ["needs a global batch of at least 8", "not 4", "rank 0"]),
+            (
+                ["--deterministic", "--scaling", "weak", "--batch-per-rank", "2"],
+                ["needs a global batch of at least 8", "not 4", "rank 0"]
+            ),
         ] {
             let result = try Launcher.mpirun(2, "autorate", ["bench", "--steps", "1"] + args, timeout: 60)
             XCTAssertNotEqual(result.status, 0, "\(args)")
-            for fragment in fragments { XCTAssertTrue(result.output.contains(fragment), "\(args): lacks '\(fragment)':\n\(result.output)") }
+            for fragment in fragments {
+                XCTAssertTrue(result.output.contains(fragment), "\(args): lacks '\(fragment)':\n\(result.output)")
+            }
         }
     }
 

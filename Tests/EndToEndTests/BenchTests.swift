@@ -15,7 +15,10 @@ final class BenchTests: XCTestCase {
             "--steps", "5", "--warmup", "1", "--bucket-mb", "0.0625", "--csv", csv, "--json", json,
         ]
         for np in [1, 2] {
-            let result = try Launcher.mpirun(np, "autorate", common + (np == 2 ? ["--compare-local-bn", "--compare-deterministic", "--balance", "on", "--compare-balance"] : []))
+            let result = try Launcher.mpirun(
+                np, "autorate",
+                common
+                    + (np == 2 ? ["--compare-local-bn", "--compare-deterministic", "--balance", "on", "--compare-balance"] : []))
             XCTAssertEqual(result.status, 0, result.output)
         }
         let lines = try String(contentsOfFile: csv, encoding: .utf8).split(separator: "\n").map(String.init)
@@ -52,6 +55,7 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(two["balance"] as? String, "on")
         XCTAssertGreaterThan(two["balance_twin_step_ms_median"] as? Double ?? 0, 0, "the interleaved --balance off twin")
         XCTAssertEqual(records[0]["balance"] as? String, "off")
-        XCTAssertEqual(records.map { $0["build"] as? String }, records.map { _ in "portable" }, "the tests' build targets any x86-64")
+        XCTAssertEqual(
+            records.map { $0["build"] as? String }, records.map { _ in "portable" }, "the tests' build targets any x86-64")
     }
 }

@@ -36,7 +36,8 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(clean.status, 0, clean.output)
 
         // rank 1 SIGKILLs itself in step 23: mpirun ends the job within seconds
-        let killed = try Launcher.mpirun(2, "autorate", Self.run + ["--checkpoint-dir", dir("killed"), "--debug-fault", "kill:23:1"], timeout: 60)
+        let killed = try Launcher.mpirun(
+            2, "autorate", Self.run + ["--checkpoint-dir", dir("killed"), "--debug-fault", "kill:23:1"], timeout: 60)
         XCTAssertNotEqual(killed.status, 0, killed.output)
         XCTAssertLessThan(killed.seconds, 20, "mpirun took \(killed.seconds) s after the kill")
         XCTAssertTrue(try Self.newest(dir("killed")).hasSuffix("checkpoint-000000020.safetensors"))
@@ -50,7 +51,8 @@ final class CheckpointTests: XCTestCase {
 
         let resumed = try Launcher.mpirun(2, "autorate", Self.run + ["--checkpoint-dir", dir("killed"), "--resume", "auto"])
         XCTAssertEqual(resumed.status, 0, resumed.output)
-        XCTAssertTrue(resumed.output.contains("cannot resume from \(newest)"), "the damaged checkpoint is reported:\n\(resumed.output)")
+        XCTAssertTrue(
+            resumed.output.contains("cannot resume from \(newest)"), "the damaged checkpoint is reported:\n\(resumed.output)")
         XCTAssertTrue(resumed.output.contains("at step 15 of 40"), resumed.output)
 
         let a = try Self.tensors(Self.newest(dir("clean"))), b = try Self.tensors(Self.newest(dir("killed")))
@@ -66,7 +68,8 @@ final class CheckpointTests: XCTestCase {
         let plain = ["train", "--steps", "30", "--quiet", "--log-every", "10", "--checkpoint-every", "5"]
         let clean = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain-clean")])
         XCTAssertEqual(clean.status, 0, clean.output)
-        let killed = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--debug-fault", "kill:23:1"], timeout: 60)
+        let killed = try Launcher.mpirun(
+            2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--debug-fault", "kill:23:1"], timeout: 60)
         XCTAssertNotEqual(killed.status, 0, killed.output)
         let resumed = try Launcher.mpirun(2, "autorate", plain + ["--checkpoint-dir", dir("plain"), "--resume", "auto"])
         XCTAssertEqual(resumed.status, 0, resumed.output)
@@ -92,7 +95,9 @@ final class CheckpointTests: XCTestCase {
         XCTAssertTrue(refused.output.contains("--resume \(foreign)"), refused.output)
 
         let out = dir("model.safetensors")
-        let export = try Launcher.run([Launcher.executable("autorate"), "export", "--checkpoint", try Self.newest(dir("c")), "--out", out])
+        let export = try Launcher.run([
+            Launcher.executable("autorate"), "export", "--checkpoint", try Self.newest(dir("c")), "--out", out,
+        ])
         XCTAssertEqual(export.status, 0, export.output)
         let weights = try Self.tensors(out)
         XCTAssertNotNil(weights["0.weight"])

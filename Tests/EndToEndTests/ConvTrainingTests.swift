@@ -104,7 +104,8 @@ final class ConvTrainingTests: XCTestCase {
             ["--model", "cnn", "--data", "synthetic-images", "--widths", "3072,10"], mentions: ["--widths", "--model mlp only"])
         try expectFailure(["--augment", "crop-flip"], mentions: ["--augment crop-flip", "image data"])
         try expectFailure(
-            ["--model", "vgg", "--vgg-layers", "8,M,M,M,M,M,M", "--data", "synthetic-images"], mentions: ["halves the image size"])
+            ["--model", "vgg", "--vgg-layers", "8,M,M,M,M,M,M", "--data", "synthetic-images"], mentions: ["halves the image size"]
+        )
         let dir = try writeCIFAR { $0.removeLast(5) }
         try expectFailure(["--data", "cifar10:\(dir)", "--model", "cnn"], mentions: ["data_batch_3.bin", "3073"])
     }

@@ -36,7 +36,8 @@ final class DistributedTrainingTests: XCTestCase {
                 let norm2 = group["norm2"] as! Double
                 XCTAssertLessThan(abs(group["identity_residual"] as! Double), 1e-4, "\(what), group \(name)", line: line)
                 XCTAssertLessThan(abs(group["cos"] as! Double), 1e-3, "\(what), group \(name)", line: line)
-                XCTAssertGreaterThanOrEqual(norm2, (lastNorm[name] ?? 0) * (1 - 1e-6), "\(what): norm of \(name) decreased", line: line)
+                XCTAssertGreaterThanOrEqual(
+                    norm2, (lastNorm[name] ?? 0) * (1 - 1e-6), "\(what): norm of \(name) decreased", line: line)
                 lastNorm[name] = norm2
             }
         }

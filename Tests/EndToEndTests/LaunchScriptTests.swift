@@ -10,7 +10,8 @@ final class LaunchScriptTests: XCTestCase {
     /// A value that is no CPU name stops launch/train before it builds or starts mpirun: exit 2,
     /// naming the variable, the value and what is accepted.
     func testABadTargetCPUStopsBeforeTheBuild() throws {
-        let run = try Launcher.run(["AUTORATE_TARGET_CPU=x86;rm", "bash", Self.launch.appendingPathComponent("train").path], timeout: 30)
+        let run = try Launcher.run(
+            ["AUTORATE_TARGET_CPU=x86;rm", "bash", Self.launch.appendingPathComponent("train").path], timeout: 30)
         XCTAssertEqual(run.status, 2, run.output)
         XCTAssertTrue(run.output.contains("AUTORATE_TARGET_CPU='x86;rm' is not a CPU name"), run.output)
         XCTAssertTrue(run.output.contains("native or an LLVM CPU name"), run.output)

@@ -68,7 +68,9 @@ enum Launcher {
 
     /// `mpirun -np N [--oversubscribe] executable args...`, with `environment` added to the
     /// child environment (the ranks on this host inherit mpirun's).
-    static func mpirun(_ np: Int, _ name: String, _ args: [String], timeout: Double = 120, environment: [String: String] = [:]) throws -> Result {
+    static func mpirun(_ np: Int, _ name: String, _ args: [String], timeout: Double = 120, environment: [String: String] = [:])
+        throws -> Result
+    {
         var command = ["mpirun", "-np", "\(np)", "--bind-to", "none"]
         if np > 2 { command.append("--oversubscribe") }
         return try run(command + [executable(name)] + args, timeout: timeout, environment: environment)

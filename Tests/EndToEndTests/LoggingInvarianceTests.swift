@@ -15,7 +15,9 @@ final class LoggingInvarianceTests: XCTestCase {
     func finalRecord(_ np: Int, _ name: String, _ args: [String]) throws -> String {
         let metrics = directory.appendingPathComponent("\(name).jsonl").path
         // --bn-recalibrate 0: the BN buffers are the running averages the training steps left
-        let common = ["train", "--quiet", "--steps", "40", "--global-batch", "128", "--bn-recalibrate", "0", "--metrics", metrics]
+        let common = [
+            "train", "--quiet", "--steps", "40", "--global-batch", "128", "--bn-recalibrate", "0", "--metrics", metrics,
+        ]
         let result = try Launcher.mpirun(np, "autorate", common + args, timeout: 300)
         XCTAssertEqual(result.status, 0, result.output)
         let records = try Launcher.metrics(metrics)
@@ -31,7 +33,8 @@ final class LoggingInvarianceTests: XCTestCase {
 
     func assertLoggingInvariant(_ np: Int, _ name: String, _ args: [String]) throws {
         let trace = directory.appendingPathComponent("\(name).trace.json").path
-        let everyStep = try finalRecord(np, "\(name)-every", args + ["--log-every", "1", "--timeline", trace, "--timeline-steps", "5-15"])
+        let everyStep = try finalRecord(
+            np, "\(name)-every", args + ["--log-every", "1", "--timeline", trace, "--timeline-steps", "5-15"])
         let rarely = try finalRecord(np, "\(name)-rarely", args + ["--log-every", "100"])
         XCTAssertTrue(everyStep.hasPrefix("0x"), everyStep)
         XCTAssertEqual(everyStep, rarely, "\(name): logging every step changed the final parameters or BN buffers")

@@ -31,7 +31,9 @@ final class NodeSharedMemoryTests: XCTestCase {
     /// same bits each way only because backward cuts its weight GEMMs where the segments are cut
     /// (without the cuts this test fails).
     func testKernelsThatComputeRowsApartToOtherBits() throws {
-        let flags = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8).split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
+        let flags =
+            try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8).split(separator: "\n").first { $0.hasPrefix("flags") }
+            ?? ""
         let words = Set(flags.split(separator: " "))
         try XCTSkipUnless(words.contains("avx2") && words.contains("fma"), "OpenBLAS's Haswell kernels need AVX2 and FMA")
         try sameBits(for: [(2, "bn")], kernels: "Haswell")
@@ -43,7 +45,8 @@ final class NodeSharedMemoryTests: XCTestCase {
         for (np, head) in shapes {
             var fingerprints: [String: String] = [:]
             let ways = [
-                "node": ["--intra-node", "shared-memory"], "rank": ["--intra-node", "shared-memory", "--weight-gradients", "rank"],
+                "node": ["--intra-node", "shared-memory"],
+                "rank": ["--intra-node", "shared-memory", "--weight-gradients", "rank"],
                 "mpi": ["--intra-node", "mpi"],
             ]
             for (way, flags) in ways {
@@ -62,7 +65,8 @@ final class NodeSharedMemoryTests: XCTestCase {
                 XCTAssertEqual(run.output.contains("(weight rows over the node's batch)"), way == "node", run.output)
                 // the steps did compute weight rows over the node's batch (not only said they would)
                 let trace = try String(contentsOfFile: timeline, encoding: .utf8)
-                XCTAssertEqual(trace.contains("weight gradients over the node's batch, and update"), way == "node", "\(way) \(np) \(head)")
+                XCTAssertEqual(
+                    trace.contains("weight gradients over the node's batch, and update"), way == "node", "\(way) \(np) \(head)")
                 let final = try XCTUnwrap(try Launcher.metrics(metrics).last)
                 fingerprints[way] = try XCTUnwrap(final["parameters_fnv1a"] as? String)
             }
@@ -80,7 +84,8 @@ final class NodeSharedMemoryTests: XCTestCase {
         var fingerprints: [String] = []
         for extra in [["--debug-fault", "shared-memory-extra:\(1 << 50)"], ["--intra-node", "mpi"]] {
             let metrics = directory.appendingPathComponent("fallback-\(fingerprints.count).jsonl").path
-            let run = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--log-every", "6", "--quiet", "--metrics", metrics] + extra)
+            let run = try Launcher.mpirun(
+                2, "autorate", ["train", "--steps", "12", "--log-every", "6", "--quiet", "--metrics", metrics] + extra)
             XCTAssertEqual(run.status, 0, run.output)
             XCTAssertTrue(run.output.contains("update sharded over the ranks"), run.output)
             XCTAssertFalse(run.output.contains("gradients summed in node shared memory"), run.output)

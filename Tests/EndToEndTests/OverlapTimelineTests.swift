@@ -22,20 +22,26 @@ final class OverlapTimelineTests: XCTestCase {
     func testOverlapFollowsTheBlockingTrajectoryAndReportsHiddenTime() throws {
         for model in [
             ["--model", "mlp"], ["--model", "cnn", "--data", "synthetic-images", "--global-batch", "32"],
-            ["--model", "resnet20", "--shortcut", "projection", "--head", "bn", "--data", "synthetic-images", "--global-batch", "16"],
+            [
+                "--model", "resnet20", "--shortcut", "projection", "--head", "bn", "--data", "synthetic-images", "--global-batch",
+                "16",
+            ],
         ] {
             let on = try train(2, "on-\(model[1])", model + ["--overlap", "on", "--bucket-mb", "0.0625"])
             let off = try train(2, "off-\(model[1])", model + ["--overlap", "off", "--bucket-mb", "0.0625"])
             let lossOn = on.map { $0["loss"] as! Double }, lossOff = off.map { $0["loss"] as! Double }
             XCTAssertEqual(lossOn.count, 10)
-            XCTAssertLessThan(DistributedTrainingTests.maxRelativeDifference(lossOn, lossOff), 1e-6, "\(model[1]): \(lossOn) vs \(lossOff)")
+            XCTAssertLessThan(
+                DistributedTrainingTests.maxRelativeDifference(lossOn, lossOff), 1e-6, "\(model[1]): \(lossOn) vs \(lossOff)")
             for (records, overlapped) in [(on, true), (off, false)] {
                 for record in records {
                     let split = try XCTUnwrap(record["time_ms"] as? [String: Any], "\(record)")
                     let ranks = try XCTUnwrap(split["ranks"] as? [[String: Double]], "each rank's own split")
                     XCTAssertEqual(ranks.count, 2)
                     let time = split.compactMapValues { $0 as? Double }
-                    XCTAssertEqual(ranks.map { $0["step"]! }.reduce(0, +) / 2, time["step"]!, accuracy: 1e-9 * time["step"]!, "the mean over ranks")
+                    XCTAssertEqual(
+                        ranks.map { $0["step"]! }.reduce(0, +) / 2, time["step"]!, accuracy: 1e-9 * time["step"]!,
+                        "the mean over ranks")
                     let step = time["step"]!, compute = time["compute"]!, bn = time["bn_comm"]!
                     XCTAssertGreaterThan(compute, 0)
                     XCTAssertGreaterThan(bn, 0, "synchronized BN reduces statistics every step")
@@ -81,7 +87,9 @@ final class OverlapTimelineTests: XCTestCase {
             XCTAssertEqual(begins.count, ends.count)
             XCTAssertFalse(begins.isEmpty)
             let bytes = begins.map { ($0["args"] as! [String: Any])["bytes"] as! Int }
-            XCTAssertEqual(bytes.reduce(0, +), 3 * (32 * 256 + 256 * 256 + 256 * 10 + 10 + 4 * 256) * 4, "every gradient once per step (synthetic data: 32 features)")
+            XCTAssertEqual(
+                bytes.reduce(0, +), 3 * (32 * 256 + 256 * 256 + 256 * 10 + 10 + 4 * 256) * 4,
+                "every gradient once per step (synthetic data: 32 features)")
             for span in mine where span["ph"] as? String == "X" {
                 XCTAssertGreaterThanOrEqual(span["dur"] as! Double, 0)
                 XCTAssertGreaterThanOrEqual(span["ts"] as! Double, 0)

@@ -10,7 +10,9 @@ final class RealIDXFilesTests: XCTestCase {
     /// test accuracy is far above the 10% of guessing; an MLP reaches about 86% after one epoch).
     func testTrainingOnRealIDXFiles() throws {
         let directory = ProcessInfo.processInfo.environment["AUTORATE_REAL_IDX_DIR"] ?? "/usr/share/datasets/fashion-mnist"
-        let names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+        let names = [
+            "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        ]
         let present = names.allSatisfy { FileManager.default.fileExists(atPath: "\(directory)/\($0)") }
         try XCTSkipUnless(present, "no IDX files in \(directory); install them with: apt-get install -y dataset-fashion-mnist")
         for kind in ["mnist", "fashion-mnist"] {

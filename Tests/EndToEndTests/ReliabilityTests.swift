@@ -37,9 +37,11 @@ final class ReliabilityTests: XCTestCase {
     func testNonFiniteGradientIsSkippedTogetherOrStops() throws {
         let metrics = directory.appendingPathComponent("nan.jsonl").path
         let skipped = try Launcher.mpirun(
-            2, "autorate", ["train", "--steps", "12", "--quiet", "--log-every", "1", "--metrics", metrics, "--debug-fault", "nan-input:4:1"])
+            2, "autorate",
+            ["train", "--steps", "12", "--quiet", "--log-every", "1", "--metrics", metrics, "--debug-fault", "nan-input:4:1"])
         XCTAssertEqual(skipped.status, 0, skipped.output)
-        XCTAssertTrue(skipped.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), skipped.output)
+        XCTAssertTrue(
+            skipped.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), skipped.output)
         let records = try Launcher.metrics(metrics)
         XCTAssertEqual(records.filter { $0["event"] as? String == "skipped_step" }.count, 1)
         XCTAssertEqual(records.filter { $0["event"] == nil }.count, 11, "the 11 good steps are logged")
@@ -47,9 +49,11 @@ final class ReliabilityTests: XCTestCase {
         let final = try XCTUnwrap(records.last?["test_loss"] as? Double)
         XCTAssertTrue(final.isFinite, "the model is intact")
 
-        let stopped = try Launcher.mpirun(2, "autorate", ["train", "--steps", "12", "--quiet", "--debug-fault", "nan-input:4:0", "--max-bad-steps", "1"])
+        let stopped = try Launcher.mpirun(
+            2, "autorate", ["train", "--steps", "12", "--quiet", "--debug-fault", "nan-input:4:0", "--max-bad-steps", "1"])
         XCTAssertEqual(stopped.status, 1, stopped.output)
-        XCTAssertTrue(stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
+        XCTAssertTrue(
+            stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
     }
 
     /// A step whose update is sharded over ranks (no monitors between log steps), with a NaN put
@@ -71,7 +75,8 @@ final class ReliabilityTests: XCTestCase {
                         "--debug-fault", "nan-gradient:4:\(np - 1)", "--intra-node", transport,
                     ])
                 XCTAssertEqual(run.status, 0, run.output)
-                XCTAssertTrue(run.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), run.output)
+                XCTAssertTrue(
+                    run.output.contains("step 4: the summed gradient, or the update it gives, is not finite"), run.output)
                 XCTAssertTrue(run.output.contains("update sharded over the ranks"), run.output)
                 let records = try Launcher.metrics(metrics)
                 XCTAssertEqual(records.filter { $0["event"] as? String == "skipped_step" }.count, 1)
@@ -87,12 +92,14 @@ final class ReliabilityTests: XCTestCase {
     /// itself, the step and what it waits in; mpirun returns within seconds of the timeout.
     func testStalledRankEndsTheJob() throws {
         let result = try Launcher.mpirun(
-            2, "autorate", ["train", "--steps", "20", "--quiet", "--debug-fault", "stall:3:1", "--stall-timeout", "3"], timeout: 60)
+            2, "autorate", ["train", "--steps", "20", "--quiet", "--debug-fault", "stall:3:1", "--stall-timeout", "3"],
+            timeout: 60)
         XCTAssertNotEqual(result.status, 0, result.output)
         XCTAssertLessThan(result.seconds, 20, "mpirun took \(result.seconds) s")
         XCTAssertTrue(
             result.output.contains("rank 1: no progress for 3 s (--stall-timeout 3) at step 3, waiting in a test-only stall")
-                || result.output.contains("rank 0: no progress for 3 s (--stall-timeout 3) at step 3, waiting in the forward pass"),
+                || result.output.contains(
+                    "rank 0: no progress for 3 s (--stall-timeout 3) at step 3, waiting in the forward pass"),
             result.output)
     }
 }

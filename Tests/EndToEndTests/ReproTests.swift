@@ -16,7 +16,10 @@ final class ReproTests: XCTestCase {
             XCTAssertTrue(report.contains("| \(id) |"), "report lacks a row for \(id)")
         }
         XCTAssertEqual(report.components(separatedBy: "**PASS**").count - 1, 12, report)
-        for plot in ["e2-norm-identity", "e3-sweep-bn", "e4-sweep-plain", "e6-effective-rate", "e7-gd-rate", "e8-sgd-rate", "e12-identity-violation"] {
+        for plot in [
+            "e2-norm-identity", "e3-sweep-bn", "e4-sweep-plain", "e6-effective-rate", "e7-gd-rate", "e8-sgd-rate",
+            "e12-identity-violation",
+        ] {
             let svg = try String(contentsOfFile: "\(out)/\(plot).svg", encoding: .utf8)
             XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("<path"), "\(plot).svg is not a drawn plot")
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(out)/data/\(plot).csv"), "\(plot).csv missing")

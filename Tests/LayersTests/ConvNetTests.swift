@@ -39,7 +39,8 @@ final class ConvNetTests: XCTestCase {
             }
         }
         assertGradientsMatchFiniteDifferences(
-            NetworkHarness(Self.resnet(shortcut: .padding, head: .bn, mode: .zero, batch: 4), batch: 4, seed: 73), "resnet bn head")
+            NetworkHarness(Self.resnet(shortcut: .padding, head: .bn, mode: .zero, batch: 4), batch: 4, seed: 73),
+            "resnet bn head")
     }
 
     /// Inference uses the running statistics: after many training forwards on one batch (momentum
@@ -47,7 +48,10 @@ final class ConvNetTests: XCTestCase {
     /// unbiased-variance factor N/(N-1) of every BN (N = 64 samples times the pixels of a 2x2 or 3x3
     /// map, compounding through the layers: about 0.5% measured; 1e-2 allowed).
     func testPredictApproachesTrainingForward() {
-        for net in [Self.sequential(head: .linear, mode: .standard, batch: 64), Self.resnet(shortcut: .projection, mode: .standard, batch: 64)] {
+        for net in [
+            Self.sequential(head: .linear, mode: .standard, batch: 64),
+            Self.resnet(shortcut: .projection, mode: .standard, batch: 64),
+        ] {
             let h = NetworkHarness(net, batch: 64, seed: 76)
             var train: [Float] = []
             for _ in 0..<200 { train = Array((try! net.forward(h.x.matrix, reducer: LocalStatistics())).readOnly) }

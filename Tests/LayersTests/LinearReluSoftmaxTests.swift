@@ -59,7 +59,9 @@ final class LinearReluSoftmaxTests: XCTestCase {
         let linear = Linear(inFeatures: inF, outFeatures: outF, weight: w, bias: nil)
         var bitsCompared = 0
         for counts in [[5, 4], [3, 0, 4, 2]] {
-            let parts = counts.map { (x: OwnedMatrix(rows: $0, cols: inF, normal: &rng), dy: OwnedMatrix(rows: $0, cols: outF, normal: &rng)) }
+            let parts = counts.map {
+                (x: OwnedMatrix(rows: $0, cols: inF, normal: &rng), dy: OwnedMatrix(rows: $0, cols: outF, normal: &rng))
+            }
             let p = ParameterStore(layout: layout)
             p.gradients.all.update(repeating: 7)
             linear.weightGradient(
@@ -137,7 +139,8 @@ final class LinearReluSoftmaxTests: XCTestCase {
             let alone = ParameterStore(layout: layout)
             linear.weightGradient(rows: piece, over: [(x.matrix, dy.matrix)], into: alone.gradients.pointer, tree: BatchChunks())
             for k in piece.lowerBound * inF..<piece.upperBound * inF {
-                XCTAssertEqual(alone.gradients.pointer[k].bitPattern, written.gradients.pointer[k].bitPattern, "\(piece) element \(k)")
+                XCTAssertEqual(
+                    alone.gradients.pointer[k].bitPattern, written.gradients.pointer[k].bitPattern, "\(piece) element \(k)")
             }
         }
     }

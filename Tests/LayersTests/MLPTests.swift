@@ -7,7 +7,9 @@ final class MLPTests: XCTestCase {
         for head in HeadKind.allCases {
             for mode in [EpsilonMode.zero, .scaled, .standard] {
                 // eps 0.05: large enough that the eps terms matter in the comparison.
-                let mlp = MLP(widths: [6, 8, 7, 5], head: head, batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: 0.05), maxBatch: 16)
+                let mlp = MLP(
+                    widths: [6, 8, 7, 5], head: head, batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: 0.05), maxBatch: 16
+                )
                 assertGradientsMatchFiniteDifferences(NetworkHarness(mlp, batch: 16, seed: 51), "mlp \(head) \(mode)")
             }
         }

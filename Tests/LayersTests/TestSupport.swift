@@ -146,15 +146,20 @@ func assertE1(_ h: NetworkHarness, _ what: String, file: StaticString = #filePat
             let lossErr = abs(l1 - l0) / abs(l0)
             let gradErr = relativeDifference(g1[group.range].map { $0 * c }, Array(g0[group.range]))
             XCTAssertLessThan(lossErr, 1e-5, "\(what) \(group.name) c=\(c): loss rel. error \(lossErr)", file: file, line: line)
-            XCTAssertLessThan(gradErr, 1e-5, "\(what) \(group.name) c=\(c): c grad(cW) vs grad(W) rel. error \(gradErr)", file: file, line: line)
-            XCTAssertLessThan(relativeDifference(rest1, rest0), 1e-5, "\(what) \(group.name) c=\(c): other gradients moved", file: file, line: line)
+            XCTAssertLessThan(
+                gradErr, 1e-5, "\(what) \(group.name) c=\(c): c grad(cW) vs grad(W) rel. error \(gradErr)", file: file, line: line
+            )
+            XCTAssertLessThan(
+                relativeDifference(rest1, rest0), 1e-5, "\(what) \(group.name) c=\(c): other gradients moved", file: file,
+                line: line)
         }
     }
 }
 
 /// The SI/SV tagging against the network itself (use eps mode zero): multiplying an SI group by 3
 /// leaves the loss unchanged (rel. 1e-5, fp32), multiplying an SV group by 3 changes it (> 1e-4).
-func assertTaggingMatchesScaleInvariance(_ h: NetworkHarness, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+func assertTaggingMatchesScaleInvariance(_ h: NetworkHarness, _ what: String, file: StaticString = #filePath, line: UInt = #line)
+{
     let l0 = h.loss(gradients: false)
     for g in h.net.groups {
         let w = h.net.parameters.values.slice(g.range)
@@ -193,7 +198,9 @@ func assertGradientsMatchFiniteDifferences(_ h: NetworkHarness, _ what: String) 
             tries += 1
             let i = Int(rng.next() % UInt64(spec.count))
             let p = h.net.parameters.values.pointer + spec.offset + i
-            let fds = [Float(1e-3), 5e-4, 2.5e-4, 1e-4].map { step in centralDifference(at: p, h: step) { h.loss(gradients: false) } }
+            let fds = [Float(1e-3), 5e-4, 2.5e-4, 1e-4].map { step in
+                centralDifference(at: p, h: step) { h.loss(gradients: false) }
+            }
             let an = grads[spec.offset + i]
             if fds.contains(where: { abs(an - $0) <= 1e-2 * abs($0) + 1e-3 * tensorScale }) {
                 passed += 1

@@ -78,7 +78,9 @@ final class RadialGradientTests: XCTestCase {
             let values = p.value(w)
             for r in 0..<rows {
                 XCTAssertEqual(kept[r], p.rowSquaredNorm(w, row: r, rowLength: rowLength), "\(w.name) row \(r)")
-                let exact = (0..<rowLength).reduce(0.0) { $0 + Double(values[r * rowLength + $1]) * Double(values[r * rowLength + $1]) }
+                let exact = (0..<rowLength).reduce(0.0) {
+                    $0 + Double(values[r * rowLength + $1]) * Double(values[r * rowLength + $1])
+                }
                 XCTAssertEqual(kept[r], exact, accuracy: 1e-6 * exact, "\(w.name) row \(r) against a Double loop")
             }
         }

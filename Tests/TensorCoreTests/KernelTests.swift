@@ -84,7 +84,8 @@ final class KernelTests: XCTestCase {
                 for value in bad {
                     var y = x
                     y[position] = value
-                    XCTAssertEqual(y.withUnsafeBufferPointer(allFinite), y.allSatisfy(\.isFinite), "n=\(n) at \(position): \(value)")
+                    XCTAssertEqual(
+                        y.withUnsafeBufferPointer(allFinite), y.allSatisfy(\.isFinite), "n=\(n) at \(position): \(value)")
                     XCTAssertFalse(y.withUnsafeBufferPointer(allFinite), "n=\(n) at \(position): \(value)")
                 }
             }

@@ -14,7 +14,8 @@ final class ShardedUpdateTests: XCTestCase {
         layout.append("a", shape: [3, 300])  // 0..<900, units of one row, 300
         layout.append("b", shape: [600])  // 900..<1500, units of 256 (rows of 1)
         layout.append("c", shape: [2, 2, 100])  // 1500..<1900, units of one row, 200
-        let sharded = try ShardedUpdate(store: ParameterStore(layout: layout), communicator: SingleProcessCommunicator(), sharedMemory: false)
+        let sharded = try ShardedUpdate(
+            store: ParameterStore(layout: layout), communicator: SingleProcessCommunicator(), sharedMemory: false)
         XCTAssertEqual(sharded.rowBoundary(0..<1900), 900, "the middle (950) is in b's first unit")
         XCTAssertEqual(sharded.rowBoundary(0..<900), 300, "row 1 of a, below the middle (450)")
         XCTAssertEqual(sharded.rowBoundary(1500..<1900), 1700, "row 1 of c: the middle")
@@ -58,7 +59,9 @@ final class ShardedUpdateTests: XCTestCase {
         let shared = try XCTUnwrap(sharded.sharedMemory)
         let first = shared.commonPart(0), second = shared.commonPart(1)
         func gradient(_ g: (Int) -> Float) { for i in 0..<12 { store.gradients.pointer[i] = g(i) } }
-        func place() -> [UnsafeMutableRawPointer] { [UnsafeMutableRawPointer(store.values.pointer), UnsafeMutableRawPointer(store.gradients.pointer)] }
+        func place() -> [UnsafeMutableRawPointer] {
+            [UnsafeMutableRawPointer(store.values.pointer), UnsafeMutableRawPointer(store.gradients.pointer)]
+        }
 
         gradient { Float($0 % 3) }
         XCTAssertNotNil(try sharded.step(store, optimizer, monitor: false, timeline: nil).monitors)

@@ -5,7 +5,8 @@ import XCTest
 /// The plan is a value chosen once from the configuration and the machine's shape.
 final class SynchronizationPlanTests: XCTestCase {
     func plan(
-        _ ranks: Int, oneNode: Bool = true, plain: Bool = true, nodeBatch: Bool = true, _ change: (inout TrainingConfiguration) -> Void = { _ in }
+        _ ranks: Int, oneNode: Bool = true, plain: Bool = true, nodeBatch: Bool = true,
+        _ change: (inout TrainingConfiguration) -> Void = { _ in }
     ) -> SynchronizationPlan {
         var c = TrainingConfiguration()
         change(&c)
@@ -58,6 +59,7 @@ final class SynchronizationPlanTests: XCTestCase {
             $0.batchNormSync = .local
         }
         XCTAssertTrue(p.balanced)
-        XCTAssertTrue(p.line.contains("BN statistics per rank") && p.line.contains("batch shares follow each rank's speed"), p.line)
+        XCTAssertTrue(
+            p.line.contains("BN statistics per rank") && p.line.contains("batch shares follow each rank's speed"), p.line)
     }
 }

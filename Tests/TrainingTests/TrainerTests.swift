@@ -98,7 +98,9 @@ final class TrainerTests: XCTestCase {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("autorate-old-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: base) }
         let first = try Trainer(
-            configuration { $0.steps = 10; $0.logEvery = 5; $0.checkpointDirectory = base + "/new"; $0.checkpointEvery = 5 },
+            configuration {
+                $0.steps = 10; $0.logEvery = 5; $0.checkpointDirectory = base + "/new"; $0.checkpointEvery = 5
+            },
             splits: smallData(), communicator: SingleProcessCommunicator(), console: console)
         _ = try first.run()
         let newest = try XCTUnwrap(CheckpointDirectory(path: base + "/new", keep: 3).checkpoints().first)
