@@ -8,7 +8,11 @@ DistributedDataParallel with the gloo backend, one process per rank started with
 torch.multiprocessing, one intra-op thread per process (torch.set_num_threads(1)), each process
 pinned to one core (--bind core, the counterpart of mpirun --bind-to core).
 
-BN is plain BatchNorm1d: per-process statistics, as `autorate --bn local` (SyncBatchNorm does not
+With --model vgg it runs autorate's VGG preset instead (bias-free 3x3 conv, BatchNorm2d, ReLU,
+32,32,M,64,64,M,128,M on 32x32x3 synthetic images, flatten, a Linear head with bias), in
+channels_last, oneDNN's fast layout for CPU convolutions.
+
+BN is plain BatchNorm1d (BatchNorm2d): per-process statistics, as `autorate --bn local` (SyncBatchNorm does not
 run on CPUs). DDP's defaults are kept: 25 MiB gradient buckets (autorate's --bucket-mb default) and
 the BN buffers broadcast from rank 0 before each forward.
 
@@ -43,6 +47,9 @@ SKIP_MESSAGE = ("PyTorch is not installed: pip install torch --index-url "
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--np", default="1,2", help="process counts, comma-separated (default 1,2)")
+    p.add_argument("--model", choices=["mlp", "vgg"], default="mlp",
+                   help="mlp (--widths) or vgg: autorate's VGG preset 32,32,M,64,64,M,128,M on 32x32x3 "
+                        "images, channels_last (oneDNN's fast layout on CPU), Linear head with bias")
     p.add_argument("--widths", default="784,1024,1024,1024,10", help="in,hidden...,classes")
     p.add_argument("--global-batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
@@ -79,6 +86,21 @@ def build_model(torch, widths):
     return torch.nn.Sequential(*layers)
 
 
+def build_vgg(torch, layers=(32, 32, "M", 64, 64, "M", 128, "M"), classes=10, size=32):
+    """autorate's `--model vgg`: bias-free 3x3 conv + BN + ReLU, 2x2 max pools, flatten, Linear head."""
+    mods, channels = [], 3
+    for layer in layers:
+        if layer == "M":
+            mods.append(torch.nn.MaxPool2d(2))
+            size //= 2
+        else:
+            mods += [torch.nn.Conv2d(channels, layer, 3, padding=1, bias=False),
+                     torch.nn.BatchNorm2d(layer), torch.nn.ReLU()]
+            channels = layer
+    mods += [torch.nn.Flatten(), torch.nn.Linear(channels * size * size, classes)]
+    return torch.nn.Sequential(*mods).to(memory_format=torch.channels_last)
+
+
 def worker(rank, world, port, args, result_path):
     import torch
     import torch.distributed as dist
@@ -96,7 +118,7 @@ def worker(rank, world, port, args, result_path):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
     torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
-    model = build_model(torch, args.width_list)
+    model = build_vgg(torch) if args.model == "vgg" else build_model(torch, args.width_list)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -105,8 +127,14 @@ def worker(rank, world, port, args, result_path):
     share = args.global_batch // world + (1 if rank < args.global_batch % world else 0)
     gen = torch.Generator().manual_seed(1000 + rank)
     pool = 4  # a few distinct synthetic batches, cycled
-    xs = [torch.randn(share, args.width_list[0], generator=gen) for _ in range(pool)]
-    ys = [torch.randint(0, args.width_list[-1], (share,), generator=gen) for _ in range(pool)]
+    if args.model == "vgg":
+        xs = [torch.randn(share, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last)
+              for _ in range(pool)]
+        classes = 10
+    else:
+        xs = [torch.randn(share, args.width_list[0], generator=gen) for _ in range(pool)]
+        classes = args.width_list[-1]
+    ys = [torch.randint(0, classes, (share,), generator=gen) for _ in range(pool)]
 
     import time
     times = []
@@ -134,7 +162,8 @@ def worker(rank, world, port, args, result_path):
             "samples_per_s": args.global_batch / (median_ms / 1e3),
             "step_ms_median": median_ms,
             "step_ms_min": steps_ms[0], "step_ms_max": steps_ms[-1],
-            "global_batch": args.global_batch, "widths": args.widths,
+            "global_batch": args.global_batch, "model": args.model,
+            "widths": args.widths if args.model == "mlp" else "32,32,M,64,64,M,128,M",
             "steps": args.steps, "warmup": args.warmup, "threads": torch.get_num_threads(),
             "bind": args.bind, "torch": torch.__version__, "blas": blas_name(torch),
             "final_loss": loss.item(),
