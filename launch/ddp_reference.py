@@ -13,7 +13,7 @@ With --model vgg it runs autorate's VGG preset instead (bias-free 3x3 conv, Batc
 channels_last, oneDNN's fast layout for CPU convolutions.
 
 BN is plain BatchNorm1d (BatchNorm2d): per-process statistics, as `autorate --bn local` (SyncBatchNorm does not
-run on CPUs). DDP's defaults are kept: 25 MiB gradient buckets (autorate's --bucket-mb default) and
+run on CPUs). DDP's defaults are kept: 25 MiB gradient buckets (autorate's are 4 MiB) and
 the BN buffers broadcast from rank 0 before each forward.
 
 A step is zero_grad, forward, loss, backward (DDP's gradient allreduce completes inside it) and

@@ -33,10 +33,10 @@ public struct GroupMonitor: Sendable {
     public let gradNorm2: Double
     /// eta_t / ||w_t||^2: the effective rate on the sphere.
     public let effectiveRate: Double
-    /// cos(w_t, g_t); 0 for an SI group up to rounding (fact 1).
+    /// cos(w_t, g_t); 0 for an SI group up to rounding (orthogonality, docs/theory.md).
     public let cosine: Double
     /// (||w_{t+1}||^2 - ||w_t||^2 - eta_t^2 ||g_t||^2) / ||w_{t+1}||^2; 0 for an SI group under plain
-    /// GD/SGD up to rounding (fact 3); clearly non-zero with momentum or weight decay.
+    /// GD/SGD up to rounding (the norm identity, docs/theory.md); clearly non-zero with momentum or weight decay.
     public let identityResidual: Double
     /// Angle between w_t and w_{t+1} in radians.
     public let angle: Double
@@ -156,7 +156,7 @@ public final class ScaleInvariantSGD {
     /// gradient, calls this, gathers every rank's new values into the gradient buffer, and commits
     /// with `commitPlainStep`): the new values of the elements `shard`, from the summed gradient
     /// there, written over it and checked. `shard` must hold whole units (`TensorSpec.unitLength`)
-    /// of every tensor. Returns whether the new values are finite, and for each radial tensor,
+    /// of every tensor (a precondition). Returns whether the new values are finite, and for each radial tensor,
     /// its rows in `shard` and their new squared norms. Consumes the pending radial terms.
     ///
     /// With `unitSums` (`monitorSlots` Doubles), writes the monitor sums of the units in `shard`
@@ -284,6 +284,11 @@ public final class ScaleInvariantSGD {
             let lower = Swift.max(tensor.offset, range.lowerBound), upper = Swift.min(tensor.range.upperBound, range.upperBound)
             guard lower < upper else { continue }
             let wp = store.values.pointer, gp = store.gradients.pointer
+            // a shard holds whole units, so that monitored and unmonitored steps cut alike
+            let unit = tensor.unitLength
+            precondition(
+                (lower - tensor.offset) % unit == 0 && (upper == tensor.range.upperBound || (upper - tensor.offset) % unit == 0),
+                "\(tensor.name): the elements \(lower)..<\(upper) cut its units of \(unit)")
             if let unitSums {
                 if let part = stepMonitored(
                     tensor, lower..<upper, store, eta: eta, radial: radial[tensor.offset], unitSums, completing, &check)
@@ -340,7 +345,9 @@ public final class ScaleInvariantSGD {
     ) -> (tensor: TensorSpec, rows: Range<Int>, norms: [Double])? {
         let wp = store.values.pointer, gp = store.gradients.pointer
         let unit = tensor.unitLength, rowLength = tensor.rowLength
-        precondition((span.lowerBound - tensor.offset) % unit == 0, "\(tensor.name): a span that cuts a unit")
+        if let term {
+            precondition(tensor.shape.first == term.coefficients.count, "\(tensor.name): one radial coefficient per row")
+        }
         let rows = term.map { _ in tensor.rows(in: span)! }
         var norms = [Double](repeating: 0, count: rows?.count ?? 0)
         var u = firstUnit[tensor.offset]! + (span.lowerBound - tensor.offset) / unit

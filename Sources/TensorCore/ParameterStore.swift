@@ -16,8 +16,8 @@ public struct TensorSpec: Sendable, Equatable {
     /// Elements per row of its first dimension (the whole tensor for a scalar).
     public var rowLength: Int { shape.first.map { $0 > 0 ? count / $0 : 0 } ?? count }
 
-    /// Elements of one unit: whole rows, at least 256 elements when the rows are shorter (the last
-    /// unit may be short). A sharded update cuts the layout at unit boundaries only, and the group
+    /// Elements of one unit: as many whole rows as fit in 256 elements, or one row when a row is
+    /// longer (the last unit may be short). A sharded update cuts the layout at unit boundaries only, and the group
     /// monitors are summed unit by unit, so that their sums have the same bits however the layout
     /// is cut over ranks.
     public var unitLength: Int { Swift.max(rowLength, 1) * Swift.max(1, 256 / Swift.max(rowLength, 1)) }
@@ -71,8 +71,8 @@ public final class ParameterStore: @unchecked Sendable {
     /// tensor instead of a separate read-modify-write pass (see `RadialGradient`).
     ///
     /// While this is not empty, `gradients` is incomplete: anything that reads the gradient between
-    /// backward and the update (monitors, clipping, a checkpoint) calls `materializePendingRadial()`
-    /// first. The optimizer's `apply` consumes every entry.
+    /// backward and the update (clipping, a checkpoint) calls `materializePendingRadial()` first;
+    /// the monitors add the terms in as they sum. The optimizer's update consumes every entry.
     public var pendingRadial: [RadialGradient] = []
 
     /// Deterministic mode: gradient terms computed from globally reduced sums, the same on every

@@ -30,7 +30,7 @@ struct BatchShares {
     /// few steps, one noisy step moves the shares by a third of its deviation.
     static let smoothing = 0.3
 
-    init(globalBatch: Int, ranks: Int, balanced: Bool = true) {
+    init(globalBatch: Int, ranks: Int, balanced: Bool) {
         precondition(ranks >= 1 && globalBatch >= ranks, "every rank needs at least one sample")
         self.globalBatch = globalBatch
         self.balanced = balanced && ranks > 1
@@ -54,6 +54,7 @@ struct BatchShares {
     /// Takes every rank's compute seconds of the step just run (the same numbers on every rank) and
     /// sets the next step's shares. A time that is not positive and finite leaves the shares as they are.
     mutating func observe(computeSeconds: [Double]) {
+        precondition(balanced, "even shares do not follow speed")
         precondition(computeSeconds.count == counts.count, "one time per rank")
         guard computeSeconds.allSatisfy({ $0.isFinite && $0 > 0 }) else { return }
         let measured = zip(counts, computeSeconds).map { Double($0) / $1 }

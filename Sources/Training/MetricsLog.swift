@@ -2,7 +2,8 @@
     import Glibc
 #endif
 
-/// A JSON Lines file written by rank 0: one object per logged step and a final record.
+/// A JSON Lines file written by rank 0: a start record (the plan), one object per logged step,
+/// skipped-step events and a final record.
 /// Each line is flushed as written, so a killed run keeps every line it logged.
 final class MetricsLog {
     private let file: UnsafeMutablePointer<FILE>

@@ -20,7 +20,10 @@ extension Trainer {
                 ("--resume", configuration.resume.map { "\($0)" } ?? "none"), ("--max-bad-steps", "\(configuration.maxBadSteps)"),
                 // logging steps reduce the window's sums over ranks
                 ("--log-every", "\(logEvery)"),
-                ("--bucket-mb", "\(configuration.bucketBytes)"), ("--overlap", configuration.overlap.rawValue),
+                ("--bucket-mb", "\(configuration.bucketBytes)"),
+                // ranks that chose different plans would enter different collectives
+                ("--intra-node", configuration.intraNode.rawValue),
+                ("--weight-gradients", configuration.weightGradients.rawValue), ("--overlap", configuration.overlap.rawValue),
                 // a rank that balances enters an allgather every step that the others would not
                 ("--balance", configuration.balance.rawValue),
                 // a different nonblocking allreduce algorithm on one rank would hang the others

@@ -10,10 +10,11 @@ import TensorCore
 /// of an np=2 MLP step whole). The sum is `orderedSum`'s fixed rank tree, so deterministic runs
 /// keep their bits.
 ///
-/// Segments are cut at row boundaries, so that each weight row feeding a `.scaled`-epsilon BN is
-/// updated by one rank, which computes its new squared norm as an unsharded update would; one
-/// small allreduce then hands every rank all the norms (each row's sum has one non-zero term, so
-/// it is exact) with the count of ranks that met a value that is not finite.
+/// Segments are cut at unit boundaries (`TensorSpec.unitLength`: whole rows), so that each weight
+/// row feeding a `.scaled`-epsilon BN is updated by one rank, which computes its new squared norm
+/// as an unsharded update would; one small allreduce then hands every rank all the norms, the
+/// monitor sums of every unit on logging steps (each slot's sum has one non-zero term, so it is
+/// exact) and the count of ranks that met a value that is not finite.
 ///
 /// Used for every step when the rank count is a power of two, the optimizer runs the
 /// paper's plain steps and the gradient is not reduced during backward (`--overlap` off).
@@ -61,8 +62,8 @@ final class ShardedUpdate {
     /// With `network` (the MLP, not in deterministic mode), backward cuts its weight gradients at
     /// the segments' boundaries, whatever the transport (`NodeBatchGradients.cutWeightGradients`),
     /// and with `overNodeBatch`, in node shared memory only, each rank's slice also holds the
-    /// network's shared activations, after its gradient, and a step whose backward deferred the
-    /// weight gradients (`NodeBatchGradients.defersWeightGradients`) computes the weight rows of
+    /// network's shared activations, after its gradient; backward then defers the weight
+    /// gradients (`NodeBatchGradients.defersWeightGradients`), and every step computes the weight rows of
     /// this rank's segment over every rank's samples instead of summing the ranks' gradients
     /// there: GEMMs of the same shapes, added in the same tree, so the same bits when each rank's
     /// sample count stays the same from step to step (`evenShares`, `--balance off`; with
@@ -125,10 +126,6 @@ final class ShardedUpdate {
             nodeBatch = nil
         }
     }
-
-    /// Whether weight gradients can be computed over the node's batch (the network shares its
-    /// activations in node shared memory).
-    var sharesActivations: Bool { nodeBatch != nil }
 
     /// With weight gradients over the node's batch, the GEMMs of one plain step on this rank when
     /// the ranks hold `counts` samples (the benchmark's bound): the network's without its weight

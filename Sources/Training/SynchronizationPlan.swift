@@ -73,7 +73,7 @@ public struct SynchronizationPlan: Sendable, Equatable {
             gradientSum = deterministic ? .orderedAllreduce : .allreduce
         }
         return SynchronizationPlan(
-            ranks: ranks, batchNormSync: ranks == 1 ? .sync : configuration.batchNormSync, gradientSum: gradientSum,
+            ranks: ranks, batchNormSync: configuration.batchNormSync, gradientSum: gradientSum,
             overlap: overlap,
             weightGradientsOverNodeBatch: gradientSum == .nodeSharedMemory && nodeBatchNetwork && !deterministic
                 && configuration.weightGradients == .node,

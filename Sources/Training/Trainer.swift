@@ -37,6 +37,9 @@ public final class Trainer {
     public private(set) var plan: SynchronizationPlan?
     /// The plan's gradient sum and update.
     private var synchronization: GradientSynchronization?
+    private var communicationPrepared = false
+    /// What the watchdog says a rank waits in during the gradient sum (the plan, once).
+    private var synchronizationProgress = ""
     /// `--timeline`: a Chrome trace of a window of steps.
     let timeline: Timeline?
     /// Every rank normalizes with the same BN statistics (synchronized, or a single rank).
@@ -258,7 +261,7 @@ public final class Trainer {
         // 5. the gradient sum over ranks and the same update on every rank (SI groups with eta_w,
         //    SV groups with eta_g), which is also the NaN/Inf guard; a skipped step restores its
         //    BN statistics
-        watchdog?.progress(step: t + 1, "the gradient sum and the update (\(plan!.line))")
+        watchdog?.progress(step: t + 1, synchronizationProgress)
         let outcome = try synchronization.sumAndUpdate(monitor: monitor)
         if outcome.monitors == nil { model.buffers.all.update(fromContentsOf: buffersBeforeStep.all) }
         // 6. bookkeeping: where the time went, and with --balance on the next step's shares
@@ -268,8 +271,7 @@ public final class Trainer {
         timing.bnCommunication = statistics.seconds
         timing.gradientHidden = reduction.hiddenSeconds
         let counts = shares.counts
-        watchdog?.progress(step: t + 1, "the --balance allgather of every rank's compute time")
-        try rebalance(&timing)
+        try rebalance(&timing, step: t)
         return StepResult(
             lossSum: sums.loss, correct: sums.correct, count: x.rows, monitors: outcome.monitors ?? [],
             skipped: outcome.monitors == nil, timing: timing, shares: shares.balanced ? counts : nil)
@@ -278,8 +280,9 @@ public final class Trainer {
     /// Collective (`--balance on`): every rank's compute seconds of this step in one allgather, from
     /// which every rank sets the same shares for the next step. Its time joins the step and the small
     /// collectives on the critical path (`bnCommunication`).
-    private func rebalance(_ timing: inout StepTiming) throws {
+    private func rebalance(_ timing: inout StepTiming, step t: Int) throws {
         guard shares.balanced else { return }
+        watchdog?.progress(step: t + 1, "the --balance allgather of every rank's compute time")
         let start = Stopwatch.now()
         let all = try communicator.allgather(timing.compute)
         shares.observe(computeSeconds: all)
@@ -312,7 +315,8 @@ public final class Trainer {
     /// come before. A sharded update also sets where the MLP's backward cuts its weight GEMMs
     /// (the same on every rank), so no backward may come before either.
     public func prepareCommunication() throws {
-        guard synchronization == nil else { return }
+        guard !communicationPrepared else { return }
+        communicationPrepared = true
         if configuration.batchNormSync == .sync && communicator.size > 1 {
             let own = try communicator.duplicate()
             statistics.inner = chunkPlan == nil ? SynchronizedStatistics(communicator: own) : OrderedStatistics(communicator: own)
@@ -348,6 +352,7 @@ public final class Trainer {
                 reduction: reduction, model: model, optimizer: optimizer, timeline: timeline, radialTermsOver: radialTermsOver)
         }
         self.plan = plan
+        synchronizationProgress = "the gradient sum and the update (\(plan.line))"
     }
 
     /// Collective: the metrics' `time_ms` (means over the window and the ranks) and, up to 256

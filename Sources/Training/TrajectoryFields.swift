@@ -3,7 +3,8 @@ import Layers
 
 extension TrainingConfiguration {
     /// Every setting that shapes the trajectory, as (flag, value); a checkpoint resumes only under
-    /// the same values. Not here: the run length, the rank count, threads, output and checkpoint flags.
+    /// the same values. Not here: the run length, the rank count, threads, output and checkpoint
+    /// flags, and logging (`--log-every`, `--metrics`, `--timeline`), which never changes training.
     var trajectoryFields: [(String, String)] {
         [
             ("--data", "\(data)"), ("--model", model.rawValue),

@@ -168,7 +168,8 @@ struct ModelOptions: ParsableArguments {
     @Option(
         help: "Network: 'mlp' (--widths), 'cnn' (small conv net), 'vgg' (--vgg-layers) or 'resnet20'; conv nets need image data.")
     var model: ModelKind = .mlp
-    @Option(help: "--model mlp layer widths 'in,hidden...,classes' (default: the data's input size,256,256,its classes).")
+    @Option(
+        help: "--model mlp layer widths 'in,hidden...,classes' (default for train: the data's input size,256,256,its classes).")
     var widths: String?
     @Option(
         name: .customLong("vgg-layers"),

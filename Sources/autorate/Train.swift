@@ -12,7 +12,7 @@ struct Train: ParsableCommand {
         discussion: """
             Scale-invariant (SI) parameters are those whose loss does not change when they are scaled, such as the \
             weights feeding a BN layer: they train with --lr-si, and any fixed value works. The few scale-variant (SV) \
-            ones (the last BN's gamma and beta, the classifier's bias) use --lr-sv, the rate to tune. \
+            ones (the last BN's gamma and beta, a linear classifier head) use --lr-sv, the rate to tune. \
             `autorate train --help-hidden` also lists the advanced flags.
             """)
 

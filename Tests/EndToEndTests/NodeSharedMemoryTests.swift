@@ -13,11 +13,11 @@ final class NodeSharedMemoryTests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
 
     /// 2 and 4 ranks, a BN head (its weight's rows carry the scaled-epsilon radial term, so the
-    /// segments are cut at rows and the row norms travel), and 2 with a linear head, sharded steps
-    /// between log steps: the final parameters and BN buffers have the same FNV-1a each way, only
+    /// segments are cut at units of whole rows and the row norms travel), and 2 with a linear head,
+    /// every step sharded: the final parameters and BN buffers have the same FNV-1a each way, only
     /// the shared-memory runs say they summed there, and only the default one that it computed
     /// weight gradients over the node's batch. A transport that summed a wrong part, missed a rank
-    /// or left a logging step's new values out of the node's copy of the parameters would change
+    /// or left new values out of the node's copy of the parameters would change
     /// the bits, as would weight rows computed from another rank's activations, stale ones, or
     /// added in another order. No shared-memory object outlives the runs: rank 0 removes its name
     /// once every rank has mapped it.

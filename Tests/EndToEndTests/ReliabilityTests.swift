@@ -56,7 +56,7 @@ final class ReliabilityTests: XCTestCase {
             stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
     }
 
-    /// A step whose update is sharded over ranks (no monitors between log steps), with a NaN put
+    /// A step whose update is sharded over ranks (every step is, at 2 and 4 ranks), with a NaN put
     /// into one rank's gradient after backward: after the reduction a single rank's segment holds
     /// it, and the ranks must agree to skip. Deterministic runs on 2 and 4 ranks, through node
     /// shared memory and through MPI, end with the same bits; a rank that kept its segment's

@@ -108,7 +108,7 @@ final class ConvNetTests: XCTestCase {
 
     /// docs/theory.md E1 for a ResNet block and the VGG preset (at a quarter of its width), eps zero and
     /// scaled: per SI group, loss(cW) = loss(W) and c grad(cW) = grad(W) for c in {0.1, 10}, the other
-    /// gradients unchanged, and <grad, w> = 0 (fact 1).
+    /// gradients unchanged, and <grad, w> = 0 (orthogonality, docs/theory.md).
     func testE1ForResNetBlockAndVGGPreset() {
         for mode in [EpsilonMode.zero, .scaled] {
             let vgg = ConvNet(

@@ -48,7 +48,7 @@ final class MLPTests: XCTestCase {
         }
     }
 
-    /// docs/theory.md E1 and fact 1 for an MLP with a BN head, eps modes zero and scaled (see `assertE1`).
+    /// docs/theory.md E1 and orthogonality for an MLP with a BN head, eps modes zero and scaled (see `assertE1`).
     func testE1ScaleInvarianceOfLossAndGradients() {
         for mode in [EpsilonMode.zero, .scaled] {
             let mlp = MLP(widths: [10, 16, 12, 6], head: .bn, batchNorm: BatchNormSettings(epsilonMode: mode), maxBatch: 32)

@@ -119,7 +119,7 @@ final class NetworkHarness {
     }
 }
 
-/// docs/theory.md E1 and fact 1 per SI group of `h.net`: loss(cW) = loss(W) and c grad(cW) = grad(W) for
+/// docs/theory.md E1 and orthogonality per SI group of `h.net`: loss(cW) = loss(W) and c grad(cW) = grad(W) for
 /// c in {0.1, 10} (rel. 1e-5, fp32), the other groups' gradients unchanged, and cos(w, grad) ~ 0.
 func assertE1(_ h: NetworkHarness, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
     let l0 = h.loss(gradients: true)

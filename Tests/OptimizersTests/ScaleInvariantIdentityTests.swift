@@ -42,7 +42,7 @@ private func trainMonitors(
 }
 
 final class ScaleInvariantIdentityTests: XCTestCase {
-    /// docs/theory.md E2 (fact 1 and fact 3) for GD and SGD: per SI group and step, |identity residual| < 1e-4
+    /// docs/theory.md E2 (orthogonality and the norm identity) for GD and SGD: per SI group and step, |identity residual| < 1e-4
     /// and |cos(w, g)| < 1e-3 (thresholds from docs/theory.md for fp32), and ||w_t|| non-decreasing (allowing
     /// fp32 rounding of 1e-6 relative when eta^2 ||g||^2 is below rounding).
     func testE2NormIdentityAndOrthogonality() {

@@ -141,31 +141,36 @@ final class UpdateRuleTests: XCTestCase {
         XCTAssertEqual(m[0].identityResidual, -2 * 0.4 * wg / after, accuracy: 1e-5)
     }
 
-    /// A plain step sharded in two (cut at a row boundary of the radial weight) gives the bits and
-    /// row norms of the whole step, and each shard reports only its own non-finite values.
-    func testShardedPlainStepEqualsTheWholeStep() {
-        let widths = [10, 16, 12, 6]
-        func store(seed: UInt64) -> (MLP, ScaleInvariantSGD) {
-            let mlp = MLP(widths: widths, head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled), maxBatch: 1)
-            var rng = SplitMix64(seed: seed)
-            for i in 0..<mlp.parameters.layout.count {
-                mlp.parameters.values.pointer[i] = Float(rng.normal())
-                mlp.parameters.gradients.pointer[i] = Float(rng.normal())
-            }
-            let w = mlp.parameters.layout.spec(named: "3.weight")!
-            mlp.parameters.pendingRadial = [RadialGradient(tensor: w, coefficients: (0..<12).map { Float($0) / 100 })]
-            let opt = ScaleInvariantSGD(
-                groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
-                invariant: GroupRule(learningRate: 0.7), variant: GroupRule(learningRate: 0.2))
-            return (mlp, opt)
+    /// An MLP with a BN head and a scaled-epsilon radial term on its [12, 300] weight (units of one
+    /// row; the first weight's units are 25 rows of 10), random values and gradients.
+    static func radialStore(seed: UInt64) -> (MLP, ScaleInvariantSGD) {
+        let mlp = MLP(widths: [10, 300, 12, 6], head: .bn, batchNorm: BatchNormSettings(epsilonMode: .scaled), maxBatch: 1)
+        var rng = SplitMix64(seed: seed)
+        for i in 0..<mlp.parameters.layout.count {
+            mlp.parameters.values.pointer[i] = Float(rng.normal())
+            mlp.parameters.gradients.pointer[i] = Float(rng.normal())
         }
-        let (whole, wholeOpt) = store(seed: 6)
+        mlp.parameters.pendingRadial = [radialTerm(mlp)]
+        let opt = ScaleInvariantSGD(
+            groups: mlp.groups, parameterCount: mlp.parameters.layout.count,
+            invariant: GroupRule(learningRate: 0.7), variant: GroupRule(learningRate: 0.2))
+        return (mlp, opt)
+    }
+
+    static func radialTerm(_ mlp: MLP) -> RadialGradient {
+        RadialGradient(tensor: mlp.parameters.layout.spec(named: "3.weight")!, coefficients: (0..<12).map { Float($0) / 100 })
+    }
+
+    /// A plain step sharded in two (cut at a unit boundary, a row of the radial weight) gives the
+    /// bits and row norms of the whole step, and each shard reports only its own non-finite values.
+    func testShardedPlainStepEqualsTheWholeStep() {
+        let (whole, wholeOpt) = Self.radialStore(seed: 6)
         XCTAssertNotNil(wholeOpt.apply(to: whole.parameters, monitor: false))
-        let (parts, partsOpt) = store(seed: 6)
+        let (parts, partsOpt) = Self.radialStore(seed: 6)
         let p = parts.parameters, w = p.layout.spec(named: "3.weight")!
-        let cut = w.offset + 5 * 16  // after row 5 of the [12, 16] weight
+        let cut = w.offset + 5 * 300  // after row 5 of the [12, 300] weight
         let a = partsOpt.stepShard(p, shard: 0..<cut)
-        p.pendingRadial = [RadialGradient(tensor: w, coefficients: (0..<12).map { Float($0) / 100 })]
+        p.pendingRadial = [Self.radialTerm(parts)]
         let b = partsOpt.stepShard(p, shard: cut..<p.layout.count)
         XCTAssertTrue(a.finite && b.finite)
         XCTAssertEqual(a.rowNorms.map(\.rows), [0..<5])
@@ -175,9 +180,41 @@ final class UpdateRuleTests: XCTestCase {
         XCTAssertEqual(p.rowSquaredNormsAfterUpdate[w.offset], whole.parameters.rowSquaredNormsAfterUpdate[w.offset])
         XCTAssertEqual(partsOpt.step, 1)
 
-        let (bad, badOpt) = store(seed: 7)
+        let (bad, badOpt) = Self.radialStore(seed: 7)
         bad.parameters.gradients.pointer[cut + 3] = .nan
         XCTAssertTrue(badOpt.stepShard(bad.parameters, shard: 0..<cut).finite)
         XCTAssertFalse(badOpt.stepShard(bad.parameters, shard: cut..<bad.parameters.layout.count).finite)
+    }
+
+    /// Monitoring changes no bit of the update (values and kept row norms), and the monitors of a
+    /// step sharded in two, from their unit sums, have the bits of the whole step's.
+    func testMonitorsChangeNothingAndAddUpOverShards() throws {
+        let (plain, plainOpt) = Self.radialStore(seed: 8)
+        XCTAssertNotNil(plainOpt.apply(to: plain.parameters, monitor: false))
+        let (watched, watchedOpt) = Self.radialStore(seed: 8)
+        let whole = try XCTUnwrap(watchedOpt.apply(to: watched.parameters, monitor: true))
+        XCTAssertEqual(watched.parameters.values.array, plain.parameters.values.array)
+        XCTAssertEqual(watched.parameters.rowSquaredNormsAfterUpdate.count, 1)
+        XCTAssertEqual(
+            watched.parameters.rowSquaredNormsAfterUpdate.first?.value, plain.parameters.rowSquaredNormsAfterUpdate.first?.value)
+        XCTAssertEqual(whole.count, watchedOpt.groups.count)
+
+        let (parts, partsOpt) = Self.radialStore(seed: 8)
+        let p = parts.parameters, w = p.layout.spec(named: "3.weight")!
+        let cut = w.offset + 7 * 300
+        var sums = [Double](repeating: 0, count: partsOpt.monitorSlots)
+        let sharded = sums.withUnsafeMutableBufferPointer { buffer -> [GroupMonitor] in
+            _ = partsOpt.stepShard(p, shard: 0..<cut, unitSums: buffer.baseAddress)
+            p.pendingRadial = [Self.radialTerm(parts)]
+            _ = partsOpt.stepShard(p, shard: cut..<p.layout.count, unitSums: buffer.baseAddress)
+            return partsOpt.groupMonitors(unitSums: UnsafeBufferPointer(buffer))
+        }
+        for (m, reference) in zip(sharded, whole) {
+            XCTAssertEqual(m.name, reference.name)
+            for (a, b) in [(m.norm2, reference.norm2), (m.gradNorm2, reference.gradNorm2), (m.cosine, reference.cosine)] {
+                XCTAssertEqual(a.bitPattern, b.bitPattern, "\(m.name)")
+            }
+            XCTAssertEqual(m.identityResidual.bitPattern, reference.identityResidual.bitPattern, "\(m.name)")
+        }
     }
 }

@@ -4,7 +4,7 @@ import XCTest
 
 final class BatchSharesTests: XCTestCase {
     func testStartsEvenAndPositionsTileTheBatch() {
-        let shares = BatchShares(globalBatch: 250, ranks: 4)
+        let shares = BatchShares(globalBatch: 250, ranks: 4, balanced: true)
         XCTAssertEqual(shares.counts, [62, 63, 62, 63])
         XCTAssertEqual((0..<4).map { shares.positions(of: $0) }, [0..<62, 62..<125, 125..<187, 187..<250])
         XCTAssertEqual(shares.limits, 31...94)
@@ -44,7 +44,7 @@ final class BatchSharesTests: XCTestCase {
     }
 
     func testObservedSpeedsMoveTheSharesAndNonsenseDoesNot() {
-        var shares = BatchShares(globalBatch: 256, ranks: 2)
+        var shares = BatchShares(globalBatch: 256, ranks: 2, balanced: true)
         // rank 1 takes twice as long per sample: the shares go to 2:1 (171/85) at once (first observation)
         shares.observe(computeSeconds: [0.010, 0.020])
         XCTAssertEqual(shares.counts, [171, 85])

@@ -6,8 +6,8 @@ import XCTest
 
 @testable import Training
 
-/// Where the sharded update cuts its segments: at a unit of the tensor at the middle (whole rows,
-/// at least 256 elements), or the next unit, or the segment's end.
+/// Where the sharded update cuts its segments: at a unit of the tensor at the middle (as many whole
+/// rows as fit in 256 elements, or one longer row), or the next unit, or the segment's end.
 final class ShardedUpdateTests: XCTestCase {
     func testSegmentsAreCutAtUnitBoundaries() throws {
         var layout = ParameterLayout()
