@@ -128,15 +128,3 @@ public struct ParameterGroup: Sendable, Equatable {
         self.tensors = tensors
     }
 }
-
-/// Batch-normalization settings shared by every BN layer of a network.
-public struct BatchNormSettings: Sendable {
-    public var epsilonMode: EpsilonMode
-    public var epsilon: Double
-    public var momentum: Double
-    public init(epsilonMode: EpsilonMode = .scaled, epsilon: Double = 1e-5, momentum: Double = 0.1) {
-        self.epsilonMode = epsilonMode
-        self.epsilon = epsilon
-        self.momentum = momentum
-    }
-}
