@@ -47,8 +47,9 @@ extension SafeTensors {
         return (0..<8).map { UInt8(truncatingIfNeeded: UInt64(json.count) >> (8 * UInt64($0))) } + json
     }
 
-    /// A JSON string literal escaped as serde_json does: '"', '\' and control characters only.
-    static func jsonString(_ s: String) -> String {
+    /// A JSON string literal escaped as serde_json does: '"', '\' and control characters only
+    /// (also the metrics file's strings).
+    public static func jsonString(_ s: String) -> String {
         var out = "\""
         for c in s.unicodeScalars {
             switch c {

@@ -1,3 +1,4 @@
+import Data
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -42,9 +43,10 @@ public indirect enum JSONValue {
         case let .number(x): x.isFinite ? "\(x)" : "null"
         case let .integer(i): "\(i)"
         case let .bool(b): b ? "true" : "false"
-        case let .string(s): Self.quote(s)
+        case let .string(s): SafeTensors.jsonString(s)
         case let .array(items): "[" + items.map(\.encoded).joined(separator: ",") + "]"
-        case let .object(fields): "{" + fields.map { Self.quote($0.0) + ":" + $0.1.encoded }.joined(separator: ",") + "}"
+        case let .object(fields):
+            "{" + fields.map { SafeTensors.jsonString($0.0) + ":" + $0.1.encoded }.joined(separator: ",") + "}"
         case .null: "null"
         }
     }
@@ -53,27 +55,5 @@ public indirect enum JSONValue {
     public func adding(_ key: String, _ value: JSONValue) -> JSONValue {
         guard case let .object(fields) = self else { return self }
         return .object(fields + [(key, value)])
-    }
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 { out += String(format4: scalar.value) } else { out.unicodeScalars.append(scalar) }
-            }
-        }
-        return out + "\""
-    }
-}
-
-extension String {
-    fileprivate init(format4 value: UInt32) {
-        let hex = String(value, radix: 16)
-        self = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
     }
 }
