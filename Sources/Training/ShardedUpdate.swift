@@ -44,7 +44,7 @@ final class ShardedUpdate {
         case sharedMemory(NodeSharedMemory, standby: FlatBuffer, gradients: [UnsafePointer<Float>])
     }
     private let transport: Transport
-    /// Every rank's segment (`orderedSegment` with `rowBoundary`).
+    /// Every rank's segment (`orderedSegment` with `unitBoundary`).
     private let segments: [Range<Int>]
     /// In node shared memory, a network that shares its activations: the weight rows of this
     /// rank's segment whose gradients it computes over the node's batch (`NodeBatchGradients`).
@@ -76,7 +76,7 @@ final class ShardedUpdate {
         self.layout = layout
         self.communicator = communicator
         let segments = (0..<communicator.size).map {
-            communicator.orderedSegment(of: $0, count: layout.count, split: { Self.rowBoundary($0, in: layout) })
+            communicator.orderedSegment(of: $0, count: layout.count, split: { Self.unitBoundary($0, in: layout) })
         }
         self.segments = segments
         network?.cutWeightGradients(at: segments)
@@ -127,21 +127,6 @@ final class ShardedUpdate {
         }
     }
 
-    /// With weight gradients over the node's batch, the GEMMs of one plain step on this rank when
-    /// the ranks hold `counts` samples (the benchmark's bound): the network's without its weight
-    /// gradients, then this rank's weight rows over every rank's samples, one GEMM per rank and
-    /// tensor as `Linear.weightGradient` calls them (every other one adding, beta 1, where the
-    /// tree's pairs are fused). Nil otherwise: the network's own workload applies.
-    func gemmWorkload(counts: [Int]) -> [GemmCall]? {
-        guard let nodeBatch else { return nil }
-        let rows = nodeBatch.rows.flatMap { tensor, rows in
-            counts.enumerated().map { r, count in
-                GemmCall(.transposed, .none, m: rows.count, n: tensor.count / tensor.shape[0], k: count, beta: r % 2 == 0 ? 0 : 1)
-            }
-        }
-        return nodeBatch.network.gemmWorkloadDeferringWeightGradients(rows: counts[communicator.rank]) + rows
-    }
-
     /// The run's network, optimizer and timeline, and with per-rank BN statistics the communicator
     /// the radial terms are summed over: what `sumAndUpdate` steps with.
     var context: (model: any Network, optimizer: ScaleInvariantSGD, timeline: Timeline?, radialTermsOver: Communicator?)?
@@ -173,7 +158,7 @@ final class ShardedUpdate {
             return try body()
         }
         // the radial tensors and their row counts, the same on every rank (as the radial terms are);
-        // segments are cut at rows of the tensors' first dimension (`rowBoundary`), which must be
+        // segments are cut at rows of the tensors' first dimension (`unitBoundary`), which must be
         // the radial terms' rows
         let radial = store.pendingRadial.map { ($0.tensor, rows: $0.coefficients.count) }.sorted { $0.0.offset < $1.0.offset }
         for (tensor, rows) in radial {
@@ -230,7 +215,7 @@ final class ShardedUpdate {
             store.pendingTerms.removeAll()
         case .messages(let scratch):
             let segment = try communicating("reduce-scatter gradients", bytes: bytes) {
-                try communicator.orderedReduceScatter(gradients, split: rowBoundary, scratch: scratch.all)
+                try communicator.orderedReduceScatter(gradients, split: unitBoundary, scratch: scratch.all)
             }
             store.addPendingTerms(in: segment)
             let update = { optimizer.stepShard(store, shard: segment, unitSums: sumsPointer) }
@@ -264,7 +249,7 @@ final class ShardedUpdate {
         }
         if case .messages = transport {
             try communicating("allgather new values", bytes: bytes) {
-                try communicator.orderedAllgather(gradients, from: segments[communicator.rank], split: rowBoundary)
+                try communicator.orderedAllgather(gradients, from: segments[communicator.rank], split: unitBoundary)
             }
         }
         var norms: [Int: [Double]] = [:]
@@ -293,9 +278,9 @@ final class ShardedUpdate {
 
     /// Where to cut `segment`: the unit boundary (`TensorSpec.unitLength`, whole rows) at or below
     /// its middle, in the tensor there, or the next one, or the segment's end.
-    func rowBoundary(_ segment: Range<Int>) -> Int { Self.rowBoundary(segment, in: layout) }
+    func unitBoundary(_ segment: Range<Int>) -> Int { Self.unitBoundary(segment, in: layout) }
 
-    static func rowBoundary(_ segment: Range<Int>, in layout: ParameterLayout) -> Int {
+    static func unitBoundary(_ segment: Range<Int>, in layout: ParameterLayout) -> Int {
         let mid = segment.lowerBound + segment.count / 2
         guard let tensor = layout.tensors.last(where: { $0.offset <= mid }), mid < tensor.range.upperBound else { return mid }
         let unit = tensor.unitLength
@@ -315,7 +300,17 @@ extension ShardedUpdate: GradientSynchronization {
         return (outcome.monitors, outcome.communicationSeconds)
     }
 
+    /// With weight gradients over the node's batch, the network's GEMMs without its weight
+    /// gradients, then this rank's weight rows over every rank's samples: one GEMM per rank and
+    /// tensor as `Linear.weightGradient` calls them (every other one adding, beta 1, where the
+    /// tree's pairs are fused). Otherwise the network's own.
     func gemmWorkload(counts: [Int], rank: Int) -> [GemmCall] {
-        gemmWorkload(counts: counts) ?? context!.model.gemmWorkload(rows: counts[rank])
+        guard let nodeBatch else { return context!.model.gemmWorkload(rows: counts[rank]) }
+        let rows = nodeBatch.rows.flatMap { tensor, rows in
+            counts.enumerated().map { r, count in
+                GemmCall(.transposed, .none, m: rows.count, n: tensor.count / tensor.shape[0], k: count, beta: r % 2 == 0 ? 0 : 1)
+            }
+        }
+        return nodeBatch.network.gemmWorkloadDeferringWeightGradients(rows: counts[rank]) + rows
     }
 }

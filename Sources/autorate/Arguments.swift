@@ -57,6 +57,11 @@ where T.RawValue == String {
     return value
 }
 
+extension ArgumentHelp {
+    /// Help for an advanced flag: listed by `--help-hidden` only.
+    static func hidden(_ text: String) -> ArgumentHelp { ArgumentHelp(text, visibility: .hidden) }
+}
+
 /// Rejects a numeric flag value before any work, naming the flag, the value and what is accepted.
 func require(_ ok: Bool, _ flag: String, _ value: Any, _ accepted: String) throws {
     if !ok { throw ValidationError("\(flag) \(value) is not accepted: \(accepted).") }
@@ -98,24 +103,24 @@ struct DistributionOptions: ParsableArguments {
             "Each rank's share of the global batch: 'off' (even shares; runs repeat their bits) or 'on' (shares follow each rank's measured speed, for nodes of unequal speed; needs --bn sync, not with --deterministic)."
     )
     var balance: BalanceMode = .off
-    @Option(name: .customLong("bucket-mb"), help: ArgumentHelp("Largest gradient allreduce bucket in MiB.", visibility: .hidden))
+    @Option(name: .customLong("bucket-mb"), help: .hidden("Largest gradient allreduce bucket in MiB."))
     var bucketMB = 4.0
     @Option(
-        help: ArgumentHelp(
-            "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes).",
-            visibility: .hidden))
+        help: .hidden(
+            "Reduce each gradient bucket while backward goes on: 'on', 'off' (all after backward) or 'auto' (on when the ranks span several nodes)."
+        ))
     var overlap = OverlapMode.auto.rawValue
     @Option(
         name: .customLong("intra-node"),
-        help: ArgumentHelp(
-            "How the sharded update sums gradients when every rank is on one node: 'shared-memory' (read each other's buffers in place) or 'mpi' (messages).",
-            visibility: .hidden))
+        help: .hidden(
+            "How the sharded update sums gradients when every rank is on one node: 'shared-memory' (read each other's buffers in place) or 'mpi' (messages)."
+        ))
     var intraNode = IntraNodeMode.sharedMemory.rawValue
     @Option(
         name: .customLong("weight-gradients"),
-        help: ArgumentHelp(
-            "With node shared memory: 'node' (each weight row's gradient computed once, over every rank's samples, by the rank that updates it; the MLP) or 'rank' (each rank's whole gradient, summed).",
-            visibility: .hidden))
+        help: .hidden(
+            "With node shared memory: 'node' (each weight row's gradient computed once, over every rank's samples, by the rank that updates it; the MLP) or 'rank' (each rank's whole gradient, summed)."
+        ))
     var weightGradients = WeightGradientMode.node.rawValue
 
     func validate() throws {
@@ -188,14 +193,11 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("bn-eps"), help: "BN epsilon value for the 'scaled' and 'standard' modes.")
     var bnEps = 1e-5
     @Option(
-        help: ArgumentHelp(
-            "--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts.",
-            visibility: .hidden))
+        help: .hidden("--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts."))
     var shortcut = ShortcutKind.padding.rawValue
     @Flag(
         name: .customLong("no-bn"),
-        help: ArgumentHelp(
-            "--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline).", visibility: .hidden))
+        help: .hidden("--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline)."))
     var noBN = false
 
     func validate() throws {

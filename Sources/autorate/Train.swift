@@ -91,9 +91,7 @@ struct OptimizerOptions: ParsableArguments {
     var bnRecalibrate = 20
     @Option(
         name: .customLong("init-scale-si"),
-        help: ArgumentHelp(
-            "Multiply the SI groups by this after initialization (equivalent scaling: only lr-si / ||w||^2 matters).",
-            visibility: .hidden))
+        help: .hidden("Multiply the SI groups by this after initialization (equivalent scaling: only lr-si / ||w||^2 matters)."))
     var initScaleSI = 1.0
 
     func validate() throws {
@@ -167,17 +165,15 @@ struct DiagnosticOptions: ParsableArguments {
     var quiet = false
     @Option(
         name: .customLong("timeline-steps"),
-        help: ArgumentHelp("Steps the timeline records, 'FIRST-LAST' (1-based).", visibility: .hidden))
+        help: .hidden("Steps the timeline records, 'FIRST-LAST' (1-based)."))
     var timelineSteps = "2-11"
     @Option(
         name: .customLong("max-bad-steps"),
-        help: ArgumentHelp(
-            "Stop after this many consecutive steps whose summed gradient is NaN or infinite (each is skipped).",
-            visibility: .hidden))
+        help: .hidden("Stop after this many consecutive steps whose summed gradient is NaN or infinite (each is skipped)."))
     var maxBadSteps = 5
     @Option(
         name: .customLong("stall-timeout"),
-        help: ArgumentHelp("Seconds a rank may make no progress before it ends the job (0: never).", visibility: .hidden))
+        help: .hidden("Seconds a rank may make no progress before it ends the job (0: never)."))
     var stallTimeout = 300.0
     /// Test-only faults, repeatable: nan-input:STEP:RANK, nan-gradient:STEP:RANK, stall:STEP:RANK,
     /// kill:STEP:RANK, slow-rank:RANK:MICROSECONDS (per sample), shared-memory-extra:BYTES.

@@ -16,12 +16,12 @@ final class ShardedUpdateTests: XCTestCase {
         layout.append("c", shape: [2, 2, 100])  // 1500..<1900, units of one row, 200
         let sharded = try ShardedUpdate(
             store: ParameterStore(layout: layout), communicator: SingleProcessCommunicator(), sharedMemory: false)
-        XCTAssertEqual(sharded.rowBoundary(0..<1900), 900, "the middle (950) is in b's first unit")
-        XCTAssertEqual(sharded.rowBoundary(0..<900), 300, "row 1 of a, below the middle (450)")
-        XCTAssertEqual(sharded.rowBoundary(1500..<1900), 1700, "row 1 of c: the middle")
-        XCTAssertEqual(sharded.rowBoundary(350..<450), 450, "a segment inside one row of a goes whole to one side")
-        XCTAssertEqual(sharded.rowBoundary(1000..<1300), 1156, "the unit of b above the segment's start")
-        XCTAssertEqual(sharded.rowBoundary(0..<0), 0)
+        XCTAssertEqual(sharded.unitBoundary(0..<1900), 900, "the middle (950) is in b's first unit")
+        XCTAssertEqual(sharded.unitBoundary(0..<900), 300, "row 1 of a, below the middle (450)")
+        XCTAssertEqual(sharded.unitBoundary(1500..<1900), 1700, "row 1 of c: the middle")
+        XCTAssertEqual(sharded.unitBoundary(350..<450), 450, "a segment inside one row of a goes whole to one side")
+        XCTAssertEqual(sharded.unitBoundary(1000..<1300), 1156, "the unit of b above the segment's start")
+        XCTAssertEqual(sharded.unitBoundary(0..<0), 0)
     }
 
     /// With node shared memory (one rank here), the store's gradient moves into this rank's slice
