@@ -5,6 +5,7 @@ import PackageDescription
 ///   autorate -> {Benchmarks, Reproduction} -> Training -> {Layers, Optimizers, Data, Collectives} -> TensorCore -> COpenBLAS
 ///   Collectives -> CMPI            (the only module that talks to MPI)
 ///   Data -> CZlib                  (gzip-compressed MNIST files)
+///   Layers -> CKernels             (C kernels with run-time CPU dispatch)
 
 let package = Package(
     name: "autorate",
@@ -27,7 +28,9 @@ let package = Package(
             dependencies: [
                 "COpenBLAS", .product(name: "RealModule", package: "swift-numerics"),
             ]),
-        .target(name: "Layers", dependencies: ["TensorCore"]),
+        // The hot loops that must use the CPU's widest vectors: built per instruction set, chosen at run time.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "Layers", dependencies: ["TensorCore", "CKernels"]),
         .target(name: "Optimizers", dependencies: ["TensorCore", "Layers"]),
         .target(name: "Data", dependencies: ["CZlib", "TensorCore"]),
         .target(
@@ -38,7 +41,8 @@ let package = Package(
             ]),
         // Tools apart from the library: the throughput benchmark and the paper's reproduction.
         .target(name: "Plots", dependencies: [.product(name: "RealModule", package: "swift-numerics")]),
-        .target(name: "Benchmarks", dependencies: ["Training", "Plots", "Collectives", "Data", "Layers", "TensorCore"]),
+        .target(
+            name: "Benchmarks", dependencies: ["Training", "Plots", "Collectives", "Data", "Layers", "TensorCore", "CKernels"]),
         .target(
             name: "Reproduction",
             dependencies: [
@@ -65,7 +69,7 @@ let package = Package(
         .executableTarget(name: "fuzz-checkpoint", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzCheckpoint"),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
-        .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore"]),
+        .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore", "CKernels"]),
         .testTarget(name: "OptimizersTests", dependencies: ["Optimizers", "Layers", "TensorCore"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "TensorCore"]),
         .testTarget(

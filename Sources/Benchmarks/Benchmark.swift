@@ -1,3 +1,4 @@
+import CKernels
 import Training
 import Collectives
 import Data
@@ -21,10 +22,11 @@ public struct BenchmarkResult: Sendable {
     public let stepSeconds: [Double]
     public let gemmSecondsMedian: Double
     public let gemmGFlops: Double
-    /// GEMM flops of one training step per sample (forward and backward; the model's work).
+    /// The model's flops of one training step per sample, forward and backward, counted as direct
+    /// convolutions and plain matrix products (`Network.modelFlops`, whatever algorithm runs).
     public let flopsPerSample: Double
-    /// Median `cblas_sgemm` throughput of one 1024^3 GEMM per rank, measured between the blocks:
-    /// the machine's GEMM peak, against which PyTorch's figures are quoted.
+    /// Median floating-point peak of one core (independent multiply-adds in the widest vectors the
+    /// kernels use, `ak_fma_peak_flops`), measured between the blocks.
     public let peakGFlops: Double
     /// Median time of the gradient allreduce alone (every bucket, blocking), and its bytes.
     public let allreduceSecondsMedian: Double
@@ -54,6 +56,9 @@ public struct BenchmarkResult: Sendable {
     public let bucketBytes: Int
     public let overlap: Bool
 
+    /// The instruction set of the C kernels in this process, and its vector width.
+    public var kernels: String { "\(String(cString: ak_kernel_isa())) (\(ak_vector_bits())-bit)" }
+
     public var stepSecondsMedian: Double { quantile(0.5) }
     public func quantile(_ q: Double) -> Double {
         stepSeconds[Swift.min(Int(q * Double(stepSeconds.count)), stepSeconds.count - 1)]
@@ -68,7 +73,7 @@ public struct BenchmarkResult: Sendable {
     public var samplesPerSecond: Double { Double(globalBatch) / stepSecondsMedian }
     public var gemmBoundSamplesPerSecond: Double { Double(globalBatch) / gemmSecondsMedian }
     public var fractionOfGemmBound: Double { gemmSecondsMedian / stepSecondsMedian }
-    /// Training throughput as a fraction of what every rank's GEMM peak would give.
+    /// The model's flops per second as a fraction of every rank's FMA peak.
     public var fractionOfPeak: Double { samplesPerSecond * flopsPerSample / (peakGFlops * 1e9 * Double(ranks)) }
     /// Throughput of the one-rank baseline, and this run's scaling efficiency against it:
     /// samples/s over (ranks x baseline samples/s), for either mode.
@@ -85,8 +90,9 @@ public struct BenchmarkResult: Sendable {
             ("step_ms_median", .number(stepSecondsMedian * 1e3)), ("step_ms_min", .number(stepSeconds.first! * 1e3)),
             ("step_ms_p10", .number(quantile(0.1) * 1e3)), ("step_ms_p90", .number(quantile(0.9) * 1e3)),
             ("step_ms_max", .number(stepSeconds.last! * 1e3)), ("gemm_ms_median", .number(gemmSecondsMedian * 1e3)),
-            ("gemm_gflops", .number(gemmGFlops)), ("peak_sgemm_gflops", .number(peakGFlops)),
-            ("gflop_per_sample", .number(flopsPerSample / 1e9)), ("fraction_of_sgemm_peak", .number(fractionOfPeak)),
+            ("gemm_gflops", .number(gemmGFlops)), ("peak_fma_gflops", .number(peakGFlops)),
+            ("gflop_per_sample", .number(flopsPerSample / 1e9)), ("fraction_of_fma_peak", .number(fractionOfPeak)),
+            ("kernels", .string(String(cString: ak_kernel_isa()))), ("vector_bits", .integer(Int(ak_vector_bits()))),
             ("gemm_bound_samples_per_s", .number(gemmBoundSamplesPerSecond)),
             ("fraction_of_gemm_bound", .number(fractionOfGemmBound)),
             ("allreduce_ms_median", .number(allreduceSecondsMedian * 1e3)), ("gradient_bytes", .integer(gradientBytes)),
@@ -231,7 +237,12 @@ public enum Benchmark {
         }
         try trainer.prepareCommunication()  // collective; the GEMMs depend on where the weight gradients are computed
         let gemm = GemmOnlyStep(trainer.gemmWorkload(counts: counts))
-        let peak = GemmOnlyStep([GemmCall(.none, .none, m: 1024, n: 1024, k: 1024, beta: 0)])
+        func fmaPeakSeconds() -> (flops: Double, seconds: Double) {
+            let clock = Stopwatch()
+            let flops = ak_fma_peak_flops(4_000_000)
+            return (flops, clock.seconds)
+        }
+        var peakFlops = 0.0
         var times: [Double] = [], gemmTimes: [Double] = [], peakTimes: [Double] = []
         var twinTimes = [[Double]](repeating: [], count: twins.count)
         var timing = StepTiming()
@@ -248,7 +259,9 @@ public enum Benchmark {
                 gemmTimes.append(try communicator.allreduce(gemm.time(), .max))
             }
             try communicator.barrier()
-            peakTimes.append(try communicator.allreduce(peak.time(), .max))
+            let (flops, seconds) = fmaPeakSeconds()
+            peakFlops = flops
+            peakTimes.append(try communicator.allreduce(seconds, .max))
             for (k, twin) in twins.enumerated() {
                 for j in 0..<5 {
                     try communicator.barrier()
@@ -298,8 +311,8 @@ public enum Benchmark {
             modelKind: c.model.rawValue, batchNormSync: c.batchNormSync.rawValue, threads: options.threads,
             stepSeconds: times.sorted(), gemmSecondsMedian: gemmMedian,
             gemmGFlops: gemm.flops / gemmMedian / 1e9,
-            flopsPerSample: trainer.model.gemmWorkload(rows: 1).reduce(0) { $0 + $1.flops },
-            peakGFlops: peak.flops / median(peakTimes) / 1e9, allreduceSecondsMedian: median(reduceTimes),
+            flopsPerSample: trainer.model.modelFlops(rows: 1),
+            peakGFlops: peakFlops / median(peakTimes) / 1e9, allreduceSecondsMedian: median(reduceTimes),
             gradientBytes: trainer.model.parameters.layout.count * MemoryLayout<Float>.stride,
             bucketAllreduce: bucketTimes.keys.sorted().map { ($0, median(bucketTimes[$0]!)) },
             localStepSecondsMedian: twinMedian(.localBN), deterministicStepSecondsMedian: twinMedian(.deterministic),

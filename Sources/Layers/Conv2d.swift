@@ -12,7 +12,18 @@ import TensorCore
 /// several images and end mid-image), so that the lowered chunk stays in cache while its GEMMs read it:
 /// lowering the whole batch at once ran well below GEMM peak. A 1x1 convolution with stride 1 and no
 /// padding needs no lowering: `x` itself is the `[n * H * W, Cin]` matrix.
+///
+/// A 3x3 convolution with stride 1 and padding 1 may run as Winograd F(2x2, 3x3) instead
+/// (`Winograd3x3`), chosen once at construction (`Conv2d.Algorithm`).
 public final class Conv2d {
+    /// How the convolution is computed.
+    public enum Algorithm: String, Sendable, CaseIterable {
+        /// Lower the input (im2col) and multiply by the weight: any kernel, stride and padding.
+        case im2col
+        /// Winograd F(2x2, 3x3): 3x3 kernels with stride 1 and padding 1 only.
+        case winograd
+    }
+
     public let input: ImageShape
     public let output: ImageShape
     public let outChannels: Int
@@ -21,8 +32,12 @@ public final class Conv2d {
     public let padding: Int
     public let weight: TensorSpec
     public let maxBatch: Int
-    /// Output pixels lowered per GEMM (0 for the pointwise case, which lowers nothing).
+    /// Output pixels lowered per GEMM (0 for the pointwise case and Winograd, which lower nothing).
     public let chunkRows: Int
+    public let algorithm: Algorithm
+    /// 1x1, stride 1, no padding: the input already is the lowered matrix.
+    public let isPointwise: Bool
+    private let winograd: Winograd3x3?
 
     /// The lowered chunk `[chunkRows, fanIn]` in forward and weight-gradient passes; reused for its
     /// gradient (`dcol`) once the weight gradient has read it.
@@ -37,10 +52,25 @@ public final class Conv2d {
         [outChannels, kernel, kernel, inChannels]
     }
 
-    /// - Parameter chunkBytes: the size of the lowered chunk; `Int.max` lowers the whole batch at once.
+    /// The algorithm used unless one is asked for: Winograd where it applies and both channel counts
+    /// are at least `winogradMinimumChannels`, else im2col.
+    public static func defaultAlgorithm(kernel: Int, stride: Int, padding: Int, inChannels: Int, outChannels: Int)
+        -> Algorithm
+    {
+        Winograd3x3.applies(kernel: kernel, stride: stride, padding: padding, inChannels: inChannels, outChannels: outChannels)
+            && min(inChannels, outChannels) >= winogradMinimumChannels ? .winograd : .im2col
+    }
+
+    /// Below this many channels Winograd's transforms cost more than the multiplies they save
+    /// (the VGG preset's first layer, 3 to 32 channels: Winograd 0.35x the speed of im2col's GEMMs).
+    public static let winogradMinimumChannels = 16
+
+    /// - Parameters:
+    ///   - chunkBytes: the size of the lowered chunk; `Int.max` lowers the whole batch at once.
+    ///   - algorithm: nil for `defaultAlgorithm`; `.winograd` only where `Algorithm.winograd` applies.
     public init(
         input: ImageShape, outChannels: Int, kernel: Int, stride: Int, padding: Int, weight: TensorSpec,
-        maxBatch: Int, chunkBytes: Int = Conv2d.defaultChunkBytes
+        maxBatch: Int, chunkBytes: Int = Conv2d.defaultChunkBytes, algorithm: Algorithm? = nil
     ) {
         precondition(outChannels > 0 && kernel > 0 && stride > 0 && padding >= 0, "conv sizes must be positive")
         precondition(
@@ -61,17 +91,26 @@ public final class Conv2d {
         self.padding = padding
         self.weight = weight
         self.maxBatch = maxBatch
-        let isPointwise = kernel == 1 && stride == 1 && padding == 0
+        let algorithm =
+            algorithm
+            ?? Conv2d.defaultAlgorithm(
+                kernel: kernel, stride: stride, padding: padding, inChannels: input.channels, outChannels: outChannels)
+        precondition(
+            algorithm != .winograd
+                || Winograd3x3.applies(
+                    kernel: kernel, stride: stride, padding: padding, inChannels: input.channels, outChannels: outChannels),
+            "Winograd computes 3x3 convolutions with stride 1 and padding 1, not kernel \(kernel) stride \(stride) padding \(padding)"
+        )
+        self.algorithm = algorithm
+        isPointwise = kernel == 1 && stride == 1 && padding == 0
+        winograd = algorithm == .winograd ? Winograd3x3(input: input, outChannels: outChannels, maxBatch: maxBatch) : nil
         let rowBytes = kernel * kernel * input.channels * MemoryLayout<Float>.stride
-        chunkRows = isPointwise ? 0 : min(max(chunkBytes / rowBytes, 1), maxBatch * output.pixels)
+        chunkRows = isPointwise || winograd != nil ? 0 : min(max(chunkBytes / rowBytes, 1), maxBatch * output.pixels)
         col = FlatBuffer(count: chunkRows * kernel * kernel * input.channels)
     }
 
     /// Inputs per output value: the GEMM depth, and the fan-in of weight initialization.
     public var fanIn: Int { kernel * kernel * input.channels }
-
-    /// 1x1, stride 1, no padding: the input already is the lowered matrix.
-    public var isPointwise: Bool { chunkRows == 0 }
 
     /// `y = conv(x, W)`: per chunk of output pixels, `y[chunk] = col * W^T`, `2 * n * Ho * Wo * Cout * fanIn` flops.
     public func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore) {
@@ -85,6 +124,12 @@ public final class Conv2d {
     func forward(_ x: Matrix, _ y: Matrix, _ p: ParameterStore, chunks: BatchChunks? = nil, eachChunk: (Range<Int>) -> Void) {
         checkShapes(x, y, "forward")
         let w = p.value(weight).baseAddress!
+        if let winograd {
+            for images in imageRanges(chunks, images: y.rows) {
+                winograd.forward(x.base, y.base, weight: w, images: images, eachChunk: eachChunk)
+            }
+            return
+        }
         for range in pixelRanges(chunks, images: y.rows) where !range.isEmpty {
             if isPointwise {
                 gemmOutput(
@@ -123,6 +168,17 @@ public final class Conv2d {
             precondition(dx != nil && initial.rows == x.rows && initial.cols == input.count, "Conv2d backward: adding needs dx")
         }
         let w = p.value(weight).baseAddress!, dw = p.gradient(weight).baseAddress!
+        if let winograd {
+            let start = initial.map { UnsafePointer($0.base) }
+            let ranges = imageRanges(chunks, images: dy.rows)
+            func pass(_ images: Range<Int>, into out: UnsafeMutablePointer<Float>, beta: Float) {
+                winograd.backward(
+                    x.base, dy.base, dx?.base, initial: start, weight: w, dw: out, beta: beta, images: images,
+                    prepare: prepare)
+            }
+            sumWeightGradient(ranges, chunks: chunks, accumulating: accumulating, into: dw, pass)
+            return
+        }
         let ranges = pixelRanges(chunks, images: dy.rows)
         // dx is not zeroed in a separate pass. `zeroed` is the end of the prefix of dx that earlier
         // chunks have written (whole input rows): with stride 1, a chunk writes the rows past it
@@ -179,15 +235,30 @@ public final class Conv2d {
                 }
             }
         }
+        sumWeightGradient(ranges, chunks: chunks, accumulating: accumulating, into: dw, pass)
+        if !isPointwise, let dx, zeroed < dx.count { initialize(zeroed..<dx.count, of: dx) }
+    }
+
+    /// `dw = ` the weight gradient over `ranges` (`+=` when `accumulating`): `pass(range, out, beta)`
+    /// writes (beta 0) or adds (beta 1) one range's into `out`. With deterministic `chunks`, the
+    /// tree sum of one partial per chunk; otherwise `ranges` is one range, the whole batch.
+    private func sumWeightGradient<R>(
+        _ ranges: [R], chunks: BatchChunks?, accumulating: Bool, into dw: UnsafeMutablePointer<Float>,
+        _ pass: (R, UnsafeMutablePointer<Float>, Float) -> Void
+    ) {
         if let chunks, chunks.deterministic {
             precondition(!accumulating, "deterministic mode writes gradients, it does not accumulate them")
             chunks.treeSum(leaves: ranges.count, count: weight.count, into: dw, fusedPairs: false) { i, out, _ in
-                pass(ranges[i], into: out, beta: 0)
+                pass(ranges[i], out, 0)
             }
         } else {
-            pass(ranges[0], into: dw, beta: accumulating ? 1 : 0)
+            pass(ranges[0], dw, accumulating ? 1 : 0)
         }
-        if !isPointwise, let dx, zeroed < dx.count { initialize(zeroed..<dx.count, of: dx) }
+    }
+
+    /// The images of a batch of `images`, one range per deterministic chunk, or all of them.
+    private func imageRanges(_ chunks: BatchChunks?, images: Int) -> [Range<Int>] {
+        chunks?.rowRanges(rows: images) ?? [0..<images]
     }
 
     /// The output pixels of a batch of `images`, one range per deterministic chunk, or all of them.
@@ -213,9 +284,16 @@ public final class Conv2d {
         case backward
     }
 
+    /// The multiply-adds (times 2) of `pass` over `batch` images as a direct convolution.
+    public func directFlops(batch: Int, pass: Pass) -> Double {
+        let one = 2 * Double(batch * output.pixels) * Double(outChannels) * Double(fanIn)
+        return pass == .backward ? 2 * one : one
+    }
+
     /// The GEMMs `forward` or `backward` make for a batch of `batch` images, one entry per call shape
     /// (the chunks of equal size repeat one call), for the benchmark's GEMM-only bound.
     public func gemmWorkload(batch: Int, pass: Pass) -> [GemmCall] {
+        if let winograd { return winograd.gemmWorkload(batch: batch, pass: pass) }
         let pixels = batch * output.pixels
         guard pixels > 0 else { return [] }
         // (rows per call, repeats): the full chunks, then the remainder

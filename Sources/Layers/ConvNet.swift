@@ -88,11 +88,13 @@ public final class ConvNet: Network {
     private var lastInputs: [Matrix] = []
     private var lastFeatures: Matrix?
 
+    /// - Parameter convolution: the algorithm of every convolution it applies to (`.winograd`: the
+    /// 3x3 stride-1 ones; the others stay im2col); nil: each convolution's `Conv2d.defaultAlgorithm`.
     public init(
         _ architecture: ConvArchitecture, input: ImageShape, classes: Int, head: HeadKind,
-        batchNorm: BatchNormSettings, maxBatch: Int
+        batchNorm: BatchNormSettings, maxBatch: Int, convolution: Conv2d.Algorithm? = nil
     ) {
-        var builder = Builder(batchNorm: batchNorm, maxBatch: maxBatch)
+        var builder = Builder(batchNorm: batchNorm, maxBatch: maxBatch, convolution: convolution)
         var shape = input
         var units: [Unit] = [], unitInputs: [ImageShape] = []
         var lastAffine: (gamma: TensorSpec, beta: TensorSpec)? = nil
@@ -339,25 +341,38 @@ public final class ConvNet: Network {
 
     public func gemmWorkload(rows: Int) -> [GemmCall] {
         var forward: [GemmCall] = [], backward: [GemmCall] = []
-        func add(_ u: ConvBN, inputGradient: Bool) {
-            forward += u.conv.gemmWorkload(batch: rows, pass: .forward)
-            backward += u.conv.gemmWorkload(batch: rows, pass: inputGradient ? .backward : .weightGradient)
-        }
-        for (i, unit) in units.enumerated() {
-            switch unit {
-            case let .convBN(u): add(u, inputGradient: i > 0)
-            case .pool: break
-            case let .residual(block):
-                add(block.first, inputGradient: true)
-                add(block.second, inputGradient: true)
-                if case let .projection(u) = block.shortcut { add(u, inputGradient: true) }
-            }
+        forEachConvolution { conv, inputGradient in
+            forward += conv.gemmWorkload(batch: rows, pass: .forward)
+            backward += conv.gemmWorkload(batch: rows, pass: inputGradient ? .backward : .weightGradient)
         }
         let l = linear
         forward.append(GemmCall(.none, .transposed, m: rows, n: l.outFeatures, k: l.inFeatures, beta: 0))
         backward.append(GemmCall(.transposed, .none, m: l.outFeatures, n: l.inFeatures, k: rows, beta: 0))
         backward.append(GemmCall(.none, .none, m: rows, n: l.inFeatures, k: l.outFeatures, beta: 0))
         return forward + backward.reversed()
+    }
+
+    public func modelFlops(rows: Int) -> Double {
+        var flops = 3 * 2 * Double(rows * linear.outFeatures * linear.inFeatures)
+        forEachConvolution { conv, inputGradient in
+            flops += conv.directFlops(batch: rows, pass: .forward)
+            flops += conv.directFlops(batch: rows, pass: inputGradient ? .backward : .weightGradient)
+        }
+        return flops
+    }
+
+    /// Each convolution in forward order, with whether backward computes its input gradient.
+    private func forEachConvolution(_ body: (Conv2d, Bool) -> Void) {
+        for (i, unit) in units.enumerated() {
+            switch unit {
+            case let .convBN(u): body(u.conv, i > 0)
+            case .pool: break
+            case let .residual(block):
+                body(block.first.conv, true)
+                body(block.second.conv, true)
+                if case let .projection(u) = block.shortcut { body(u.conv, true) }
+            }
+        }
     }
 }
 
@@ -371,7 +386,10 @@ private struct Builder {
     var norms: [BatchNorm] = []
     var headNames = ("fc", "fc_bn")
 
-    init(batchNorm: BatchNormSettings, maxBatch: Int) {
+    let convolution: Conv2d.Algorithm?
+
+    init(batchNorm: BatchNormSettings, maxBatch: Int, convolution: Conv2d.Algorithm?) {
+        self.convolution = convolution
         self.batchNorm = batchNorm
         self.maxBatch = maxBatch
     }
@@ -400,9 +418,12 @@ private struct Builder {
         let w = layout.append(
             weightName, shape: Conv2d.weightShape(outChannels: channels, kernel: kernel, inChannels: input.channels))
         groups.append(ParameterGroup(name: weightName, kind: .scaleInvariant, tensors: [w]))
+        let padding = kernel / 2
+        let winogradApplies = Winograd3x3.applies(
+            kernel: kernel, stride: stride, padding: padding, inChannels: input.channels, outChannels: channels)
         let conv = Conv2d(
-            input: input, outChannels: channels, kernel: kernel, stride: stride, padding: kernel / 2, weight: w,
-            maxBatch: maxBatch)
+            input: input, outChannels: channels, kernel: kernel, stride: stride, padding: padding, weight: w,
+            maxBatch: maxBatch, algorithm: convolution == .winograd && !winogradApplies ? .im2col : convolution)
         weights.append((w, conv.fanIn))
         let norm = norm(
             normName, channels: channels, rows: maxBatch * conv.output.pixels, incoming: w, previousAffine: previousAffine)

@@ -34,6 +34,13 @@ public protocol Network: AnyObject {
     func backward(_ dlogits: Matrix, reducer: StatisticsReducer, radial: RadialDeferral) throws
     /// The GEMMs one training step of `rows` samples makes, for the benchmark's GEMM-only bound.
     func gemmWorkload(rows: Int) -> [GemmCall]
+    /// The multiply-adds (times 2) of one training step of `rows` samples as direct convolutions and
+    /// plain matrix products: the model's work, whichever algorithm (Winograd does fewer) does it.
+    func modelFlops(rows: Int) -> Double
+}
+
+extension Network {
+    public func modelFlops(rows: Int) -> Double { gemmWorkload(rows: rows).reduce(0) { $0 + $1.flops } }
 }
 
 /// A network whose weight gradients can be computed over the whole batch of a node's ranks rather

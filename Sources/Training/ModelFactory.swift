@@ -59,7 +59,9 @@ extension TrainingConfiguration {
             )
         }
         try checkFits(architecture, image)
-        return ConvNet(architecture, input: image, classes: data.classes, head: head, batchNorm: batchNorm, maxBatch: maxBatch)
+        return ConvNet(
+            architecture, input: image, classes: data.classes, head: head, batchNorm: batchNorm, maxBatch: maxBatch,
+            convolution: convolution)
     }
 
     /// Every pool and stride must leave at least one pixel.

@@ -48,6 +48,8 @@ public struct TrainingConfiguration: Sendable {
     public var vggLayers: [ConvArchitecture.Layer]? = nil
     public var widthMultiplier = 1.0
     public var shortcut: ShortcutKind = .padding
+    /// The conv nets' convolution algorithm (`--convolution`); nil: chosen per layer (`Conv2d.defaultAlgorithm`).
+    public var convolution: Conv2d.Algorithm? = nil
     /// Training-time augmentation of image data (`--augment`).
     public var augmentation: Augmentation = .none
     /// False: the plain MLP without BN (`--no-bn`), the baseline of docs/theory.md E4.

@@ -195,6 +195,11 @@ struct ModelOptions: ParsableArguments {
     @Option(
         help: .hidden("--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts."))
     var shortcut = ShortcutKind.padding.rawValue
+    @Option(
+        help: .hidden(
+            "Conv nets: 'auto' (Winograd for 3x3 stride-1 layers with 16 or more channels each way, im2col for the rest), 'im2col' or 'winograd' (wherever it applies)."
+        ))
+    var convolution = "auto"
     @Flag(
         name: .customLong("no-bn"),
         help: .hidden("--model mlp without BN: Linear with bias + ReLU, every parameter SV (a baseline)."))
@@ -203,6 +208,9 @@ struct ModelOptions: ParsableArguments {
     func validate() throws {
         if let vggLayers { _ = try parseVGGLayers(vggLayers) }
         _ = try choice(ShortcutKind.self, "--shortcut", shortcut)
+        if convolution != "auto" && Conv2d.Algorithm(rawValue: convolution) == nil {
+            throw ValidationError("--convolution \(convolution) is not accepted: use one of 'auto', 'im2col', 'winograd'.")
+        }
         if let widths { _ = try parseWidths(widths) }
         try require(
             widthMultiplier > 0 && widthMultiplier <= 64 && widthMultiplier.isFinite, "--width-multiplier", widthMultiplier,
@@ -221,6 +229,7 @@ struct ModelOptions: ParsableArguments {
         c.vggLayers = vggLayers.map { try! parseVGGLayers($0) }  // validated
         c.widthMultiplier = widthMultiplier
         c.shortcut = try! choice(ShortcutKind.self, "--shortcut", shortcut)  // validated
+        c.convolution = convolution == "auto" ? nil : Conv2d.Algorithm(rawValue: convolution)!  // validated
         c.batchNormalized = !noBN
         c.head = head
         c.batchNorm = BatchNormSettings(epsilonMode: bnEpsMode, epsilon: bnEps)

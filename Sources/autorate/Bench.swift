@@ -104,10 +104,10 @@ struct Bench: ParsableCommand {
             "bench: np=\(r.ranks) \(r.scaling.rawValue) scaling, bn=\(r.batchNormSync) \(r.model) "
                 + String(
                     cFormat:
-                        "global batch %d: %.0f samples/s (step median %.2f ms, p10 %.2f, p90 %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; %.2f GFLOP/sample = %.3f of sgemm peak (%.1f GFLOP/s); gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
+                        "global batch %d: %.0f samples/s (step median %.2f ms, p10 %.2f, p90 %.2f); GEMM-only bound %.0f samples/s (%.1f GFLOP/s per rank); fraction of bound %.3f; %.3f GFLOP/sample (as direct convolutions) = %.3f of the FMA peak (%.1f GFLOP/s); gradient allreduce %.2f ms (%.2f GB/s bus); OpenBLAS ",
                     r.globalBatch, r.samplesPerSecond, r.stepSecondsMedian * 1e3, r.quantile(0.1) * 1e3, r.quantile(0.9) * 1e3,
                     r.gemmBoundSamplesPerSecond, r.gemmGFlops, r.fractionOfGemmBound, r.flopsPerSample / 1e9, r.fractionOfPeak,
-                    r.peakGFlops, r.allreduceSecondsMedian * 1e3, r.busBandwidth) + BLAS.coreName
+                    r.peakGFlops, r.allreduceSecondsMedian * 1e3, r.busBandwidth) + BLAS.coreName + "; C kernels \(r.kernels)"
                 + (BuildTarget.portable ? "" : "; Swift loops built for one CPU")
         ]
         let t = r.timing

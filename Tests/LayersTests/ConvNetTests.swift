@@ -5,19 +5,22 @@ import TensorCore
 final class ConvNetTests: XCTestCase {
     static let tinyImage = ImageShape(height: 6, width: 6, channels: 2)
 
-    static func sequential(head: HeadKind, mode: EpsilonMode, epsilon: Double = 1e-5, batch: Int) -> ConvNet {
+    static func sequential(
+        head: HeadKind, mode: EpsilonMode, epsilon: Double = 1e-5, batch: Int, convolution: Conv2d.Algorithm? = nil
+    ) -> ConvNet {
         ConvNet(
             .sequential([.conv(3), .pool, .conv(4)]), input: tinyImage, classes: 3, head: head,
-            batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: epsilon), maxBatch: batch)
+            batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: epsilon), maxBatch: batch, convolution: convolution)
     }
 
-    static func resnet(shortcut: ShortcutKind, head: HeadKind = .linear, mode: EpsilonMode, epsilon: Double = 1e-5, batch: Int)
-        -> ConvNet
-    {
+    static func resnet(
+        shortcut: ShortcutKind, head: HeadKind = .linear, mode: EpsilonMode, epsilon: Double = 1e-5, batch: Int,
+        convolution: Conv2d.Algorithm? = nil
+    ) -> ConvNet {
         ConvNet(
             .resnet(widths: [3, 4], blocks: 1, shortcut: shortcut), input: ImageShape(height: 4, width: 4, channels: 2),
             classes: 3, head: head,
-            batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: epsilon), maxBatch: batch)
+            batchNorm: BatchNormSettings(epsilonMode: mode, epsilon: epsilon), maxBatch: batch, convolution: convolution)
     }
 
     func testSequentialGradientsAgainstFiniteDifferences() {
@@ -26,6 +29,20 @@ final class ConvNetTests: XCTestCase {
                 let net = Self.sequential(head: head, mode: mode, epsilon: 0.05, batch: 5)
                 assertGradientsMatchFiniteDifferences(NetworkHarness(net, batch: 5, seed: 71), "sequential \(head) \(mode)")
             }
+        }
+    }
+
+    /// The same networks with every 3x3 stride-1 convolution done by Winograd (the channel counts
+    /// are too small for the default rule to pick it): the residual add into the input gradient,
+    /// the fused BN backward feeding `dy` chunk by chunk, and the weight gradient through it all.
+    func testWinogradNetworksAgainstFiniteDifferences() {
+        for head in HeadKind.allCases {
+            let net = Self.sequential(head: head, mode: .scaled, epsilon: 0.05, batch: 5, convolution: .winograd)
+            assertGradientsMatchFiniteDifferences(NetworkHarness(net, batch: 5, seed: 74), "winograd sequential \(head)")
+        }
+        for shortcut in ShortcutKind.allCases {
+            let net = Self.resnet(shortcut: shortcut, mode: .scaled, epsilon: 0.05, batch: 4, convolution: .winograd)
+            assertGradientsMatchFiniteDifferences(NetworkHarness(net, batch: 4, seed: 75), "winograd resnet \(shortcut)")
         }
     }
 

@@ -38,14 +38,17 @@ final class ConvolutionTests: XCTestCase {
         let conv: Conv2d
         let p: ParameterStore
         let x: OwnedMatrix, y: OwnedMatrix
-        init(_ g: Geometry, batch: Int, chunkBytes: Int, rng: inout SplitMix64) {
+        init(
+            _ g: Geometry, batch: Int, chunkBytes: Int = Conv2d.defaultChunkBytes, algorithm: Conv2d.Algorithm? = nil,
+            rng: inout SplitMix64
+        ) {
             var layout = ParameterLayout()
             let w = layout.append(
                 "0.weight", shape: Conv2d.weightShape(outChannels: g.outChannels, kernel: g.kernel, inChannels: g.inChannels))
             let input = ImageShape(height: g.height, width: g.width, channels: g.inChannels)
             conv = Conv2d(
                 input: input, outChannels: g.outChannels, kernel: g.kernel, stride: g.stride, padding: g.padding, weight: w,
-                maxBatch: batch, chunkBytes: chunkBytes)
+                maxBatch: batch, chunkBytes: chunkBytes, algorithm: algorithm)
             p = ParameterStore(layout: layout)
             fillNormal(p.values.all, &rng)
             x = OwnedMatrix(rows: batch, cols: input.count, normal: &rng)
