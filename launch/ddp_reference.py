@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch CPU DDP reference for `autorate bench --model mlp` (run it through launch/ddp-reference).
+"""PyTorch CPU DDP reference for `autorate bench --model mlp|vgg|resnet20` (run it through launch/ddp-reference).
 
 The same benchmark as autorate's MLP row: MLP-BN 784,1024,1024,1024,10 (each hidden layer Linear
 without bias, BatchNorm1d, ReLU; the head Linear with bias), softmax cross-entropy, plain SGD,
@@ -9,7 +9,11 @@ torch.multiprocessing, one intra-op thread per process (torch.set_num_threads(1)
 pinned to one core (--bind core, the counterpart of mpirun --bind-to core).
 
 With --model vgg it runs autorate's VGG preset instead (bias-free 3x3 conv, BatchNorm2d, ReLU,
-32,32,M,64,64,M,128,M on 32x32x3 synthetic images, flatten, a Linear head with bias), in
+32,32,M,64,64,M,128,M on 32x32x3 synthetic images, flatten, a Linear head with bias), and with
+--model resnet20 autorate's ResNet-20 (a bias-free 3x3 conv 3->16 with BN and ReLU, then three stages
+of three BasicBlocks with 16, 32 and 64 channels, the first block of the second and third stage with
+stride 2; parameter-free "option A" shortcuts that subsample and zero-pad the channels; global
+average pooling and a Linear 64->10 head with bias), both on 32x32x3 synthetic images in
 channels_last, oneDNN's fast layout for CPU convolutions.
 
 BN is plain BatchNorm1d (BatchNorm2d): per-process statistics, as `autorate --bn local` (SyncBatchNorm does not
@@ -20,9 +24,11 @@ A step is zero_grad, forward, loss, backward (DDP's gradient allreduce completes
 the optimizer step. Each step's time is the slowest process's (an allreduce of MAX over the
 per-step times after the run); the figure is the median over --steps timed steps after --warmup
 untimed ones, and samples/s = global batch / that median (autorate bench reports the same way).
+max_rss_mib is the largest peak resident memory (getrusage ru_maxrss) of the processes at the end
+of their timed steps, in MiB.
 
 Prints one JSON line per configuration on stdout:
-  {"framework":"pytorch-ddp","np":2,"samples_per_s":...,"step_ms_median":...,...}
+  {"framework":"pytorch-ddp","np":2,"samples_per_s":...,"step_ms_median":...,"max_rss_mib":...,...}
 and, with several --np values, the np=N/np=1 ratio on stderr (and as a JSON line with --ratio-json).
 With --repeats R > 1 the configurations alternate R times and the medians over the repeats are
 printed. Without PyTorch it says how to install it and exits 0 (a skip, not a failure).
@@ -31,6 +37,7 @@ printed. Without PyTorch it says how to install it and exits 0 (a skip, not a fa
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import sys
@@ -47,9 +54,10 @@ SKIP_MESSAGE = ("PyTorch is not installed: pip install torch --index-url "
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--np", default="1,2", help="process counts, comma-separated (default 1,2)")
-    p.add_argument("--model", choices=["mlp", "vgg"], default="mlp",
-                   help="mlp (--widths) or vgg: autorate's VGG preset 32,32,M,64,64,M,128,M on 32x32x3 "
-                        "images, channels_last (oneDNN's fast layout on CPU), Linear head with bias")
+    p.add_argument("--model", choices=["mlp", "vgg", "resnet20"], default="mlp",
+                   help="mlp (--widths), vgg (autorate's VGG preset 32,32,M,64,64,M,128,M) or resnet20 "
+                        "(ResNet-20, 16/32/64 channels, option-A padding shortcuts); the conv nets run on "
+                        "32x32x3 images in channels_last (oneDNN's fast layout on CPU), Linear head with bias")
     p.add_argument("--widths", default="784,1024,1024,1024,10", help="in,hidden...,classes")
     p.add_argument("--global-batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
@@ -101,6 +109,35 @@ def build_vgg(torch, layers=(32, 32, "M", 64, 64, "M", 128, "M"), classes=10, si
     return torch.nn.Sequential(*mods).to(memory_format=torch.channels_last)
 
 
+def build_resnet20(torch, widths=(16, 32, 64), blocks=3, classes=10):
+    """autorate's `--model resnet20`: CIFAR ResNet-20 with parameter-free option-A shortcuts."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.pad = None if stride == 1 and cin == cout else (cout - cin) // 2
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            # option A: subsample by 2 and zero-pad the channels on both sides, no parameters
+            shortcut = x if self.pad is None else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+            return F.relu(out + shortcut)
+
+    mods, channels = [nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()], widths[0]
+    for stage, width in enumerate(widths):
+        for block in range(blocks):
+            mods.append(BasicBlock(channels, width, 2 if stage > 0 and block == 0 else 1))
+            channels = width
+    mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)]
+    return nn.Sequential(*mods).to(memory_format=torch.channels_last)
+
+
 def worker(rank, world, port, args, result_path):
     import torch
     import torch.distributed as dist
@@ -118,7 +155,12 @@ def worker(rank, world, port, args, result_path):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
     torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
-    model = build_vgg(torch) if args.model == "vgg" else build_model(torch, args.width_list)
+    if args.model == "vgg":
+        model = build_vgg(torch)
+    elif args.model == "resnet20":
+        model = build_resnet20(torch)
+    else:
+        model = build_model(torch, args.width_list)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -127,7 +169,7 @@ def worker(rank, world, port, args, result_path):
     share = args.global_batch // world + (1 if rank < args.global_batch % world else 0)
     gen = torch.Generator().manual_seed(1000 + rank)
     pool = 4  # a few distinct synthetic batches, cycled
-    if args.model == "vgg":
+    if args.model in ("vgg", "resnet20"):
         xs = [torch.randn(share, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last)
               for _ in range(pool)]
         classes = 10
@@ -148,12 +190,15 @@ def worker(rank, world, port, args, result_path):
         t1 = time.perf_counter()
         if step >= args.warmup:
             times.append(t1 - t0)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if not torch.isfinite(loss).item():
         raise RuntimeError(f"rank {rank}: the loss is not finite")
 
     # A step takes as long as its slowest process.
     t = torch.tensor(times, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    rss = torch.tensor([rss_mib], dtype=torch.float64)
+    dist.all_reduce(rss, op=dist.ReduceOp.MAX)
     if rank == 0:
         steps_ms = sorted(v * 1e3 for v in t.tolist())
         median_ms = statistics.median(steps_ms)
@@ -163,10 +208,10 @@ def worker(rank, world, port, args, result_path):
             "step_ms_median": median_ms,
             "step_ms_min": steps_ms[0], "step_ms_max": steps_ms[-1],
             "global_batch": args.global_batch, "model": args.model,
-            "widths": args.widths if args.model == "mlp" else "32,32,M,64,64,M,128,M",
+            "widths": {"mlp": args.widths, "vgg": "32,32,M,64,64,M,128,M", "resnet20": "16,32,64"}[args.model],
             "steps": args.steps, "warmup": args.warmup, "threads": torch.get_num_threads(),
             "bind": args.bind, "torch": torch.__version__, "blas": blas_name(torch),
-            "final_loss": loss.item(),
+            "final_loss": loss.item(), "max_rss_mib": rss.item(),
         }
         with open(result_path, "w") as f:
             json.dump(result, f)
@@ -224,7 +269,7 @@ def main(argv):
             runs[n].append(r)
             print(f"pytorch-ddp: np={n} {r['samples_per_s']:.0f} samples/s "
                   f"(step median {r['step_ms_median']:.2f} ms, min {r['step_ms_min']:.2f}, "
-                  f"max {r['step_ms_max']:.2f})", file=sys.stderr)
+                  f"max {r['step_ms_max']:.2f}; peak RSS per process {r['max_rss_mib']:.0f} MiB)", file=sys.stderr)
     best = {}
     for n in args.np_list:
         rows = runs[n]
@@ -234,6 +279,7 @@ def main(argv):
         line["step_ms_min"] = min(r["step_ms_min"] for r in rows)
         line["step_ms_max"] = max(r["step_ms_max"] for r in rows)
         line["final_loss"] = rows[-1]["final_loss"]
+        line["max_rss_mib"] = max(r["max_rss_mib"] for r in rows)
         line["repeats"] = len(rows)
         best[n] = line
         emit(line, args)

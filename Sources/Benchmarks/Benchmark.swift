@@ -1,5 +1,8 @@
 import CKernels
 import Training
+#if canImport(Glibc)
+    import Glibc
+#endif
 import Collectives
 import Data
 import Layers
@@ -55,6 +58,10 @@ public struct BenchmarkResult: Sendable {
     public let buckets: Int
     public let bucketBytes: Int
     public let overlap: Bool
+    /// The largest peak resident memory of a rank's process (`getrusage`) after the warm-up steps, in
+    /// MiB: what training took, before the benchmark's own GEMM buffers (twins and the one-rank
+    /// baseline, when run, are included).
+    public let peakResidentMiB: Double
 
     /// The instruction set of the C kernels in this process, and its vector width.
     public var kernels: String { "\(String(cString: ak_kernel_isa())) (\(ak_vector_bits())-bit)" }
@@ -117,6 +124,7 @@ public struct BenchmarkResult: Sendable {
             ("scaling_efficiency", .number(scalingEfficiency ?? .nan)),
             ("time_ms", timing.json(meanOver: 1)), ("exposed_comm_fraction", .number(timing.exposedFraction)),
             ("buckets", .integer(buckets)), ("bucket_mb", .number(Double(bucketBytes) / 1_048_576)), ("overlap", .bool(overlap)),
+            ("max_rss_mib", .number(peakResidentMiB)),
         ]).encoded
     }
 
@@ -229,6 +237,7 @@ public enum Benchmark {
                 _ = try run.trainStep(t, monitor: false)
             }
         }
+        let trainingResidentMiB = try communicator.allreduce(Self.peakResidentMiB(), .max)
         // Blocks of 5 training steps, 5 GEMM-only steps (and 5 steps of each twin) alternate, so that
         // all see the same machine (on a shared VM the speed drifts by tens of percent within a
         // minute) while most steps still start with warm caches, as in training.
@@ -320,7 +329,14 @@ public enum Benchmark {
             weightGradientsTwinStepSecondsMedian: twinMedian(.weightGradients), weightGradients: c.weightGradients,
             baselineStepSecondsMedian: baseline.map { _ in median(twinTimes[twins.count - 1]) },
             timing: mean, buckets: trainer.gradientBucketRanges.count, bucketBytes: c.bucketBytes,
-            overlap: trainer.overlapsGradientReduction)
+            overlap: trainer.overlapsGradientReduction, peakResidentMiB: trainingResidentMiB)
+    }
+
+    /// This process's peak resident memory so far, in MiB.
+    private static func peakResidentMiB() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_maxrss) / 1024  // KiB on Linux
     }
 }
 
@@ -354,7 +370,10 @@ struct GemmOnlyStep {
         for (call, o) in zip(calls, operands) {
             let lda = call.transA == .none ? call.k : call.m
             let ldb = call.transB == .none ? call.n : call.k
-            for _ in 0..<call.repeats {
+            for _ in 0..<call.repeats where call.smallKernel {
+                ak_gemm_small(call.m, Int32(call.n), Int32(call.k), o.a.pointer, lda, o.b.pointer, ldb, o.c.pointer, call.n)
+            }
+            for _ in 0..<call.repeats where !call.smallKernel {
                 BLAS.gemm(
                     call.transA, call.transB, m: call.m, n: call.n, k: call.k, a: o.a.pointer, lda: lda,
                     b: o.b.pointer, ldb: ldb, beta: call.beta, c: o.c.pointer, ldc: call.n)

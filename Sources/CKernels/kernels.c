@@ -15,6 +15,7 @@ enum { AK_BLOCK = 256 };
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), apply_to = function)
 #include "winograd_body.h"
 #include "fma_peak_body.h"
+#include "gemm_body.h"
 #pragma clang attribute pop
 #undef KERNEL
 #undef VECTOR_BYTES
@@ -24,6 +25,7 @@ enum { AK_BLOCK = 256 };
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #include "winograd_body.h"
 #include "fma_peak_body.h"
+#include "gemm_body.h"
 #pragma clang attribute pop
 #undef KERNEL
 #undef VECTOR_BYTES
@@ -32,6 +34,7 @@ enum { AK_BLOCK = 256 };
 #define VECTOR_BYTES 16
 #include "winograd_body.h"
 #include "fma_peak_body.h"
+#include "gemm_body.h"
 #undef KERNEL
 #undef VECTOR_BYTES
 
@@ -40,15 +43,15 @@ typedef struct {
     void (*input)(const float *, int, int, int, long, long, long, float *);
     void (*output)(const float *, int, int, int, long, long, long, float *, const float *);
     void (*outputGradient)(const float *, int, int, int, long, long, long, float *);
-    void (*filter)(const float *, int, int, float *);
+    void (*filter)(const float *, int, int, float *, int);
     void (*filterGradient)(const float *, int, int, float *, int);
     double (*fmaPeak)(long);
-    int vectorBytes;
+    void (*gemm)(long, int, int, const float *, long, const float *, long, float *, long);
 } KernelTable;
 
 #define TABLE(isa) \
     {#isa, winograd_input_##isa, winograd_output_##isa, winograd_output_gradient_##isa, winograd_filter_##isa, \
-     winograd_filter_gradient_##isa, fma_peak_##isa}
+     winograd_filter_gradient_##isa, fma_peak_##isa, gemm_small_##isa}
 static const KernelTable tables[] = {TABLE(avx512), TABLE(avx2), TABLE(sse2)};
 static const int vectorBytes[] = {64, 32, 16};
 
@@ -115,8 +118,14 @@ void ak_winograd_output_gradient(const float *dy, int height, int width, int cha
     table()->outputGradient(dy, height, width, channels, first, count, plane, z);
 }
 
-void ak_winograd_filter(const float *w, int out, int in, float *u) { table()->filter(w, out, in, u); }
+void ak_winograd_filter(const float *w, int out, int in, float *u, int transposed) {
+    table()->filter(w, out, in, u, transposed);
+}
 
 void ak_winograd_filter_gradient(const float *du, int out, int in, float *dw, int accumulate) {
     table()->filterGradient(du, out, in, dw, accumulate);
+}
+
+void ak_gemm_small(long m, int n, int k, const float *a, long lda, const float *b, long ldb, float *c, long ldc) {
+    table()->gemm(m, n, k, a, lda, b, ldb, c, ldc);
 }

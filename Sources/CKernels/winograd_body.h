@@ -145,11 +145,12 @@ static void KERNEL(winograd_output_gradient)(const float *dy, int height, int wi
     }
 }
 
-static void KERNEL(winograd_filter)(const float *w, int out, int in, float *u) {
+static void KERNEL(winograd_filter)(const float *w, int out, int in, float *u, int transposed) {
     const long plane = (long)out * in;
+    const long perIn = transposed ? out : 1, perOut = transposed ? 1 : in;  // u's strides
     for (int o = 0; o < out; o++) {
         const float *g = w + (long)o * 9 * in;
-        float *uo = u + (long)o * in;
+        float *uo = u + (long)o * perOut;
 #pragma clang loop vectorize(assume_safety)
         for (int i = 0; i < in; i++) {
             float r[12];
@@ -160,12 +161,13 @@ static void KERNEL(winograd_filter)(const float *w, int out, int in, float *u) {
                 r[6 + b] = 0.5f * (g0 - g1 + g2);
                 r[9 + b] = g2;
             }
+            float *to = uo + i * perIn;
             for (int a = 0; a < 4; a++) {  // (G g) G^T: combine columns
                 const float *s = r + 3 * a;
-                uo[(4 * a + 0) * plane + i] = s[0];
-                uo[(4 * a + 1) * plane + i] = 0.5f * (s[0] + s[1] + s[2]);
-                uo[(4 * a + 2) * plane + i] = 0.5f * (s[0] - s[1] + s[2]);
-                uo[(4 * a + 3) * plane + i] = s[2];
+                to[(4 * a + 0) * plane] = s[0];
+                to[(4 * a + 1) * plane] = 0.5f * (s[0] + s[1] + s[2]);
+                to[(4 * a + 2) * plane] = 0.5f * (s[0] - s[1] + s[2]);
+                to[(4 * a + 3) * plane] = s[2];
             }
         }
     }

@@ -105,8 +105,15 @@ public struct GemmCall: Sendable, Equatable {
     public let m: Int, n: Int, k: Int
     public let beta: Float
     public let repeats: Int
+    /// Made by `ak_gemm_small` (no transposes, beta 0), not BLAS.
+    public let smallKernel: Bool
 
-    public init(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, beta: Float, repeats: Int = 1) {
+    public init(
+        _ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, beta: Float, repeats: Int = 1,
+        smallKernel: Bool = false
+    ) {
+        precondition(!smallKernel || (transA == .none && transB == .none && beta == 0), "ak_gemm_small: no transposes, beta 0")
+        self.smallKernel = smallKernel
         self.transA = transA
         self.transB = transB
         self.m = m

@@ -5,6 +5,9 @@ import TensorCore
 /// each 2x2 output tile is `A^T [(G g G^T) . (B^T d B)] A` over its 4x4 input patch `d`, so the
 /// 36 multiplies per tile and channel pair of a direct convolution become 16, done as 16 GEMMs
 /// (one per position of the transformed tile) with K = input channels and N = output channels.
+/// The products with K and N channel counts go through `ak_gemm_small` where the CPU has AVX2 or
+/// wider (on the VGG preset's shapes 1.3-2x OpenBLAS's GFLOP/s, which packs its operands for large
+/// matrices), through BLAS otherwise (OpenBLAS beat the SSE2 build of that kernel).
 /// The input gradient is the same convolution of `dy` with the filter rotated by 180 degrees,
 /// whose transform is the filter's with positions 0 and 3 of each axis swapped; the weight
 /// gradient is `G^T [sum over tiles (A dy A^T) . (B^T d B)] G`, 16 GEMMs with K = tiles.
@@ -19,8 +22,11 @@ final class Winograd3x3 {
     let tilesPerImage: Int
     /// Images per chunk.
     let chunkImages: Int
-    /// The transformed filter: 16 planes `[Cout, Cin]`; and its gradient.
-    private let u: FlatBuffer, du: FlatBuffer
+    /// The transformed filter: 16 planes `[Cout, Cin]` (the input gradient's products), 16 planes
+    /// `[Cin, Cout]` (the forward's), and the gradient.
+    private let u: FlatBuffer, uTransposed: FlatBuffer, du: FlatBuffer
+    /// Whether the channel products use `ak_gemm_small` rather than BLAS.
+    let ownProducts = ak_vector_bits() >= 256
     /// A chunk's transformed planes, two blocks of 16 x `[tiles, max(Cin, Cout)]`.
     private let first: FlatBuffer, second: FlatBuffer
 
@@ -42,6 +48,7 @@ final class Winograd3x3 {
         let widest = max(inChannels, outChannels)
         let plane = chunkImages * tilesPerImage * widest + 16
         u = FlatBuffer(count: 16 * outChannels * inChannels)
+        uTransposed = FlatBuffer(count: 16 * outChannels * inChannels)
         du = FlatBuffer(count: 16 * outChannels * inChannels)
         first = FlatBuffer(count: 16 * plane)
         second = FlatBuffer(count: 16 * plane)
@@ -71,17 +78,16 @@ final class Winograd3x3 {
         _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>, images: Range<Int>,
         eachChunk: (Range<Int>) -> Void
     ) {
-        ak_winograd_filter(w, Int32(outChannels), Int32(inChannels), u.pointer)
+        ak_winograd_filter(w, Int32(outChannels), Int32(inChannels), uTransposed.pointer, 1)
         let pixels = shape.pixels
         forEachChunk(images) { chunk in
             let tiles = chunk.count * tilesPerImage, tile0 = chunk.lowerBound * tilesPerImage
             let vStride = stride(tiles: tiles, channels: inChannels), mStride = stride(tiles: tiles, channels: outChannels)
             input(x, channels: inChannels, tile0: tile0, tiles: tiles, planeStride: vStride, into: first.pointer)
             for p in 0..<16 {
-                BLAS.gemm(
-                    .none, .transposed, m: tiles, n: outChannels, k: inChannels,
-                    a: first.pointer + p * vStride, lda: inChannels, b: u.pointer + p * outChannels * inChannels,
-                    ldb: inChannels, beta: 0, c: second.pointer + p * mStride, ldc: outChannels)
+                product(
+                    tiles: tiles, n: outChannels, k: inChannels, a: first.pointer + p * vStride,
+                    b: uTransposed.pointer + p * outChannels * inChannels, c: second.pointer + p * mStride)
             }
             ak_winograd_output(
                 second.pointer, Int32(shape.height), Int32(shape.width), Int32(outChannels), tile0, tiles, mStride, y,
@@ -98,7 +104,7 @@ final class Winograd3x3 {
         initial: UnsafePointer<Float>?, weight w: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>, beta: Float,
         images: Range<Int>, prepare: (Range<Int>) -> Void
     ) {
-        if dx != nil { ak_winograd_filter(w, Int32(outChannels), Int32(inChannels), u.pointer) }
+        if dx != nil { ak_winograd_filter(w, Int32(outChannels), Int32(inChannels), u.pointer, 0) }
         let pixels = shape.pixels, filterPlane = outChannels * inChannels
         var duBeta: Float = 0
         forEachChunk(images) { chunk in
@@ -122,10 +128,9 @@ final class Winograd3x3 {
             for p in 0..<16 {
                 let (a, b) = (p / 4, p % 4)
                 let rotated = Self.flip(a) * 4 + Self.flip(b)
-                BLAS.gemm(
-                    .none, .none, m: tiles, n: inChannels, k: outChannels,
-                    a: second.pointer + p * zStride, lda: outChannels, b: u.pointer + rotated * filterPlane,
-                    ldb: inChannels, beta: 0, c: first.pointer + p * vStride, ldc: inChannels)
+                product(
+                    tiles: tiles, n: inChannels, k: outChannels, a: second.pointer + p * zStride,
+                    b: u.pointer + rotated * filterPlane, c: first.pointer + p * vStride)
             }
             ak_winograd_output(
                 first.pointer, Int32(shape.height), Int32(shape.width), Int32(inChannels), tile0, tiles, vStride, dx,
@@ -136,6 +141,17 @@ final class Winograd3x3 {
             return
         }
         ak_winograd_filter_gradient(du.pointer, Int32(outChannels), Int32(inChannels), dw, beta == 0 ? 0 : 1)
+    }
+
+    /// `c[tiles, n] = a[tiles, k] b[k, n]`, all dense.
+    private func product(
+        tiles: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>
+    ) {
+        if ownProducts {
+            ak_gemm_small(tiles, Int32(n), Int32(k), a, k, b, n, c, n)
+        } else {
+            BLAS.gemm(.none, .none, m: tiles, n: n, k: k, a: a, lda: k, b: b, ldb: n, beta: 0, c: c, ldc: n)
+        }
     }
 
     /// Transform position `i` of the filter rotated by 180 degrees: G rev(g) is G g with rows 0 and 3 swapped.
@@ -165,7 +181,10 @@ final class Winograd3x3 {
                 calls.append(
                     GemmCall(.transposed, .none, m: outChannels, n: inChannels, k: tiles, beta: 1, repeats: 16 * repeats))
                 if pass == .backward {
-                    calls.append(GemmCall(.none, .none, m: tiles, n: inChannels, k: outChannels, beta: 0, repeats: 16 * repeats))
+                    calls.append(
+                        GemmCall(
+                            .none, .none, m: tiles, n: inChannels, k: outChannels, beta: 0, repeats: 16 * repeats,
+                            smallKernel: ownProducts))
                 }
             }
         }

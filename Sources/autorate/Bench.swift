@@ -108,6 +108,7 @@ struct Bench: ParsableCommand {
                     r.globalBatch, r.samplesPerSecond, r.stepSecondsMedian * 1e3, r.quantile(0.1) * 1e3, r.quantile(0.9) * 1e3,
                     r.gemmBoundSamplesPerSecond, r.gemmGFlops, r.fractionOfGemmBound, r.flopsPerSample / 1e9, r.fractionOfPeak,
                     r.peakGFlops, r.allreduceSecondsMedian * 1e3, r.busBandwidth) + BLAS.coreName + "; C kernels \(r.kernels)"
+                + String(cFormat: "; peak RSS per rank %.0f MiB", r.peakResidentMiB)
                 + (BuildTarget.portable ? "" : "; Swift loops built for one CPU")
         ]
         let t = r.timing

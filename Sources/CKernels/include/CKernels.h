@@ -46,11 +46,17 @@ void ak_winograd_output_gradient(const float *_Nonnull dy, int height, int width
                                  long count, long plane, float *_Nonnull z);
 
 /// u = G g G^T for each of the `out x in` 3x3 filters of the OHWI weight w `[out, 3, 3, in]`;
-/// u holds 16 planes `[out, in]`.
-void ak_winograd_filter(const float *_Nonnull w, int out, int in, float *_Nonnull u);
+/// u holds 16 planes `[out, in]`, or `[in, out]` when `transposed`.
+void ak_winograd_filter(const float *_Nonnull w, int out, int in, float *_Nonnull u, int transposed);
 
 /// dw = G^T du G (or dw += it with `accumulate`): du holds 16 planes `[out, in]`, dw is OHWI.
 void ak_winograd_filter_gradient(const float *_Nonnull du, int out, int in, float *_Nonnull dw, int accumulate);
+
+/// C[m, n] = A[m, k] B[k, n], row-major with leading dimensions lda, ldb, ldc: for small k and n
+/// (channel counts) and large m. Each element is one chain of multiply-adds in k order, so a row's
+/// values do not depend on m or on the other rows.
+void ak_gemm_small(long m, int n, int k, const float *_Nonnull a, long lda, const float *_Nonnull b, long ldb,
+                   float *_Nonnull c, long ldc);
 
 #ifdef __cplusplus
 }
