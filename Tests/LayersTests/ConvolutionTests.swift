@@ -90,6 +90,65 @@ final class ConvolutionTests: XCTestCase {
         return (values, magnitudes)
     }
 
+    /// Direct gradients in Double of `loss = sum(y * r)`: dW and dx, and the magnitudes of their terms.
+    static func directGradients(_ f: ConvolutionTests.Fixture, _ r: OwnedMatrix) -> (
+        dw: [Double], dwMagnitude: [Double], dx: [Double], dxMagnitude: [Double]
+    ) {
+        let conv = f.conv, i = conv.input, o = conv.output, k = conv.kernel
+        let w = f.p.value(conv.weight)
+        var dw = [Double](repeating: 0, count: w.count), dwMag = dw
+        var dx = [Double](repeating: 0, count: f.x.storage.count), dxMag = dx
+        for n in 0..<f.x.rows {
+            for oy in 0..<o.height {
+                for ox in 0..<o.width {
+                    for oc in 0..<o.channels {
+                        let g = Double(r[n * o.count + (oy * o.width + ox) * o.channels + oc])
+                        for ky in 0..<k {
+                            for kx in 0..<k {
+                                let iy = oy * conv.stride - conv.padding + ky, ix = ox * conv.stride - conv.padding + kx
+                                guard iy >= 0 && iy < i.height && ix >= 0 && ix < i.width else { continue }
+                                for ic in 0..<i.channels {
+                                    let wi = ((oc * k + ky) * k + kx) * i.channels + ic
+                                    let xi = n * i.count + (iy * i.width + ix) * i.channels + ic
+                                    dw[wi] += g * Double(f.x[xi])
+                                    dwMag[wi] += abs(g * Double(f.x[xi]))
+                                    dx[xi] += g * Double(w[wi])
+                                    dxMag[xi] += abs(g * Double(w[wi]))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (dw, dwMag, dx, dxMag)
+    }
+
+    /// im2col's input and weight gradients against the direct definition in Double, for every
+    /// geometry and chunking: an fp32 sum of n terms errs by at most about n * eps * (sum of |terms|);
+    /// 1e-5 of that sum allows n up to about 170 (the largest here: 3 images x 48 pixels for dW).
+    func testGradientsMatchDirectLoops() {
+        var rng = SplitMix64(seed: 34)
+        for g in Self.geometries {
+            for rows in Self.chunkRowChoices {
+                let what = "\(g), chunk rows \(String(describing: rows))"
+                let f = Fixture(g, batch: 3, chunkBytes: Self.chunkBytes(g, rows: rows), algorithm: .im2col, rng: &rng)
+                let r = OwnedMatrix(rows: f.y.rows, cols: f.y.cols, normal: &rng)
+                let dx = OwnedMatrix(rows: f.x.rows, cols: f.x.cols)
+                dx.storage.all.update(repeating: .nan)
+                f.conv.backward(f.x.matrix, r.matrix, dx.matrix, f.p, accumulating: false)
+                let direct = Self.directGradients(f, r)
+                let dw = f.p.gradient(f.conv.weight)
+                for j in 0..<dw.count {
+                    XCTAssertLessThanOrEqual(abs(Double(dw[j]) - direct.dw[j]), 1e-5 * direct.dwMagnitude[j], "dW[\(j)], \(what)")
+                }
+                for j in 0..<dx.storage.count {
+                    XCTAssertLessThanOrEqual(abs(Double(dx[j]) - direct.dx[j]), 1e-5 * direct.dxMagnitude[j], "dx[\(j)], \(what)")
+                }
+            }
+        }
+    }
+
     func testOutputShapes() {
         func output(_ h: Int, _ w: Int, k: Int, s: Int, p: Int) -> ImageShape {
             var layout = ParameterLayout()

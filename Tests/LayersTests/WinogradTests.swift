@@ -39,41 +39,9 @@ final class WinogradTests: XCTestCase {
         8 * Double(g.inChannels + 2) * Double(Float.ulpOfOne / 2) * magnitude
     }
 
-    /// Direct gradients in Double of `loss = sum(y * r)`: dW and dx, and the magnitudes of their terms.
-    static func directGradients(_ f: ConvolutionTests.Fixture, _ r: OwnedMatrix) -> (
-        dw: [Double], dwMagnitude: [Double], dx: [Double], dxMagnitude: [Double]
-    ) {
-        let conv = f.conv, i = conv.input, o = conv.output, k = conv.kernel
-        let w = f.p.value(conv.weight)
-        var dw = [Double](repeating: 0, count: w.count), dwMag = dw
-        var dx = [Double](repeating: 0, count: f.x.storage.count), dxMag = dx
-        for n in 0..<f.x.rows {
-            for oy in 0..<o.height {
-                for ox in 0..<o.width {
-                    for oc in 0..<o.channels {
-                        let g = Double(r[n * o.count + (oy * o.width + ox) * o.channels + oc])
-                        for ky in 0..<k {
-                            for kx in 0..<k {
-                                let iy = oy - conv.padding + ky, ix = ox - conv.padding + kx
-                                guard iy >= 0 && iy < i.height && ix >= 0 && ix < i.width else { continue }
-                                for ic in 0..<i.channels {
-                                    let wi = ((oc * k + ky) * k + kx) * i.channels + ic
-                                    let xi = n * i.count + (iy * i.width + ix) * i.channels + ic
-                                    dw[wi] += g * Double(f.x[xi])
-                                    dwMag[wi] += abs(g * Double(f.x[xi]))
-                                    dx[xi] += g * Double(w[wi])
-                                    dxMag[xi] += abs(g * Double(w[wi]))
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        return (dw, dwMag, dx, dxMag)
-    }
-
     func testForwardAndGradientsMatchDirectConvolution() {
+        let original = String(cString: ak_kernel_isa())
+        defer { _ = ak_kernel_force(original) }
         for isa in Self.instructionSets {
             XCTAssertEqual(ak_kernel_force(isa), 1)
             var rng = SplitMix64(seed: 71)
@@ -94,7 +62,7 @@ final class WinogradTests: XCTestCase {
                 f.p.gradients.all.update(repeating: .nan)
                 dx.storage.all.update(repeating: .nan)
                 f.conv.backward(f.x.matrix, r.matrix, dx.matrix, f.p, accumulating: false)
-                let direct = Self.directGradients(f, r)
+                let direct = ConvolutionTests.directGradients(f, r)
                 let dw = f.p.gradient(f.conv.weight)
                 for j in 0..<dw.count {
                     XCTAssertLessThanOrEqual(
@@ -116,7 +84,6 @@ final class WinogradTests: XCTestCase {
                 }
             }
         }
-        _ = ak_kernel_force(Self.instructionSets.first!)
     }
 
     /// The choice made when none is asked for: Winograd for 3x3/1/1 with 16 or more channels each way.
