@@ -80,8 +80,11 @@ public struct BenchmarkResult: Sendable {
     public var samplesPerSecond: Double { Double(globalBatch) / stepSecondsMedian }
     public var gemmBoundSamplesPerSecond: Double { Double(globalBatch) / gemmSecondsMedian }
     public var fractionOfGemmBound: Double { gemmSecondsMedian / stepSecondsMedian }
-    /// The model's flops per second as a fraction of every rank's FMA peak.
-    public var fractionOfPeak: Double { samplesPerSecond * flopsPerSample / (peakGFlops * 1e9 * Double(ranks)) }
+    /// The model's flops per second as a fraction of the FMA peak of every core the ranks use
+    /// (ranks x `threads`).
+    public var fractionOfPeak: Double {
+        samplesPerSecond * flopsPerSample / (peakGFlops * 1e9 * Double(ranks * threads))
+    }
     /// Throughput of the one-rank baseline, and this run's scaling efficiency against it:
     /// samples/s over (ranks x baseline samples/s), for either mode.
     public var baselineSamplesPerSecond: Double? {

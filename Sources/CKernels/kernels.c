@@ -10,6 +10,7 @@ static volatile float ak_sink;
 // Channels per step of a border tile's zero-padded copy (16 KiB of stack).
 enum { AK_BLOCK = 256 };
 
+#if defined(__x86_64__) || defined(__i386__)
 #define KERNEL(name) name##_avx512
 #define VECTOR_BYTES 64
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), apply_to = function)
@@ -29,7 +30,9 @@ enum { AK_BLOCK = 256 };
 #pragma clang attribute pop
 #undef KERNEL
 #undef VECTOR_BYTES
+#endif
 
+// The baseline: SSE2 on x86-64 (every such CPU has it), the compiler's default vectors elsewhere.
 #define KERNEL(name) name##_sse2
 #define VECTOR_BYTES 16
 #include "winograd_body.h"
@@ -49,13 +52,20 @@ typedef struct {
     void (*gemm)(long, int, int, const float *, long, const float *, long, float *, long);
 } KernelTable;
 
-#define TABLE(isa) \
-    {#isa, winograd_input_##isa, winograd_output_##isa, winograd_output_gradient_##isa, winograd_filter_##isa, \
+#define TABLE(name, isa) \
+    {name, winograd_input_##isa, winograd_output_##isa, winograd_output_gradient_##isa, winograd_filter_##isa, \
      winograd_filter_gradient_##isa, fma_peak_##isa, gemm_small_##isa}
-static const KernelTable tables[] = {TABLE(avx512), TABLE(avx2), TABLE(sse2)};
+#if defined(__x86_64__) || defined(__i386__)
+static const KernelTable tables[] = {TABLE("avx512", avx512), TABLE("avx2", avx2), TABLE("sse2", sse2)};
 static const int vectorBytes[] = {64, 32, 16};
+#else
+static const KernelTable tables[] = {TABLE("baseline", sse2)};
+static const int vectorBytes[] = {16};
+#endif
+enum { tableCount = sizeof tables / sizeof tables[0] };
 
 static int supported(int index) {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     switch (index) {
     case 0: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -63,6 +73,9 @@ static int supported(int index) {
     case 1: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     default: return 1;
     }
+#else
+    return index == 0;
+#endif
 }
 
 // The table in use, chosen at the first call: the widest the CPU supports, or AUTORATE_KERNELS
@@ -72,15 +85,15 @@ static const KernelTable *chosen;
 static const KernelTable *table(void) {
     const KernelTable *t = __atomic_load_n(&chosen, __ATOMIC_ACQUIRE);
     if (t) return t;
-    int pick = 2;
-    for (int i = 0; i < 3; i++) {
+    int pick = tableCount - 1;
+    for (int i = 0; i < tableCount; i++) {
         if (supported(i)) {
             pick = i;
             break;
         }
     }
     const char *want = getenv("AUTORATE_KERNELS");
-    for (int i = 0; want && i < 3; i++) {
+    for (int i = 0; want && i < tableCount; i++) {
         if (strcmp(want, tables[i].name) == 0 && supported(i)) pick = i;
     }
     __atomic_store_n(&chosen, &tables[pick], __ATOMIC_RELEASE);
@@ -94,7 +107,7 @@ int ak_vector_bits(void) { return 8 * vectorBytes[table() - tables]; }
 double ak_fma_peak_flops(long iterations) { return table()->fmaPeak(iterations); }
 
 int ak_kernel_force(const char *isa) {
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < tableCount; i++) {
         if (strcmp(isa, tables[i].name) == 0 && supported(i)) {
             __atomic_store_n(&chosen, &tables[i], __ATOMIC_RELEASE);
             return 1;

@@ -99,7 +99,7 @@ public final class Conv2d {
             algorithm != .winograd
                 || Winograd3x3.applies(
                     kernel: kernel, stride: stride, padding: padding, inChannels: input.channels, outChannels: outChannels),
-            "Winograd computes 3x3 convolutions with stride 1 and padding 1, not kernel \(kernel) stride \(stride) padding \(padding)"
+            "Winograd computes 3x3 convolutions with stride 1 and padding 1 of up to \(Winograd3x3.maxChannels) channels, not kernel \(kernel) stride \(stride) padding \(padding) with \(input.channels) -> \(outChannels) channels"
         )
         self.algorithm = algorithm
         isPointwise = kernel == 1 && stride == 1 && padding == 0

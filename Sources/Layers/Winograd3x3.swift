@@ -34,9 +34,12 @@ final class Winograd3x3 {
     /// of the VGG preset, one thread: 31-34 GFLOP/s, against 24 at 32 tiles and 29 at 1024).
     static let targetTiles = 256
 
+    /// The most channels the C kernels take (their zero padding is read from a fixed buffer).
+    static let maxChannels = Int(AK_WINOGRAD_MAX_CHANNELS)
+
     /// Whether this algorithm computes the convolution `kernel`, `stride`, `padding` with these channels.
     static func applies(kernel: Int, stride: Int, padding: Int, inChannels: Int, outChannels: Int) -> Bool {
-        kernel == 3 && stride == 1 && padding == 1 && max(inChannels, outChannels) <= Int(AK_WINOGRAD_MAX_CHANNELS)
+        kernel == 3 && stride == 1 && padding == 1 && max(inChannels, outChannels) <= maxChannels
     }
 
     init(input: ImageShape, outChannels: Int, maxBatch: Int) {
@@ -164,8 +167,7 @@ final class Winograd3x3 {
         ak_winograd_input(x, Int32(shape.height), Int32(shape.width), Int32(channels), tile0, tiles, planeStride, v)
     }
 
-    /// The GEMMs of `forward` or `backward` over a batch of `batch` images (`dx`: whether backward
-    /// computes the input gradient), one entry per shape.
+    /// The GEMMs of `forward` or `backward` over a batch of `batch` images, one entry per shape.
     func gemmWorkload(batch: Int, pass: Conv2d.Pass) -> [GemmCall] {
         var chunks: [(tiles: Int, repeats: Int)] = []
         let full = batch / chunkImages, rest = batch % chunkImages
@@ -176,7 +178,9 @@ final class Winograd3x3 {
             switch pass {
             case .forward:
                 calls.append(
-                    GemmCall(.none, .transposed, m: tiles, n: outChannels, k: inChannels, beta: 0, repeats: 16 * repeats))
+                    GemmCall(
+                        .none, .none, m: tiles, n: outChannels, k: inChannels, beta: 0, repeats: 16 * repeats,
+                        smallKernel: ownProducts))
             case .weightGradient, .backward:
                 calls.append(
                     GemmCall(.transposed, .none, m: outChannels, n: inChannels, k: tiles, beta: 1, repeats: 16 * repeats))

@@ -126,7 +126,7 @@ final class ConvolutionTests: XCTestCase {
 
     /// im2col's input and weight gradients against the direct definition in Double, for every
     /// geometry and chunking: an fp32 sum of n terms errs by at most about n * eps * (sum of |terms|);
-    /// 1e-5 of that sum allows n up to about 170 (the largest here: 3 images x 48 pixels for dW).
+    /// 1e-5 of that sum allows n up to about 170 (the largest here: 3 images x 35 pixels for dW).
     func testGradientsMatchDirectLoops() {
         var rng = SplitMix64(seed: 34)
         for g in Self.geometries {

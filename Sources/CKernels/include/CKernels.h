@@ -9,7 +9,7 @@
 extern "C" {
 #endif
 
-/// The instruction set the kernels run with: "avx512", "avx2" or "sse2".
+/// The instruction set the kernels run with: "avx512", "avx2" or "sse2" ("baseline" off x86).
 const char *_Nonnull ak_kernel_isa(void);
 
 /// The vector width of that instruction set in bits (512, 256, 128).
