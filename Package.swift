@@ -4,7 +4,7 @@ import PackageDescription
 /// Module graph (arrows point one way):
 ///   autorate -> {Benchmarks, Reproduction} -> Training -> {Layers, Optimizers, Data, Collectives} -> TensorCore -> COpenBLAS
 ///   Collectives -> CMPI            (the only module that talks to MPI)
-///   Data -> CZlib                  (gzip-compressed MNIST files)
+///   Data -> CZlib                  (gzip-compressed MNIST files, deflated .npz entries)
 ///   Layers -> CKernels             (C kernels with run-time CPU dispatch)
 
 let package = Package(
@@ -67,6 +67,7 @@ let package = Package(
         .executableTarget(name: "fuzz-cifar10", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzCIFAR10"),
         .executableTarget(name: "fuzz-safetensors", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzSafeTensors"),
         .executableTarget(name: "fuzz-checkpoint", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzCheckpoint"),
+        .executableTarget(name: "fuzz-npy", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzNPY"),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore", "CKernels"]),

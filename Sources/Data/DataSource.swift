@@ -10,16 +10,23 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
     case fashionMNIST(directory: String)
     /// The CIFAR-10 binary batches in a directory (or its `cifar-10-batches-bin`).
     case cifar10(directory: String)
+    /// NumPy arrays x_train, y_train, x_test, y_test in one `.npz` (Keras' `mnist.npz` layout).
+    case npz(file: String)
+    /// The same four arrays as `.npy` files in a directory.
+    case npy(directory: String)
 
-    public static let accepted = "'synthetic', 'synthetic-images', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'"
+    public static let accepted =
+        "'synthetic', 'synthetic-images', 'mnist:DIR', 'fashion-mnist:DIR', 'cifar10:DIR', 'npz:FILE' or 'npy:DIR'"
 
     private static let directoryForms: [(prefix: String, make: @Sendable (String) -> DataSource)] = [
         ("mnist:", { .mnist(directory: $0) }),
         ("fashion-mnist:", { .fashionMNIST(directory: $0) }),
         ("cifar10:", { .cifar10(directory: $0) }),
+        ("npz:", { .npz(file: $0) }),
+        ("npy:", { .npy(directory: $0) }),
     ]
 
-    /// Parses one of the `accepted` forms; nil for anything else (an empty DIR included).
+    /// Parses one of the `accepted` forms; nil for anything else (an empty DIR or FILE included).
     public init?(argument: String) {
         switch argument {
         case "synthetic": self = .synthetic
@@ -39,6 +46,8 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
         case let .mnist(directory): "mnist:\(directory)"
         case let .fashionMNIST(directory): "fashion-mnist:\(directory)"
         case let .cifar10(directory): "cifar10:\(directory)"
+        case let .npz(file): "npz:\(file)"
+        case let .npy(directory): "npy:\(directory)"
         }
     }
 
@@ -57,6 +66,10 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
             splits = try FashionMNIST.load(directory: directory)
         case let .cifar10(directory):
             splits = try CIFAR10.load(directory: directory)
+        case let .npz(file):
+            splits = try NumPy.load(npz: file)
+        case let .npy(directory):
+            splits = try NumPy.load(npyDirectory: directory)
         }
         if let image = splits.train.image {
             Standardization.perChannel(channels: image.channels).apply(to: &splits)
