@@ -47,10 +47,14 @@ final class OverlapTimelineTests: XCTestCase {
                     XCTAssertGreaterThan(bn, 0, "synchronized BN reduces statistics every step")
                     XCTAssertLessThan(bn, step)
                     if overlapped {
-                        // in flight during backward: more than nothing, less than the step less its waits
+                        // in flight during backward: more than nothing, and within backward, which is
+                        // inside the step less the wait after it (compute + BN reductions: backward's
+                        // BN reductions overlap the buckets in flight, so hidden may exceed compute
+                        // alone when a loaded machine stretches them)
                         let hidden = time["grad_comm_hidden"]!
                         XCTAssertGreaterThan(hidden, 0, "\(model[1]): buckets in flight during backward")
-                        XCTAssertLessThanOrEqual(hidden, compute, "\(model[1]): hidden communication outlasts the computation")
+                        XCTAssertLessThanOrEqual(
+                            hidden, compute + bn, "\(model[1]): hidden communication outlasts the step less its wait")
                     } else {
                         XCTAssertEqual(time["grad_comm_hidden"]!, 0)
                     }
