@@ -98,7 +98,9 @@ enum Zip {
                 "is compressed with zip method \(entry.method); accepted are 0 (stored, numpy.savez) and 8 (deflate, numpy.savez_compressed)"
             )
         }
-        let crc = data.withUnsafeBufferPointer { UInt32(crc32(0, $0.baseAddress, UInt32($0.count))) }
+        var checksum = CRC32()
+        checksum.update(data)
+        let crc = checksum.value
         guard crc == entry.crc else {
             throw fail(
                 "has CRC-32 \(String(crc, radix: 16)) but the directory lists \(String(entry.crc, radix: 16)); the file is corrupt"
