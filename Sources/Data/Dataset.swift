@@ -10,10 +10,14 @@ public struct Dataset: Sendable {
     public let classes: Int
     public let name: String
     public let image: ImageShape?
+    /// The name of each class (ImageFolder's directory names); nil: the classes are numbered 0...
+    public var classNames: [String]?
 
     public init(
-        name: String, features: [Float], labels: [Int32], dimension: Int, classes: Int, image: ImageShape? = nil
+        name: String, features: [Float], labels: [Int32], dimension: Int, classes: Int, image: ImageShape? = nil,
+        classNames: [String]? = nil
     ) {
+        precondition(classNames == nil || classNames!.count == classes, "\(name): \(classNames!.count) class names for \(classes) classes")
         precondition(image == nil || image!.count == dimension, "\(name): image \(image!) does not have \(dimension) values")
         precondition(
             features.count == labels.count * dimension,
@@ -24,19 +28,26 @@ public struct Dataset: Sendable {
         self.dimension = dimension
         self.classes = classes
         self.image = image
+        self.classNames = classNames
     }
 
     public var count: Int { labels.count }
+
+    /// `classNames`, or the class numbers as names.
+    public var resolvedClassNames: [String] { classNames ?? (0..<classes).map(String.init) }
 }
 
 /// A train/test pair, standardized with statistics of the training split only.
 public struct DataSplits: Sendable {
     public var train: Dataset
     public var test: Dataset
+    /// What loading noticed and the user should hear (skipped files, a rebuilt cache), one line each.
+    public var notes: [String] = []
     public init(train: Dataset, test: Dataset) {
         precondition(
             train.dimension == test.dimension && train.classes == test.classes && train.image == test.image,
             "train and test splits differ in dimension, image shape or classes")
+        precondition(train.classNames == test.classNames, "train and test splits name their classes differently")
         self.train = train
         self.test = test
     }
