@@ -54,7 +54,15 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
     /// Loads and standardizes both splits. Every rank loads the same files and gets the same arrays.
     /// Images are standardized per channel; the tabular `synthetic` set per feature.
     public func load() throws -> DataSplits {
-        var splits: DataSplits
+        var splits = try loadUnstandardized()
+        let form: Standardization = splits.train.image.map { .perChannel(channels: $0.channels) } ?? .perFeature
+        splits.standardization = form.apply(to: &splits)
+        return splits
+    }
+
+    /// Both splits as stored (pixels in [0, 1]), for a model that brings its own standardization.
+    public func loadUnstandardized() throws -> DataSplits {
+        let splits: DataSplits
         switch self {
         case .synthetic:
             splits = SyntheticDataset.make(seed: 1)  // a fixed dataset: --seed varies only the training
@@ -70,11 +78,6 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
             splits = try NumPy.load(npz: file)
         case let .npy(directory):
             splits = try NumPy.load(npyDirectory: directory)
-        }
-        if let image = splits.train.image {
-            Standardization.perChannel(channels: image.channels).apply(to: &splits)
-        } else {
-            Standardization.perFeature.apply(to: &splits)
         }
         return splits
     }

@@ -43,6 +43,8 @@ public struct DataSplits: Sendable {
     public var test: Dataset
     /// What loading noticed and the user should hear (skipped files, a rebuilt cache), one line each.
     public var notes: [String] = []
+    /// The training split's statistics both splits were standardized with (nil: not standardized).
+    public var standardization: InputStandardization?
     public init(train: Dataset, test: Dataset) {
         precondition(
             train.dimension == test.dimension && train.classes == test.classes && train.image == test.image,
@@ -62,12 +64,20 @@ public enum Standardization: Sendable, Equatable {
     case global
     case perChannel(channels: Int)
 
-    /// Standardizes both splits in place.
-    public func apply(to splits: inout DataSplits) {
-        let d = splits.train.dimension, n = splits.train.count
-        guard d > 0 else { return }
+    /// Standardizes both splits in place with the training split's statistics, and returns them.
+    @discardableResult
+    public func apply(to splits: inout DataSplits) -> InputStandardization {
+        let fitted = fit(splits.train)
+        fitted.apply(to: &splits.train)
+        fitted.apply(to: &splits.test)
+        return fitted
+    }
+
+    /// The training split's statistics in this form.
+    public func fit(_ train: Dataset) -> InputStandardization {
+        let d = train.dimension, n = train.count
         var mean = [Double](repeating: 0, count: d), sq = [Double](repeating: 0, count: d)
-        splits.train.features.withUnsafeBufferPointer { f in
+        train.features.withUnsafeBufferPointer { f in
             for i in 0..<n {
                 let row = f.baseAddress! + i * d
                 for j in 0..<d {
@@ -77,18 +87,13 @@ public enum Standardization: Sendable, Equatable {
                 }
             }
         }
-        var shift = [Float](repeating: 0, count: d), scale = [Float](repeating: 1, count: d)
         switch self {
         case .perFeature:
-            for j in 0..<d {
-                let (m, s) = Self.moments(mean[j], sq[j], count: Double(n))
-                shift[j] = m
-                scale[j] = s
-            }
+            let moments = (0..<d).map { Self.moments(mean[$0], sq[$0], count: Double(n)) }
+            return InputStandardization(kind: .perFeature, mean: moments.map(\.0), std: moments.map(\.1))
         case .global:
             let (m, s) = Self.moments(mean.reduce(0, +), sq.reduce(0, +), count: Double(n * d))
-            shift = [Float](repeating: m, count: d)
-            scale = [Float](repeating: s, count: d)
+            return InputStandardization(kind: .perChannel, mean: [m], std: [s])
         case let .perChannel(channels):
             precondition(channels > 0 && d % channels == 0, "\(d) features are not pixels of \(channels) channels")
             // Summed in feature order, so that one channel gives exactly the `global` numbers.
@@ -97,27 +102,49 @@ public enum Standardization: Sendable, Equatable {
                 sum[j % channels] += mean[j]
                 sumSq[j % channels] += sq[j]
             }
-            for c in 0..<channels {
-                let (m, s) = Self.moments(sum[c], sumSq[c], count: Double(n * d / channels))
-                for j in stride(from: c, to: d, by: channels) {
-                    shift[j] = m
-                    scale[j] = s
-                }
-            }
+            let moments = (0..<channels).map { Self.moments(sum[$0], sumSq[$0], count: Double(n * d / channels)) }
+            return InputStandardization(kind: .perChannel, mean: moments.map(\.0), std: moments.map(\.1))
         }
-        Self.transform(&splits.train.features, dimension: d, shift: shift, scale: scale)
-        Self.transform(&splits.test.features, dimension: d, shift: shift, scale: scale)
     }
 
-    /// The shift (mean) and scale (1/std; 1 for a constant input, which is then only centred).
-    private static func moments(_ sum: Double, _ sumSq: Double, count: Double) -> (Float, Float) {
+    /// The mean and standard deviation (1 for a constant input, which is then only centred).
+    private static func moments(_ sum: Double, _ sumSq: Double, count: Double) -> (Double, Double) {
         let m = sum / count
         let v = Swift.max(sumSq / count - m * m, 0)
-        return (Float(m), v > 1e-12 ? Float(1 / v.squareRoot()) : 1)
+        return (m, v > 1e-12 ? v.squareRoot() : 1)
+    }
+}
+
+/// Fitted standardization: `x[j] -> (x[j] - mean[j % L]) / std[j % L]` with L = `mean.count` (one
+/// entry per feature, or per channel of channels-last pixels), computed in Float as
+/// `(x - Float(mean)) * Float(1 / std)`. Checkpoints record it, so that a model is evaluated and
+/// exported with the statistics it was trained with.
+public struct InputStandardization: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case perFeature = "per_feature"
+        case perChannel = "per_channel"
+    }
+    public var kind: Kind
+    public var mean: [Double]
+    public var std: [Double]
+
+    public init(kind: Kind, mean: [Double], std: [Double]) {
+        precondition(mean.count == std.count && !mean.isEmpty, "standardization: \(mean.count) means, \(std.count) deviations")
+        self.kind = kind
+        self.mean = mean
+        self.std = std
     }
 
-    private static func transform(_ features: inout [Float], dimension d: Int, shift: [Float], scale: [Float]) {
-        features.withUnsafeMutableBufferPointer { f in
+    /// Whether it applies to rows of `dimension` values.
+    public func fits(dimension: Int) -> Bool { dimension > 0 && dimension % mean.count == 0 }
+
+    /// Standardizes `dataset` in place.
+    public func apply(to dataset: inout Dataset) {
+        let d = dataset.dimension, l = mean.count
+        precondition(fits(dimension: d), "standardization of \(l) entries for rows of \(d) values")
+        let shift = (0..<d).map { Float(mean[$0 % l]) }
+        let scale = (0..<d).map { Float(1 / std[$0 % l]) }
+        dataset.features.withUnsafeMutableBufferPointer { f in
             for i in 0..<(f.count / d) {
                 let row = f.baseAddress! + i * d
                 for j in 0..<d { row[j] = (row[j] - shift[j]) * scale[j] }

@@ -86,6 +86,9 @@ extension BatchNorm {
         }
     }
 
+    /// The epsilon inference adds to each channel's running variance, for the current weights.
+    public func inferenceEpsilons(_ p: ParameterStore) -> [Double] { channelEpsilons(p) }
+
     /// eps_c per channel for the current weights; `saving` (a training forward) keeps ||w_c||^2 and
     /// q for backward, and takes the norms the last update kept when there are some.
     func channelEpsilons(_ p: ParameterStore, saving: Bool = false) -> [Double] {

@@ -72,6 +72,26 @@ enum CheckpointFormat {
     }
 }
 
+extension CheckpointFormat {
+    /// The weights `autorate export` writes, for PyTorch's BatchNorm with the scalar epsilon
+    /// `pytorchEpsilon`: with `--bn-eps-mode zero` or `scaled` the per-channel eps_c that inference
+    /// adds (it depends on the weights) is folded into `running_var`, and PyTorch's eps is 0.
+    static func exported(_ model: any Network, batchesTracked: Int) -> (weights: SafeTensors, pytorchEpsilon: Double) {
+        let norms = model.batchNorms
+        guard let mode = norms.first?.epsilonMode, mode != .standard else {
+            return (weights(model, batchesTracked: batchesTracked), norms.first?.epsilon ?? 0)
+        }
+        let original = Array(model.buffers.all)
+        defer { model.buffers.all.update(fromContentsOf: original) }
+        for norm in norms {
+            let eps = norm.inferenceEpsilons(model.parameters)
+            let v = model.buffers.slice(norm.runningVar.range)
+            for c in 0..<norm.channels { v[c] = Float(Double(v[c]) + eps[c]) }
+        }
+        return (weights(model, batchesTracked: batchesTracked), 0)
+    }
+}
+
 extension Trainer {
     /// Rank 0: writes the state after `completedSteps` steps. Errors (a full disk) end the job.
     func saveCheckpoint(completedSteps: Int, into directory: CheckpointDirectory) throws -> String {
