@@ -93,6 +93,11 @@ extension CheckpointFormat {
 }
 
 extension Trainer {
+    /// What checkpoints record about the model.
+    public var modelCard: ModelCard {
+        ModelCard(configuration: configuration, model: model, data: splits.train, standardization: splits.standardization)
+    }
+
     /// Rank 0: writes the state after `completedSteps` steps. Errors (a full disk) end the job.
     func saveCheckpoint(completedSteps: Int, into directory: CheckpointDirectory) throws -> String {
         var file = CheckpointFormat.weights(model, batchesTracked: completedSteps)
@@ -106,6 +111,7 @@ extension Trainer {
         file.metadata["autorate.epoch"] = "\(completedSteps / Swift.max(sampler.stepsPerEpoch, 1))"
         file.metadata["autorate.ranks"] = "\(communicator.size)"
         file.metadata["autorate.architecture"] = model.architecture
+        file.metadata[ModelCard.metadataKey] = modelCard.json
         for (flag, value) in configuration.trajectoryFields { file.metadata["config.\(flag)"] = value }
         return try directory.write(step: completedSteps, file)
     }

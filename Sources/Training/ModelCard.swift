@@ -61,7 +61,10 @@ public struct ModelCard: Codable, Sendable, Equatable {
     }
 
     /// The card of `model`, built by `configuration` for `data`.
-    public init(configuration c: TrainingConfiguration, model: any Network, data: Dataset) {
+    public init(
+        configuration c: TrainingConfiguration, model: any Network, data: Dataset, standardization: InputStandardization?
+    ) {
+        self.standardization = standardization
         self.model = c.model.rawValue
         architecture = model.architecture
         switch (model as? ConvNet)?.architectureSpec {
