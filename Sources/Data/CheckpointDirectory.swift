@@ -58,8 +58,28 @@ public struct CheckpointDirectory: Sendable {
     /// - Throws: `DataError` naming the file or directory and the system's error text.
     public func write(step: Int, _ file: SafeTensors) throws -> String {
         precondition(step >= 0, "CheckpointDirectory: step must not be negative, not \(step)")
+        let final = try place(Self.fileName(step: step), file)
+        var deleted = false
+        for old in checkpoints().dropFirst(keep) where old != final {
+            guard unlink(old) == 0 || errno == ENOENT else {
+                throw DataError(path: old, "could not be deleted (keeping the newest \(keep) checkpoints): \(Self.errnoText())")
+            }
+            deleted = true
+        }
+        if deleted { try Self.syncDirectory(path) }
+        return final
+    }
+
+    /// Writes `file` as `name` in this directory (not a `checkpoint-STEP` name: never pruned, never
+    /// resumed from by `auto`), atomically as `write(step:)`. Returns the final path.
+    public func write(name: String, _ file: SafeTensors) throws -> String {
+        precondition(Self.step(ofFileName: name) == nil && !name.contains("/"), "CheckpointDirectory: \(name) is not a plain name")
+        return try place(name, file)
+    }
+
+    /// Writes to a temporary file, syncs it, renames it to `name`, syncs the directory.
+    private func place(_ name: String, _ file: SafeTensors) throws -> String {
         try Self.makeDirectory(path)
-        let name = Self.fileName(step: step)
         let final = path + "/" + name
         let temporary = final + ".\(getpid()).tmp"
         let bytes = Self.encode(file)
@@ -75,14 +95,6 @@ public struct CheckpointDirectory: Sendable {
             throw DataError(path: final, "could not be put in place (rename from \(temporary) failed: \(text))")
         }
         try Self.syncDirectory(path)
-        var deleted = false
-        for old in checkpoints().dropFirst(keep) where old != final {
-            guard unlink(old) == 0 || errno == ENOENT else {
-                throw DataError(path: old, "could not be deleted (keeping the newest \(keep) checkpoints): \(Self.errnoText())")
-            }
-            deleted = true
-        }
-        if deleted { try Self.syncDirectory(path) }
         return final
     }
 

@@ -55,8 +55,7 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
     /// Images are standardized per channel; the tabular `synthetic` set per feature.
     public func load() throws -> DataSplits {
         var splits = try loadUnstandardized()
-        let form: Standardization = splits.train.image.map { .perChannel(channels: $0.channels) } ?? .perFeature
-        splits.standardization = form.apply(to: &splits)
+        splits.standardize(splits.defaultStandardization)
         return splits
     }
 

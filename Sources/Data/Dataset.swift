@@ -33,6 +33,16 @@ public struct Dataset: Sendable {
 
     public var count: Int { labels.count }
 
+    /// The samples at `indices`, in that order.
+    public func selecting(_ indices: [Int], name: String) -> Dataset {
+        var rows = [Float]()
+        rows.reserveCapacity(indices.count * dimension)
+        for i in indices { rows += features[(i * dimension)..<((i + 1) * dimension)] }
+        return Dataset(
+            name: name, features: rows, labels: indices.map { labels[$0] }, dimension: dimension, classes: classes,
+            image: image, classNames: classNames)
+    }
+
     /// `classNames`, or the class numbers as names.
     public var resolvedClassNames: [String] { classNames ?? (0..<classes).map(String.init) }
 }
@@ -43,7 +53,9 @@ public struct DataSplits: Sendable {
     public var test: Dataset
     /// What loading noticed and the user should hear (skipped files, a rebuilt cache), one line each.
     public var notes: [String] = []
-    /// The training split's statistics both splits were standardized with (nil: not standardized).
+    /// Held out of the training set (`--val-fraction`); scored during training instead of the test split.
+    public var validation: Dataset?
+    /// The training split's statistics every split was standardized with (nil: not standardized).
     public var standardization: InputStandardization?
     public init(train: Dataset, test: Dataset) {
         precondition(
@@ -52,6 +64,34 @@ public struct DataSplits: Sendable {
         precondition(train.classNames == test.classNames, "train and test splits name their classes differently")
         self.train = train
         self.test = test
+    }
+
+    /// Moves `fraction` of the training samples (rounded, at least one, leaving one) into
+    /// `validation`, chosen by `seed`; both parts keep the original order.
+    public mutating func holdOut(fraction: Double, seed: UInt64) {
+        precondition(fraction > 0 && fraction < 1 && train.count >= 2, "holdOut(fraction: \(fraction)) of \(train.count) samples")
+        let n = train.count
+        let held = Swift.min(Swift.max(Int((fraction * Double(n)).rounded()), 1), n - 1)
+        var order = Array(0..<n)
+        var rng = SplitMix64.derived(seed, 0x7A1)
+        order.shuffle(using: &rng)
+        let chosen = Set(order.prefix(held))
+        validation = train.selecting((0..<n).filter { chosen.contains($0) }, name: train.name + "/validation")
+        train = train.selecting((0..<n).filter { !chosen.contains($0) }, name: train.name)
+    }
+
+    /// Standardizes every split with the training split's statistics in `form`, and records them.
+    public mutating func standardize(_ form: Standardization) {
+        let fitted = form.fit(train)
+        fitted.apply(to: &train)
+        fitted.apply(to: &test)
+        if validation != nil { fitted.apply(to: &validation!) }
+        standardization = fitted
+    }
+
+    /// Per channel for images, per feature for vectors.
+    public var defaultStandardization: Standardization {
+        train.image.map { .perChannel(channels: $0.channels) } ?? .perFeature
     }
 }
 

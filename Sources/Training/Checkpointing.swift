@@ -11,6 +11,12 @@ import TensorCore
 enum CheckpointFormat {
     static let format = "autorate-checkpoint-1"
     static let momentumName = "optimizer.momentum"
+    /// The final checkpoint's BN running statistics as training left them, before `--bn-recalibrate`
+    /// replaced them (the state_dict's are the recalibrated ones, which the printed accuracy used):
+    /// a run extended from it continues the same running averages.
+    static let trainingStatisticsName = "training.bn_running_statistics"
+    /// Tensors of a checkpoint that are not the model's weights (`export` leaves them out).
+    static func isTrainingState(_ name: String) -> Bool { name.hasPrefix("optimizer.") || name.hasPrefix("training.") }
 
     /// PyTorch's shape of a tensor stored with `shape`.
     static func torchShape(_ shape: [Int]) -> [Int] { shape.count == 4 ? [shape[0], shape[3], shape[1], shape[2]] : shape }
@@ -52,7 +58,7 @@ enum CheckpointFormat {
 
     /// Trajectory flags that checkpoints written before them lack, with the value such a checkpoint
     /// resumes under (for --convolution: the default, whose rounding differs from the im2col of then).
-    static let addedLater = ["--deterministic": "off", "--convolution": "auto"]
+    static let addedLater = ["--deterministic": "off", "--convolution": "auto", "--val-fraction": "0.0"]
 
     /// Parameters and BN buffers under PyTorch names: what `autorate export` writes alone.
     static func weights(_ model: any Network, batchesTracked: Int) -> SafeTensors {
@@ -73,6 +79,26 @@ enum CheckpointFormat {
 }
 
 extension CheckpointFormat {
+    /// Reads every parameter and BN buffer of `model` from `file` (PyTorch names and layouts).
+    /// - Throws: `ForeignCheckpoint` for a missing tensor or one of another size.
+    static func loadWeights(_ file: SafeTensors, into model: any Network) throws {
+        model.parameters.rowSquaredNormsAfterUpdate.removeAll()  // kept for values replaced here
+        for (spec, buffer) in model.parameters.layout.tensors.map({ ($0, model.parameters.values) })
+            + model.bufferLayout.tensors.map({ ($0, model.buffers) })
+        {
+            let values: [Float]
+            do {
+                values = try file.floats(spec.name)
+            } catch {
+                throw ForeignCheckpoint(text: "\(error)")
+            }
+            guard values.count == spec.count else {
+                throw ForeignCheckpoint(text: "tensor \(spec.name) has \(values.count) values; this network's has \(spec.count)")
+            }
+            CheckpointFormat.fromTorchOrder(values, shape: spec.shape, into: buffer.slice(spec.range))
+        }
+    }
+
     /// The weights `autorate export` writes, for PyTorch's BatchNorm with the scalar epsilon
     /// `pytorchEpsilon`: with `--bn-eps-mode zero` or `scaled` the per-channel eps_c that inference
     /// adds (it depends on the weights) is folded into `running_var`, and PyTorch's eps is 0.
@@ -98,11 +124,18 @@ extension Trainer {
         ModelCard(configuration: configuration, model: model, data: splits.train, standardization: splits.standardization)
     }
 
-    /// Rank 0: writes the state after `completedSteps` steps. Errors (a full disk) end the job.
-    func saveCheckpoint(completedSteps: Int, into directory: CheckpointDirectory) throws -> String {
+    /// Rank 0: writes the state after `completedSteps` steps (to `name`, or the directory's
+    /// `checkpoint-STEP` file). `trainingStatistics`: the BN buffers before recalibration, for the
+    /// final checkpoint. Errors (a full disk) end the job.
+    func saveCheckpoint(
+        completedSteps: Int, into directory: CheckpointDirectory, name: String? = nil, trainingStatistics: [Float]? = nil
+    ) throws -> String {
         var file = CheckpointFormat.weights(model, batchesTracked: completedSteps)
         if let momentum = optimizer.momentumBuffer {
             file.append(CheckpointFormat.momentumName, floats: UnsafeBufferPointer(momentum.all), shape: [momentum.count])
+        }
+        if let trainingStatistics {
+            file.append(CheckpointFormat.trainingStatisticsName, floats: trainingStatistics, shape: [trainingStatistics.count])
         }
         file.metadata["autorate.format"] = CheckpointFormat.format
         file.metadata["autorate.step"] = "\(completedSteps)"
@@ -113,6 +146,7 @@ extension Trainer {
         file.metadata["autorate.architecture"] = model.architecture
         file.metadata[ModelCard.metadataKey] = modelCard.json
         for (flag, value) in configuration.trajectoryFields { file.metadata["config.\(flag)"] = value }
+        if let name { return try directory.write(name: name, file) }
         return try directory.write(step: completedSteps, file)
     }
 
@@ -170,15 +204,14 @@ extension Trainer {
     }
 
     private func apply(_ file: SafeTensors, _ path: String) throws {
-        model.parameters.rowSquaredNormsAfterUpdate.removeAll()  // kept for values replaced here
-        for (spec, buffer) in model.parameters.layout.tensors.map({ ($0, model.parameters.values) })
-            + model.bufferLayout.tensors.map({ ($0, model.buffers) })
-        {
-            let values = try file.floats(spec.name)
-            guard values.count == spec.count else {
-                throw ForeignCheckpoint(text: "tensor \(spec.name) has \(values.count) values; this network's has \(spec.count)")
+        try CheckpointFormat.loadWeights(file, into: model)
+        if file.tensors.contains(where: { $0.name == CheckpointFormat.trainingStatisticsName }) {
+            let statistics = try file.floats(CheckpointFormat.trainingStatisticsName)
+            guard statistics.count == model.buffers.count else {
+                throw ForeignCheckpoint(
+                    text: "\(CheckpointFormat.trainingStatisticsName) has \(statistics.count) values; expected \(model.buffers.count)")
             }
-            CheckpointFormat.fromTorchOrder(values, shape: spec.shape, into: buffer.slice(spec.range))
+            model.buffers.all.update(fromContentsOf: statistics)
         }
         var momentum: [Float]? = nil
         if let buffer = optimizer.momentumBuffer {

@@ -54,16 +54,24 @@ public final class Trainer {
     private let stepChunks: [Range<Int>]?
     /// Every rank's share of the global batch: even, or from their speeds (`--balance on`).
     private(set) var shares: BatchShares
-    /// Samples per evaluation forward at least (conv nets' activations are larger).
-    private static func evaluationRows(_ model: ModelKind) -> Int { model == .mlp ? 256 : 64 }
+    /// Scores the model on the test (or validation) split.
+    private let evaluator: Evaluator
 
     /// Loads the data and builds the network and optimizer. No communication.
     /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
     ///   that do not fit the data (widths, batch size).
     public convenience init(_ configuration: TrainingConfiguration, communicator: Communicator, console: RankConsole) throws {
-        try self.init(
-            configuration, splits: configuration.data.load(),
-            communicator: communicator, console: console)
+        var splits = try configuration.data.loadUnstandardized()
+        if configuration.validationFraction > 0 {
+            guard splits.train.count >= 2 else {
+                throw TrainingError.configuration(
+                    "--val-fraction \(configuration.validationFraction) needs at least 2 training samples; \(configuration.data) has \(splits.train.count)"
+                )
+            }
+            splits.holdOut(fraction: configuration.validationFraction, seed: configuration.seed)
+        }
+        splits.standardize(splits.defaultStandardization)
+        try self.init(configuration, splits: splits, communicator: communicator, console: console)
     }
 
     /// Builds a run on data already in memory (benchmarks, tests). No communication.
@@ -97,7 +105,7 @@ public final class Trainer {
         stepChunks = chunkPlan?.localChunks(of: configuration.globalBatch)
         shares = BatchShares(globalBatch: configuration.globalBatch, ranks: p, balanced: configuration.balance == .on)
         let largestShare = shares.limits.upperBound
-        let rows = Swift.max(largestShare, Self.evaluationRows(configuration.model))
+        let rows = Swift.max(largestShare, Evaluator.rows(for: configuration.model))
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         if configuration.augmentation != .none && train.image == nil {
             throw TrainingError.configuration(
@@ -126,6 +134,9 @@ public final class Trainer {
         input = FlatBuffer(count: rows * train.dimension)
         dlogits = FlatBuffer(count: rows * train.classes)
         labels = [Int32](repeating: 0, count: rows)
+        evaluator = Evaluator(
+            model: model, communicator: communicator, chunkPlan: chunkPlan,
+            pieceRows: chunkPlan == nil ? model.maxBatch : Evaluator.rows(for: configuration.model))
         if communicator.isRoot, let path = configuration.timelinePath { try Timeline.checkWritable(path) }
         metrics =
             try communicator.isRoot
@@ -161,6 +172,7 @@ public final class Trainer {
         resumedFrom = start
         var lastLoss = Double.nan
         var badSteps = 0
+        var bestScore: Double? = nil
         for t in start..<totalSteps {
             let logging = (t + 1) % logEvery == 0 || t + 1 == totalSteps
             let result = try trainStep(t, monitor: logging)
@@ -192,7 +204,18 @@ public final class Trainer {
                     step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
                     elapsed: now, monitors: result.monitors, shares: result.shares, timing: timing)
             }
-            if let checkpoints, (t + 1) % configuration.checkpointEvery == 0 || t + 1 == totalSteps, communicator.isRoot {
+            if let every = configuration.evalEvery, (t + 1) % every == 0 {
+                let score = try evaluateDuringTraining(step: t + 1)
+                if let checkpoints, configuration.keepBest, score.top1 > (bestScore ?? -1) {
+                    bestScore = score.top1
+                    if communicator.isRoot {
+                        let path = try saveCheckpoint(completedSteps: t + 1, into: checkpoints, name: Self.bestName)
+                        if configuration.printProgress { console.root("best so far: \(path)") }
+                    }
+                }
+            }
+            // the last step's checkpoint is written after the BN recalibration, below
+            if let checkpoints, (t + 1) % configuration.checkpointEvery == 0 && t + 1 < totalSteps, communicator.isRoot {
                 let path = try measured("checkpoint", "checkpoint") {
                     try saveCheckpoint(completedSteps: t + 1, into: checkpoints)
                 }
@@ -207,13 +230,21 @@ public final class Trainer {
             )
         }
         let seconds = clock.seconds
+        let trainingStatistics = Array(model.buffers.all)
         try recalibrateBatchNorm()
         try averageLocalStatistics()
         try ReplicaCheck.verify([model.parameters.values, model.buffers], over: communicator, when: "after training")
         let test = try evaluate(splits.test)
+        // the final model, with the statistics the printed accuracy used
+        if let checkpoints, communicator.isRoot {
+            let path = try saveCheckpoint(
+                completedSteps: totalSteps, into: checkpoints,
+                trainingStatistics: trainingStatistics == Array(model.buffers.all) ? nil : trainingStatistics)
+            if configuration.printProgress { console.root("checkpoint: \(path) (the final model)") }
+        }
         let summary = RunSummary(
             steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
-            testAccuracy: test.accuracy, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
+            testAccuracy: test.top1, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
         metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
         if chunkPlan != nil {
             console.root(
@@ -377,43 +408,29 @@ public final class Trainer {
         return try timeline.measure(name, category, body)
     }
 
-    /// Collective: loss and accuracy on `data` with BN running statistics; each rank takes a
-    /// contiguous share (a rank may have none), and the sums are added exactly. Deterministic mode
-    /// cuts the share into the chunkPlan's chunks, evaluates each in pieces of a fixed size counted from
-    /// its start (not `maxBatch`, which depends on the rank count), and adds the chunk losses in the
-    /// tree, so the result does not depend on the rank count.
-    public func evaluate(_ data: Dataset) throws -> (loss: Double, accuracy: Double) {
-        let share =
-            chunkPlan?.share(of: data.count)
-            ?? ShardSampler.share(of: data.count, rank: communicator.rank, ranks: communicator.size)
-        let chunks = chunkPlan?.localChunks(of: data.count) ?? [0..<share.count]
-        let piece = chunkPlan == nil ? model.maxBatch : Self.evaluationRows(configuration.model)
-        var leaves = BatchChunks.DoubleLeaves(ranges: chunks, width: 1)
-        var correct = 0
-        for (i, chunk) in chunks.enumerated() {
-            var start = chunk.lowerBound
-            while start < chunk.upperBound {
-                let end = Swift.min(start + piece, chunk.upperBound)
-                let indices = (share.lowerBound + start..<share.lowerBound + end).map { Int32($0) }
-                let x = gather(data, indices[...])
-                let sums = labels.withUnsafeBufferPointer {
-                    SoftmaxCrossEntropy.forwardBackward(
-                        logits: model.predict(x), labels: UnsafeBufferPointer(rebasing: $0[0..<x.rows]), normalizer: 1,
-                        dlogits: nil)
-                }
-                leaves.withLeaf(i) { $0[0] += sums.loss }
-                correct += sums.correct
-                start = end
-            }
+    /// The checkpoint `--keep-best` keeps in the checkpoint directory.
+    public static let bestName = "best.safetensors"
+
+    /// Collective: scores the validation split (the test split without one) with the running
+    /// statistics of now, and reports it; every rank gets the scores.
+    private func evaluateDuringTraining(step: Int) throws -> EvaluationResult {
+        let (name, data) = splits.validation.map { ("validation", $0) } ?? ("test", splits.test)
+        let score = try evaluate(data)
+        if configuration.printProgress {
+            console.root(
+                String(cFormat: "step %d/%d  ", step, totalSteps) + name + String(cFormat: " loss %.4f  ", score.loss) + score.accuracyText)
         }
-        var totals = leaves.combined() + [Double(correct)]  // loss sum, correct
-        if chunkPlan != nil {
-            try communicator.orderedSum(&totals)  // the count is an integer: exact in any order
-        } else {
-            try communicator.allreduce(&totals, .sum)
-        }
-        return (totals[0] / Double(data.count), totals[1] / Double(data.count))
+        var record: [(String, JSONValue)] = [
+            ("event", .string("eval")), ("step", .integer(step)), ("split", .string(name)),
+            ("samples", .integer(score.count)), ("loss", .number(score.loss)), ("top1", .number(score.top1)),
+        ]
+        if let top5 = score.top5 { record.append(("top5", .number(top5))) }
+        metrics?.write(.object(record))
+        return score
     }
+
+    /// Collective: the scores on `data` with BN running statistics (see `Evaluator`).
+    public func evaluate(_ data: Dataset) throws -> EvaluationResult { try evaluator.evaluate(data) }
 
     // MARK: helpers
 

@@ -67,6 +67,12 @@ public struct TrainingConfiguration: Sendable {
     public var variant = GroupRule(learningRate: 0.1)
     public var batchNormSync: BatchNormSync = .sync
     public var batchNorm = BatchNormSettings()
+    /// Steps between evaluations on the validation (or test) split during training; nil: none.
+    public var evalEvery: Int? = nil
+    /// The fraction of the training set held out for validation by a seeded split (0: none).
+    public var validationFraction = 0.0
+    /// Keep `best.safetensors` in the checkpoint directory: the model of the best evaluation.
+    public var keepBest = false
     /// Global batches over which BN statistics are recomputed after training (0: keep the exponential average).
     public var bnRecalibrationBatches = 20
     public var seed: UInt64 = 0

@@ -12,7 +12,7 @@ extension TrainingConfiguration {
             ("--vgg-layers", vggLayers.map { "\($0)" } ?? "default"), ("--width-multiplier", "\(widthMultiplier)"),
             ("--shortcut", shortcut.rawValue),
             ("--convolution", convolution?.rawValue ?? "auto"), ("--head", head.rawValue), ("--no-bn", "\(!batchNormalized)"),
-            ("--augment", augmentation.rawValue), ("--global-batch", "\(globalBatch)"), ("--bn", batchNormSync.rawValue),
+            ("--augment", augmentation.rawValue), ("--val-fraction", "\(validationFraction)"), ("--global-batch", "\(globalBatch)"), ("--bn", batchNormSync.rawValue),
             ("--bn-eps-mode", batchNorm.epsilonMode.rawValue), ("--bn-eps", "\(batchNorm.epsilon)"),
             ("--lr-si", "\(invariant.learningRate)"), ("--schedule-si", "\(invariant.schedule)"),
             ("--lr-sv", "\(variant.learningRate)"), ("--schedule-sv", "\(variant.schedule)"),

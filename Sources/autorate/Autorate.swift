@@ -12,7 +12,7 @@ struct Autorate: ParsableCommand {
             Scale-invariant (SI) parameters, the weights feeding a BN layer, train with --lr-si; any
             fixed value works (Arora, Li & Lyu, ICLR 2019). Scale-variant (SV) ones use --lr-sv.
             """,
-        subcommands: [Train.self, Bench.self, PlotScaling.self, Repro.self, Export.self],
+        subcommands: [Train.self, Eval.self, Export.self, Bench.self, PlotScaling.self, Repro.self],
         defaultSubcommand: Train.self
     )
 

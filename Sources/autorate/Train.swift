@@ -25,6 +25,9 @@ struct Train: ParsableCommand {
 
     func validate() throws {
         try distribution.validateCombinations()
+        if checkpoints.keepBest && diagnostics.evalEvery == nil {
+            throw ValidationError("--keep-best keeps the model of the best evaluation; give --eval-every N as well.")
+        }
     }
 
     /// Called after `validate()`, so the parses cannot fail here.
@@ -34,6 +37,7 @@ struct Train: ParsableCommand {
         distribution.apply(to: &c)
         c.data = try! parseData(dataOptions.data)
         c.augmentation = dataOptions.augment
+        c.validationFraction = dataOptions.valFraction
         optimizer.apply(to: &c, model: model.model)
         checkpoints.apply(to: &c)
         diagnostics.apply(to: &c)
@@ -56,8 +60,15 @@ struct DataOptions: ParsableArguments {
     var data = "synthetic"
     @Option(help: "Augmentation of training images: \(Augmentation.accepted) (random 4-pixel-padded crop and horizontal flip).")
     var augment: Augmentation = .none
+    @Option(
+        name: .customLong("val-fraction"),
+        help: "Hold out this fraction of the training set (a split drawn from --seed) and score it during training instead of the test set.")
+    var valFraction = 0.0
 
-    func validate() throws { _ = try parseData(data) }
+    func validate() throws {
+        _ = try parseData(data)
+        try require(valFraction >= 0 && valFraction < 1, "--val-fraction", valFraction, "a fraction in [0, 1) (0: no validation split)")
+    }
 }
 
 struct OptimizerOptions: ParsableArguments {
@@ -131,10 +142,17 @@ struct CheckpointOptions: ParsableArguments {
     @Option(
         help: "Continue from 'auto' (the newest checkpoint in --checkpoint-dir that loads, if any) or from a checkpoint file.")
     var resume: String?
+    @Flag(
+        name: .customLong("keep-best"),
+        help: "Also keep best.safetensors in --checkpoint-dir: the model of the best --eval-every accuracy so far.")
+    var keepBest = false
 
     func validate() throws {
         try require(checkpointEvery >= 1, "--checkpoint-every", checkpointEvery, "a positive number of steps")
         try require(keepCheckpoints >= 1, "--keep-checkpoints", keepCheckpoints, "at least 1")
+        if keepBest && checkpointDir == nil {
+            throw ValidationError("--keep-best writes best.safetensors into --checkpoint-dir; give the directory.")
+        }
         if resume == "auto" && checkpointDir == nil {
             throw ValidationError("--resume auto looks in --checkpoint-dir; give the directory (or --resume PATH for one file).")
         }
@@ -145,6 +163,7 @@ struct CheckpointOptions: ParsableArguments {
         c.checkpointEvery = checkpointEvery
         c.keepCheckpoints = keepCheckpoints
         c.resume = resume.map(ResumeSource.init(argument:))
+        c.keepBest = keepBest
     }
 }
 
@@ -153,6 +172,10 @@ struct DiagnosticOptions: ParsableArguments {
         name: .customLong("log-every"),
         help: "Steps between progress lines and metrics records (default: about 20 per run); logging never changes training.")
     var logEvery: Int?
+    @Option(
+        name: .customLong("eval-every"),
+        help: "Steps between evaluations of the validation split (--val-fraction), else the test split: loss, top-1, top-5.")
+    var evalEvery: Int?
     @Option(
         help:
             "Write JSON Lines metrics to this file (rank 0): the run's plan, then loss, accuracy and per-group monitors per logged step."
@@ -182,6 +205,7 @@ struct DiagnosticOptions: ParsableArguments {
 
     func validate() throws {
         if let logEvery { try require(logEvery >= 1, "--log-every", logEvery, "a positive number of steps") }
+        if let evalEvery { try require(evalEvery >= 1, "--eval-every", evalEvery, "a positive number of steps") }
         if Train.stepRange(timelineSteps) == nil {
             throw ValidationError(
                 "--timeline-steps \(timelineSteps) is not accepted: use FIRST-LAST, 1-based steps with FIRST <= LAST and at most 10000 steps."
@@ -195,6 +219,7 @@ struct DiagnosticOptions: ParsableArguments {
 
     func apply(to c: inout TrainingConfiguration) {
         c.logEvery = logEvery
+        c.evalEvery = evalEvery
         c.metricsPath = metrics
         c.timelinePath = timeline
         c.timelineWindow = Train.stepRange(timelineSteps)!
