@@ -175,6 +175,18 @@ final class PyTorchModuleTests: XCTestCase {
         return all
     }
 
+    /// A padding shortcut at an odd size, where autorate's subsampling is not x[:, :, ::2, ::2], is refused.
+    func testPaddingShortcutAtOddSizeIsRefused() throws {
+        var odd = Self.cases.first { $0.name == "resnet-padding" }!
+        odd.image = ImageShape(height: 6, width: 6, channels: 3)  // 6 -> 3 -> 2: stage 3 halves 3x3
+        odd.features = 108
+        XCTAssertThrowsError(try PyTorchModule.source(card: Self.card(odd, epsilonMode: "scaled"))) {
+            XCTAssertTrue("\($0)".contains("3x3 pixels at stage 3"), "\($0)")
+        }
+        odd.fields["resnet"] = ["widths": [4, 6, 8], "blocks": 1, "shortcut": "projection"]
+        XCTAssertNoThrow(try PyTorchModule.source(card: Self.card(odd, epsilonMode: "scaled")))
+    }
+
     /// Imports each case's module by path.
     static let importer = """
         import importlib.util, json, sys
