@@ -218,7 +218,7 @@ final class ResidualBlock {
     /// for every output pixel, with the input pixel at twice its coordinates (stride 2 subsampling).
     private func forEachPaddedPair(rows n: Int, _ body: (Int, Int, Int, Int) -> Void) {
         let o = output, i = input
-        let stride = i.height / o.height
+        let stride = o.height == i.height && o.width == i.width ? 1 : 2  // x[::2, ::2], odd sizes too
         let offset = (o.channels - i.channels) / 2
         for image in 0..<n {
             for oy in 0..<o.height {

@@ -185,17 +185,6 @@ public enum PyTorchModule {
         guard let resnet = card.resnet, let shortcut = ShortcutKind(rawValue: resnet.shortcut), resnet.blocks > 0,
             !resnet.widths.isEmpty
         else { throw bad("network (neither widths, layers nor a ResNet)") }
-        // autorate's padding shortcut takes every (input size / output size)-th pixel: every other
-        // one, as x[:, :, ::2, ::2] does, only when the stage's input size is even
-        var (height, width) = (image.height, image.width)
-        for s in resnet.widths.indices.dropFirst() {
-            if shortcut == .padding && (height % 2 == 1 || width % 2 == 1) {
-                throw TrainingError.configuration(
-                    "the model description's ResNet halves \(height)x\(width) pixels at stage \(s + 1) with a padding shortcut, which autorate subsamples unlike x[:, :, ::2, ::2] at odd sizes; no PyTorch module is written for it"
-                )
-            }
-            (height, width) = ((height - 1) / 2 + 1, (width - 1) / 2 + 1)
-        }
         let shortcutCode =
             shortcut == .padding
             ? """

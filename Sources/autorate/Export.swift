@@ -17,6 +17,8 @@ struct Export: ParsableCommand {
     var checkpoint: String
     @Option(help: "The safetensors file to write (not the checkpoint itself).")
     var out: String
+    @Option(help: "Also write a Python module defining the network for PyTorch, with load(path) and preprocess(x).")
+    var pytorch: String?
 
     func run() throws {
         let saved: SavedModel
@@ -26,11 +28,22 @@ struct Export: ParsableCommand {
             throw ValidationError("\(error)")
         }
         try refuseOverwriting(checkpoint, with: out, flag: "--out")
+        var module: String? = nil
+        if let pytorch {
+            try refuseOverwriting(checkpoint, with: pytorch, flag: "--pytorch")
+            guard pytorch != out else { throw ValidationError("--pytorch \(pytorch) is also --out; give the module its own name.") }
+            do {
+                module = try PyTorchModule.source(card: saved.card)
+            } catch {
+                throw ValidationError("--pytorch \(pytorch): \(error)")
+            }
+        }
         let weights = ExportedWeights(saved)
         try writeAtomically(weights.file.encoded(), to: out, flag: "--out")
+        if let pytorch, let module { try writeAtomically(Array(module.utf8), to: pytorch, flag: "--pytorch") }
         print(
             "export: \(weights.file.tensors.count) tensors of \(saved.card.architecture) (step \(saved.step)) from \(checkpoint) to \(out)"
-        )
+                + (pytorch.map { "; PyTorch module \($0) (see docs/pytorch.md)" } ?? ""))
     }
 }
 
