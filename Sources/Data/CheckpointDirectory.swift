@@ -73,7 +73,8 @@ public struct CheckpointDirectory: Sendable {
     /// Writes `file` as `name` in this directory (not a `checkpoint-STEP` name: never pruned, never
     /// resumed from by `auto`), atomically as `write(step:)`. Returns the final path.
     public func write(name: String, _ file: SafeTensors) throws -> String {
-        precondition(Self.step(ofFileName: name) == nil && !name.contains("/"), "CheckpointDirectory: \(name) is not a plain name")
+        precondition(
+            Self.step(ofFileName: name) == nil && !name.contains("/"), "CheckpointDirectory: \(name) is not a plain name")
         return try place(name, file)
     }
 

@@ -209,7 +209,9 @@ extension Trainer {
             let statistics = try file.floats(CheckpointFormat.trainingStatisticsName)
             guard statistics.count == model.buffers.count else {
                 throw ForeignCheckpoint(
-                    text: "\(CheckpointFormat.trainingStatisticsName) has \(statistics.count) values; expected \(model.buffers.count)")
+                    text:
+                        "\(CheckpointFormat.trainingStatisticsName) has \(statistics.count) values; expected \(model.buffers.count)"
+                )
             }
             model.buffers.all.update(fromContentsOf: statistics)
         }

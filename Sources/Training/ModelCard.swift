@@ -115,7 +115,8 @@ public struct ModelCard: Codable, Sendable, Equatable {
         }
         guard card.format <= currentFormat else {
             throw TrainingError.configuration(
-                "\(path): model description format \(card.format) is newer than this autorate's (\(currentFormat)); update autorate")
+                "\(path): model description format \(card.format) is newer than this autorate's (\(currentFormat)); update autorate"
+            )
         }
         return card
     }

@@ -67,7 +67,8 @@ public struct SavedModel {
             }
         } else if data.dimension != card.input.features {
             throw TrainingError.configuration(
-                "--data \(source) holds \(data.dimension) values per sample, but the model in \(path) takes \(card.input.features)")
+                "--data \(source) holds \(data.dimension) values per sample, but the model in \(path) takes \(card.input.features)"
+            )
         }
         if let names = data.classNames, names != card.classNames {
             throw TrainingError.configuration(
@@ -76,14 +77,16 @@ public struct SavedModel {
         }
         if let largest = data.labels.max(), Int(largest) >= card.classes {
             throw TrainingError.configuration(
-                "--data \(source) has label \(largest), but the model in \(path) has \(card.classes) classes (labels 0 to \(card.classes - 1))")
+                "--data \(source) has label \(largest), but the model in \(path) has \(card.classes) classes (labels 0 to \(card.classes - 1))"
+            )
         }
         guard let standardization = card.standardization else {
             throw TrainingError.configuration("\(path) records no input standardization; it cannot score new data")
         }
         guard standardization.fits(dimension: data.dimension) else {
             throw TrainingError.configuration(
-                "\(path): its standardization has \(standardization.mean.count) entries, which do not fit \(data.dimension) values per sample")
+                "\(path): its standardization has \(standardization.mean.count) entries, which do not fit \(data.dimension) values per sample"
+            )
         }
         standardization.apply(to: &data)
         return data

@@ -418,7 +418,8 @@ public final class Trainer {
         let score = try evaluate(data)
         if configuration.printProgress {
             console.root(
-                String(cFormat: "step %d/%d  ", step, totalSteps) + name + String(cFormat: " loss %.4f  ", score.loss) + score.accuracyText)
+                String(cFormat: "step %d/%d  ", step, totalSteps) + name + String(cFormat: " loss %.4f  ", score.loss)
+                    + score.accuracyText)
         }
         var record: [(String, JSONValue)] = [
             ("event", .string("eval")), ("step", .integer(step)), ("split", .string(name)),

@@ -75,7 +75,8 @@ struct Eval: ParsableCommand {
     private func report(_ saved: SavedModel, _ score: EvaluationResult) -> JSONValue {
         let names = saved.card.classNames
         var fields: [(String, JSONValue)] = [
-            ("checkpoint", .string(checkpoint)), ("step", .integer(saved.step)), ("architecture", .string(saved.card.architecture)),
+            ("checkpoint", .string(checkpoint)), ("step", .integer(saved.step)),
+            ("architecture", .string(saved.card.architecture)),
             ("data", .string(data)), ("split", .string(split)), ("samples", .integer(score.count)),
             ("loss", .number(score.loss)), ("top1", .number(score.top1)),
             ("top5", score.top5.map { .number($0) } ?? .null),

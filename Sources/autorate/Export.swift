@@ -31,7 +31,9 @@ struct Export: ParsableCommand {
         var module: String? = nil
         if let pytorch {
             try refuseOverwriting(checkpoint, with: pytorch, flag: "--pytorch")
-            guard pytorch != out else { throw ValidationError("--pytorch \(pytorch) is also --out; give the module its own name.") }
+            guard pytorch != out else {
+                throw ValidationError("--pytorch \(pytorch) is also --out; give the module its own name.")
+            }
             do {
                 module = try PyTorchModule.source(card: saved.card)
             } catch {
@@ -84,7 +86,8 @@ func refuseOverwriting(_ input: String, with output: String, flag: String) throw
     if !same, let x = try? FileManager.default.attributesOfItem(atPath: a.path),
         let y = try? FileManager.default.attributesOfItem(atPath: b.path)
     {
-        same = x[.systemFileNumber] as? Int == y[.systemFileNumber] as? Int && x[.systemNumber] as? Int == y[.systemNumber] as? Int
+        same =
+            x[.systemFileNumber] as? Int == y[.systemFileNumber] as? Int && x[.systemNumber] as? Int == y[.systemNumber] as? Int
     }
     if same { throw ValidationError("\(flag) \(output) is the input checkpoint \(input); give another file name.") }
 }

@@ -62,12 +62,15 @@ struct DataOptions: ParsableArguments {
     var augment: Augmentation = .none
     @Option(
         name: .customLong("val-fraction"),
-        help: "Hold out this fraction of the training set (a split drawn from --seed) and score it during training instead of the test set.")
+        help:
+            "Hold out this fraction of the training set (a split drawn from --seed) and score it during training instead of the test set."
+    )
     var valFraction = 0.0
 
     func validate() throws {
         _ = try parseData(data)
-        try require(valFraction >= 0 && valFraction < 1, "--val-fraction", valFraction, "a fraction in [0, 1) (0: no validation split)")
+        try require(
+            valFraction >= 0 && valFraction < 1, "--val-fraction", valFraction, "a fraction in [0, 1) (0: no validation split)")
     }
 }
 
