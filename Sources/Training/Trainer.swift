@@ -161,6 +161,7 @@ public final class Trainer {
         metrics?.write(
             .object([
                 ("event", .string("start")), ("step", .integer(start)), ("ranks", .integer(communicator.size)),
+                ("classes", .array(splits.train.resolvedClassNames.map { .string($0) })),
                 ("plan", plan!.json), ("plan_line", .string(plan!.line)),
             ]))
         let checkpoints = configuration.checkpointDirectory.map {
@@ -244,7 +245,7 @@ public final class Trainer {
         }
         let summary = RunSummary(
             steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
-            testAccuracy: test.top1, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
+            testAccuracy: test.top1, testTop5: test.top5, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
         metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
         if chunkPlan != nil {
             console.root(
@@ -616,13 +617,16 @@ public struct RunSummary: Sendable {
     public let trainLoss: Double
     public let testLoss: Double
     public let testAccuracy: Double
+    /// nil with fewer than 5 classes.
+    public let testTop5: Double?
     public let samplesPerSecond: Double
 
     var json: JSONValue {
         .object([
             ("event", .string("final")), ("steps", .integer(steps)), ("seconds", .number(seconds)),
             ("train_loss", .number(trainLoss)), ("test_loss", .number(testLoss)),
-            ("test_accuracy", .number(testAccuracy)), ("samples_per_s", .number(samplesPerSecond)),
+            ("test_accuracy", .number(testAccuracy)), ("test_top5", testTop5.map { .number($0) } ?? .null),
+            ("samples_per_s", .number(samplesPerSecond)),
         ])
     }
 }
