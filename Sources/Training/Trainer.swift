@@ -245,7 +245,8 @@ public final class Trainer {
         }
         let summary = RunSummary(
             steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
-            testAccuracy: test.top1, testTop5: test.top5, samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
+            testAccuracy: test.top1, testTop5: test.top5,
+            samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
         metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
         if chunkPlan != nil {
             console.root(

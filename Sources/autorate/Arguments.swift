@@ -94,9 +94,9 @@ struct DistributionOptions: ParsableArguments {
     )
     var deterministic = false
     @Option(
-        help:
+        help: .hidden(
             "--deterministic: chunks per global batch, a power of two; the rank count must divide it. Results depend on it, not on the rank count."
-    )
+        ))
     var chunks = TrainingConfiguration.defaultChunks
     @Option(
         help:
@@ -180,7 +180,7 @@ struct ModelOptions: ParsableArguments {
         name: .customLong("vgg-layers"),
         help: "--model vgg layers: channel counts and M for a max pool (default: 32,32,M,64,64,M,128,M).")
     var vggLayers: String?
-    @Option(name: .customLong("width-multiplier"), help: "--model vgg: multiply every channel count by this.")
+    @Option(name: .customLong("width-multiplier"), help: .hidden("--model vgg: multiply every channel count by this."))
     var widthMultiplier = 1.0
     @Option(help: "Classifier head: 'linear' (Linear with bias, scale-variant) or 'bn' (Linear then BN, as in the paper).")
     var head: HeadKind = .linear
@@ -190,7 +190,7 @@ struct ModelOptions: ParsableArguments {
             "BN epsilon: 'scaled' (eps times the squared norm of the channel's incoming weights: exactly scale-invariant), 'zero' or 'standard' (PyTorch's)."
     )
     var bnEpsMode: EpsilonMode = .scaled
-    @Option(name: .customLong("bn-eps"), help: "BN epsilon value for the 'scaled' and 'standard' modes.")
+    @Option(name: .customLong("bn-eps"), help: .hidden("BN epsilon value for the 'scaled' and 'standard' modes."))
     var bnEps = 1e-5
     @Option(
         help: .hidden("--model resnet20: 'padding' (parameter-free, option A) or 'projection' (1x1 conv + BN) shortcuts."))

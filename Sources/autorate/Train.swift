@@ -185,7 +185,8 @@ struct DiagnosticOptions: ParsableArguments {
     )
     var metrics: String?
     @Option(
-        help: "Write a Chrome trace of steps 2-11 (--timeline-steps) to this file (rank 0); open it in https://ui.perfetto.dev.")
+        help: .hidden(
+            "Write a Chrome trace of steps 2-11 (--timeline-steps) to this file (rank 0); open it in https://ui.perfetto.dev."))
     var timeline: String?
     @Flag(help: "Print only the summary, not a progress line per logged step.")
     var quiet = false
