@@ -70,6 +70,22 @@ public struct CheckpointDirectory: Sendable {
         return final
     }
 
+    /// Creates the directory if needed and checks that a file can be written in it (a small probe
+    /// file, then removed), so that a bad directory stops the run before its first step rather than
+    /// at its first checkpoint.
+    /// - Throws: `DataError` naming the directory and the system's reason.
+    public func checkWritable() throws {
+        try Self.makeDirectory(path)
+        let probe = path + "/.autorate-write-probe.\(getpid())"
+        let fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw DataError(path: path, "cannot be written: \(Self.errnoText()); checkpoints need a writable directory") }
+        let wrote = systemWrite(fd, "probe", 5)
+        let reason = Self.errnoText()
+        close(fd)
+        unlink(probe)
+        guard wrote == 5 else { throw DataError(path: path, "cannot be written: \(reason); checkpoints need a writable directory") }
+    }
+
     /// Writes `file` as `name` in this directory (not a `checkpoint-STEP` name: never pruned, never
     /// resumed from by `auto`), atomically as `write(step:)`. Returns the final path.
     public func write(name: String, _ file: SafeTensors) throws -> String {

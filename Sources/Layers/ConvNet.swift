@@ -79,6 +79,17 @@ public final class ConvNet: Network {
     private let norms: [BatchNorm]
     public let chunks = BatchChunks()
     public var batchNorms: [BatchNorm] { norms }
+    public var batchNormValuesPerSample: Int? {
+        if headNorm != nil { return 1 }
+        let pixels = units.compactMap { unit -> Int? in
+            switch unit {
+            case let .convBN(u): u.output.height * u.output.width
+            case .pool: nil
+            case let .residual(block): block.first.output.height * block.first.output.width
+            }
+        }
+        return pixels.min()
+    }
     public var observer: StepObserver?
     /// Per unit: its timeline name, and the lowest flat offset of the parameters of this unit, the
     /// later ones and the head (the layout is in forward order): after the unit's backward, every

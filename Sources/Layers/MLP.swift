@@ -33,6 +33,7 @@ public final class MLP: NodeBatchGradients {
     private var linears: [Linear]
     private let norms: [BatchNorm]  // one per hidden layer, plus one for a BN head
     public var batchNorms: [BatchNorm] { norms }
+    public var batchNormValuesPerSample: Int? { norms.isEmpty ? nil : 1 }
     private let linearOut: [ActivationBuffer]
     private var normOut: [ActivationBuffer]  // BN output, ReLU applied in place for hidden layers
     /// With shared activations (`shareActivations`), every rank's region, in rank order, and this rank's index.

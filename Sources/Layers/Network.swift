@@ -15,6 +15,9 @@ public protocol Network: AnyObject {
     var classes: Int { get }
     /// Every BN layer, in forward order.
     var batchNorms: [BatchNorm] { get }
+    /// The fewest values per channel that one sample gives a BN layer (its output pixels; 1 for a
+    /// BN on vectors); nil without BN. A batch must give every BN at least 2.
+    var batchNormValuesPerSample: Int? { get }
     /// One line naming the architecture, printed at startup.
     var architecture: String { get }
     /// Told about every layer of a training forward and backward (nil: nobody watches).

@@ -22,9 +22,24 @@ final class MetricsLog {
 
     deinit { fclose(file) }
 
-    func write(_ object: JSONValue) {
-        fputs(object.encoded + "\n", file)
-        fflush(file)
+    /// Appends one record and flushes it.
+    /// - Throws: `MetricsWriteError` when the line cannot be written whole (a full disk, a lost
+    ///   mount): the run stops rather than report success with records missing.
+    func write(_ object: JSONValue) throws {
+        clearerr(file)
+        guard fputs(object.encoded + "\n", file) >= 0, fflush(file) == 0 else {
+            throw MetricsWriteError(path: path, reason: String(cString: strerror(errno)))
+        }
+    }
+}
+
+/// A metrics record that could not be written. It ends the job (rank 0 writes the file alone; the
+/// others are stopped with it), so that a run never reports success with records missing.
+struct MetricsWriteError: Error, CustomStringConvertible {
+    let path: String
+    let reason: String
+    var description: String {
+        "--metrics \(path): a record could not be written (\(reason)); the run stops so that no record is lost silently; free space or give another --metrics file, then --resume"
     }
 }
 

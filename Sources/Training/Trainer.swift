@@ -107,6 +107,7 @@ public final class Trainer {
         let largestShare = shares.limits.upperBound
         let rows = Swift.max(largestShare, Evaluator.rows(for: configuration.model))
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
+        try Self.checkBatchNormBatch(configuration, ranks: p, valuesPerSample: model.batchNormValuesPerSample)
         if configuration.augmentation != .none && train.image == nil {
             throw TrainingError.configuration(
                 "--augment \(configuration.augmentation.rawValue) needs image data, but \(configuration.data) holds vectors; use --augment none"
@@ -138,6 +139,14 @@ public final class Trainer {
             model: model, communicator: communicator, chunkPlan: chunkPlan,
             pieceRows: chunkPlan == nil ? model.maxBatch : Evaluator.rows(for: configuration.model))
         if communicator.isRoot, let path = configuration.timelinePath { try Timeline.checkWritable(path) }
+        if communicator.isRoot, let directory = configuration.checkpointDirectory {
+            do {
+                try CheckpointDirectory(path: directory, keep: configuration.keepCheckpoints).checkWritable()
+            } catch let error as DataError {
+                throw TrainingError.configuration(
+                    "--checkpoint-dir \(directory): " + (error.path == directory ? error.problem : "\(error)"))
+            }
+        }
         metrics =
             try communicator.isRoot
             ? configuration.metricsPath.map { try MetricsLog(path: $0, append: configuration.resume != nil) } : nil
@@ -158,7 +167,7 @@ public final class Trainer {
         try timeline?.alignClocks(communicator)
         describe()
         // the first record of a run (and of each resumed part of it): where it starts, and how
-        metrics?.write(
+        try metrics?.write(
             .object([
                 ("event", .string("start")), ("step", .integer(start)), ("ranks", .integer(communicator.size)),
                 ("classes", .array(splits.train.resolvedClassNames.map { .string($0) })),
@@ -182,7 +191,7 @@ public final class Trainer {
                 console.warning(
                     "step \(t + 1): the summed gradient, or the update it gives, is not finite (NaN or Inf); the step is skipped on every rank and its BN statistics restored (\(badSteps) in a row, --max-bad-steps \(configuration.maxBadSteps))"
                 )
-                metrics?.write(
+                try metrics?.write(
                     .object([("event", .string("skipped_step")), ("step", .integer(t + 1)), ("consecutive", .integer(badSteps))]))
                 if badSteps >= configuration.maxBadSteps {
                     throw TrainingError.nonFinite(step: t + 1, what: "the gradient of \(badSteps) consecutive steps")
@@ -201,7 +210,7 @@ public final class Trainer {
                 let rate = Double((t + 1 - lastLog.step) * configuration.globalBatch) / Swift.max(now - lastLog.time, 1e-9)
                 lastLog = (now, t + 1)
                 lastLoss = global.loss
-                report(
+                try report(
                     step: t + 1, loss: global.loss, accuracy: global.accuracy, samplesPerSecond: rate,
                     elapsed: now, monitors: result.monitors, shares: result.shares, timing: timing)
             }
@@ -247,7 +256,7 @@ public final class Trainer {
             steps: totalSteps, seconds: seconds, trainLoss: lastLoss, testLoss: test.loss,
             testAccuracy: test.top1, testTop5: test.top5,
             samplesPerSecond: Double((totalSteps - start) * configuration.globalBatch) / seconds)
-        metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
+        try metrics?.write(summary.json.adding("parameters_fnv1a", .string(parameterFingerprint)))
         if chunkPlan != nil {
             console.root(
                 "deterministic (\(configuration.chunks) chunks): parameters and BN buffers fingerprint \(parameterFingerprint) (FNV-1a)"
@@ -410,6 +419,25 @@ public final class Trainer {
         return try timeline.measure(name, category, body)
     }
 
+    /// BN over one value per channel outputs beta whatever the input (x - mean = 0): every BN layer
+    /// must normalize at least 2 values per channel, over the global batch (synchronized) or over the
+    /// smallest share of a rank (`--bn local`).
+    static func checkBatchNormBatch(_ c: TrainingConfiguration, ranks p: Int, valuesPerSample: Int?) throws {
+        guard let m = valuesPerSample else { return }
+        let perSample = (2 + m - 1) / m  // the fewest samples that give 2 values
+        if c.batchNormSync == .sync || p == 1 {
+            guard c.globalBatch * m < 2 else { return }
+            throw TrainingError.configuration(
+                "--global-batch \(c.globalBatch) gives a BN layer \(c.globalBatch * m) value per channel to normalize, and BN needs at least 2 (over one value its output is beta whatever the input); use --global-batch \(perSample) or more"
+            )
+        }
+        let smallest = c.globalBatch / p
+        guard smallest * m < 2 else { return }
+        throw TrainingError.configuration(
+            "--bn local normalizes over each rank's share, and --global-batch \(c.globalBatch) over \(p) ranks leaves a rank \(smallest) sample(s), \(smallest * m) value(s) per channel for a BN layer (at least 2 are needed); use --global-batch \(p * perSample) or more, or --bn sync"
+        )
+    }
+
     /// The checkpoint `--keep-best` keeps in the checkpoint directory.
     public static let bestName = "best.safetensors"
 
@@ -428,7 +456,7 @@ public final class Trainer {
             ("samples", .integer(score.count)), ("loss", .number(score.loss)), ("top1", .number(score.top1)),
         ]
         if let top5 = score.top5 { record.append(("top5", .number(top5))) }
-        metrics?.write(.object(record))
+        try metrics?.write(.object(record))
         return score
     }
 
@@ -559,7 +587,7 @@ public final class Trainer {
     private func report(
         step: Int, loss: Double, accuracy: Double, samplesPerSecond: Double, elapsed: Double,
         monitors: [GroupMonitor], shares: [Int]?, timing: JSONValue
-    ) {
+    ) throws {
         let epoch = Double(step) / Double(sampler.stepsPerEpoch)
         let intrinsic = IntrinsicGradient.squared(monitors)
         if configuration.printProgress {
@@ -572,7 +600,7 @@ public final class Trainer {
         }
         let intrinsicField: [(String, JSONValue)] = [("intrinsic_grad2", .number(intrinsic))]
         let sharesField: [(String, JSONValue)] = shares.map { [("shares", .array($0.map { .integer($0) }))] } ?? []
-        metrics?.write(
+        try metrics?.write(
             .object(
                 intrinsicField + sharesField + [
                     ("step", .integer(step)), ("epoch", .number(epoch)), ("loss", .number(loss)),
