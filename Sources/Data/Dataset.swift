@@ -17,7 +17,8 @@ public struct Dataset: Sendable {
         name: String, features: [Float], labels: [Int32], dimension: Int, classes: Int, image: ImageShape? = nil,
         classNames: [String]? = nil
     ) {
-        precondition(classNames == nil || classNames!.count == classes, "\(name): \(classNames!.count) class names for \(classes) classes")
+        precondition(
+            classNames == nil || classNames!.count == classes, "\(name): \(classNames!.count) class names for \(classes) classes")
         precondition(image == nil || image!.count == dimension, "\(name): image \(image!) does not have \(dimension) values")
         precondition(
             features.count == labels.count * dimension,
