@@ -57,13 +57,19 @@ public final class Trainer {
     /// Samples per evaluation forward at least (conv nets' activations are larger).
     private static func evaluationRows(_ model: ModelKind) -> Int { model == .mlp ? 256 : 64 }
 
-    /// Loads the data and builds the network and optimizer. No communication.
+    /// Loads the data and builds the network and optimizer. Collective for `folder:` data only: the
+    /// ranks of each node split the node's communicator and share the decoding (`ImageFolder`);
+    /// otherwise no communication. Rank 0 prints the data's notes.
     /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
     ///   that do not fit the data (widths, batch size).
     public convenience init(_ configuration: TrainingConfiguration, communicator: Communicator, console: RankConsole) throws {
-        try self.init(
-            configuration, splits: configuration.data.load(),
-            communicator: communicator, console: console)
+        var options = DataLoadOptions(imageSize: configuration.imageSize, cacheDirectory: configuration.cacheDirectory)
+        if case .folder = configuration.data {
+            options.team = CommunicatorDecodeTeam(try communicator.nodeCommunicator())
+        }
+        let splits = try configuration.data.load(options)
+        for note in splits.notes { console.root("data: \(note)") }
+        try self.init(configuration, splits: splits, communicator: communicator, console: console)
     }
 
     /// Builds a run on data already in memory (benchmarks, tests). No communication.

@@ -33,6 +33,8 @@ struct Train: ParsableCommand {
         model.apply(to: &c)
         distribution.apply(to: &c)
         c.data = try! parseData(dataOptions.data)
+        c.imageSize = dataOptions.imageSize.flatMap(ImageSize.init(argument:))
+        c.cacheDirectory = dataOptions.cacheDir
         c.augmentation = dataOptions.augment
         optimizer.apply(to: &c, model: model.model)
         checkpoints.apply(to: &c)
@@ -56,8 +58,26 @@ struct DataOptions: ParsableArguments {
     var data = "synthetic"
     @Option(help: "Augmentation of training images: \(Augmentation.accepted) (random 4-pixel-padded crop and horizontal flip).")
     var augment: Augmentation = .none
+    @Option(
+        name: .customLong("image-size"),
+        help: "folder:DIR images: resize each to HxW (or NxN for N): shorter side first, then a centre crop.")
+    var imageSize: String?
+    @Option(
+        name: .customLong("cache-dir"),
+        help: .hidden(
+            "folder:DIR images: keep the decode cache in this directory (default: in DIR; needed when DIR is read-only)."))
+    var cacheDir: String?
 
-    func validate() throws { _ = try parseData(data) }
+    func validate() throws {
+        _ = try parseData(data)
+        if let imageSize { try require(ImageSize(argument: imageSize) != nil, "--image-size", imageSize, ImageSize.accepted) }
+        if let cacheDir { try require(!cacheDir.isEmpty, "--cache-dir", "''", "a directory path") }
+        if case .folder = try parseData(data) {
+        } else if imageSize != nil || cacheDir != nil {
+            throw ValidationError(
+                "--\(imageSize != nil ? "image-size" : "cache-dir") applies to --data folder:DIR only, not to --data \(data).")
+        }
+    }
 }
 
 struct OptimizerOptions: ParsableArguments {
