@@ -5,6 +5,7 @@ import PackageDescription
 ///   autorate -> {Benchmarks, Reproduction} -> Training -> {Layers, Optimizers, Data, Collectives} -> TensorCore -> COpenBLAS
 ///   Collectives -> CMPI            (the only module that talks to MPI)
 ///   Data -> CZlib                  (gzip-compressed MNIST files, deflated .npz entries)
+///   Data -> CPNG, CTurboJPEG       (--data folder:DIR images: libpng, libjpeg-turbo)
 ///   Layers -> CKernels             (C kernels with run-time CPU dispatch)
 
 let package = Package(
@@ -21,6 +22,8 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
 
         .target(name: "Collectives", dependencies: ["CMPI"]),
         .target(
@@ -32,7 +35,7 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "Layers", dependencies: ["TensorCore", "CKernels"]),
         .target(name: "Optimizers", dependencies: ["TensorCore", "Layers"]),
-        .target(name: "Data", dependencies: ["CZlib", "TensorCore"]),
+        .target(name: "Data", dependencies: ["CZlib", "CPNG", "CTurboJPEG", "TensorCore"]),
         .target(
             name: "Training",
             dependencies: [
@@ -68,11 +71,12 @@ let package = Package(
         .executableTarget(name: "fuzz-safetensors", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzSafeTensors"),
         .executableTarget(name: "fuzz-checkpoint", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzCheckpoint"),
         .executableTarget(name: "fuzz-npy", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzNPY"),
+        .executableTarget(name: "fuzz-image-cache", dependencies: ["Data", "FuzzSupport"], path: "Sources/FuzzImageCache"),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "TensorCore", "CKernels"]),
         .testTarget(name: "OptimizersTests", dependencies: ["Optimizers", "Layers", "TensorCore"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "TensorCore"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "TensorCore", "CPNG", "CTurboJPEG"]),
         .testTarget(
             name: "TrainingTests", dependencies: ["Training", "Collectives", "Layers", "Optimizers", "TensorCore", "Data"]),
         .testTarget(name: "ToolsTests", dependencies: ["Benchmarks", "Reproduction", "Plots", "Training"]),

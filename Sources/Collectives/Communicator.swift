@@ -22,6 +22,10 @@ public protocol Communicator: AnyObject {
     /// Collective: how many ranks of this group share this rank's node (memory).
     func ranksOnThisNode() throws -> Int
 
+    /// Collective: a new communicator over the ranks of this group on this rank's node (shared
+    /// memory), ranked in this group's order; errors return (as thrown errors) like this one's.
+    func nodeCommunicator() throws -> Communicator
+
     /// Collective: a new communicator over the same ranks. Its traffic is matched separately, so
     /// small latency-bound reductions on it never queue behind large operations on this one.
     func duplicate() throws -> Communicator

@@ -66,6 +66,16 @@ public final class MPICommunicator: Communicator {
         return Int(size)
     }
 
+    public func nodeCommunicator() throws -> Communicator {
+        var node: MPI_Comm? = nil
+        try check(
+            MPI_Comm_split_type(comm, Int32(MPI_COMM_TYPE_SHARED), Int32(rank), cmpi_info_null(), &node),
+            "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", rank: rank)
+        guard let node else { fatalError("MPI_Comm_split_type returned success and no communicator") }
+        try check(MPI_Comm_set_errhandler(node, cmpi_errors_return()), "MPI_Comm_set_errhandler", rank: rank)
+        return try MPICommunicator(owning: node)
+    }
+
     public func duplicate() throws -> Communicator {
         var copy: MPI_Comm? = nil
         try check(MPI_Comm_dup(comm, &copy), "MPI_Comm_dup", rank: rank)

@@ -13,6 +13,7 @@ public final class SingleProcessCommunicator: Communicator {
     { Completed() }
     public func duplicate() throws -> Communicator { SingleProcessCommunicator() }
     public func ranksOnThisNode() throws -> Int { 1 }
+    public func nodeCommunicator() throws -> Communicator { SingleProcessCommunicator() }
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
         precondition(root == 0, "broadcast root \(root) does not exist in a group of one process")
     }

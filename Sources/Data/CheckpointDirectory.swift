@@ -78,12 +78,16 @@ public struct CheckpointDirectory: Sendable {
         try Self.makeDirectory(path)
         let probe = path + "/.autorate-write-probe.\(getpid())"
         let fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw DataError(path: path, "cannot be written: \(Self.errnoText()); checkpoints need a writable directory") }
+        guard fd >= 0 else {
+            throw DataError(path: path, "cannot be written: \(Self.errnoText()); checkpoints need a writable directory")
+        }
         let wrote = systemWrite(fd, "probe", 5)
         let reason = Self.errnoText()
         close(fd)
         unlink(probe)
-        guard wrote == 5 else { throw DataError(path: path, "cannot be written: \(reason); checkpoints need a writable directory") }
+        guard wrote == 5 else {
+            throw DataError(path: path, "cannot be written: \(reason); checkpoints need a writable directory")
+        }
     }
 
     /// Writes `file` as `name` in this directory (not a `checkpoint-STEP` name: never pruned, never

@@ -14,9 +14,11 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
     case npz(file: String)
     /// The same four arrays as `.npy` files in a directory.
     case npy(directory: String)
+    /// PNG and JPEG images in torchvision's ImageFolder layout, decoded once into a cache (`ImageFolder`).
+    case folder(directory: String)
 
     public static let accepted =
-        "'synthetic', 'synthetic-images', 'mnist:DIR', 'fashion-mnist:DIR', 'cifar10:DIR', 'npz:FILE' or 'npy:DIR'"
+        "'synthetic', 'synthetic-images', 'mnist:DIR', 'fashion-mnist:DIR', 'cifar10:DIR', 'npz:FILE', 'npy:DIR' or 'folder:DIR' (DIR/train/CLASS/*.png|*.jpg, DIR/test/CLASS/...)"
 
     private static let directoryForms: [(prefix: String, make: @Sendable (String) -> DataSource)] = [
         ("mnist:", { .mnist(directory: $0) }),
@@ -24,6 +26,7 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
         ("cifar10:", { .cifar10(directory: $0) }),
         ("npz:", { .npz(file: $0) }),
         ("npy:", { .npy(directory: $0) }),
+        ("folder:", { .folder(directory: $0) }),
     ]
 
     /// Parses one of the `accepted` forms; nil for anything else (an empty DIR or FILE included).
@@ -48,19 +51,23 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
         case let .cifar10(directory): "cifar10:\(directory)"
         case let .npz(file): "npz:\(file)"
         case let .npy(directory): "npy:\(directory)"
+        case let .folder(directory): "folder:\(directory)"
         }
     }
 
     /// Loads and standardizes both splits. Every rank loads the same files and gets the same arrays.
     /// Images are standardized per channel; the tabular `synthetic` set per feature.
-    public func load() throws -> DataSplits {
-        var splits = try loadUnstandardized()
+    ///
+    /// Collective over `options.team` for `folder:` (its members share the decoding); the other
+    /// sources ignore the options.
+    public func load(_ options: DataLoadOptions = DataLoadOptions()) throws -> DataSplits {
+        var splits = try loadUnstandardized(options)
         splits.standardize(splits.defaultStandardization)
         return splits
     }
 
     /// Both splits as stored (pixels in [0, 1]), for a model that brings its own standardization.
-    public func loadUnstandardized() throws -> DataSplits {
+    public func loadUnstandardized(_ options: DataLoadOptions = DataLoadOptions()) throws -> DataSplits {
         let splits: DataSplits
         switch self {
         case .synthetic:
@@ -77,6 +84,8 @@ public enum DataSource: Sendable, Equatable, CustomStringConvertible {
             splits = try NumPy.load(npz: file)
         case let .npy(directory):
             splits = try NumPy.load(npyDirectory: directory)
+        case let .folder(directory):
+            splits = try ImageFolder.load(directory: directory, options: options)
         }
         return splits
     }

@@ -58,7 +58,9 @@ enum CheckpointFormat {
 
     /// Trajectory flags that checkpoints written before them lack, with the value such a checkpoint
     /// resumes under (for --convolution: the default, whose rounding differs from the im2col of then).
-    static let addedLater = ["--deterministic": "off", "--convolution": "auto", "--val-fraction": "0.0"]
+    static let addedLater = [
+        "--deterministic": "off", "--convolution": "auto", "--val-fraction": "0.0", "--image-size": "as stored",
+    ]
 
     /// Parameters and BN buffers under PyTorch names: what `autorate export` writes alone.
     static func weights(_ model: any Network, batchesTracked: Int) -> SafeTensors {

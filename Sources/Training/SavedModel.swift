@@ -47,6 +47,9 @@ public struct SavedModel {
         self.file = file
     }
 
+    /// `--image-size` of the run that trained it (nil: images as stored).
+    public var trainingImageSize: ImageSize? { file.metadata["config.--image-size"].flatMap(ImageSize.init(argument:)) }
+
     /// The weights `export` writes and the epsilon PyTorch's BatchNorm layers must use with them
     /// (0 when the per-channel epsilon is folded into `running_var`).
     public var exportedWeights: (file: SafeTensors, pytorchEpsilon: Double) {

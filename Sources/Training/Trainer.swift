@@ -57,11 +57,18 @@ public final class Trainer {
     /// Scores the model on the test (or validation) split.
     private let evaluator: Evaluator
 
-    /// Loads the data and builds the network and optimizer. No communication.
+    /// Loads the data and builds the network and optimizer. Collective for `folder:` data only: the
+    /// ranks of each node split the node's communicator and share the decoding (`ImageFolder`);
+    /// otherwise no communication. Rank 0 prints the data's notes.
     /// - Throws: `DataError` for unusable data files, `TrainingError.configuration` for settings
     ///   that do not fit the data (widths, batch size).
     public convenience init(_ configuration: TrainingConfiguration, communicator: Communicator, console: RankConsole) throws {
-        var splits = try configuration.data.loadUnstandardized()
+        var options = DataLoadOptions(imageSize: configuration.imageSize, cacheDirectory: configuration.cacheDirectory)
+        if case .folder = configuration.data {
+            options.team = CommunicatorDecodeTeam(try communicator.nodeCommunicator())
+        }
+        var splits = try configuration.data.loadUnstandardized(options)
+        for note in splits.notes { console.root("data: \(note)") }
         if configuration.validationFraction > 0 {
             guard splits.train.count >= 2 else {
                 throw TrainingError.configuration(

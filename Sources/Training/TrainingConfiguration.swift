@@ -43,6 +43,10 @@ public enum BalanceMode: String, Sendable, CaseIterable {
 /// Everything that defines a training run. Built and validated by the CLI before MPI starts.
 public struct TrainingConfiguration: Sendable {
     public var data: DataSource = .synthetic
+    /// `--image-size`: the size every image of a `folder:` source is resized to (nil: as stored).
+    public var imageSize: ImageSize? = nil
+    /// `--cache-dir`: where a `folder:` source's decode cache goes (nil: beside the data).
+    public var cacheDirectory: String? = nil
     public var model: ModelKind = .mlp
     /// `--model vgg` layers (nil: the reference 32,32,M,64,64,M,128,M), before `widthMultiplier`.
     public var vggLayers: [ConvArchitecture.Layer]? = nil

@@ -7,7 +7,7 @@ extension TrainingConfiguration {
     /// flags, and logging (`--log-every`, `--metrics`, `--timeline`), which never changes training.
     var trajectoryFields: [(String, String)] {
         [
-            ("--data", "\(data)"), ("--model", model.rawValue),
+            ("--data", "\(data)"), ("--image-size", imageSize?.description ?? "as stored"), ("--model", model.rawValue),
             ("--widths", widths.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
             ("--vgg-layers", vggLayers.map { "\($0)" } ?? "default"), ("--width-multiplier", "\(widthMultiplier)"),
             ("--shortcut", shortcut.rawValue),

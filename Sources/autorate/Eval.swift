@@ -33,10 +33,13 @@ struct Eval: ParsableCommand {
     func run() throws {
         let source = try parseData(data)
         try withMPI(threads: threads) { communicator, console in
-            let (saved, dataset) = try agreeOnSetup(communicator, console) { () throws -> (SavedModel, Dataset) in
-                let saved = try SavedModel(checkpoint: checkpoint)
-                let splits = try source.loadUnstandardized()
-                return (saved, try saved.prepare(split == "test" ? splits.test : splits.train, from: source))
+            let saved = try agreeOnSetup(communicator, console) { try SavedModel(checkpoint: checkpoint) }
+            // images of a folder are resized as in training; the node's ranks share their decoding
+            let dataset = try agreeOnSetup(communicator, console) { () throws -> Dataset in
+                var options = DataLoadOptions(imageSize: saved.trainingImageSize)
+                if case .folder = source { options.team = CommunicatorDecodeTeam(try communicator.nodeCommunicator()) }
+                let splits = try source.loadUnstandardized(options)
+                return try saved.prepare(split == "test" ? splits.test : splits.train, from: source)
             }
             let score = try Evaluator(model: saved.model, communicator: communicator).evaluate(dataset)
             guard communicator.isRoot else { return }

@@ -36,6 +36,8 @@ struct Train: ParsableCommand {
         model.apply(to: &c)
         distribution.apply(to: &c)
         c.data = try! parseData(dataOptions.data)
+        c.imageSize = dataOptions.imageSize.flatMap(ImageSize.init(argument:))
+        c.cacheDirectory = dataOptions.cacheDir
         c.augmentation = dataOptions.augment
         c.validationFraction = dataOptions.valFraction
         optimizer.apply(to: &c, model: model.model)
@@ -66,11 +68,27 @@ struct DataOptions: ParsableArguments {
             "Hold out this fraction of the training set (a split drawn from --seed) and score it during training instead of the test set."
     )
     var valFraction = 0.0
+    @Option(
+        name: .customLong("image-size"),
+        help: "folder:DIR images: resize each to HxW (or NxN for N): shorter side first, then a centre crop.")
+    var imageSize: String?
+    @Option(
+        name: .customLong("cache-dir"),
+        help: .hidden(
+            "folder:DIR images: keep the decode cache in this directory (default: in DIR; needed when DIR is read-only)."))
+    var cacheDir: String?
 
     func validate() throws {
         _ = try parseData(data)
         try require(
             valFraction >= 0 && valFraction < 1, "--val-fraction", valFraction, "a fraction in [0, 1) (0: no validation split)")
+        if let imageSize { try require(ImageSize(argument: imageSize) != nil, "--image-size", imageSize, ImageSize.accepted) }
+        if let cacheDir { try require(!cacheDir.isEmpty, "--cache-dir", "''", "a directory path") }
+        if case .folder = try parseData(data) {
+        } else if imageSize != nil || cacheDir != nil {
+            throw ValidationError(
+                "--\(imageSize != nil ? "image-size" : "cache-dir") applies to --data folder:DIR only, not to --data \(data).")
+        }
     }
 }
 
