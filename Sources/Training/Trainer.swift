@@ -169,6 +169,14 @@ public final class Trainer {
         self.watchdog = watchdog
         try agreeOnConfiguration()
         let start = try restoreOrStart()
+        if start == totalSteps && start > 0 {  // every rank got the same step
+            console.root(
+                "already complete: the checkpoint holds all \(totalSteps) steps of this run, so there is nothing to train (raise --steps or --epochs to continue; autorate eval --checkpoint FILE scores it)"
+            )
+            return RunSummary(
+                steps: totalSteps, seconds: 0, trainLoss: .nan, testLoss: .nan, testAccuracy: .nan, testTop5: nil,
+                samplesPerSecond: 0)
+        }
         try synchronizeReplicas()
         try prepareCommunication()
         try timeline?.alignClocks(communicator)
@@ -183,6 +191,16 @@ public final class Trainer {
         let checkpoints = configuration.checkpointDirectory.map {
             CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints)
         }
+        var latestCheckpoint: String? = start > 0 ? "the checkpoint this run resumed from (step \(start))" : nil
+        func reportInterruption(after step: Int) {
+            guard communicator.isRoot else { return }
+            InterruptReport.update(
+                "after step \(step) of \(totalSteps); "
+                    + (latestCheckpoint.map { "the latest state is in \($0); continue with --resume auto (same flags)" }
+                        ?? "no checkpoint was written (--checkpoint-dir DIR keeps one every --checkpoint-every steps)"))
+        }
+        if communicator.isRoot { InterruptReport.install() }
+        reportInterruption(after: start)
         let clock = Stopwatch()
         var window = Window()
         var lastLog = (time: 0.0, step: start)
@@ -236,8 +254,10 @@ public final class Trainer {
                 let path = try measured("checkpoint", "checkpoint") {
                     try saveCheckpoint(completedSteps: t + 1, into: checkpoints)
                 }
+                latestCheckpoint = path
                 if configuration.printProgress { console.root("checkpoint: \(path)") }
             }
+            reportInterruption(after: t + 1)
         }
         timeline?.stop()
         if let timeline, let path = configuration.timelinePath {

@@ -22,15 +22,22 @@ struct Autorate: ParsableCommand {
     /// started yet).
     static func main() {
         let failure: Error
+        var running: ParsableCommand.Type? = nil
         do {
+            try FlagSuggestions.check(Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot()
+            running = type(of: command)
             try command.run()
             return
         } catch {
             failure = error
         }
         let code = exitCode(for: failure)
-        let message = fullMessage(for: failure)
+        var message = fullMessage(for: failure)
+        // a subcommand's own error (a file it cannot use): its message, not the top-level usage
+        if let running, let error = failure as? ValidationError {
+            message = "Error: \(error.message)\nSee 'autorate \(running._commandName) --help'."
+        }
         // empty: an ExitCode thrown after the error was reported (by the rank that met it)
         guard !message.isEmpty else { Foundation.exit(code.rawValue) }
         if code != .success, let rank = launcherRank() {

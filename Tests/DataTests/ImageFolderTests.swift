@@ -448,7 +448,7 @@ final class ImageFolderTests: XCTestCase {
         let name = try ImageFolderScan(directory: f.path, imageSize: nil).key.fileName
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, 255)
-        f.mkdir(name + ".tmp-" + String(cString: host))
+        f.mkdir(name + ".tmp-" + String(cString: host) + "-\(getppid())")
         let splits = try load(f)
         XCTAssertTrue(
             splits.notes.contains { $0.contains("decoded 7 images in memory") && $0.contains("give --cache-dir") },

@@ -34,7 +34,8 @@ final class ImageFolderRunTests: XCTestCase {
         let n = UInt16(raw.count)  // one stored block: images here are small
         let zlib = [0x78, 0x01, 1, UInt8(n & 0xFF), UInt8(n >> 8), UInt8(~n & 0xFF), UInt8(~n >> 8)] + raw + be32(b << 16 | a)
         let header = be32(UInt32(width)) + be32(UInt32(height)) + [8, 0, 0, 0, 0]
-        return Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + chunk("IHDR", header) + chunk("IDAT", zlib) + chunk("IEND", []))
+        return Data(
+            [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + chunk("IHDR", header) + chunk("IDAT", zlib) + chunk("IEND", []))
     }
 
     /// Three classes of 12x12 images a conv net tells apart: a bright row band, a column band, or a dark image.
@@ -48,7 +49,8 @@ final class ImageFolderRunTests: XCTestCase {
                     let offset = Int.random(in: 2..<8, using: &rng)
                     let pixels = (0..<144).map { p -> UInt8 in
                         let (y, x) = (p / 12, p % 12)
-                        let band = label == 0 ? (x >= offset && x < offset + 3) : label == 2 ? (y >= offset && y < offset + 3) : false
+                        let band =
+                            label == 0 ? (x >= offset && x < offset + 3) : label == 2 ? (y >= offset && y < offset + 3) : false
                         return UInt8(band ? 200 : Int.random(in: 0..<60, using: &rng))
                     }
                     try Self.png(pixels, width: 12, height: 12).write(to: URL(fileURLWithPath: "\(dir)/\(i).png"))
@@ -86,7 +88,8 @@ final class ImageFolderRunTests: XCTestCase {
             Launcher.executable("autorate"), "export", "--checkpoint", checkpoint, "--out", path("w.safetensors"),
         ])
         XCTAssertEqual(export.status, 0, export.output)
-        XCTAssertEqual(try EvaluationTests.metadata(path("w.safetensors"))["autorate.class_names"], "[\"columns\",\"dark\",\"rows\"]")
+        XCTAssertEqual(
+            try EvaluationTests.metadata(path("w.safetensors"))["autorate.class_names"], "[\"columns\",\"dark\",\"rows\"]")
     }
 
     func testCorruptImageStopsEveryRankNamingIt() throws {
@@ -95,7 +98,8 @@ final class ImageFolderRunTests: XCTestCase {
         let bad = "\(data)/train/dark/3.png"
         let bytes = try Data(contentsOf: URL(fileURLWithPath: bad))
         try bytes.prefix(bytes.count - 30).write(to: URL(fileURLWithPath: bad))
-        let run = try Launcher.mpirun(2, "autorate", ["train", "--model", "cnn", "--data", "folder:\(data)", "--steps", "2"], timeout: 60)
+        let run = try Launcher.mpirun(
+            2, "autorate", ["train", "--model", "cnn", "--data", "folder:\(data)", "--steps", "2"], timeout: 60)
         XCTAssertNotEqual(run.status, 0, run.output)
         XCTAssertLessThan(run.seconds, 30, run.output)
         XCTAssertTrue(run.output.contains(bad), run.output)

@@ -1,0 +1,109 @@
+import Foundation
+import XCTest
+
+/// What a hostile new user found: each fault gives a clear message naming the flag or file, and
+/// nothing is lost or reported as a success that was not.
+final class HostileUserTests: XCTestCase {
+    var directory: URL!
+
+    override func setUpWithError() throws { directory = try Launcher.temporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    func autorate(_ args: [String], timeout: Double = 60) throws -> Launcher.Result {
+        try Launcher.run([Launcher.executable("autorate")] + args, timeout: timeout)
+    }
+
+    /// A metrics file that cannot be written stops the run (also under mpirun, every rank).
+    func testMetricsWriteErrorStopsTheRun() throws {
+        let alone = try autorate(["train", "--steps", "100", "--log-every", "5", "--metrics", "/dev/full", "--quiet"])
+        XCTAssertNotEqual(alone.status, 0, alone.output)
+        XCTAssertTrue(
+            alone.output.contains("--metrics /dev/full: a record could not be written (No space left on device)"), alone.output)
+        let ranks = try Launcher.mpirun(
+            2, "autorate", ["train", "--steps", "100", "--metrics", "/dev/full", "--quiet"], timeout: 60)
+        XCTAssertNotEqual(ranks.status, 0, ranks.output)
+        XCTAssertLessThan(ranks.seconds, 30, ranks.output)
+        XCTAssertTrue(ranks.output.contains("could not be written"), ranks.output)
+    }
+
+    /// A checkpoint directory that cannot be made fails before the first step, not at step 1000.
+    func testCheckpointDirectoryCheckedBeforeTheFirstStep() throws {
+        let blocker = path("file")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: blocker))
+        let run = try Launcher.mpirun(
+            2, "autorate", ["train", "--steps", "3000", "--checkpoint-dir", blocker + "/ck"], timeout: 60)
+        XCTAssertEqual(run.status, 1, run.output)
+        XCTAssertTrue(run.output.contains("--checkpoint-dir \(blocker)/ck"), run.output)
+        XCTAssertFalse(run.output.contains("step 150/3000"), "it trained first:\n\(run.output)")
+        XCTAssertLessThan(run.seconds, 20, run.output)
+    }
+
+    /// BN over a batch of one normalizes nothing: refused, naming the flag and the smallest value.
+    func testBatchNormBatchOfOneIsRefused() throws {
+        let one = try autorate(["train", "--global-batch", "1", "--steps", "5"])
+        XCTAssertEqual(one.status, 1, one.output)
+        XCTAssertTrue(one.output.contains("--global-batch 1 gives a BN layer 1 value per channel"), one.output)
+        XCTAssertTrue(one.output.contains("use --global-batch 2 or more"), one.output)
+        let local = try Launcher.mpirun(2, "autorate", ["train", "--global-batch", "3", "--bn", "local", "--steps", "5"])
+        XCTAssertEqual(local.status, 1, local.output)
+        XCTAssertTrue(local.output.contains("use --global-batch 4 or more, or --bn sync"), local.output)
+        // conv BN layers normalize every pixel of the batch: a batch of one image is enough
+        let conv = try autorate(["train", "--model", "cnn", "--data", "synthetic-images", "--global-batch", "1", "--steps", "2"])
+        XCTAssertEqual(conv.status, 0, conv.output)
+    }
+
+    /// A finished run resumed again says so and exits 0 without training (and without "nan").
+    func testResumingAFinishedRunSaysItIsComplete() throws {
+        let args = ["train", "--steps", "20", "--checkpoint-dir", path("ck"), "--quiet"]
+        XCTAssertEqual(try autorate(args).status, 0)
+        let again = try autorate(args + ["--resume", "auto"])
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.output.contains("already complete: the checkpoint holds all 20 steps"), again.output)
+        XCTAssertFalse(again.output.contains("nan"), again.output)
+    }
+
+    /// Ctrl-C: rank 0 says where the run was and which checkpoint holds its state.
+    func testInterruptSaysTheStepAndTheCheckpoint() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Launcher.executable("autorate"))
+        process.arguments = [
+            "train", "--steps", "1000000", "--checkpoint-dir", path("ck"), "--checkpoint-every", "20", "--log-every", "1000",
+        ]
+        process.environment = Launcher.childEnvironment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline && ((try? FileManager.default.contentsOfDirectory(atPath: path("ck")))?.count ?? 0) == 0 {
+            usleep(50_000)
+        }
+        usleep(200_000)
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(process.terminationReason, .uncaughtSignal, output)
+        XCTAssertTrue(output.contains("autorate: interrupted (SIGINT) after step "), output)
+        XCTAssertTrue(output.contains("the latest state is in \(path("ck"))/checkpoint-"), output)
+        XCTAssertTrue(output.contains("continue with --resume auto"), output)
+    }
+
+    /// The names people bring from other trainers get the flag to use; a misspelt command its name;
+    /// a subcommand's error its own help, not the top-level usage.
+    func testSuggestionsAndSubcommandErrors() throws {
+        for (args, expected) in [
+            (["train", "--lr", "0.1"], "--lr is not a flag of autorate; use --lr-si"),
+            (["train", "--batch-size=64"], "use --global-batch"),
+            (["trian"], "'trian' is not a command; did you mean 'train'?"),
+            (["export", "--checkpoint", path("missing"), "--out", path("w")], "See 'autorate export --help'."),
+        ] {
+            let run = try autorate(args)
+            XCTAssertEqual(run.status, 64, run.output)
+            XCTAssertTrue(run.output.contains(expected), "\(args): \(run.output)")
+        }
+        let export = try autorate(["export", "--checkpoint", path("missing"), "--out", path("w")])
+        XCTAssertFalse(export.output.contains("Usage: autorate <subcommand>"), export.output)
+    }
+}
