@@ -25,10 +25,10 @@ public enum CIFAR10 {
             )
         }
         var root = directory
-        if !FileReader.exists("\(directory)/\(trainFiles[0])") && FileReader.isDirectory("\(directory)/\(tarballDirectory)") {
+        if !(try FileReader.exists("\(directory)/\(trainFiles[0])")) && FileReader.isDirectory("\(directory)/\(tarballDirectory)") {
             root = "\(directory)/\(tarballDirectory)"
         }
-        for name in trainFiles + [testFile] where !FileReader.exists("\(root)/\(name)") {
+        for name in trainFiles + [testFile] where !(try FileReader.exists("\(root)/\(name)")) {
             throw DataError(
                 path: "\(root)/\(name)",
                 "is missing; --data cifar10:DIR needs \(expected) in DIR or in DIR/\(tarballDirectory) (the binary version, cifar-10-binary.tar.gz, not the Python or MATLAB one)"

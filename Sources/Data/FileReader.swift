@@ -5,9 +5,14 @@ import CZlib
 
 /// Reads a whole file into memory, inflating it when it is gzip-compressed (by magic bytes).
 enum FileReader {
-    static func exists(_ path: String) -> Bool {
+    /// Whether `path` exists; a path that cannot be looked at (a directory without permission) is an
+    /// error, not a missing file.
+    /// - Throws: `DataError` naming the path and the system's reason.
+    static func exists(_ path: String) throws -> Bool {
         var st = stat()
-        return stat(path, &st) == 0
+        if stat(path, &st) == 0 { return true }
+        if errno == ENOENT || errno == ENOTDIR { return false }
+        throw DataError(path: path, "cannot be read: \(errnoText())")
     }
 
     static func isDirectory(_ path: String) -> Bool {

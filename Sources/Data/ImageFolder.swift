@@ -73,7 +73,7 @@ private struct Loader {
 
         // 2. a valid cache? all members must find it so
         var cached: DataSplits?
-        if FileReader.exists(cachePath) {
+        if (try? FileReader.exists(cachePath)) == true {
             do {
                 cached = try Self.read(cachePath, key: scan.key, scan: scan)
             } catch let error as DataError {

@@ -51,7 +51,7 @@ public enum MNIST {
     }
 
     static func locate(_ directory: String, _ name: String) throws -> String {
-        for candidate in ["\(directory)/\(name)", "\(directory)/\(name).gz"] where FileReader.exists(candidate) {
+        for candidate in ["\(directory)/\(name)", "\(directory)/\(name).gz"] where try FileReader.exists(candidate) {
             return candidate
         }
         throw DataError(path: "\(directory)/\(name)", "is missing (looked for it and \(name).gz)")

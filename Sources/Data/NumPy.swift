@@ -57,7 +57,7 @@ public enum NumPy {
             throw DataError(
                 path: path, "is a directory; --data npz:FILE needs a .npz file (use npy:DIR for a directory of .npy files)")
         }
-        guard FileReader.exists(path) else {
+        guard try FileReader.exists(path) else {
             throw DataError(path: path, "is missing; --data npz:FILE needs a .npz file holding \(expectedEntries)")
         }
         return try parseNPZ(bytes: FileReader.read(path), path: path)
@@ -72,8 +72,8 @@ public enum NumPy {
         var arrays: [String: (NumPyArray, String)] = [:]
         for name in arrayNames {
             let path = "\(directory)/\(name).npy"
-            guard FileReader.exists(path) else {
-                let present = arrayNames.filter { FileReader.exists("\(directory)/\($0).npy") }
+            guard try FileReader.exists(path) else {
+                let present = arrayNames.filter { (try? FileReader.exists("\(directory)/\($0).npy")) == true }
                 throw DataError(
                     path: path,
                     "is missing; --data npy:DIR needs \(expectedEntries) (present: \(present.isEmpty ? "none" : present.map { "\($0).npy" }.joined(separator: ", ")))"

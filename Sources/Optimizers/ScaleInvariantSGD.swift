@@ -57,6 +57,9 @@ public final class ScaleInvariantSGD {
     private var velocity: FlatBuffer?
     private let tensorOffsets: Set<Int>  // of every tensor in `groups`
     public private(set) var step = 0
+    /// The group whose update (or, with momentum or weight decay, gradient) this rank found not
+    /// finite in the last step; nil when it found none (the guard then skipped the step elsewhere).
+    public private(set) var lastNonFiniteGroup: Int?
 
     public init(groups: [ParameterGroup], parameterCount: Int, invariant: GroupRule, variant: GroupRule) {
         self.groups = groups
@@ -116,9 +119,13 @@ public final class ScaleInvariantSGD {
     @discardableResult
     public func apply(to store: ParameterStore, monitor: Bool) -> [GroupMonitor]? {
         store.rowSquaredNormsAfterUpdate.removeAll()
+        lastNonFiniteGroup = nil
         if !isPaperAlgorithm { store.materializePendingRadial() }
         let radial = takeRadialTerms(store)
-        guard isPaperAlgorithm || groups.allSatisfy({ allFinite(UnsafeBufferPointer(store.gradients.slice($0.range))) }) else {
+        if !isPaperAlgorithm,
+            let bad = groups.firstIndex(where: { !allFinite(UnsafeBufferPointer(store.gradients.slice($0.range))) })
+        {
+            lastNonFiniteGroup = bad
             return nil
         }
         let sums = UnsafeMutableBufferPointer<Double>.allocate(capacity: monitor ? monitorSlots : 0)
@@ -130,11 +137,13 @@ public final class ScaleInvariantSGD {
             let rule = rule(for: group.kind)
             let eta = rule.schedule.rate(base: rule.learningRate, step: step)
             if isPaperAlgorithm {
+                let wasFinite = check.allFinite
                 for part in stepIntoGradient(
                     group, group.range, in: store, eta: Float(eta), radial: radial, unitSums, nil, &check)
                 {
                     keptNorms[part.tensor.offset] = part.norms
                 }
+                if wasFinite && !check.allFinite { lastNonFiniteGroup = groups.firstIndex { $0.range == group.range } }
             } else {
                 let w = store.values.slice(group.range), g = store.gradients.slice(group.range)
                 if let unitSums { accumulateUnits(group, store, before: true, into: unitSums) }
@@ -172,11 +181,15 @@ public final class ScaleInvariantSGD {
     ) -> (finite: Bool, rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])]) {
         precondition(isPaperAlgorithm, "only the plain step is sharded")
         store.rowSquaredNormsAfterUpdate.removeAll()
+        lastNonFiniteGroup = nil
         let radial = takeRadialTerms(store)
         var check = FiniteCheck()
-        let rowNorms = groups.flatMap { group in
-            stepIntoGradient(
+        var rowNorms: [(tensor: TensorSpec, rows: Range<Int>, norms: [Double])] = []
+        for (index, group) in groups.enumerated() {
+            let wasFinite = check.allFinite
+            rowNorms += stepIntoGradient(
                 group, shard, in: store, eta: Float(currentRate(group.kind)), radial: radial, unitSums, completing, &check)
+            if wasFinite && !check.allFinite { lastNonFiniteGroup = index }
         }
         return (check.allFinite, rowNorms)
     }

@@ -30,7 +30,7 @@ enum ReplicaCheck {
 public enum TrainingError: Error, CustomStringConvertible {
     case replicasDiffer(ranks: [Int], when: String)
     case configuration(String)
-    case nonFinite(step: Int, what: String)
+    case nonFinite(step: Int, what: String, advice: String = "lower --lr-sv (the scale-variant rate) or check the data")
 
     public var description: String {
         switch self {
@@ -38,8 +38,8 @@ public enum TrainingError: Error, CustomStringConvertible {
             "the parameters of rank(s) \(ranks.map(String.init).joined(separator: ", ")) differ from rank 0's \(when); the replicas are out of sync"
         case let .configuration(text):
             text
-        case let .nonFinite(step, what):
-            "\(what) became NaN or infinite at step \(step); lower --lr-sv (the scale-variant rate) or check the data"
+        case let .nonFinite(step, what, advice):
+            "\(what) became NaN or infinite at step \(step); \(advice)"
         }
     }
 }

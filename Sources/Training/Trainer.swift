@@ -24,6 +24,8 @@ public final class Trainer {
     public let logEvery: Int
     var sampler: ShardSampler
     private var resumedFrom = 0
+    /// Rank 0: the checkpoint this run resumed from.
+    private var resumedCheckpoint: String?
     var watchdog: StallWatchdog?
     /// BN running statistics before the current step, restored when the step is skipped.
     private lazy var buffersBeforeStep = FlatBuffer(count: model.buffers.count)
@@ -181,6 +183,16 @@ public final class Trainer {
         try prepareCommunication()
         try timeline?.alignClocks(communicator)
         describe()
+        // a resumed run repeats the steps after its checkpoint: the records an interrupted part wrote
+        // for them are superseded by the ones that follow this record
+        if start > 0 {
+            try metrics?.write(
+                .object([
+                    ("event", .string("resume")), ("step", .integer(start)),
+                    ("checkpoint", .string(resumedCheckpoint ?? "")),
+                    ("supersedes", .string("earlier records with step > \(start)")),
+                ]))
+        }
         // the first record of a run (and of each resumed part of it): where it starts, and how
         try metrics?.write(
             .object([
@@ -218,9 +230,7 @@ public final class Trainer {
                 )
                 try metrics?.write(
                     .object([("event", .string("skipped_step")), ("step", .integer(t + 1)), ("consecutive", .integer(badSteps))]))
-                if badSteps >= configuration.maxBadSteps {
-                    throw TrainingError.nonFinite(step: t + 1, what: "the gradient of \(badSteps) consecutive steps")
-                }
+                if badSteps >= configuration.maxBadSteps { throw try nonFiniteUpdates(step: t + 1, count: badSteps) }
                 continue
             }
             badSteps = 0
@@ -465,6 +475,21 @@ public final class Trainer {
         )
     }
 
+    /// Collective (every rank skipped the same steps): the error that ends a run whose updates were
+    /// not finite `count` times in a row, naming the group a rank found first and its rate's flag.
+    private func nonFiniteUpdates(step: Int, count: Int) throws -> TrainingError {
+        let index = try communicator.allreduce(optimizer.lastNonFiniteGroup ?? -1, .max)
+        guard index >= 0 else { return .nonFinite(step: step, what: "the update of \(count) consecutive steps") }
+        let group = model.groups[index]
+        let (flag, rule) =
+            group.kind == .scaleInvariant ? ("--lr-si", configuration.invariant) : ("--lr-sv", configuration.variant)
+        return .nonFinite(
+            step: step,
+            what:
+                "the update of group \(group.name) (\(group.kind == .scaleInvariant ? "scale-invariant" : "scale-variant"), \(flag) \(rule.learningRate)) in \(count) consecutive steps",
+            advice: "lower \(flag), or check the data for NaN or infinite values")
+    }
+
     /// The checkpoint `--keep-best` keeps in the checkpoint directory.
     public static let bestName = "best.safetensors"
 
@@ -524,6 +549,7 @@ public final class Trainer {
             do {
                 if let loaded = try loadCheckpoint(resume) {
                     status = [1, loaded.step, optimizer.step]
+                    resumedCheckpoint = loaded.path
                     console.root("resuming from \(loaded.path) at step \(loaded.step) of \(totalSteps)")
                 } else {
                     console.root(

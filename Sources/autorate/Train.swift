@@ -129,8 +129,9 @@ struct OptimizerOptions: ParsableArguments {
     func validate() throws {
         try require(epochs > 0, "--epochs", epochs, "a positive number of passes")
         if let steps { try require(steps > 0, "--steps", steps, "a positive number of steps") }
-        try require(lrSI.isFinite && lrSI > 0, "--lr-si", lrSI, "a finite rate > 0")
-        if let lrSV { try require(lrSV.isFinite && lrSV >= 0, "--lr-sv", lrSV, "a finite rate >= 0") }
+        // beyond 1e9 a Float update overflows for gradients that are not even large
+        try require(lrSI > 0 && lrSI <= 1e9, "--lr-si", lrSI, "a rate in (0, 1e9]")
+        if let lrSV { try require(lrSV >= 0 && lrSV <= 1e9, "--lr-sv", lrSV, "a rate in [0, 1e9]") }
         try require(momentum >= 0 && momentum < 1, "--momentum", momentum, "a value in [0, 1)")
         try require(weightDecaySI >= 0 && weightDecaySI.isFinite, "--weight-decay-si", weightDecaySI, "a finite value >= 0")
         try require(weightDecaySV >= 0 && weightDecaySV.isFinite, "--weight-decay-sv", weightDecaySV, "a finite value >= 0")

@@ -82,7 +82,9 @@ final class BadInputTests: XCTestCase {
     func testUnknownFlagValues() throws {
         try expectFailure(["--head", "softmax"], mentions: ["--head", "softmax", "linear", "bn"])
         try expectFailure(["--bn-eps-mode", "tiny"], mentions: ["--bn-eps-mode", "tiny", "scaled"])
-        try expectFailure(["--lr-si", "0"], mentions: ["--lr-si 0.0", "> 0"])
+        try expectFailure(["--lr-si", "0"], mentions: ["--lr-si 0.0", "(0, 1e9]"])
+        try expectFailure(["--lr-si", "1e39"], mentions: ["--lr-si 1e+39", "(0, 1e9]"])
+        try expectFailure(["--lr-sv", "inf"], mentions: ["--lr-sv inf", "[0, 1e9]"])
         try expectFailure(["--data", "cifar:/x"], mentions: ["--data cifar:/x", "synthetic", "mnist:DIR"])
         try expectFailure(["--widths", "784,,10"], mentions: ["--widths 784,,10", "positive integers"])
         try expectFailure(["--overlap", "maybe"], mentions: ["--overlap", "maybe", "auto", "on", "off"])

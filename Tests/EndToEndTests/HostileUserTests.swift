@@ -106,4 +106,56 @@ final class HostileUserTests: XCTestCase {
         let export = try autorate(["export", "--checkpoint", path("missing"), "--out", path("w")])
         XCTAssertFalse(export.output.contains("Usage: autorate <subcommand>"), export.output)
     }
+
+    /// The run that stops after non-finite updates names the group and the rate flag to lower: here a
+    /// NaN put into the last gradient element (the head's bias, scale-variant), found by one rank.
+    func testAllSkippedStopNamesTheGroup() throws {
+        let run = try Launcher.mpirun(
+            2, "autorate",
+            ["train", "--steps", "10", "--quiet", "--debug-fault", "nan-gradient:3:1", "--max-bad-steps", "1"])
+        XCTAssertEqual(run.status, 1, run.output)
+        XCTAssertTrue(run.output.contains("(scale-variant, --lr-sv 0.1) in 1 consecutive steps"), run.output)
+        XCTAssertTrue(run.output.contains("lower --lr-sv"), run.output)
+    }
+
+    /// A resumed run marks where it continues, so that a reader drops what the interrupted part
+    /// logged after its checkpoint: the rule leaves each logged step once.
+    func testResumeRecordSupersedesTheRepeatedSteps() throws {
+        let metrics = path("m.jsonl")
+        let args = [
+            "train", "--steps", "40", "--quiet", "--log-every", "5", "--checkpoint-every", "10", "--metrics", metrics,
+            "--checkpoint-dir", path("ck"),
+        ]
+        let killed = try Launcher.mpirun(2, "autorate", args + ["--debug-fault", "kill:27:1"], timeout: 60)
+        XCTAssertNotEqual(killed.status, 0, killed.output)
+        let resumed = try Launcher.mpirun(2, "autorate", args + ["--resume", "auto"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        let records = try Launcher.metrics(metrics)
+        let resume = try XCTUnwrap(records.firstIndex { $0["event"] as? String == "resume" })
+        XCTAssertEqual(records[resume]["step"] as? Int, 20)
+        XCTAssertTrue((records[resume]["checkpoint"] as? String)?.hasSuffix("checkpoint-000000020.safetensors") ?? false)
+        let steps = records.compactMap { $0["event"] == nil ? $0["step"] as? Int : nil }
+        XCTAssertEqual(steps.filter { $0 == 25 }.count, 2, "the interrupted part logged step 25 too")
+        let kept = records.enumerated().filter { i, r in
+            r["event"] == nil && !(i < resume && (r["step"] as? Int ?? 0) > 20)
+        }.map { $0.element["step"] as! Int }
+        XCTAssertEqual(kept, Array(stride(from: 5, through: 40, by: 5)))
+    }
+
+    /// A data directory this user cannot read is reported as such, not as missing files.
+    func testUnreadableDataDirectoryIsNotMissing() throws {
+        let dir = path("fm")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data().write(to: URL(fileURLWithPath: dir + "/train-images-idx3-ubyte"))
+        chmod(dir, 0o000)
+        defer { chmod(dir, 0o755) }
+        // root reads any directory: run as nobody where we are root
+        let prefix = getuid() == 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []
+        try XCTSkipIf(prefix.isEmpty == false && !FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "no setpriv")
+        let run = try Launcher.run(prefix + [Launcher.executable("autorate"), "train", "--data", "fashion-mnist:\(dir)"])
+        XCTAssertNotEqual(run.status, 0, run.output)
+        XCTAssertTrue(run.output.contains("cannot be read: Permission denied"), run.output)
+        XCTAssertFalse(run.output.contains("is missing"), run.output)
+    }
 }
+

@@ -53,7 +53,8 @@ final class ReliabilityTests: XCTestCase {
             2, "autorate", ["train", "--steps", "12", "--quiet", "--debug-fault", "nan-input:4:0", "--max-bad-steps", "1"])
         XCTAssertEqual(stopped.status, 1, stopped.output)
         XCTAssertTrue(
-            stopped.output.contains("the gradient of 1 consecutive steps became NaN or infinite at step 4"), stopped.output)
+            stopped.output.contains("(scale-invariant, --lr-si 1.0) in 1 consecutive steps became NaN or infinite at step 4"),
+            stopped.output)
     }
 
     /// A step whose update is sharded over ranks (every step is, at 2 and 4 ranks), with a NaN put
