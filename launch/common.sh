@@ -1,7 +1,7 @@
 # Shared by the launch scripts (sourced, not run): system packages, build, mpirun flags.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SYSTEM_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev zlib1g-dev libpng-dev libturbojpeg0-dev pkgconf python3)
+SYSTEM_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev zlib1g-dev python3-numpy libpng-dev libturbojpeg0-dev pkgconf python3)
 
 # The packages among the arguments that are not installed, one per line.
 missing_packages() {

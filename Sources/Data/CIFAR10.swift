@@ -25,7 +25,8 @@ public enum CIFAR10 {
             )
         }
         var root = directory
-        if !(try FileReader.exists("\(directory)/\(trainFiles[0])")) && FileReader.isDirectory("\(directory)/\(tarballDirectory)") {
+        if !(try FileReader.exists("\(directory)/\(trainFiles[0])")) && FileReader.isDirectory("\(directory)/\(tarballDirectory)")
+        {
             root = "\(directory)/\(tarballDirectory)"
         }
         for name in trainFiles + [testFile] where !(try FileReader.exists("\(root)/\(name)")) {

@@ -73,10 +73,9 @@ public struct DataSplits: Sendable {
         precondition(fraction > 0 && fraction < 1 && train.count >= 2, "holdOut(fraction: \(fraction)) of \(train.count) samples")
         let n = train.count
         let held = Swift.min(Swift.max(Int((fraction * Double(n)).rounded()), 1), n - 1)
-        var order = Array(0..<n)
-        var rng = SplitMix64.derived(seed, 0x7A1)
-        order.shuffle(using: &rng)
-        let chosen = Set(order.prefix(held))
+        // the sampler's own shuffle (the standard library's may change between toolchains)
+        let order = ShardSampler.permutation(count: n, seed: seed ^ 0x7A1_0000_0000, epoch: 0)
+        let chosen = Set(order.prefix(held).map { Int($0) })
         validation = train.selecting((0..<n).filter { chosen.contains($0) }, name: train.name + "/validation")
         train = train.selecting((0..<n).filter { !chosen.contains($0) }, name: train.name)
     }
@@ -108,10 +107,8 @@ public enum Standardization: Sendable, Equatable {
     /// Standardizes both splits in place with the training split's statistics, and returns them.
     @discardableResult
     public func apply(to splits: inout DataSplits) -> InputStandardization {
-        let fitted = fit(splits.train)
-        fitted.apply(to: &splits.train)
-        fitted.apply(to: &splits.test)
-        return fitted
+        splits.standardize(self)
+        return splits.standardization!
     }
 
     /// The training split's statistics in this form.

@@ -78,6 +78,8 @@ private struct Loader {
                 cached = try Self.read(cachePath, key: scan.key, scan: scan)
             } catch let error as DataError {
                 notes.append("\(label): the cache \(cachePath) is not used and is rebuilt: \(error.problem)")
+            } catch {
+                notes.append("\(label): the cache \(cachePath) is not used and is rebuilt: \(error)")
             }
         }
         if try team.allSucceeded(cached != nil) {
@@ -103,9 +105,9 @@ private struct Loader {
         let work = Work(scan: scan, layout: layout, imageSize: options.imageSize)
 
         // 4. rank 0 creates the temporary file at full size; one that cannot be written beside the
-        // data means decoding in memory, one that cannot be written under --cache-dir is an error
-        // one name for the node's members (they share the launcher's process as parent), another
-        // for a second job on the same host
+        // data means decoding in memory, one that cannot be written under --cache-dir is an error.
+        // Its name is the same for the node's members (they share the launcher's process as their
+        // parent) and differs for another job on the same host.
         let temporary = cachePath + ".tmp-" + Self.hostName() + "-\(getppid())"
         var fd: Int32 = -1
         var fallback: String?
@@ -144,7 +146,10 @@ private struct Loader {
                 if fd < 0 { throw DataError(path: temporary, "cannot be opened: \(FileReader.errnoText())") }
             }
         }
-        try agree(failure)
+        do { try agree(failure) } catch {
+            if team.rank == 0 { unlink(temporary) }
+            throw error
+        }
 
         // 6. each member decodes its share and writes it at its offsets
         failure = attempt {
@@ -162,7 +167,7 @@ private struct Loader {
             if failure == nil && rename(temporary, cachePath) != 0 {
                 failure = DataError(path: cachePath, "cannot be written: \(FileReader.errnoText())")
             }
-            if failure != nil { unlink(temporary) }
+            if failure != nil { unlink(temporary) } else { Self.removeOthers(like: scan.key, in: cacheDirectory) }
         }
         try agree(failure)
 
@@ -206,9 +211,34 @@ private struct Loader {
         return splits
     }
 
-    /// Creates (or truncates) `path` with `bytes` zero bytes; returns the descriptor.
+    /// Deletes the caches of the same image size but other files in `directory`: each change of the
+    /// data would otherwise leave a copy of the whole dataset behind.
+    static func removeOthers(like key: ImageFolderCacheKey, in directory: String) {
+        guard let dir = opendir(directory) else { return }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(key.namePrefix) && name.hasSuffix(".bin") && name != key.fileName {
+                unlink(directory + "/" + name)
+            }
+        }
+    }
+
+    /// Creates `path` with `bytes` zero bytes; returns the descriptor. A temporary file of the same
+    /// name means another job on this host is writing this cache, unless it is an hour old (left by
+    /// a job that died), which is replaced.
     static func create(_ path: String, bytes: Int) throws -> Int32 {
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        var fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        if fd < 0 && errno == EEXIST {
+            var st = stat()
+            let age = stat(path, &st) == 0 ? time(nil) - st.st_mtim.tv_sec : 0
+            guard age > 3600 else {
+                throw DataError(
+                    path: path, "is being written by another job on this host (for \(age) s); the cache is not shared with it")
+            }
+            unlink(path)
+            fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        }
         guard fd >= 0 else { throw DataError(path: path, "cannot be created: \(FileReader.errnoText())") }
         guard ftruncate(fd, off_t(bytes)) == 0 else {
             let reason = FileReader.errnoText()

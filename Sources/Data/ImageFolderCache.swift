@@ -202,7 +202,11 @@ public struct ImageFolderCacheKey: Equatable, Sendable {
     public private(set) var crc: UInt32 = 0
     private var crcState = CRC32()
 
+    /// `--image-size` as the file name shows it: caches of one size replace each other.
+    let sizeTag: String
+
     init(imageSize: ImageSize?) {
+        sizeTag = imageSize?.description ?? "stored"
         add("autorate image cache v\(ImageFolderCache.version)\nimage-size \(imageSize?.description ?? "as stored")\n")
     }
 
@@ -218,11 +222,14 @@ public struct ImageFolderCacheKey: Equatable, Sendable {
 
     mutating func add(file: String, size: Int64, modified: Int64) { add("\(file)\t\(size)\t\(modified)\n") }
 
-    /// The cache's file name: `.autorate-cache-` and the FNV hash in 16 hex digits, `.bin`.
+    /// The cache's file name: `.autorate-cache-`, the image size, the FNV hash in 16 hex digits, `.bin`.
     public var fileName: String {
         let h = String(fnv, radix: 16)
-        return ".autorate-cache-" + String(repeating: "0", count: 16 - h.count) + h + ".bin"
+        return namePrefix + String(repeating: "0", count: 16 - h.count) + h + ".bin"
     }
+
+    /// What the names of this image size's caches start with.
+    var namePrefix: String { ".autorate-cache-\(sizeTag)-" }
 
     public static func == (a: Self, b: Self) -> Bool { a.fnv == b.fnv && a.crc == b.crc }
 }

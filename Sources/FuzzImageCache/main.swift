@@ -5,8 +5,23 @@ import FuzzSupport
 /// runs on the mapped file) and decoded as a PNG or JPEG file (`ImageDecoder`, libpng and TurboJPEG),
 /// then resized when it decodes.
 func check(_ bytes: [UInt8]) -> String {
+    var summary = checkCache(bytes, "cache")
+    // the CRC-32 at the end rejects nearly every mutation: the same bytes with a matching CRC reach
+    // the checks after it (header fields, labels, the conversion)
+    if bytes.count >= 4 {
+        var patched = bytes
+        var sum = CRC32()
+        sum.update(Array(bytes[0..<(bytes.count - 4)]))
+        withUnsafeBytes(of: sum.value.littleEndian) { patched.replaceSubrange((bytes.count - 4)..., with: $0) }
+        summary += "; " + checkCache(patched, "cache with its CRC")
+    }
+    return summary + "; " + checkImage(bytes)
+}
+
+/// The cache reader on `bytes`: accepted caches must be consistent.
+func checkCache(_ bytes: [UInt8], _ label: String) -> String {
     let (splits, cacheSummary) = Fuzz.parse(
-        "cache", { try ImageFolderCache.parse(bytes: bytes, path: Fuzz.inputPath) },
+        label, { try ImageFolderCache.parse(bytes: bytes, path: Fuzz.inputPath) },
         accepted: {
             "\($0.train.count) train and \($0.test.count) test images of \($0.train.image!), \($0.train.classes) classes"
         })
@@ -26,6 +41,11 @@ func check(_ bytes: [UInt8]) -> String {
                 classNames: names, trainCount: splits.train.count, testCount: splits.test.count, image: splits.train.image!
             ).fileBytes == bytes.count, "cache: accepted with a size its layout does not give")
     }
+    return cacheSummary
+}
+
+/// The PNG/JPEG decoders on `bytes`, and the resize of what they accept.
+func checkImage(_ bytes: [UInt8]) -> String {
     let decoder = ImageDecoder()
     let (image, imageSummary) = Fuzz.parse(
         "image", { try decoder.decode(bytes, path: Fuzz.inputPath) },
@@ -42,7 +62,7 @@ func check(_ bytes: [UInt8]) -> String {
             Fuzz.require(resized.count == 7 * 5 * image.channels, "image: resized size")
         }
     }
-    return cacheSummary + "; " + imageSummary
+    return imageSummary
 }
 
 #if FUZZING

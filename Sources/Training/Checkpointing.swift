@@ -130,7 +130,8 @@ extension Trainer {
     /// `checkpoint-STEP` file). `trainingStatistics`: the BN buffers before recalibration, for the
     /// final checkpoint. Errors (a full disk) end the job.
     func saveCheckpoint(
-        completedSteps: Int, into directory: CheckpointDirectory, name: String? = nil, trainingStatistics: [Float]? = nil
+        completedSteps: Int, into directory: CheckpointDirectory, name: String? = nil, trainingStatistics: [Float]? = nil,
+        metadata: [String: String] = [:]
     ) throws -> String {
         var file = CheckpointFormat.weights(model, batchesTracked: completedSteps)
         if let momentum = optimizer.momentumBuffer {
@@ -148,6 +149,7 @@ extension Trainer {
         file.metadata["autorate.architecture"] = model.architecture
         file.metadata[ModelCard.metadataKey] = modelCard.json
         for (flag, value) in configuration.trajectoryFields { file.metadata["config.\(flag)"] = value }
+        file.metadata.merge(metadata) { $1 }
         if let name { return try directory.write(name: name, file) }
         return try directory.write(step: completedSteps, file)
     }

@@ -102,7 +102,7 @@ public struct ModelCard: Codable, Sendable, Equatable {
     public static func read(_ metadata: [String: String], path: String) throws -> ModelCard {
         guard let text = metadata[metadataKey] else {
             throw TrainingError.configuration(
-                "\(path) has no \(metadataKey) metadata: it was written by an older autorate; retrain, or resume it and let the new run write a checkpoint"
+                "\(path) has no \(metadataKey) metadata: it was written by an older autorate; resume it with a larger --steps so that this version writes a checkpoint, or retrain"
             )
         }
         let decoder = JSONDecoder()

@@ -20,6 +20,9 @@ extension Trainer {
                 ("--resume", configuration.resume.map { "\($0)" } ?? "none"), ("--max-bad-steps", "\(configuration.maxBadSteps)"),
                 // logging steps reduce the window's sums over ranks
                 ("--log-every", "\(logEvery)"),
+                // so do evaluations (and --keep-best's broadcast of the best score at start-up)
+                ("--eval-every", configuration.evalEvery.map(String.init) ?? "none"),
+                ("--keep-best", "\(configuration.keepBest)"),
                 ("--bucket-mb", "\(configuration.bucketBytes)"),
                 // ranks that chose different plans would enter different collectives
                 ("--intra-node", configuration.intraNode.rawValue),

@@ -34,7 +34,12 @@ public struct SavedModel {
         }
         let card = try ModelCard.read(file.metadata, path: path)
         let kind = ModelKind(rawValue: card.model) ?? .mlp
-        let model = try card.makeNetwork(maxBatch: maxBatch ?? Evaluator.rows(for: kind))
+        let model: any Network
+        do {
+            model = try card.makeNetwork(maxBatch: maxBatch ?? Evaluator.rows(for: kind))
+        } catch {
+            throw TrainingError.configuration("--checkpoint \(path): \(error)")
+        }
         do {
             try CheckpointFormat.loadWeights(file, into: model)
         } catch {
@@ -45,6 +50,18 @@ public struct SavedModel {
         self.model = model
         self.step = step
         self.file = file
+    }
+
+    /// The weights of a checkpoint written before checkpoints recorded their model card (no
+    /// network can be rebuilt from it): its parameters and BN buffers as stored, nil for a
+    /// checkpoint that has a card (use `init`) or is not an autorate checkpoint.
+    public static func weightsWithoutCard(_ path: String) -> SafeTensors? {
+        guard let file = try? CheckpointDirectory.load(path), file.metadata["autorate.format"] == CheckpointFormat.format,
+            file.metadata[ModelCard.metadataKey] == nil
+        else { return nil }
+        var weights = SafeTensors(tensors: file.tensors.filter { !CheckpointFormat.isTrainingState($0.name) })
+        weights.metadata = file.metadata.filter { $0.key == "autorate.architecture" || $0.key == "autorate.step" }
+        return weights
     }
 
     /// `--image-size` of the run that trained it (nil: images as stored).
@@ -84,7 +101,9 @@ public struct SavedModel {
             )
         }
         guard let standardization = card.standardization else {
-            throw TrainingError.configuration("\(path) records no input standardization; it cannot score new data")
+            throw TrainingError.configuration(
+                "\(path) records no input standardization, so new data cannot be prepared for it; score a checkpoint that autorate train wrote"
+            )
         }
         guard standardization.fits(dimension: data.dimension) else {
             throw TrainingError.configuration(

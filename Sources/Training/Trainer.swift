@@ -211,15 +211,15 @@ public final class Trainer {
                     + (latestCheckpoint.map { "the latest state is in \($0); continue with --resume auto (same flags)" }
                         ?? "no checkpoint was written (--checkpoint-dir DIR keeps one every --checkpoint-every steps)"))
         }
-        if communicator.isRoot { InterruptReport.install() }
         reportInterruption(after: start)
+        if communicator.isRoot { InterruptReport.install() }
         let clock = Stopwatch()
         var window = Window()
         var lastLog = (time: 0.0, step: start)
         resumedFrom = start
         var lastLoss = Double.nan
         var badSteps = 0
-        var bestScore: Double? = nil
+        var bestScore = try keptBestScore(resumedAt: start)
         for t in start..<totalSteps {
             let logging = (t + 1) % logEvery == 0 || t + 1 == totalSteps
             let result = try trainStep(t, monitor: logging)
@@ -250,12 +250,16 @@ public final class Trainer {
                     elapsed: now, monitors: result.monitors, shares: result.shares, timing: timing)
             }
             if let every = configuration.evalEvery, (t + 1) % every == 0 {
-                let score = try evaluateDuringTraining(step: t + 1)
-                if let checkpoints, configuration.keepBest, score.top1 > (bestScore ?? -1) {
-                    bestScore = score.top1
-                    if communicator.isRoot {
-                        let path = try saveCheckpoint(completedSteps: t + 1, into: checkpoints, name: Self.bestName)
-                        if configuration.printProgress { console.root("best so far: \(path)") }
+                try withSharedRunningStatistics {
+                    let score = try evaluateDuringTraining(step: t + 1)
+                    if let checkpoints, configuration.keepBest, score.top1 > (bestScore ?? -1) {
+                        bestScore = score.top1
+                        if communicator.isRoot {
+                            let path = try saveCheckpoint(
+                                completedSteps: t + 1, into: checkpoints, name: Self.bestName,
+                                metadata: [Self.bestScoreKey: "\(score.top1)"])
+                            if configuration.printProgress { console.root("best so far: \(path)") }
+                        }
                     }
                 }
             }
@@ -490,8 +494,34 @@ public final class Trainer {
             advice: "lower \(flag), or check the data for NaN or infinite values")
     }
 
-    /// The checkpoint `--keep-best` keeps in the checkpoint directory.
+    /// The checkpoint `--keep-best` keeps in the checkpoint directory, and its score's metadata key.
     public static let bestName = "best.safetensors"
+    static let bestScoreKey = "autorate.best_top1"
+
+    /// Collective: with `--keep-best`, the score of the best checkpoint a resumed run kept so far
+    /// (rank 0 reads it), so that a worse model does not replace it; nil when starting afresh.
+    private func keptBestScore(resumedAt start: Int) throws -> Double? {
+        guard configuration.keepBest, start > 0, let directory = configuration.checkpointDirectory else { return nil }
+        var score = [-1.0]
+        if communicator.isRoot, let file = try? CheckpointDirectory.load(directory + "/" + Self.bestName),
+            let kept = file.metadata[Self.bestScoreKey].flatMap(Double.init)
+        {
+            score[0] = kept
+        }
+        try communicator.broadcast(&score, root: 0)
+        return score[0] >= 0 ? score[0] : nil
+    }
+
+    /// Collective: runs `body` with BN running statistics every rank shares. With `--bn local` over
+    /// several ranks each rank's differ, so an evaluation (and the best checkpoint) uses their
+    /// average, as the final model does; training then continues with each rank's own.
+    private func withSharedRunningStatistics(_ body: () throws -> Void) throws {
+        guard configuration.batchNormSync == .local && communicator.size > 1 else { return try body() }
+        let own = Array(model.buffers.all)
+        defer { model.buffers.all.update(fromContentsOf: own) }
+        try averageLocalStatistics()
+        try body()
+    }
 
     /// Collective: scores the validation split (the test split without one) with the running
     /// statistics of now, and reports it; every rank gets the scores.

@@ -23,6 +23,11 @@ struct Eval: ParsableCommand {
     var json = false
     @Option(help: "BLAS threads per rank.")
     var threads = 1
+    @Option(
+        name: .customLong("cache-dir"),
+        help: .hidden(
+            "folder:DIR images: keep the decode cache in this directory (default: in DIR; needed when DIR is read-only)."))
+    var cacheDir: String?
 
     func validate() throws {
         _ = try parseData(data)
@@ -36,9 +41,11 @@ struct Eval: ParsableCommand {
             let saved = try agreeOnSetup(communicator, console) { try SavedModel(checkpoint: checkpoint) }
             // images of a folder are resized as in training; the node's ranks share their decoding
             let dataset = try agreeOnSetup(communicator, console) { () throws -> Dataset in
-                var options = DataLoadOptions(imageSize: saved.trainingImageSize)
+                var options = DataLoadOptions(imageSize: saved.trainingImageSize, cacheDirectory: cacheDir)
                 if case .folder = source { options.team = CommunicatorDecodeTeam(try communicator.nodeCommunicator()) }
                 let splits = try source.loadUnstandardized(options)
+                // on stderr with --json, whose stdout is the JSON alone
+                for note in splits.notes where communicator.isRoot { writeAll(json ? 2 : 1, "data: \(note)\n") }
                 return try saved.prepare(split == "test" ? splits.test : splits.train, from: source)
             }
             let score = try Evaluator(model: saved.model, communicator: communicator).evaluate(dataset)
@@ -70,7 +77,10 @@ struct Eval: ParsableCommand {
                 lines.append("  " + row.map { String(cFormat: "%6d", $0) }.joined())
             }
         } else {
-            lines.append("confusion matrix: \(score.classes) classes; see --json")
+            lines.append(
+                score.confusion == nil
+                    ? "confusion matrix: not kept above \(Evaluator.maxConfusionClasses) classes"
+                    : "confusion matrix: \(score.classes) classes, in --json")
         }
         return lines.joined(separator: "\n")
     }

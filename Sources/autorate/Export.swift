@@ -21,13 +21,20 @@ struct Export: ParsableCommand {
     var pytorch: String?
 
     func run() throws {
+        try refuseOverwriting(checkpoint, with: out, flag: "--out")
+        if pytorch == nil, let weights = SavedModel.weightsWithoutCard(checkpoint) {
+            try writeAtomically(weights.encoded(), to: out, flag: "--out")
+            print(
+                "export: \(weights.tensors.count) tensors from \(checkpoint) to \(out), as stored: the checkpoint is from an older autorate and records no model card (input shape, standardization, class names, BN epsilon)"
+            )
+            return
+        }
         let saved: SavedModel
         do {
             saved = try SavedModel(checkpoint: checkpoint)
         } catch {
             throw ValidationError("\(error)")
         }
-        try refuseOverwriting(checkpoint, with: out, flag: "--out")
         var module: String? = nil
         if let pytorch {
             try refuseOverwriting(checkpoint, with: pytorch, flag: "--pytorch")
@@ -71,8 +78,9 @@ struct ExportedWeights {
                     ("std", .array(s.std.map { .number($0) })),
                 ]).encoded
             } ?? "none",
-            "autorate.bn_eps": epsilon == 0 && card.bnEpsilonMode != "standard"
-                ? "0 (the per-channel epsilon is folded into running_var)" : "\(epsilon)",
+            "autorate.bn_eps": !card.batchNorm
+                ? "none (no BN)"
+                : card.bnEpsilonMode != "standard" ? "0 (the per-channel epsilon is folded into running_var)" : "\(epsilon)",
         ]
         self.file = file
     }

@@ -28,6 +28,11 @@ struct Train: ParsableCommand {
         if checkpoints.keepBest && diagnostics.evalEvery == nil {
             throw ValidationError("--keep-best keeps the model of the best evaluation; give --eval-every N as well.")
         }
+        if dataOptions.valFraction > 0 && diagnostics.evalEvery == nil {
+            throw ValidationError(
+                "--val-fraction \(dataOptions.valFraction) holds samples out of training to score them with --eval-every N; give --eval-every as well."
+            )
+        }
     }
 
     /// Called after `validate()`, so the parses cannot fail here.

@@ -158,4 +158,3 @@ final class HostileUserTests: XCTestCase {
         XCTAssertFalse(run.output.contains("is missing"), run.output)
     }
 }
-
