@@ -110,7 +110,7 @@ extension CheckpointFormat {
             return (weights(model, batchesTracked: batchesTracked), norms.first?.epsilon ?? 0)
         }
         let original = Array(model.buffers.all)
-        defer { model.buffers.all.update(fromContentsOf: original) }
+        defer { _ = model.buffers.all.update(fromContentsOf: original) }
         for norm in norms {
             let eps = norm.inferenceEpsilons(model.parameters)
             let v = model.buffers.slice(norm.runningVar.range)

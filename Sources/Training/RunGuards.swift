@@ -22,6 +22,8 @@ extension Trainer {
                 ("--log-every", "\(logEvery)"),
                 // so do evaluations (and --keep-best's broadcast of the best score at start-up)
                 ("--eval-every", configuration.evalEvery.map(String.init) ?? "none"),
+                // the watchdog's heartbeats are mapped by a collective
+                ("--stall-timeout", configuration.stallTimeout > 0 ? "on" : "off"),
                 ("--keep-best", "\(configuration.keepBest)"),
                 ("--bucket-mb", "\(configuration.bucketBytes)"),
                 // ranks that chose different plans would enter different collectives
@@ -70,7 +72,7 @@ extension Trainer {
         if let f = configuration.debugKill, f.step == t + 1, f.rank == communicator.rank { kill(getpid(), SIGKILL) }
         if let f = configuration.debugNaN, f.step == t + 1, f.rank == communicator.rank, x.count > 0 { x.base[0] = .nan }
         if let f = configuration.debugStall, f.step == t + 1, f.rank == communicator.rank {
-            watchdog?.progress(step: t + 1, "a test-only stall (--debug-fault stall)")
+            watchdog?.progress(step: t + 1, "a test-only stall (--debug-fault stall)", counts: false)
             while true { sleep(3600) }
         }
         if let f = configuration.debugSlowRank, f.rank == communicator.rank {

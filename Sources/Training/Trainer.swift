@@ -58,6 +58,8 @@ public final class Trainer {
     private(set) var shares: BatchShares
     /// Scores the model on the test (or validation) split.
     private let evaluator: Evaluator
+    /// What a rank holds in memory, estimated before the network was built.
+    public let memory: MemoryEstimate
 
     /// Loads the data and builds the network and optimizer. Collective for `folder:` data only: the
     /// ranks of each node split the node's communicator and share the decoding (`ImageFolder`);
@@ -115,6 +117,13 @@ public final class Trainer {
         shares = BatchShares(globalBatch: configuration.globalBatch, ranks: p, balanced: configuration.balance == .on)
         let largestShare = shares.limits.upperBound
         let rows = Swift.max(largestShare, Evaluator.rows(for: configuration.model))
+        memory = MemoryEstimate(configuration, splits: splits, maxBatch: rows)
+        if let available = MemoryEstimate.availableBytes(), memory.totalBytes > available.bytes {
+            let m = memory
+            throw TrainingError.configuration(
+                "\(m.drivingFlag(configuration)) needs about \(MemoryEstimate.text(m.totalBytes)) per rank (parameters with their gradients and the update's buffers \(MemoryEstimate.text(m.parameterBytes)), activations \(MemoryEstimate.text(m.activationBytes)), data \(MemoryEstimate.text(m.dataBytes))), more than the \(MemoryEstimate.text(available.bytes)) a rank may use here (\(available.source)); make it smaller, or use more nodes"
+            )
+        }
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
         try Self.checkBatchNormBatch(configuration, ranks: p, valuesPerSample: model.batchNormValuesPerSample)
         if configuration.augmentation != .none && train.image == nil {
@@ -170,6 +179,7 @@ public final class Trainer {
         defer { watchdog?.stop() }
         self.watchdog = watchdog
         try agreeOnConfiguration()
+        if communicator.size > 1 { try watchdog?.shareHeartbeats(over: communicator) }
         let start = try restoreOrStart()
         if start == totalSteps && start > 0 {  // every rank got the same step
             console.root(
@@ -518,7 +528,7 @@ public final class Trainer {
     private func withSharedRunningStatistics(_ body: () throws -> Void) throws {
         guard configuration.batchNormSync == .local && communicator.size > 1 else { return try body() }
         let own = Array(model.buffers.all)
-        defer { model.buffers.all.update(fromContentsOf: own) }
+        defer { _ = model.buffers.all.update(fromContentsOf: own) }
         try averageLocalStatistics()
         try body()
     }
@@ -657,7 +667,7 @@ public final class Trainer {
             )
         }
         console.root(
-            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) per epoch); OpenBLAS \(BLAS.coreName) kernels, \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
+            "\(totalSteps) steps of global batch \(c.globalBatch) (\(sampler.stepsPerEpoch) per epoch); memory about \(MemoryEstimate.text(memory.totalBytes)) per rank; OpenBLAS \(BLAS.coreName) kernels, \(BLAS.threads) thread(s) per rank\(BuildTarget.portable ? "" : "; Swift loops built for one CPU (AUTORATE_TARGET_CPU)")"
         )
         console.root(plan!.line)
     }

@@ -64,6 +64,14 @@ final class HostileUserTests: XCTestCase {
         XCTAssertFalse(again.output.contains("nan"), again.output)
     }
 
+    /// A finished run extended with a larger --steps: the derived --log-every is not a difference.
+    func testExtendingAFinishedRunWithTheDefaultLogEvery() throws {
+        XCTAssertEqual(try autorate(["train", "--steps", "300", "--checkpoint-dir", path("ck"), "--quiet"]).status, 0)
+        let more = try autorate(["train", "--steps", "400", "--checkpoint-dir", path("ck"), "--resume", "auto", "--quiet"])
+        XCTAssertEqual(more.status, 0, more.output)
+        XCTAssertTrue(more.output.contains("resuming from") && more.output.contains("at step 300 of 400"), more.output)
+    }
+
     /// Ctrl-C: rank 0 says where the run was and which checkpoint holds its state.
     func testInterruptSaysTheStepAndTheCheckpoint() throws {
         let process = Process()
@@ -156,5 +164,66 @@ final class HostileUserTests: XCTestCase {
         XCTAssertNotEqual(run.status, 0, run.output)
         XCTAssertTrue(run.output.contains("cannot be read: Permission denied"), run.output)
         XCTAssertFalse(run.output.contains("is missing"), run.output)
+    }
+
+    /// A network that cannot fit is refused before allocating, with the estimate and the flag that
+    /// drives it (it died with "Fatal error: out of memory" and a backtrace); a run that fits prints
+    /// its estimate at start-up.
+    func testHugeWidthsAreRefusedWithTheEstimate() throws {
+        let binary = Launcher.executable("autorate")
+        let limited = try Launcher.run([
+            "bash", "-c", "ulimit -v 4000000; exec \(binary) train --widths 32,100000000,10 --steps 2",
+        ])
+        XCTAssertEqual(limited.status, 1, limited.output)
+        XCTAssertTrue(limited.output.contains("--widths 32,100000000,10 needs about"), limited.output)
+        XCTAssertTrue(limited.output.contains("GiB per rank"), limited.output)
+        XCTAssertTrue(limited.output.contains("ulimit -v") || limited.output.contains("available memory"), limited.output)
+        XCTAssertFalse(limited.output.contains("Fatal error"), limited.output)
+        let fits = try autorate(["train", "--steps", "2"])
+        XCTAssertEqual(fits.status, 0, fits.output)
+        XCTAssertTrue(fits.output.contains("memory about "), fits.output)
+    }
+
+    /// A rank stopped by SIGSTOP: the others' watchdog ends the job and names the stopped rank.
+    func testStallNamesTheStoppedRank() throws {
+        let marker = path("stall.jsonl")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [
+            "mpirun", "-np", "2", "--bind-to", "none", Launcher.executable("autorate"), "train", "--steps", "1000000",
+            "--quiet", "--stall-timeout", "3", "--metrics", marker,
+        ]
+        process.environment = Launcher.childEnvironment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        // rank 1: the process whose command line holds the marker and whose environment says rank 1
+        var stopped: pid_t = 0
+        let deadline = Date().addingTimeInterval(30)
+        while stopped == 0 && Date() < deadline {
+            usleep(200_000)
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+                guard let pid = Int32(entry),
+                    let command = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+                    command.contains(marker), !command.hasPrefix("mpirun"),
+                    let environment = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")),
+                    String(decoding: environment, as: UTF8.self).contains("OMPI_COMM_WORLD_RANK=1\u{0}")
+                else { continue }
+                stopped = pid
+            }
+        }
+        XCTAssertNotEqual(stopped, 0, "rank 1 not found")
+        usleep(1_000_000)  // well into training
+        kill(stopped, SIGSTOP)
+        defer { kill(stopped, SIGKILL) }
+        let end = Date().addingTimeInterval(60)
+        while process.isRunning && Date() < end { usleep(100_000) }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertNotEqual(process.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("error on rank 0: no progress for"), output)
+        XCTAssertTrue(output.contains("it waits for rank 1, which is not running"), output)
     }
 }
