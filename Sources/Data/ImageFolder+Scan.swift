@@ -34,7 +34,9 @@ struct ImageFolderScan {
             throw DataError(path: directory, "is not a directory; \(Self.layoutText)")
         }
         let trainDir = directory + "/train"
-        guard FileReader.isDirectory(trainDir) else { throw DataError(path: trainDir, "is missing; \(Self.layoutText)") }
+        guard try FileReader.exists(trainDir), FileReader.isDirectory(trainDir) else {
+            throw DataError(path: trainDir, "is missing; \(Self.layoutText)")
+        }
         var testSplit = "test"
         if !FileReader.isDirectory(directory + "/test") {
             guard FileReader.isDirectory(directory + "/val") else {

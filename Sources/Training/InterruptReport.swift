@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -10,7 +11,8 @@ enum InterruptReport {
     private static let capacity = 1024
     nonisolated(unsafe) private static let buffers = UnsafeMutablePointer<CChar>.allocate(capacity: 2 * capacity)
     nonisolated(unsafe) private static var lengths = (0, 0)
-    nonisolated(unsafe) private static var current = -1  // -1: nothing to say
+    /// The buffer to print, published after its text and length are written (-1: nothing to say).
+    private static let current = Atomic<Int>(-1)
 
     /// Installs the handlers (rank 0 of a run).
     static func install() {
@@ -18,7 +20,7 @@ enum InterruptReport {
             signal(
                 sig,
                 { sig in
-                    let i = InterruptReport.current
+                    let i = InterruptReport.current.load(ordering: .acquiring)
                     if i >= 0 {
                         let name = sig == SIGINT ? "autorate: interrupted (SIGINT) " : "autorate: stopped (SIGTERM) "
                         _ = write(2, name, strlen(name))
@@ -34,13 +36,13 @@ enum InterruptReport {
 
     /// The text printed after "interrupted": written to the buffer not in use, then made current.
     static func update(_ text: String) {
-        let next = current == 0 ? 1 : 0
+        let next = current.load(ordering: .relaxed) == 0 ? 1 : 0
         let bytes = Array((text + "\n").utf8.prefix(capacity))
         let target = buffers + next * capacity
         bytes.withUnsafeBufferPointer { b in
             for (k, byte) in b.enumerated() { target[k] = CChar(bitPattern: byte) }
         }
         if next == 0 { lengths.0 = bytes.count } else { lengths.1 = bytes.count }
-        current = next
+        current.store(next, ordering: .releasing)
     }
 }

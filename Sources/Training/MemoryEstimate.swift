@@ -20,18 +20,24 @@ public struct MemoryEstimate: Sendable {
     public var dataBytes: Int
 
     public var totalBytes: Int { parameterBytes &+ activationBytes &+ dataBytes }
+    /// What is still to be allocated when the estimate is checked (the data is loaded by then).
+    public var toAllocateBytes: Int { parameterBytes &+ activationBytes }
 
-    /// The flag that drives the largest part.
-    public func drivingFlag(_ c: TrainingConfiguration) -> String {
-        let largest = Swift.max(parameterBytes, activationBytes, dataBytes)
-        if largest == dataBytes { return "--data \(c.data)" }
+    /// The flags that drive what is still to be allocated: the network's, and the global batch
+    /// when the batch a rank takes (not the evaluation's minimum rows) sizes the activations.
+    public func drivingFlags(_ c: TrainingConfiguration, batchDriven: Bool) -> String {
         let network: String
         switch c.model {
         case .mlp: network = "--widths \(c.widths.map { $0.map(String.init).joined(separator: ",") } ?? "(default)")"
-        case .vgg: network = c.vggLayers == nil ? "--width-multiplier \(c.widthMultiplier)" : "--vgg-layers"
+        case .vgg:
+            network =
+                c.vggLayers.map {
+                    "--vgg-layers \($0.map { if case let .conv(n) = $0 { String(n) } else { "M" } }.joined(separator: ","))"
+                }
+                ?? "--width-multiplier \(c.widthMultiplier)"
         case .cnn, .resnet20: network = "--model \(c.model.rawValue)"
         }
-        return largest == activationBytes ? "--global-batch \(c.globalBatch) with \(network)" : network
+        return batchDriven && activationBytes > parameterBytes ? "--global-batch \(c.globalBatch) with \(network)" : network
     }
 
     /// The estimate for `c` on `splits`, forwards of up to `maxBatch` samples. Saturates instead
@@ -90,16 +96,18 @@ public struct MemoryEstimate: Sendable {
         dataBytes = (train.features.count + splits.test.features.count + (splits.validation?.features.count ?? 0)) * floats
     }
 
-    /// The memory one rank may use: the system's available memory shared by the node's ranks
-    /// (`OMPI_COMM_WORLD_LOCAL_SIZE`, 1 without), and the address-space limit (`ulimit -v`) beyond
-    /// what the process maps already. nil when neither can be read.
+    /// The memory one rank may still allocate: the system's available memory shared by the node's
+    /// ranks (from the launcher's environment, 1 without), and the address-space limit (`ulimit -v`)
+    /// beyond what the process maps already (its data included). nil when neither can be read.
     public static func availableBytes() -> (bytes: Int, source: String)? {
         var result: (bytes: Int, source: String)? = nil
         if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
             let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
             let kib = Int(line.split(separator: " ").dropFirst().first ?? "")
         {
-            let ranks = getenv("OMPI_COMM_WORLD_LOCAL_SIZE").flatMap { Int(String(cString: $0)) } ?? 1
+            // Open MPI's mpirun, PMIx (srun --mpi=pmix), Slurm
+            let names: [String] = ["OMPI_COMM_WORLD_LOCAL_SIZE", "PMIX_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"]
+            let ranks = names.compactMap { name in getenv(name).flatMap { Int(String(cString: $0)) } }.first ?? 1
             result = (
                 kib * 1024 / Swift.max(ranks, 1),
                 ranks > 1 ? "available memory / \(ranks) ranks on this node" : "available memory"

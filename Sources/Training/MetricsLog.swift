@@ -39,7 +39,7 @@ struct MetricsWriteError: Error, CustomStringConvertible {
     let path: String
     let reason: String
     var description: String {
-        "--metrics \(path): a record could not be written (\(reason)); the run stops so that no record is lost silently; free space or give another --metrics file, then --resume"
+        "--metrics \(path): a record could not be written (\(reason)); the run stops so that no record is lost silently; free space or give another --metrics file (with --checkpoint-dir, --resume auto continues the run)"
     }
 }
 

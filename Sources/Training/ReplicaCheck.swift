@@ -30,7 +30,9 @@ enum ReplicaCheck {
 public enum TrainingError: Error, CustomStringConvertible {
     case replicasDiffer(ranks: [Int], when: String)
     case configuration(String)
-    case nonFinite(step: Int, what: String, advice: String = "lower --lr-sv (the scale-variant rate) or check the data")
+    case nonFinite(
+        step: Int, what: String,
+        advice: String = "lower --lr-si or --lr-sv (the rate of the group that diverged), or check the data")
 
     public var description: String {
         switch self {

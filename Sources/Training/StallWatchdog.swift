@@ -17,7 +17,7 @@ final class StallWatchdog: @unchecked Sendable {
     /// The node's heartbeats, one slice per rank: its count of progress calls, its step, and when
     /// its watchdog thread last ran (monotonic ns: a stopped or frozen process stops beating), with
     /// the world rank of each slice's owner. A waiting rank finds there the one it waits for.
-    private var heartbeats: (memory: NodeSharedMemory, worldRanks: [Int])?
+    private var heartbeats: (memory: NodeSharedMemory, worldRanks: [Int], worldSize: Int)?
     private var progressCount: Int64 = 0
     private let interval: Double
     /// When this thread last checked: a long gap means this process itself was not running.
@@ -41,16 +41,22 @@ final class StallWatchdog: @unchecked Sendable {
 
     /// Collective over `communicator`: maps the node's heartbeats (a small slice per rank in node
     /// shared memory), so that a stall report names the rank the others wait for.
+    /// Best effort: when the node cannot map it (a small /dev/shm) every rank goes on without.
     func shareHeartbeats(over communicator: Communicator) throws {
         let node = try communicator.nodeCommunicator()
-        let memory = try node.mapNodeSharedMemory(bytesPerRank: 64)
+        let memory: NodeSharedMemory
+        do {
+            memory = try node.mapNodeSharedMemory(bytesPerRank: 64)
+        } catch is SharedMemoryError {
+            return  // thrown on every rank of the node alike
+        }
         memory.slice(of: memory.rank).assumingMemoryBound(to: Int64.self)[2] = Self.now()  // before the allgather
         var ranks = [Int](repeating: 0, count: node.size)
         try ranks.withUnsafeMutableBytes { all in
             try withUnsafeBytes(of: communicator.rank) { try node.allgather($0, into: all) }
         }
         lock.lock()
-        heartbeats = (memory, ranks)
+        heartbeats = (memory, ranks, communicator.size)
         lock.unlock()
     }
 
@@ -69,8 +75,8 @@ final class StallWatchdog: @unchecked Sendable {
 
     /// Who this rank waits for, from the heartbeats: the ranks of this node that are not running
     /// (their watchdog fell silent: stopped, or frozen), else those whose progress is behind.
-    private func waitedFor() -> String {
-        guard let (memory, worldRanks) = heartbeats else { return "" }
+    private func waitedFor(_ heartbeats: (memory: NodeSharedMemory, worldRanks: [Int], worldSize: Int)?) -> String {
+        guard let (memory, worldRanks, worldSize) = heartbeats else { return "" }
         let slots = (0..<memory.ranks).map { memory.slice(of: $0).assumingMemoryBound(to: Int64.self) }
         let now = Self.now(), silence = Int64(3 * interval * 1e9)
         let frozen = slots.indices.filter { $0 != memory.rank && now - slots[$0][2] > silence }
@@ -83,7 +89,9 @@ final class StallWatchdog: @unchecked Sendable {
         let mine = slots[memory.rank][0]
         let behind = slots.indices.filter { slots[$0][0] < mine }
         if behind.isEmpty {
-            return "; every rank of this node reached this point, so the one it waits for is on another node"
+            return worldSize > memory.ranks
+                ? "; no rank of this node is behind it, so the one it waits for is on another node"
+                : "; no rank is behind it (they wait for each other)"
         }
         return "; it waits for "
             + behind.map { "rank \(worldRanks[$0]), which stopped making progress at step \(slots[$0][1])" }.joined(
@@ -109,18 +117,11 @@ final class StallWatchdog: @unchecked Sendable {
         let heartbeats = self.heartbeats
         lock.unlock()
         if let heartbeats { heartbeats.memory.slice(of: heartbeats.memory.rank).assumingMemoryBound(to: Int64.self)[2] = now }
-        if gap > 3 * interval && idle > timeout {
-            // this process was not running (stopped, then continued by mpirun ending the job)
-            FileHandle.standardError.write(
-                Data(
-                    "autorate: rank \(rank) was not running for \(Int(gap)) s (stopped, e.g. by SIGSTOP); the other ranks stopped waiting for it\n"
-                        .utf8))
-            exit(3)
-        }
         if idle > timeout {
             let line =
                 "autorate: error on rank \(rank): no progress for \(Int(idle)) s (--stall-timeout \(Int(timeout))) at step \(step), "
-                + "waiting in \(phase)\(waitedFor()); ending the job\n"
+                + "waiting in \(phase)\(waitedFor(heartbeats))"
+                + (gap > 3 * interval ? "; this rank itself was not running for \(Int(gap)) s" : "") + "; ending the job\n"
             FileHandle.standardError.write(Data(line.utf8))
             exit(3)
         }

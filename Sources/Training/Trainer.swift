@@ -118,10 +118,13 @@ public final class Trainer {
         let largestShare = shares.limits.upperBound
         let rows = Swift.max(largestShare, Evaluator.rows(for: configuration.model))
         memory = MemoryEstimate(configuration, splits: splits, maxBatch: rows)
-        if let available = MemoryEstimate.availableBytes(), memory.totalBytes > available.bytes {
-            let m = memory
+        // the data is resident by now (and counted in what is available): the rest must fit
+        if let available = MemoryEstimate.availableBytes(), memory.toAllocateBytes > available.bytes {
+            let m = memory, text = MemoryEstimate.text
+            let batchDriven = largestShare > Evaluator.rows(for: configuration.model)
             throw TrainingError.configuration(
-                "\(m.drivingFlag(configuration)) needs about \(MemoryEstimate.text(m.totalBytes)) per rank (parameters with their gradients and the update's buffers \(MemoryEstimate.text(m.parameterBytes)), activations \(MemoryEstimate.text(m.activationBytes)), data \(MemoryEstimate.text(m.dataBytes))), more than the \(MemoryEstimate.text(available.bytes)) a rank may use here (\(available.source)); make it smaller, or use more nodes"
+                "\(m.drivingFlags(configuration, batchDriven: batchDriven)) needs about \(text(m.toAllocateBytes)) more per rank (parameters with their gradients and the update's buffers \(text(m.parameterBytes)), activations \(text(m.activationBytes)); the data holds \(text(m.dataBytes))), more than the \(text(available.bytes)) a rank may still use here (\(available.source)); make the network smaller"
+                    + (batchDriven ? ", or the batch per rank (more ranks or a smaller --global-batch)" : "")
             )
         }
         model = try configuration.makeNetwork(for: train, maxBatch: rows)
@@ -213,7 +216,7 @@ public final class Trainer {
         let checkpoints = configuration.checkpointDirectory.map {
             CheckpointDirectory(path: $0, keep: configuration.keepCheckpoints)
         }
-        var latestCheckpoint: String? = start > 0 ? "the checkpoint this run resumed from (step \(start))" : nil
+        var latestCheckpoint: String? = start > 0 ? resumedCheckpoint ?? "the checkpoint this run resumed from" : nil
         func reportInterruption(after step: Int) {
             guard communicator.isRoot else { return }
             InterruptReport.update(
@@ -301,6 +304,8 @@ public final class Trainer {
             let path = try saveCheckpoint(
                 completedSteps: totalSteps, into: checkpoints,
                 trainingStatistics: trainingStatistics == Array(model.buffers.all) ? nil : trainingStatistics)
+            latestCheckpoint = path
+            reportInterruption(after: totalSteps)
             if configuration.printProgress { console.root("checkpoint: \(path) (the final model)") }
         }
         let summary = RunSummary(

@@ -38,9 +38,7 @@ struct Export: ParsableCommand {
         var module: String? = nil
         if let pytorch {
             try refuseOverwriting(checkpoint, with: pytorch, flag: "--pytorch")
-            guard pytorch != out else {
-                throw ValidationError("--pytorch \(pytorch) is also --out; give the module its own name.")
-            }
+            try refuseOverwriting(out, with: pytorch, flag: "--pytorch")
             do {
                 module = try PyTorchModule.source(card: saved.card)
             } catch {
@@ -97,7 +95,7 @@ func refuseOverwriting(_ input: String, with output: String, flag: String) throw
         same =
             x[.systemFileNumber] as? Int == y[.systemFileNumber] as? Int && x[.systemNumber] as? Int == y[.systemNumber] as? Int
     }
-    if same { throw ValidationError("\(flag) \(output) is the input checkpoint \(input); give another file name.") }
+    if same { throw ValidationError("\(flag) \(output) is the same file as \(input); give another file name.") }
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it (a reader sees the old file or the new one).

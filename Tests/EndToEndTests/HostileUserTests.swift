@@ -85,9 +85,12 @@ final class HostileUserTests: XCTestCase {
         process.standardError = pipe
         try process.run()
         let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline && ((try? FileManager.default.contentsOfDirectory(atPath: path("ck")))?.count ?? 0) == 0 {
-            usleep(50_000)
+        func checkpoints() -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: path("ck"))) ?? []).filter {
+                $0.hasPrefix("checkpoint-") && $0.hasSuffix(".safetensors")
+            }
         }
+        while Date() < deadline && checkpoints().isEmpty { usleep(50_000) }
         usleep(200_000)
         kill(process.processIdentifier, SIGINT)
         process.waitUntilExit()
@@ -176,7 +179,7 @@ final class HostileUserTests: XCTestCase {
         ])
         XCTAssertEqual(limited.status, 1, limited.output)
         XCTAssertTrue(limited.output.contains("--widths 32,100000000,10 needs about"), limited.output)
-        XCTAssertTrue(limited.output.contains("GiB per rank"), limited.output)
+        XCTAssertTrue(limited.output.contains("GiB more per rank"), limited.output)
         XCTAssertTrue(limited.output.contains("ulimit -v") || limited.output.contains("available memory"), limited.output)
         XCTAssertFalse(limited.output.contains("Fatal error"), limited.output)
         let fits = try autorate(["train", "--steps", "2"])
@@ -191,7 +194,7 @@ final class HostileUserTests: XCTestCase {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [
             "mpirun", "-np", "2", "--bind-to", "none", Launcher.executable("autorate"), "train", "--steps", "1000000",
-            "--quiet", "--stall-timeout", "3", "--metrics", marker,
+            "--quiet", "--stall-timeout", "10", "--log-every", "10", "--metrics", marker,
         ]
         process.environment = Launcher.childEnvironment
         let pipe = Pipe()
@@ -213,17 +216,25 @@ final class HostileUserTests: XCTestCase {
                 stopped = pid
             }
         }
-        XCTAssertNotEqual(stopped, 0, "rank 1 not found")
-        usleep(1_000_000)  // well into training
+        guard stopped != 0 else {
+            process.terminate()
+            return XCTFail("rank 1 not found")
+        }
+        // training has started once a step is logged (the heartbeats are set up before the first step)
+        while Date() < deadline
+            && ((try? Launcher.metrics(marker))?.contains { $0["step"] != nil && $0["event"] == nil } ?? false) == false
+        {
+            usleep(100_000)
+        }
         kill(stopped, SIGSTOP)
-        defer { kill(stopped, SIGKILL) }
         let end = Date().addingTimeInterval(60)
         while process.isRunning && Date() < end { usleep(100_000) }
         if process.isRunning { process.terminate() }
+        kill(stopped, SIGKILL)  // before reading: a stopped rank would hold the pipe open
         process.waitUntilExit()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertNotEqual(process.terminationStatus, 0, output)
-        XCTAssertTrue(output.contains("error on rank 0: no progress for"), output)
+        XCTAssertTrue(output.contains("error on rank 0: no progress for 1"), output)
         XCTAssertTrue(output.contains("it waits for rank 1, which is not running"), output)
     }
 }
