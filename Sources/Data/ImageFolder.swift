@@ -136,7 +136,11 @@ private struct Loader {
             notes.append(
                 "\(label): decoded \(layout.count) images in memory in \(Self.seconds(since: started)) s; the cache cannot be written beside the data (\(fallback ?? "rank 0 could not create it")): give --cache-dir DIR to decode only once"
             )
-            return Self.splits(layout: layout, labels: scan.all.map(\.label), pixels: pixels, notes: notes)
+            var splits = pixels.withUnsafeBufferPointer {
+                ImageFolderCache.splits(layout: layout, labels: scan.all.map(\.label), pixels: $0.baseAddress!, name: "folder")
+            }
+            splits.notes = notes
+            return splits
         }
 
         // 5. the other members open the temporary file
@@ -195,20 +199,6 @@ private struct Loader {
             contents.labels == scan.all.map(\.label)
         else { throw DataError(path: path, "was made from other files (its key differs)") }
         return ImageFolderCache.splits(file.bytes, contents, name: "folder")
-    }
-
-    static func splits(layout: ImageFolderCache.Layout, labels: [Int32], pixels: [UInt8], notes: [String]) -> DataSplits {
-        let d = layout.image.count
-        func dataset(_ split: String, _ range: Range<Int>) -> Dataset {
-            let features = pixels[(range.lowerBound * d)..<(range.upperBound * d)].map { Float($0) / 255 }
-            return Dataset(
-                name: "folder/\(split)", features: features, labels: Array(labels[range]), dimension: d,
-                classes: layout.classNames.count, image: layout.image, classNames: layout.classNames)
-        }
-        var splits = DataSplits(
-            train: dataset("train", 0..<layout.trainCount), test: dataset("test", layout.trainCount..<layout.count))
-        splits.notes = notes
-        return splits
     }
 
     /// Deletes the caches of the same image size but other files in `directory`: each change of the

@@ -161,19 +161,25 @@ public enum ImageFolderCache {
         return Contents(layout: layout, keyFNV: fnv, keyCRC: crc, labels: labels)
     }
 
-    /// The splits of checked cache bytes: pixels as Float byte/255 (like the IDX reader), HWC rows.
+    /// The splits of checked cache bytes.
     static func splits(_ bytes: UnsafeRawBufferPointer, _ contents: Contents, name: String) -> DataSplits {
-        let layout = contents.layout, d = layout.image.count
+        let pixels = bytes.baseAddress!.advanced(by: contents.layout.pixelOffset(ofSample: 0)).assumingMemoryBound(to: UInt8.self)
+        return splits(layout: contents.layout, labels: contents.labels, pixels: pixels, name: name)
+    }
+
+    /// The splits of decoded images (`pixels`: every sample's bytes, train first, HWC): pixels as
+    /// Float byte/255, like the IDX reader. Used for the cache and for decoding in memory alike.
+    static func splits(layout: Layout, labels: [Int32], pixels: UnsafePointer<UInt8>, name: String) -> DataSplits {
+        let d = layout.image.count
         func dataset(_ split: String, _ range: Range<Int>) -> Dataset {
             let n = range.count
             let features = [Float](unsafeUninitializedCapacity: n * d) { out, initialized in
-                let src = bytes.baseAddress!.advanced(by: layout.pixelOffset(ofSample: range.lowerBound))
-                    .assumingMemoryBound(to: UInt8.self)
+                let src = pixels + range.lowerBound * d
                 for i in 0..<(n * d) { out[i] = Float(src[i]) / 255 }
                 initialized = n * d
             }
             return Dataset(
-                name: "\(name)/\(split)", features: features, labels: Array(contents.labels[range]), dimension: d,
+                name: "\(name)/\(split)", features: features, labels: Array(labels[range]), dimension: d,
                 classes: layout.classNames.count, image: layout.image, classNames: layout.classNames)
         }
         return DataSplits(

@@ -23,11 +23,7 @@ struct Eval: ParsableCommand {
     var json = false
     @Option(help: "BLAS threads per rank.")
     var threads = 1
-    @Option(
-        name: .customLong("cache-dir"),
-        help: .hidden(
-            "folder:DIR images: keep the decode cache in this directory (default: in DIR; needed when DIR is read-only)."))
-    var cacheDir: String?
+    @OptionGroup var cache: CacheDirectoryOption
 
     func validate() throws {
         _ = try parseData(data)
@@ -41,7 +37,7 @@ struct Eval: ParsableCommand {
             let saved = try agreeOnSetup(communicator, console) { try SavedModel(checkpoint: checkpoint) }
             // images of a folder are resized as in training; the node's ranks share their decoding
             let dataset = try agreeOnSetup(communicator, console) { () throws -> Dataset in
-                var options = DataLoadOptions(imageSize: saved.trainingImageSize, cacheDirectory: cacheDir)
+                var options = DataLoadOptions(imageSize: saved.trainingImageSize, cacheDirectory: cache.cacheDir)
                 if case .folder = source { options.team = CommunicatorDecodeTeam(try communicator.nodeCommunicator()) }
                 let splits = try source.loadUnstandardized(options)
                 // on stderr with --json, whose stdout is the JSON alone

@@ -77,18 +77,14 @@ struct DataOptions: ParsableArguments {
         name: .customLong("image-size"),
         help: "folder:DIR images: resize each to HxW (or NxN for N): shorter side first, then a centre crop.")
     var imageSize: String?
-    @Option(
-        name: .customLong("cache-dir"),
-        help: .hidden(
-            "folder:DIR images: keep the decode cache in this directory (default: in DIR; needed when DIR is read-only)."))
-    var cacheDir: String?
+    @OptionGroup var cache: CacheDirectoryOption
+    var cacheDir: String? { cache.cacheDir }
 
     func validate() throws {
         _ = try parseData(data)
         try require(
             valFraction >= 0 && valFraction < 1, "--val-fraction", valFraction, "a fraction in [0, 1) (0: no validation split)")
         if let imageSize { try require(ImageSize(argument: imageSize) != nil, "--image-size", imageSize, ImageSize.accepted) }
-        if let cacheDir { try require(!cacheDir.isEmpty, "--cache-dir", "''", "a directory path") }
         if case .folder = try parseData(data) {
         } else if imageSize != nil || cacheDir != nil {
             throw ValidationError(
@@ -289,4 +285,17 @@ extension Train {
         return first...last
     }
 
+}
+
+/// `--cache-dir`, for train and eval alike.
+struct CacheDirectoryOption: ParsableArguments {
+    @Option(
+        name: .customLong("cache-dir"),
+        help: .hidden(
+            "folder:DIR images: keep the decode cache in this directory (default: in DIR; needed when DIR is read-only)."))
+    var cacheDir: String?
+
+    func validate() throws {
+        if let cacheDir { try require(!cacheDir.isEmpty, "--cache-dir", "''", "a directory path") }
+    }
 }
